@@ -1,9 +1,257 @@
-"""Placeholder registration; replaced by the module's real subcommands."""
+"""``topkdice evaluate`` and ``topkdice show-ignore-map``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from nnunet_topkdice.errors import InputError
+
+PAPER_CHOICES = ("synapse", "acdc", "msseg")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _k_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"k must be a number in (0, 100], got {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(
+            f"k must be a number in (0, 100] (percent of voxels kept), got {text!r}"
+        )
+    return value
+
+
+def _run_spec(text: str) -> tuple[str, Path]:
+    """``NAME=PRED_DIR``, or just ``PRED_DIR`` (named after the folder)."""
+    name, sep, folder = text.partition("=")
+    if not sep or "/" in name or "\\" in name:  # no name given, the whole text is the folder
+        name, folder = Path(text).name, text
+    if not name.strip() or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=PRED_DIR, got {text!r}")
+    return name.strip(), Path(folder)
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from nnunet_topkdice.evaluation.evaluate import evaluate_runs
+
+    runs: dict[str, Path] = {}
+    for name, folder in args.predictions:
+        if name in runs:
+            raise InputError(f"run name {name!r} is given twice; use NAME=PRED_DIR with distinct names")
+        runs[name] = folder
+    evaluate_runs(
+        args.reference, runs, args.dataset, args.output, num_processes=args.num_processes, paper=args.paper
+    )
+    print((args.output / "table.md").read_text(), end="")
+    print(f"wrote results.json, table.md, table.csv, figure.png to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _show_ignore_map_command(args: argparse.Namespace) -> int:
+    from nnunet_topkdice.evaluation.ignore_map import show_ignore_map
+
+    summary = show_ignore_map(
+        args.image,
+        args.label,
+        args.output,
+        ks=args.k,
+        probabilities_file=args.probabilities,
+        model_dir=args.model_dir,
+        slice_index=args.slice,
+        axis=args.axis,
+        scope=args.scope,
+        channel=args.channel,
+        dataset=args.dataset,
+        folds=args.folds,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        use_mirroring=not args.disable_tta,
+    )
+    print(f"slice {summary['slice']} along axis {summary['axis']}, selection per {summary['scope']}")
+    print("k\tclass\tforeground\texcluded\tkept\tTopK-Dice loss")
+    for k, info in summary["k"].items():
+        for name, n_fg in info["n_foreground"].items():
+            n_ex = info["n_excluded"][name]
+            print(f"{k:g}\t{name}\t{n_fg}\t{n_ex}\t{n_fg - n_ex}\t{info['loss']:.4f}")
+    print(summary["png"])
+    return 0
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    pass
+    """Register ``evaluate`` and ``show-ignore-map`` on the ``topkdice`` parser."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="paper-style metrics and comparison table for several prediction folders",
+        description="Compare prediction folders (one per trained model) with reference labels: Dice, IoU, "
+        "precision, recall and HD95 (mm) per case and class, averaged like the paper (each class over the "
+        "test cases, then over the classes). Writes results.json, table.md, table.csv and figure.png to "
+        "OUT_DIR and prints the markdown table.",
+    )
+    p.add_argument(
+        "-r",
+        "--reference",
+        required=True,
+        type=Path,
+        metavar="LABELS_DIR",
+        help="folder of reference label files, e.g. $nnUNet_raw/Dataset201_Synapse/labelsTs",
+    )
+    p.add_argument(
+        "-p",
+        "--predictions",
+        required=True,
+        nargs="+",
+        type=_run_spec,
+        metavar="NAME=PRED_DIR",
+        help="one or more prediction folders (nnUNetv2_predict output), each named NAME=; the "
+        "order is the table's row order",
+    )
+    p.add_argument(
+        "-d",
+        "--dataset",
+        required=True,
+        metavar="DATASET_ID_OR_DATASET_JSON",
+        help="dataset id or name (looked up in $nnUNet_raw) or the path of its dataset.json; "
+        "gives the label names and the file ending",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="OUT_DIR", help="output folder (created)"
+    )
+    p.add_argument(
+        "-np",
+        "--num-processes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes (default: 1)",
+    )
+    p.add_argument(
+        "--paper",
+        choices=PAPER_CHOICES,
+        default=None,
+        help="add the paper's reported rows (Table 1 synapse, 2 acdc, 3 msseg) and each run's "
+        "difference to the paper's CE + topK-Dice row",
+    )
+    p.set_defaults(func=_evaluate_command)
+
+    p = subparsers.add_parser(
+        "show-ignore-map",
+        help="draw the TopK-Dice ignore map of one case and slice (paper Figures 1 and 2)",
+        description="Draw the input slice, ground truth, ignore map (foreground voxels TopK-Dice leaves out "
+        "as easy) and modified ground truth of one case at one or several k. Probabilities come from an "
+        ".npz written by nnUNetv2_predict --save_probabilities or are predicted with a trained model folder. "
+        "Prints the voxel counts and loss per k, then the PNG path.",
+    )
+    p.add_argument(
+        "-i",
+        "--image",
+        required=True,
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="the case's image file(s) (<case>_0000.nii.gz ...); with -m a single _0000 file brings "
+        "its sibling channels along",
+    )
+    p.add_argument(
+        "-l", "--label", required=True, type=Path, metavar="LABEL", help="the case's ground-truth label file"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--probabilities",
+        type=Path,
+        metavar="NPZ",
+        help="<case>.npz written by nnUNetv2_predict --save_probabilities",
+    )
+    source.add_argument(
+        "-m",
+        "--model-dir",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="trained model folder $nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIG; predicts here",
+    )
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="PNG", help="the picture to write")
+    p.add_argument(
+        "--k",
+        nargs="+",
+        type=_k_value,
+        default=[50.0],
+        metavar="K",
+        help="percent of foreground voxels kept, one or several (e.g. --k 90 50 30 10); default 50",
+    )
+    p.add_argument(
+        "--slice",
+        type=_non_negative_int,
+        default=None,
+        metavar="INDEX",
+        help="slice index along --axis (default: the slice with the most foreground)",
+    )
+    p.add_argument(
+        "--axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="array axis of the slice; 0 is z (axial for usual CT/MR volumes); default 0",
+    )
+    p.add_argument(
+        "--scope",
+        choices=("slice", "volume"),
+        default="slice",
+        help="select the easy voxels within the slice (like a 2d configuration, default) or the "
+        "whole volume (like a 3d patch)",
+    )
+    p.add_argument(
+        "--channel",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="which of the -i files to display (default 0)",
+    )
+    p.add_argument(
+        "-d",
+        "--dataset",
+        default=None,
+        metavar="DATASET_ID_OR_DATASET_JSON",
+        help="dataset.json (or id/name) for the label names; default: the dataset.json beside the "
+        ".npz or in the model folder",
+    )
+    p.add_argument(
+        "-f",
+        "--folds",
+        nargs="+",
+        default=None,
+        metavar="FOLD",
+        help="with -m: folds to ensemble (default: every fold with a checkpoint)",
+    )
+    p.add_argument(
+        "-chk",
+        "--checkpoint",
+        default="checkpoint_final.pth",
+        metavar="NAME",
+        help="with -m: checkpoint file name (default checkpoint_final.pth)",
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda", "mps"), default="cpu", help="with -m: device (default cpu)"
+    )
+    p.add_argument("--disable-tta", action="store_true", help="with -m: no mirroring test-time augmentation")
+    p.set_defaults(func=_show_ignore_map_command)

@@ -1,0 +1,224 @@
+"""ACDC cine-MRI (Automated Cardiac Diagnosis Challenge) -> nnU-Net raw format.
+
+Input: the folder that contains ``training/patientXXX/`` (the ACDC download's ``database`` folder; the
+``training`` folder itself is accepted too). Each patient folder holds ``Info.cfg`` (lines such as
+``ED: 1`` and ``ES: 12``), ``patientXXX_frameYY.nii.gz`` and ``patientXXX_frameYY_gt.nii.gz``. Only the
+100 training patients are used (the challenge's 50 test patients are not).
+
+Output: ``<raw_root>/Dataset202_ACDC`` with the ED and ES frame of each patient as two cases
+``patientXXX_frameYY``: the 70 train and 10 validation patients in imagesTr/labelsTr, the 20 test patients
+in imagesTs/labelsTs, and ``splits_final.json`` whose only fold is the paper's train/val split by patient.
+The same ``splits_final.json`` is written to ``<preprocessed_root>/Dataset202_ACDC/`` when given.
+
+    topkdice convert acdc -i /data/ACDC/database
+    python -m dataset_conversion.acdc -i /data/ACDC/database -o $nnUNet_raw
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from dataset_conversion import common
+from nnunet_topkdice.errors import InputError
+
+DEFAULT_DATASET_ID = 202
+DATASET_NAME = "ACDC"
+CHANNEL_NAMES = {0: "cineMRI"}
+LABELS: dict[str, int] = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
+ORIGINAL_TO_NEW: dict[int, int] = {0: 0, 1: 1, 2: 2, 3: 3}
+
+ALL_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(1, 101))
+# The 70/10/20 split of TransUNet-style work on ACDC, from MT-UNet (Wang et al. 2022), SPEC section 4.
+VAL_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in (19, 21, 29, 33, 41, 50, 61, 71, 76, 80))
+TEST_PATIENTS: tuple[str, ...] = tuple(
+    f"patient{n:03d}" for n in (2, 3, 8, 9, 12, 14, 17, 24, 42, 48, 49, 53, 55, 64, 67, 79, 81, 88, 92, 95)
+)
+TRAIN_PATIENTS: tuple[str, ...] = tuple(p for p in ALL_PATIENTS if p not in VAL_PATIENTS + TEST_PATIENTS)
+
+SPLITS_FILE = "splits_final.json"
+
+
+def patient_of(case_id: str) -> str:
+    """``patient_of("patient001_frame12") == "patient001"``."""
+    return case_id.split("_", 1)[0]
+
+
+def frame_case_id(patient: str, frame: int) -> str:
+    """``frame_case_id("patient001", 1) == "patient001_frame01"`` (frames zero-padded to 2 digits)."""
+    return f"{patient}_frame{frame:02d}"
+
+
+def parse_info_cfg(path: Path) -> tuple[int, int]:
+    """The (ED, ES) frame numbers from an ACDC ``Info.cfg`` (``key: value`` lines).
+
+    Raises:
+        InputError: the file is missing, or ED/ES is absent or not a positive integer, naming the file.
+    """
+    common.require_file(path, "ACDC Info.cfg")
+    entries = {}
+    for line in path.read_text(errors="replace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            entries[key.strip()] = value.strip()
+    frames = []
+    for key in ("ED", "ES"):
+        if key not in entries:
+            raise InputError(f"{path} has no '{key}: <frame>' line")
+        try:
+            # Some tools write "12.0"; accept whole-valued floats but nothing else.
+            number = float(entries[key])
+        except ValueError:
+            number = float("nan")
+        if not number.is_integer() or number < 1:
+            raise InputError(f"{path}: {key} must be a positive frame number, got {entries[key]!r}")
+        frames.append(int(number))
+    if frames[0] == frames[1]:
+        raise InputError(f"{path}: ED and ES name the same frame {frames[0]}")
+    return frames[0], frames[1]
+
+
+def find_training_folder(src: Path) -> Path:
+    """``src/training``, or ``src`` itself if it already holds the ``patientXXX`` folders.
+
+    Raises:
+        InputError: neither exists, naming the expected path.
+    """
+    if (src / "patient001").is_dir() and not (src / "training").exists():
+        return src
+    common.require_dir(src, "ACDC input folder (the folder containing 'training')")
+    return common.require_dir(src / "training", "ACDC training folder")
+
+
+def collect_cases(src: Path) -> dict[str, tuple[tuple[Path, ...], Path]]:
+    """``case id -> ((image,), label)`` for the ED and ES frames of the 100 training patients.
+
+    Raises:
+        InputError: a missing patient folder, Info.cfg, frame or ground-truth file (named), or a bad Info.cfg.
+    """
+    training = find_training_folder(src)
+    cases = {}
+    for patient in ALL_PATIENTS:
+        folder = common.require_dir(training / patient, f"ACDC patient folder for {patient}")
+        for frame in parse_info_cfg(folder / "Info.cfg"):
+            case_id = frame_case_id(patient, frame)
+            image = common.require_file(folder / f"{case_id}.nii.gz", f"ACDC image of {case_id}")
+            label = common.require_file(folder / f"{case_id}_gt.nii.gz", f"ACDC ground truth of {case_id}")
+            cases[case_id] = ((image,), label)
+    return cases
+
+
+def make_splits(case_ids: Iterable[str]) -> list[dict[str, list[str]]]:
+    """nnU-Net's ``splits_final.json`` content: one fold, train/val by patient; test patients left out.
+
+    Both frames of a patient are always on the same side because the split is by patient.
+    Returns ``[{"train": sorted case ids, "val": sorted case ids}]``.
+    """
+    case_ids = sorted(case_ids)
+    return [
+        {
+            "train": [c for c in case_ids if patient_of(c) in TRAIN_PATIENTS],
+            "val": [c for c in case_ids if patient_of(c) in VAL_PATIENTS],
+        }
+    ]
+
+
+def _same_splits(a: Sequence[Mapping[str, Sequence[str]]], b: Sequence[Mapping[str, Sequence[str]]]) -> bool:
+    return len(a) == len(b) and all(
+        set(x.get("train", ())) == set(y.get("train", ())) and set(x.get("val", ())) == set(y.get("val", ()))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def _check_preprocessed_splits(path: Path, splits: list[dict[str, list[str]]], *, overwrite: bool) -> None:
+    """Refuse to replace a different existing splits file without ``overwrite`` (nnU-Net would reject it)."""
+    if not path.exists() or overwrite:
+        return
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"{path} exists and is not readable JSON ({e}); pass --overwrite to replace it"
+        ) from e
+    if not isinstance(existing, list) or not _same_splits(existing, splits):
+        raise InputError(f"{path} exists with a different split; pass --overwrite to replace it")
+
+
+def convert(
+    src: Path,
+    raw_root: Path,
+    *,
+    dataset_id: int = DEFAULT_DATASET_ID,
+    preprocessed_root: Path | None = None,
+    overwrite: bool = False,
+    num_processes: int = 1,
+) -> Path:
+    """Convert ACDC into ``raw_root/DatasetXXX_ACDC``; returns that folder. Reads no environment.
+
+    ``splits_final.json`` is written into the raw dataset folder and, when ``preprocessed_root`` is given,
+    into ``preprocessed_root/DatasetXXX_ACDC/`` (created if needed).
+
+    Raises:
+        InputError: missing or unreadable input, bad Info.cfg, geometry mismatch between a frame and its
+            ground truth, label values outside {0, 1, 2, 3}, existing target (or a different existing
+            preprocessed ``splits_final.json``) without ``overwrite``. Nothing is left behind.
+    """
+    src, raw_root = Path(src), Path(raw_root)
+    folder_name = common.dataset_folder_name(dataset_id, DATASET_NAME)
+    cases = collect_cases(src)
+    splits = make_splits(case for case in cases if patient_of(case) not in TEST_PATIENTS)
+    common.check_target(raw_root, folder_name, overwrite=overwrite)
+    preprocessed_splits = None
+    if preprocessed_root is not None:
+        preprocessed_splits = Path(preprocessed_root) / folder_name / SPLITS_FILE
+        _check_preprocessed_splits(preprocessed_splits, splits, overwrite=overwrite)
+    test_cases = [case for case in cases if patient_of(case) in TEST_PATIENTS]
+    jobs = common.make_jobs(cases, test_cases, common.label_mapping_transform(ORIGINAL_TO_NEW))
+    folder = common.build_dataset(
+        jobs,
+        raw_root,
+        folder_name,
+        channel_names=CHANNEL_NAMES,
+        labels=LABELS,
+        overwrite=overwrite,
+        num_processes=num_processes,
+        extra_json={SPLITS_FILE: splits},
+        dataset_json_extra={
+            "numTest": len(test_cases),
+            "reference": "https://www.creatis.insa-lyon.fr/Challenge/acdc/",
+            "description": "ACDC cine-MRI, ED and ES frames of the 100 training patients, "
+            "MT-UNet 70/10/20 split by patient (fold 0 of splits_final.json = train/val)",
+            "license": "see the ACDC challenge terms of use",
+        },
+    )
+    if preprocessed_splits is not None:
+        preprocessed_splits.parent.mkdir(parents=True, exist_ok=True)
+        common.write_json(preprocessed_splits, splits)
+    return folder
+
+
+def run_from_args(args) -> int:
+    """Command-line body shared by ``topkdice convert acdc`` and ``python -m``."""
+    folder = convert(
+        args.input,
+        common.resolve_raw_root(args.output),
+        dataset_id=args.dataset_id,
+        preprocessed_root=common.resolve_preprocessed_root(),
+        overwrite=args.overwrite,
+        num_processes=args.num_processes,
+    )
+    print(folder)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dataset_conversion.acdc``; returns the exit code."""
+    from dataset_conversion.cli import run_standalone
+
+    return run_standalone("acdc", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

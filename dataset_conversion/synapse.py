@@ -1,0 +1,159 @@
+"""Synapse multi-organ CT (MICCAI 2015 Multi-Atlas Abdomen Labeling, "BTCV") -> nnU-Net raw format.
+
+Input: the unpacked ``RawData.zip`` from synapse.org (syn3193805), i.e. the folder that contains
+``Training/img/imgNNNN.nii.gz`` and ``Training/label/labelNNNN.nii.gz`` for the 30 labelled cases
+(the ``Training`` folder itself is accepted too). Volumes of any size are accepted.
+
+Output: ``<raw_root>/Dataset201_Synapse`` with the 18 TransUNet training cases in imagesTr/labelsTr and
+the 12 test cases in imagesTs/labelsTs; the 13 original labels are reduced to the paper's 8 organs.
+
+    topkdice convert synapse -i /data/RawData
+    python -m dataset_conversion.synapse -i /data/RawData -o $nnUNet_raw
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dataset_conversion import common
+from nnunet_topkdice.errors import InputError
+
+DEFAULT_DATASET_ID = 201
+DATASET_NAME = "Synapse"
+CHANNEL_NAMES = {0: "CT"}
+
+# TransUNet's split (Chen et al. 2021, lists/lists_Synapse/train.txt and test_vol.txt), as in SPEC section 4.
+TRAIN_CASES: tuple[str, ...] = tuple(
+    f"case{n:04d}" for n in (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
+)
+TEST_CASES: tuple[str, ...] = tuple(f"case{n:04d}" for n in (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38))
+
+# The paper's 8 organs, renumbered in their original order; background 0 included.
+LABELS: dict[str, int] = {
+    "background": 0,
+    "spleen": 1,
+    "right_kidney": 2,
+    "left_kidney": 3,
+    "gallbladder": 4,
+    "liver": 5,
+    "stomach": 6,
+    "aorta": 7,
+    "pancreas": 8,
+}
+
+# Original BTCV label value -> new value. Every original value 0..13 is allowed; the five structures the
+# paper drops (5 esophagus, 9 inferior vena cava, 10 portal and splenic vein, 12 right and 13 left adrenal
+# gland) become background.
+ORIGINAL_TO_NEW: dict[int, int] = {
+    **{value: 0 for value in range(14)},
+    1: 1,
+    2: 2,
+    3: 3,
+    4: 4,
+    6: 5,
+    7: 6,
+    8: 7,
+    11: 8,
+}
+
+
+def case_number(case_id: str) -> str:
+    """The 4-digit number of a case id: ``case_number("case0005") == "0005"``."""
+    return case_id.removeprefix("case")
+
+
+def find_training_folder(src: Path) -> Path:
+    """The folder holding ``img`` and ``label``: ``src/Training``, or ``src`` itself if it is that folder.
+
+    Raises:
+        InputError: neither exists, naming the expected path.
+    """
+    if (src / "img").is_dir() and (src / "label").is_dir() and not (src / "Training").exists():
+        return src
+    common.require_dir(src, "Synapse input folder (the unpacked RawData.zip)")
+    return common.require_dir(src / "Training", "Synapse Training folder")
+
+
+def collect_cases(src: Path) -> dict[str, tuple[tuple[Path, ...], Path]]:
+    """``case id -> ((image,), label)`` for all 30 cases of the split.
+
+    Raises:
+        InputError: any expected file is missing (named; all missing files are listed).
+    """
+    training = find_training_folder(src)
+    cases = {}
+    missing = []
+    for case_id in (*TRAIN_CASES, *TEST_CASES):
+        number = case_number(case_id)
+        image = training / "img" / f"img{number}.nii.gz"
+        label = training / "label" / f"label{number}.nii.gz"
+        missing += [str(p) for p in (image, label) if not p.is_file()]
+        cases[case_id] = ((image,), label)
+    if missing:
+        raise InputError(
+            f"missing Synapse file(s): expected {missing[0]}"
+            + (f" and {len(missing) - 1} more: {', '.join(missing[1:])}" if len(missing) > 1 else "")
+        )
+    return cases
+
+
+def convert(
+    src: Path,
+    raw_root: Path,
+    *,
+    dataset_id: int = DEFAULT_DATASET_ID,
+    overwrite: bool = False,
+    num_processes: int = 1,
+) -> Path:
+    """Convert Synapse into ``raw_root/DatasetXXX_Synapse``; returns that folder. Reads no environment.
+
+    Raises:
+        InputError: missing or unreadable input file, geometry mismatch between an image and its label,
+            label values outside 0..13, existing target without ``overwrite``. Nothing is left behind.
+    """
+    src, raw_root = Path(src), Path(raw_root)
+    folder_name = common.dataset_folder_name(dataset_id, DATASET_NAME)
+    cases = collect_cases(src)
+    common.check_target(raw_root, folder_name, overwrite=overwrite)
+    jobs = common.make_jobs(cases, TEST_CASES, common.label_mapping_transform(ORIGINAL_TO_NEW))
+    return common.build_dataset(
+        jobs,
+        raw_root,
+        folder_name,
+        channel_names=CHANNEL_NAMES,
+        labels=LABELS,
+        overwrite=overwrite,
+        num_processes=num_processes,
+        dataset_json_extra={
+            "numTest": len(TEST_CASES),
+            "reference": "https://www.synapse.org/#!Synapse:syn3193805/wiki/217789",
+            "description": "Synapse multi-organ CT, 8 organs, TransUNet split (18 train / 12 test)",
+            "license": "see the Synapse syn3193805 terms of use",
+        },
+    )
+
+
+def run_from_args(args) -> int:
+    """Command-line body shared by ``topkdice convert synapse`` and ``python -m``."""
+    folder = convert(
+        args.input,
+        common.resolve_raw_root(args.output),
+        dataset_id=args.dataset_id,
+        overwrite=args.overwrite,
+        num_processes=args.num_processes,
+    )
+    print(folder)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dataset_conversion.synapse``; returns the exit code."""
+    from dataset_conversion.cli import run_standalone
+
+    return run_standalone("synapse", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

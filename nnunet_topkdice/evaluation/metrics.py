@@ -1,0 +1,226 @@
+"""Segmentation metrics per case and class, and the paper's way of averaging them (pure numpy/scipy).
+
+Conventions (also in the README and in ``results.json["conventions"]``), for one case and class with
+``tp``/``fp``/``fn`` voxel counts of the binary masks:
+
+* ``Dice = 2 tp / (2 tp + fp + fn)``, ``IoU = tp / (tp + fp + fn)``, ``Precision = tp / (tp + fp)``,
+  ``Recall = tp / (tp + fn)``: fractions in [0, 1]; a metric whose denominator is 0 is NaN (undefined).
+* Class absent from both reference and prediction: every metric is NaN, so the case is left out of
+  that class's means (nnU-Net's convention).
+* Class only in the reference (nothing predicted): Dice 0, IoU 0, Recall 0, Precision NaN, HD95 NaN.
+* Class only in the prediction (nothing to find): Dice 0, IoU 0, Precision 0, Recall NaN, HD95 NaN.
+* ``HD95`` (mm): the larger of the two directed 95th-percentile distances between the surface voxels of
+  the reference and of the prediction (as MONAI's ``compute_hausdorff_distance(percentile=95)``).
+  Surface voxels are the mask voxels with a 6-neighbour (4 in 2D) outside the mask or outside the image.
+  A surface distance needs two surfaces, hence NaN when either mask is empty.
+
+Means (paper section 3.2): each class over the test cases where its value is defined, then the class
+means over the classes that have one (``mDice``, ``mIoU``, ``mPrec.``, ``mRec.``, ``mHD95``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+__all__ = [
+    "METRICS",
+    "OVERLAP_METRICS",
+    "case_metrics",
+    "class_metrics",
+    "hausdorff_95",
+    "overlap_metrics",
+    "paper_means",
+    "surface_voxels",
+]
+
+OVERLAP_METRICS = ("Dice", "IoU", "Precision", "Recall")
+METRICS = (*OVERLAP_METRICS, "HD95")
+# Metrics where a lower value is better (used for ranking in tables).
+LOWER_IS_BETTER = frozenset({"HD95"})
+
+ClassValue = int | tuple[int, ...]
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator) / float(denominator) if denominator > 0 else math.nan
+
+
+def overlap_metrics(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """Dice, IoU, precision and recall from voxel counts; NaN where a denominator is 0.
+
+    Returns:
+        ``{"Dice", "IoU", "Precision", "Recall"}`` -> float in [0, 1] or NaN.
+    Raises:
+        ValueError: a count is negative.
+    """
+    if min(tp, fp, fn) < 0:
+        raise ValueError(f"voxel counts must be >= 0, got tp={tp}, fp={fp}, fn={fn}")
+    return {
+        "Dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "IoU": _ratio(tp, tp + fp + fn),
+        "Precision": _ratio(tp, tp + fp),
+        "Recall": _ratio(tp, tp + fn),
+    }
+
+
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a face neighbour outside the mask; the image border counts as outside.
+
+    Shape:
+        mask: (*spatial) bool, any number of dimensions.  returns: same shape, bool.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    # border_value=0: a mask touching the image border has a surface there (as MONAI and MedPy do)
+    eroded = ndimage.binary_erosion(
+        mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0
+    )
+    return mask & ~eroded
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    coords = np.nonzero(mask)
+    return tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
+
+
+def hausdorff_95(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    percentile: float = 95.0,
+) -> float:
+    """Symmetric percentile Hausdorff distance between the surfaces of two binary masks, in mm.
+
+    ``max(P95(d(pred surface -> ref surface)), P95(d(ref surface -> pred surface)))`` with Euclidean
+    distances scaled by ``spacing`` and linear interpolation between ranks (``numpy.percentile``).
+
+    Shape:
+        reference, prediction: (*spatial) bool, same shape.  spacing: one value per array axis
+        (array order, e.g. z, y, x), default 1.  returns: float >= 0, NaN if either mask is empty.
+    Raises:
+        ValueError: shapes differ, ``spacing`` has the wrong length or a non-positive value,
+        ``percentile`` not in [0, 100].
+    """
+    reference = np.asarray(reference, dtype=bool)
+    prediction = np.asarray(prediction, dtype=bool)
+    if reference.shape != prediction.shape:
+        raise ValueError(f"reference {reference.shape} and prediction {prediction.shape} differ in shape")
+    spacing_arr = np.ones(reference.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    if spacing_arr.shape != (reference.ndim,) or not np.all(spacing_arr > 0):
+        raise ValueError(f"spacing must hold {reference.ndim} positive values, got {spacing!r}")
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
+    if not reference.any() or not prediction.any():
+        return math.nan
+    # Crop to the union's bounding box: beyond it both masks are empty, which is what erosion assumes
+    # outside the array (border_value=0), so the surfaces are unchanged.
+    box = _bounding_box(reference | prediction)
+    ref_points = np.argwhere(surface_voxels(reference[box])) * spacing_arr
+    pred_points = np.argwhere(surface_voxels(prediction[box])) * spacing_arr
+    # Exact nearest-surface distances through k-d trees: cost grows with the surface, not the volume.
+    pred_to_ref = cKDTree(ref_points).query(pred_points, k=1)[0]
+    ref_to_pred = cKDTree(pred_points).query(ref_points, k=1)[0]
+    return float(max(np.percentile(pred_to_ref, percentile), np.percentile(ref_to_pred, percentile)))
+
+
+def class_metrics(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    valid: np.ndarray | None = None,
+) -> dict[str, float | int]:
+    """All metrics of one class in one case, plus the voxel counts they come from.
+
+    Shape:
+        reference, prediction: (*spatial) bool masks of the class.  valid: optional (*spatial) bool,
+        False for voxels left out of the evaluation (nnU-Net's ignore label).
+        returns: ``METRICS`` -> float (NaN when undefined, see the module docstring) and
+        ``n_reference``, ``n_prediction``, ``n_overlap`` -> int voxel counts.
+    Raises:
+        ValueError: shapes differ.
+    """
+    reference = np.asarray(reference, dtype=bool)
+    prediction = np.asarray(prediction, dtype=bool)
+    if reference.shape != prediction.shape or (valid is not None and valid.shape != reference.shape):
+        raise ValueError(f"masks differ in shape: reference {reference.shape}, prediction {prediction.shape}")
+    if valid is not None:
+        reference = reference & valid
+        prediction = prediction & valid
+    n_reference = int(np.count_nonzero(reference))
+    n_prediction = int(np.count_nonzero(prediction))
+    n_overlap = int(np.count_nonzero(reference & prediction))
+    result: dict[str, float | int] = dict(
+        overlap_metrics(n_overlap, n_prediction - n_overlap, n_reference - n_overlap)
+    )
+    result["HD95"] = hausdorff_95(reference, prediction, spacing)
+    result.update(n_reference=n_reference, n_prediction=n_prediction, n_overlap=n_overlap)
+    return result
+
+
+def _class_mask(segmentation: np.ndarray, value: ClassValue) -> np.ndarray:
+    if isinstance(value, tuple):  # a region (nnU-Net region-based training): the union of its labels
+        return np.isin(segmentation, value)
+    return segmentation == value
+
+
+def case_metrics(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    classes: Mapping[str, ClassValue],
+    spacing: Sequence[float] | None = None,
+    ignore_label: int | None = None,
+) -> dict[str, dict[str, float | int]]:
+    """Metrics of every class of one case.
+
+    Shape:
+        reference, prediction: (*spatial) integer label maps of the same shape.
+        classes: class name -> label value (or tuple of label values for a region).
+        spacing: voxel size per array axis in mm.  ignore_label: reference voxels with this value are
+        left out of every metric.
+        returns: class name -> :func:`class_metrics` result.
+    Raises:
+        ValueError: shapes differ.
+    """
+    if reference.shape != prediction.shape:
+        raise ValueError(f"reference {reference.shape} and prediction {prediction.shape} differ in shape")
+    valid = None if ignore_label is None else reference != ignore_label
+    return {
+        name: class_metrics(_class_mask(reference, value), _class_mask(prediction, value), spacing, valid)
+        for name, value in classes.items()
+    }
+
+
+def _nanmean(values: Sequence[float]) -> tuple[float, int]:
+    finite = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return (math.fsum(finite) / len(finite) if finite else math.nan), len(finite)
+
+
+def paper_means(
+    per_case: Mapping[str, Mapping[str, Mapping[str, float]]],
+    class_names: Sequence[str],
+    metrics: Sequence[str] = METRICS,
+) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, dict[str, int]]]:
+    """The paper's averaging: each class over the cases (NaN left out), then over the classes.
+
+    Args:
+        per_case: case -> class -> metric -> value (NaN or None = undefined).
+        class_names: the classes to average, in order.
+        metrics: the metric names to average.
+    Returns:
+        ``(per_class, overall, n_cases)``: class -> metric -> mean over cases; metric -> mean of the class
+        means that are defined; class -> metric -> number of cases that entered the class mean.
+        A mean over nothing is NaN.
+    """
+    per_class: dict[str, dict[str, float]] = {}
+    n_cases: dict[str, dict[str, int]] = {}
+    for name in class_names:
+        per_class[name], n_cases[name] = {}, {}
+        for metric in metrics:
+            values = [case[name][metric] for case in per_case.values() if name in case]
+            per_class[name][metric], n_cases[name][metric] = _nanmean(values)
+    overall = {metric: _nanmean([per_class[name][metric] for name in class_names])[0] for metric in metrics}
+    return per_class, overall, n_cases

@@ -1,0 +1,106 @@
+"""Ranking marks, the paper's published tables as data, and mapping label names to its columns."""
+
+from __future__ import annotations
+
+import pytest
+
+from nnunet_topkdice.evaluation.paper import PAPER_TABLES, match_paper_classes
+from nnunet_topkdice.evaluation.tables import (
+    SOURCE_DIFFERENCE,
+    SOURCE_PAPER,
+    SOURCE_RUN,
+    TableRow,
+    rank_marks,
+)
+
+
+def test_rank_marks_best_second_ties_and_lower_is_better() -> None:
+    rows = [
+        TableRow(SOURCE_RUN, "a", {"mDice": 80.0, "mHD95 (mm)": 3.0}),
+        TableRow(SOURCE_RUN, "b", {"mDice": 80.004, "mHD95 (mm)": 5.0}),  # ties with a at two decimals
+        TableRow(SOURCE_RUN, "c", {"mDice": 70.0, "mHD95 (mm)": None}),  # undefined: never ranked
+        TableRow(SOURCE_RUN, "d", {"mDice": 60.0, "mHD95 (mm)": 4.0}),
+        TableRow(SOURCE_DIFFERENCE, "a vs. paper", {"mDice": 99.0}),  # differences are not ranked
+    ]
+    marks = rank_marks(rows, ["mDice", "mHD95 (mm)"])
+    assert marks == {
+        (0, "mDice"): "best",
+        (1, "mDice"): "best",
+        (2, "mDice"): "second",
+        (0, "mHD95 (mm)"): "best",
+        (3, "mHD95 (mm)"): "second",
+    }
+
+
+def test_rank_marks_groups_are_separate_and_small_groups_get_fewer_marks() -> None:
+    rows = [
+        TableRow(SOURCE_RUN, "only", {"mDice": 10.0}),  # one run: nothing to compare, no mark
+        TableRow(SOURCE_PAPER, "p1", {"mDice": 90.0}),
+        TableRow(SOURCE_PAPER, "p2", {"mDice": 80.0}),  # two rows: best only
+    ]
+    assert rank_marks(rows, ["mDice"]) == {(1, "mDice"): "best"}
+
+
+@pytest.mark.parametrize("key", ["synapse", "acdc"])
+def test_paper_mean_dice_is_the_mean_of_its_class_columns(key: str) -> None:
+    # Guards the copied numbers: in Tables 1 and 2 mDice is the mean of the per-class Dice (to rounding).
+    table = PAPER_TABLES[key]
+    for name, values in table.as_dict().items():
+        class_mean = sum(values[c] for c in table.class_columns) / len(table.class_columns)
+        assert values["mDice"] == pytest.approx(class_mean, abs=0.011), name
+
+
+@pytest.mark.parametrize(
+    ("key", "number", "row", "column", "value"),
+    [
+        ("synapse", 1, "CE + topK-Dice (our)", "Kidney left", 88.78),
+        ("synapse", 1, "focal + Dice", "Stomach", 77.27),
+        ("acdc", 2, "Focal-CE + Dice", "LV", 95.45),
+        ("msseg", 3, "CE", "mPrec.", 76.72),
+        ("msseg", 3, "Focal-CE + Dice", "mRec.", 67.83),
+    ],
+    ids=["synapse-ours", "synapse-focal", "acdc-focal", "msseg-ce", "msseg-focal"],
+)
+def test_paper_values_spot_checks(key: str, number: int, row: str, column: str, value: float) -> None:
+    table = PAPER_TABLES[key]
+    assert table.number == number
+    assert table.row(row)[column] == value
+    assert table.reference_row == "CE + topK-Dice (our)"
+    assert len(table.rows) == 5
+
+
+def test_paper_table_unknown_row() -> None:
+    with pytest.raises(KeyError, match="Table 1 has no row 'Dice'"):
+        PAPER_TABLES["synapse"].row("Dice")
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (
+            ["spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"],
+            ("synapse", {"left_kidney": "Kidney left", "right_kidney": "Kidney right", "aorta": "Aorta"}),
+        ),
+        (["RV", "MYO", "LV"], ("acdc", {"RV": "RV", "MYO": "MYO", "LV": "LV"})),
+        (["right ventricle", "Myocardium", "left-ventricle"], ("acdc", {"Myocardium": "MYO"})),
+        (["lesion"], ("msseg", {"lesion": "lesion"})),
+        (["liver", "tumour"], None),
+        (["RV", "MYO", "LV", "extra"], None),
+    ],
+    ids=["synapse-converter-names", "acdc", "acdc-long-names", "msseg", "unknown", "extra-label"],
+)
+def test_match_paper_classes(labels: list[str], expected: tuple | None) -> None:
+    match = match_paper_classes(labels)
+    if expected is None:
+        assert match is None
+        return
+    key, mapping = match
+    assert key == expected[0]
+    assert len(mapping) == len(labels)
+    for name, column in expected[1].items():
+        assert mapping[name] == column
+
+
+def test_match_paper_classes_unknown_key() -> None:
+    with pytest.raises(ValueError, match="unknown paper table 'brats'"):
+        match_paper_classes(["a"], "brats")
