@@ -1,0 +1,28 @@
+"""Losses: TopK-Dice (pure PyTorch), softmax focal loss, and compound losses for nnU-Net trainers.
+
+``topk_dice`` and ``focal`` import nothing from nnU-Net; the compound baselines build nnU-Net's own soft
+Dice, cross entropy and TopK cross entropy when they are constructed.
+"""
+
+from nnunet_topkdice.losses.compound import CE_and_TopKDice_loss, DC_and_Focal_loss, DC_and_TopKCE_loss
+from nnunet_topkdice.losses.focal import FocalLoss, focal_loss
+from nnunet_topkdice.losses.topk_dice import (
+    TopKDiceLoss,
+    n_excluded_voxels,
+    tie_break_map,
+    topk_dice_loss,
+    topk_exclusion_mask,
+)
+
+__all__ = [
+    "CE_and_TopKDice_loss",
+    "DC_and_Focal_loss",
+    "DC_and_TopKCE_loss",
+    "FocalLoss",
+    "TopKDiceLoss",
+    "focal_loss",
+    "n_excluded_voxels",
+    "tie_break_map",
+    "topk_dice_loss",
+    "topk_exclusion_mask",
+]

@@ -1,0 +1,81 @@
+"""DDP batch Dice: two gloo processes on the CPU give the single-process result on the concatenated batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from nnunet_topkdice.losses import CE_and_TopKDice_loss, TopKDiceLoss
+
+WORLD_SIZE = 2
+
+
+def _inputs():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 2, 12, 12, generator=generator)
+    target = torch.randint(0, 3, (4, 1, 12, 12), generator=generator)
+    target[2:, 0, :3] = 2  # different class mixes on the two ranks
+    return images, target
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Conv2d(2, 3, 3, padding=1)
+
+
+def _losses(ddp: bool) -> dict[str, nn.Module]:
+    return {
+        "topk_dice": TopKDiceLoss(k=50, batch_dice=True, ddp=ddp),
+        "ce_topk_dice": CE_and_TopKDice_loss({"k": 30, "batch_dice": True, "ddp": ddp}, {}),
+    }
+
+
+def _worker(rank: int, port: int, results: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        images, target = _inputs()
+        part = slice(rank * 2, rank * 2 + 2)
+        for name, loss_fn in _losses(ddp=True).items():
+            model = nn.parallel.DistributedDataParallel(_model())
+            loss = loss_fn(model(images[part]), target[part])
+            loss.backward()
+            results[(name, rank)] = (loss.item(), [p.grad.clone() for p in model.parameters()])
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_batch_dice_equals_single_process_on_concatenated_batch():
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    images, target = _inputs()
+    expected = {}
+    for name, loss_fn in _losses(ddp=False).items():
+        model = _model()
+        # DDP averages gradients over ranks; CE is a mean over each rank's half, so compare with the same
+        loss = loss_fn(model(images), target)
+        loss.backward()
+        expected[name] = (loss.item(), [p.grad.clone() for p in model.parameters()])
+
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD_SIZE, join=True)
+    for name, (loss_value, grads) in expected.items():
+        for rank in range(WORLD_SIZE):
+            got_loss, got_grads = results[(name, rank)]
+            if name == "topk_dice":  # the Dice term is global: every rank sees the whole batch's loss
+                assert got_loss == pytest.approx(loss_value, abs=1e-6)
+            for got, want in zip(got_grads, grads, strict=True):
+                torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
