@@ -163,12 +163,15 @@ def _coarse_bucket(value: Tensor, bits: int, offset: Tensor) -> Tensor:
 
     Shape: value (B, N) float32, non-negative; offset (B, 1) int32.  returns: (B, N) int32.
     """
-    half = 1 << (bits - 1)
+    top = (1 << bits) - 1
     shift = max(0, (_HALF_BITS - _FLOOR_BITS).bit_length() - (bits - 1))
     # distance to the nearer end; 1 - v < 0 (v > 1) clamps to the floor, the last bucket
     nearer_end = torch.minimum(value, 1 - value).view(torch.int32).clamp_(_FLOOR_BITS, _HALF_BITS - 1)
     level = (nearer_end - _FLOOR_BITS) >> shift
-    return torch.where(value < 0.5, level + offset, (offset + (2 * half - 1)) - level)
+    # v >= 0.5 counts down from the top: (2**bits - 1) - level == level ^ (2**bits - 1); the sign bit of
+    # v - 0.5 picks the side without a (slow) integer torch.where
+    hard_side = (value - 0.5).view(torch.int32) >> 31  # -1 where v < 0.5, else 0
+    return (level ^ ((hard_side & top) ^ top)) + offset
 
 
 def _cut(hist: Tensor, n_top: Tensor) -> tuple[Tensor, Tensor]:
@@ -252,7 +255,7 @@ def _topk_selection(
     value = true_class_prob + tie_break  # eq. 2 on the foreground, where Y = 1
     image_offset = torch.arange(batch, device=device, dtype=torch.int32).unsqueeze(1) * ((n_classes + 1) * n_buckets)
     cls = target if valid is None else torch.where(valid, target, n_classes)  # masked voxels: spare row
-    row_bucket = torch.add(_coarse_bucket(value, bits, image_offset), cls.to(torch.int32), alpha=n_buckets).view(-1)
+    row_bucket = torch.add(_coarse_bucket(value, bits, image_offset), cls, alpha=n_buckets).view(-1)  # int64
     hist = torch.bincount(row_bucket, minlength=batch * (n_classes + 1) * n_buckets)
     hist = hist.view(batch, n_classes + 1, n_buckets)[:, :n_classes]
     n_foreground = hist.sum(-1)
@@ -266,7 +269,7 @@ def _topk_selection(
     state = (bucket_ids > cut.unsqueeze(-1)).to(torch.int8) * 2 + (bucket_ids == cut.unsqueeze(-1)).to(torch.int8)
     state = state * (n_excluded > 0).unsqueeze(-1)
     state = torch.cat([state, state.new_zeros(batch, 1, n_buckets)], 1).view(-1)
-    voxel_state = state[row_bucket].view(batch, n_voxels)
+    voxel_state = torch.take(state, row_bucket).view(batch, n_voxels)
     excluded = voxel_state == 2
 
     candidates = (voxel_state == 1).view(-1).nonzero().squeeze(1)
