@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from nnunet_topkdice.argtypes import dataset_id, positive_int
 from nnunet_topkdice.errors import InputError
 
 DEFAULT_NUM_PROCESSES = min(4, os.cpu_count() or 1)
@@ -63,26 +64,6 @@ DATASETS: dict[str, _DatasetCommand] = {
 }
 
 
-def _dataset_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer dataset id, got {text!r}") from None
-    if not 1 <= value <= 999:
-        raise argparse.ArgumentTypeError(f"dataset id must be in [1, 999], got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
     """Add the options of ``topkdice convert <dataset>`` (also used by ``python -m``)."""
     info = DATASETS[dataset]
@@ -99,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
     parser.add_argument(
         "-d",
         "--dataset-id",
-        type=_dataset_id,
+        type=dataset_id,
         default=info.default_id,
         metavar="ID",
         help=f"nnU-Net dataset id, 1-999 (default: {info.default_id})",
@@ -112,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
     parser.add_argument(
         "-np",
         "--num-processes",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_NUM_PROCESSES,
         metavar="N",
         help=f"worker processes (default: {DEFAULT_NUM_PROCESSES})",

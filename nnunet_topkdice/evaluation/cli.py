@@ -6,41 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from nnunet_topkdice.argtypes import k_percent, non_negative_int, positive_int
 from nnunet_topkdice.errors import InputError
 
 PAPER_CHOICES = ("synapse", "acdc", "msseg")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _k_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"k must be a number in (0, 100], got {text!r}") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(
-            f"k must be a number in (0, 100] (percent of voxels kept), got {text!r}"
-        )
-    return value
 
 
 def _run_spec(text: str) -> tuple[str, Path]:
@@ -141,7 +110,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-np",
         "--num-processes",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="worker processes (default: 1)",
@@ -194,14 +163,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--k",
         nargs="+",
-        type=_k_value,
+        type=k_percent,
         default=[50.0],
         metavar="K",
         help="percent of foreground voxels kept, one or several (e.g. --k 90 50 30 10); default 50",
     )
     p.add_argument(
         "--slice",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=None,
         metavar="INDEX",
         help="slice index along --axis (default: the slice with the most foreground)",
@@ -222,7 +191,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--channel",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="which of the -i files to display (default 0)",
