@@ -193,7 +193,7 @@ def test_cli_table_matches_module_constants(name: str) -> None:
     ("argv", "message"),
     [
         (["convert", "synapse", "-i", "x", "-d", "1000"], "dataset id must be in [1, 999], got '1000'"),
-        (["convert", "acdc", "-i", "x", "-np", "0"], "expected a positive integer, got 0"),
+        (["convert", "acdc", "-i", "x", "-np", "0"], "expected a positive integer, got '0'"),
         (["convert", "msseg", "-i", "x", "--seed", "a"], "invalid int value: 'a'"),
         (["convert", "synapse"], "the following arguments are required: -i/--input"),
         (["convert", "cityscapes", "-i", "x"], "invalid choice: 'cityscapes'"),
