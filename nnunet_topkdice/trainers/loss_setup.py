@@ -1,0 +1,60 @@
+"""What every loss trainer derives from the trainer the same way: Dice kwargs, compile, regions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from nnunet_topkdice.losses import CE_and_TopKDice_loss
+
+if TYPE_CHECKING:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+# nnU-Net's default Dice settings (nnUNetTrainer._build_loss); only batch_dice and ddp vary.
+DICE_SMOOTH = 1e-5
+
+
+def dice_kwargs(trainer: nnUNetTrainer) -> dict[str, Any]:
+    """The Dice kwargs nnU-Net's default trainer uses: ``batch_dice`` from the plans, ``ddp`` from the run."""
+    return {
+        "batch_dice": trainer.configuration_manager.batch_dice,
+        "smooth": DICE_SMOOTH,
+        "do_bg": False,
+        "ddp": trainer.is_ddp,
+    }
+
+
+def refuse_regions(trainer: nnUNetTrainer) -> None:
+    """Stop a softmax-only trainer from training a region-based (sigmoid) dataset.
+
+    Raises:
+        RuntimeError: the dataset's labels are regions; the message names the trainer and the alternative.
+    """
+    if trainer.label_manager.has_regions:
+        name = type(trainer).__name__
+        raise RuntimeError(
+            f"{name} does not support region-based (sigmoid) training: its loss is defined on softmax "
+            f"probabilities of mutually exclusive labels, but dataset {trainer.plans_manager.dataset_name} "
+            f"is region-based (its dataset.json gives labels as lists). Train region-based datasets with "
+            f"nnU-Net's default trainer (-tr nnUNetTrainer) instead."
+        )
+
+
+def compile_dice_term(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:
+    """Compile the compound loss's Dice term exactly when nnU-Net compiles its own; returns the loss to use.
+
+    nnU-Net compiles ``loss.dc`` of its default ``DC_and_CE_loss`` when ``trainer._do_i_compile()``
+    (CUDA, not Windows, ``nnUNet_compile`` not false) and leaves the cross-entropy eager; the baselines
+    here do the same. ``CE_and_TopKDice_loss`` computes both of its terms in one fused autograd node
+    inside its own ``forward`` (``loss.dc`` only holds the settings), so there the whole loss is handed to
+    torch.compile; the selection's data-dependent steps (``nonzero`` of the cut buckets) run eagerly
+    behind a graph break, the rest is compiled.
+    """
+    if not trainer._do_i_compile():
+        return loss
+    if isinstance(loss, CE_and_TopKDice_loss):
+        return torch.compile(loss)
+    loss.dc = torch.compile(loss.dc)
+    return loss

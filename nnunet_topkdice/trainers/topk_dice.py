@@ -1,0 +1,56 @@
+"""The paper's loss, CE + TopK-Dice, as nnU-Net trainers (one per k)."""
+
+from __future__ import annotations
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+
+from nnunet_topkdice.losses import CE_and_TopKDice_loss
+from nnunet_topkdice.trainers.deep_supervision import wrap_deep_supervision
+from nnunet_topkdice.trainers.loss_setup import compile_dice_term, dice_kwargs, refuse_regions
+
+
+class nnUNetTrainerTopKDice(nnUNetTrainer):
+    """nnU-Net's default trainer with CE + TopK-Dice (paper eq. 7) instead of CE + soft Dice.
+
+    ``topk_k`` is the percent of each class's foreground voxels KEPT (the hardest ones); the paper uses
+    50 for Synapse and ACDC and 30 for MSSEG. Everything else (network, schedule, deep supervision and its
+    weights, mixed precision, torch.compile of the Dice term) is nnU-Net's. Softmax datasets only.
+    """
+
+    topk_k: float = 50.0
+
+    def _build_loss(self) -> nn.Module:
+        refuse_regions(self)
+        loss = CE_and_TopKDice_loss(
+            {**dice_kwargs(self), "k": self.topk_k},
+            {},
+            weight_ce=1,
+            weight_dice=1,
+            ignore_label=self.label_manager.ignore_label,
+        )
+        return wrap_deep_supervision(self, compile_dice_term(self, loss))
+
+
+class nnUNetTrainerTopKDice10(nnUNetTrainerTopKDice):
+    """CE + TopK-Dice keeping the hardest 10 % of each class's foreground."""
+
+    topk_k = 10.0
+
+
+class nnUNetTrainerTopKDice30(nnUNetTrainerTopKDice):
+    """CE + TopK-Dice keeping the hardest 30 % (the paper's MSSEG setting)."""
+
+    topk_k = 30.0
+
+
+class nnUNetTrainerTopKDice70(nnUNetTrainerTopKDice):
+    """CE + TopK-Dice keeping the hardest 70 % of each class's foreground."""
+
+    topk_k = 70.0
+
+
+class nnUNetTrainerTopKDice90(nnUNetTrainerTopKDice):
+    """CE + TopK-Dice keeping the hardest 90 % of each class's foreground."""
+
+    topk_k = 90.0

@@ -1,0 +1,437 @@
+"""Trainers: losses, deep supervision, schedules, ignore label, regions, discovery by nnU-Net.
+
+Training steps run nnU-Net's real ``train_step`` on tiny hand-made plans (see
+``nnunet_topkdice.trainers.standalone``); discovery runs in subprocesses because nnU-Net resolves
+``nnUNet_extTrainer`` through the environment of the process that looks the trainer up.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss, TopKLoss
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerCELoss import nnUNetTrainerCELoss
+from torch._dynamo import OptimizedModule
+
+import nnunet_topkdice.trainers as trainers
+from nnunet_topkdice.cli import trainer_dir
+from nnunet_topkdice.losses import CE_and_TopKDice_loss, DC_and_Focal_loss, DC_and_TopKCE_loss, TopKDiceLoss
+from nnunet_topkdice.trainers import PAPER_ROWS, TRAINER_NAMES, paper_trainer
+from nnunet_topkdice.trainers.standalone import (
+    setup_trainer,
+    synthetic_batch,
+    synthetic_dataset_json,
+    synthetic_plans,
+)
+
+BIN = Path(sys.executable).parent
+PATCHES = {"2d": (32, 32), "3d": (16, 32, 32)}
+PAPER_SUFFIX = ("Paper", "Demo")
+
+# The trainer each scheduled variant takes its loss from, and the loss it must build.
+LOSS_ROWS = {
+    "nnUNetTrainerTopKDice": (CE_and_TopKDice_loss, 50.0),
+    "nnUNetTrainerTopKDice10": (CE_and_TopKDice_loss, 10.0),
+    "nnUNetTrainerTopKDice30": (CE_and_TopKDice_loss, 30.0),
+    "nnUNetTrainerTopKDice70": (CE_and_TopKDice_loss, 70.0),
+    "nnUNetTrainerTopKDice90": (CE_and_TopKDice_loss, 90.0),
+    "nnUNetTrainerFocalDice": (DC_and_Focal_loss, None),
+    "nnUNetTrainerTopKCEDice": (DC_and_TopKCE_loss, 50.0),
+    "nnUNetTrainerTopKCEDice30": (DC_and_TopKCE_loss, 30.0),
+    "nnUNetTrainerCELoss": (RobustCrossEntropyLoss, None),  # nnU-Net's own
+    "nnUNetTrainer": (DC_and_CE_loss, None),  # nnU-Net's own
+}
+
+
+def _base_row(name: str) -> str:
+    """nnUNetTrainerTopKDice30Paper -> nnUNetTrainerTopKDice30; CE/DiceCE map to nnU-Net's trainers."""
+    for suffix in PAPER_SUFFIX:
+        if name.endswith(suffix):
+            stem = name.removesuffix(suffix)
+            return {"nnUNetTrainerCE": "nnUNetTrainerCELoss", "nnUNetTrainerDiceCE": "nnUNetTrainer"}.get(stem, stem)
+    return name
+
+
+# the trainers whose loss is this package's (the others are nnU-Net's CE and CE + Dice)
+OWN_LOSS_TRAINERS = tuple(n for n in TRAINER_NAMES if _base_row(n) not in ("nnUNetTrainerCELoss", "nnUNetTrainer"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # tiny networks: threads only add contention on the shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _make(name: str, tmp_path: Path, dim: str = "2d", **dataset_kwargs: bool) -> nnUNetTrainer:
+    builtins = {"nnUNetTrainer": nnUNetTrainer, "nnUNetTrainerCELoss": nnUNetTrainerCELoss}
+    trainer_class = builtins[name] if name in builtins else getattr(trainers, name)
+    plans, configuration = synthetic_plans(PATCHES[dim], base_features=4, max_features=32)
+    return setup_trainer(trainer_class, plans, configuration, synthetic_dataset_json(3, **dataset_kwargs), tmp_path)
+
+
+def _params(trainer: nnUNetTrainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.network.parameters()]
+
+
+# --- names, mapping, module identity ----------------------------------------------------------------
+
+
+def test_trainer_names_are_the_issue_list() -> None:
+    expected = {
+        *("nnUNetTrainerTopKDice", "nnUNetTrainerTopKDice10", "nnUNetTrainerTopKDice30"),
+        *("nnUNetTrainerTopKDice70", "nnUNetTrainerTopKDice90"),
+        *("nnUNetTrainerFocalDice", "nnUNetTrainerTopKCEDice", "nnUNetTrainerTopKCEDice30"),
+        *("nnUNetTrainerCEPaper", "nnUNetTrainerDiceCEPaper", "nnUNetTrainerFocalDicePaper"),
+        *("nnUNetTrainerTopKCEDicePaper", "nnUNetTrainerTopKDicePaper"),
+        *("nnUNetTrainerTopKCEDice30Paper", "nnUNetTrainerTopKDice30Paper"),
+        *("nnUNetTrainerCEDemo", "nnUNetTrainerDiceCEDemo", "nnUNetTrainerFocalDiceDemo"),
+        *("nnUNetTrainerTopKCEDiceDemo", "nnUNetTrainerTopKDiceDemo"),
+        *("nnUNetTrainerTopKCEDice30Demo", "nnUNetTrainerTopKDice30Demo"),
+    }
+    assert set(TRAINER_NAMES) == expected
+    for name in TRAINER_NAMES:
+        cls = getattr(trainers, name)
+        assert issubclass(cls, nnUNetTrainer)
+        assert cls.__module__.startswith("nnunet_topkdice.trainers."), cls.__module__
+
+
+@pytest.mark.parametrize("name", TRAINER_NAMES, ids=TRAINER_NAMES)
+def test_constructor_signature_is_nnunets(name: str) -> None:
+    # nnU-Net saves the init args by name and re-creates the trainer from them (resume, predict)
+    ours = inspect.signature(getattr(trainers, name).__init__, eval_str=True).parameters
+    assert ours == inspect.signature(nnUNetTrainer.__init__).parameters
+
+
+def test_paper_rows_cover_every_row_schedule_and_trainer() -> None:
+    assert list(PAPER_ROWS) == ["CE", "CE + Dice", "focal + Dice", "topK + Dice", "CE + topK-Dice"]
+    named = {name for by_schedule in PAPER_ROWS.values() for names in by_schedule.values() for name in names.values()}
+    assert named == set(TRAINER_NAMES) | {"nnUNetTrainerCELoss", "nnUNetTrainer"}
+    for by_schedule in PAPER_ROWS.values():
+        assert set(by_schedule) == {"nnunet", "paper", "demo"}
+
+
+@pytest.mark.parametrize(
+    ("row", "schedule", "k", "expected"),
+    [
+        ("CE", "nnunet", 50, "nnUNetTrainerCELoss"),
+        ("CE + Dice", "paper", 30, "nnUNetTrainerDiceCEPaper"),
+        ("focal + Dice", "demo", 50, "nnUNetTrainerFocalDiceDemo"),
+        ("topK + Dice", "nnunet", 30, "nnUNetTrainerTopKCEDice30"),
+        ("topK + Dice", "paper", 50, "nnUNetTrainerTopKCEDicePaper"),
+        ("CE + topK-Dice", "nnunet", 70, "nnUNetTrainerTopKDice70"),
+        ("CE + topK-Dice", "paper", 30, "nnUNetTrainerTopKDice30Paper"),
+        ("CE + topK-Dice", "demo", 50, "nnUNetTrainerTopKDiceDemo"),
+    ],
+    ids=[
+        "ce",
+        "dicece-paper",
+        "focal-demo",
+        "topkce30",
+        "topkce-paper",
+        "topkdice70",
+        "topkdice30-paper",
+        "demo",
+    ],
+)
+def test_paper_trainer(row: str, schedule: str, k: int, expected: str) -> None:
+    assert paper_trainer(row, schedule, k) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("Dice", "nnunet", 50), "unknown paper row 'Dice'"),
+        (("CE", "fast", 50), "unknown schedule 'fast'"),
+        (("CE + topK-Dice", "paper", 70), r"k=70; available k: \[30, 50\]"),
+    ],
+    ids=["row", "schedule", "k"],
+)
+def test_paper_trainer_errors(args: tuple[str, str, int], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        paper_trainer(*args)
+
+
+def test_ext_folder_holds_only_a_shim_reexporting_the_same_classes() -> None:
+    folder = trainer_dir()
+    modules = sorted(p.name for p in folder.glob("*.py"))
+    assert modules == ["__init__.py", "nnunet_topkdice_trainers.py"]
+    import nnunet_topkdice.ext.nnunet_topkdice_trainers as shim
+
+    exported = {n for n, v in vars(shim).items() if isinstance(v, type) and issubclass(v, nnUNetTrainer)}
+    assert exported == set(TRAINER_NAMES)
+    for name in TRAINER_NAMES:
+        assert getattr(shim, name) is getattr(trainers, name)
+
+
+# --- losses, deep supervision, schedules ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TRAINER_NAMES, ids=TRAINER_NAMES)
+@pytest.mark.parametrize("batch_dice", [True, False], ids=["batch_dice", "sample_dice"])
+def test_loss_is_the_row_loss_with_kwargs_from_the_trainer(name: str, batch_dice: bool, tmp_path: Path) -> None:
+    trainer_class = getattr(trainers, name)
+    plans, configuration = synthetic_plans(PATCHES["2d"], base_features=4, batch_dice=batch_dice)
+    trainer = setup_trainer(trainer_class, plans, configuration, synthetic_dataset_json(3, ignore_label=True), tmp_path)
+    loss_class, k = LOSS_ROWS[_base_row(name)]
+    assert isinstance(trainer.loss, DeepSupervisionWrapper)
+    inner = trainer.loss.loss
+    assert type(inner) is loss_class
+    if loss_class is RobustCrossEntropyLoss:
+        assert inner.ignore_index == 3
+        return
+    assert inner.ignore_label == 3
+    assert inner.dc.batch_dice is batch_dice and inner.dc.ddp is False and inner.dc.do_bg is False
+    assert inner.dc.smooth == 1e-5
+    if loss_class is CE_and_TopKDice_loss:
+        assert isinstance(inner.dc, TopKDiceLoss) and inner.dc.k == k
+    else:
+        assert type(inner.dc) is MemoryEfficientSoftDiceLoss
+    if loss_class is DC_and_TopKCE_loss:
+        assert type(inner.ce) is TopKLoss and inner.ce.k == k and inner.ce.ignore_index == 3
+    if loss_class is DC_and_Focal_loss:
+        assert inner.ce.gamma == 2.0
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+@pytest.mark.parametrize(
+    ("is_ddp", "compiled", "last"),
+    [(False, False, 0.0), (True, False, 1e-6), (True, True, 0.0)],
+    ids=["single", "ddp", "ddp-compiled"],
+)
+def test_deep_supervision_weights_are_nnunets(
+    dim: str, is_ddp: bool, compiled: bool, last: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = _make("nnUNetTrainerTopKDice", tmp_path, dim)
+    # 4 stages -> 3 outputs: (1, 1/2, last) normalised
+    expected = np.array([1.0, 0.5, last]) / (1.5 + last)
+    monkeypatch.setattr(trainer, "is_ddp", is_ddp)
+    monkeypatch.setattr(trainer, "_do_i_compile", lambda: compiled)
+    wrapped = trainers.wrap_deep_supervision(trainer, torch.nn.Identity())
+    np.testing.assert_allclose(wrapped.weight_factors, expected, rtol=1e-12)
+    # and exactly what nnU-Net's own _build_loss gives (its DDP Dice is never called here)
+    reference = nnUNetTrainer._build_loss(trainer)
+    assert wrapped.weight_factors == reference.weight_factors
+
+
+def test_without_deep_supervision_the_loss_is_not_wrapped(tmp_path: Path) -> None:
+    trainer = _make("nnUNetTrainerTopKDice", tmp_path)
+    trainer.enable_deep_supervision = False
+    assert type(trainer._build_loss()) is CE_and_TopKDice_loss
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
+@pytest.mark.parametrize("name", LOSS_ROWS_OWN := [n for n in LOSS_ROWS if n in TRAINER_NAMES], ids=LOSS_ROWS_OWN)
+def test_dice_term_is_compiled_exactly_when_nnunet_compiles(
+    name: str, compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = _make(name, tmp_path)
+    monkeypatch.setattr(trainer, "_do_i_compile", lambda: compiled)
+    inner = trainer._build_loss().loss  # compilation is lazy: nothing is compiled yet
+    if not compiled:
+        assert not isinstance(inner, OptimizedModule) and not isinstance(inner.dc, OptimizedModule)
+    elif LOSS_ROWS[name][0] is CE_and_TopKDice_loss:
+        # one shared softmax: the whole CE + TopK-Dice loss is the compiled unit
+        assert isinstance(inner, OptimizedModule) and type(inner._orig_mod) is CE_and_TopKDice_loss
+    else:
+        # nnU-Net's choice: the Dice term compiled, the cross-entropy term eager
+        assert isinstance(inner.dc, OptimizedModule) and not isinstance(inner.ce, OptimizedModule)
+
+
+@pytest.mark.parametrize("name", [n for n in TRAINER_NAMES if n.endswith("Paper")])
+def test_paper_schedule(name: str, tmp_path: Path) -> None:
+    trainer = _make(name, tmp_path)
+    assert (trainer.initial_lr, trainer.weight_decay, trainer.num_epochs) == (5e-4, 1e-4, 300)
+    assert (trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (250, 50)  # nnU-Net's
+    assert type(trainer.optimizer) is torch.optim.Adam
+    assert trainer.optimizer.defaults["weight_decay"] == 1e-4
+    assert isinstance(trainer.lr_scheduler, PolyLRScheduler) and trainer.lr_scheduler.exponent == 0.9
+    trainer.lr_scheduler.step(150)  # half way: 5e-4 * 0.5**0.9
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4 * 0.5**0.9, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", [n for n in TRAINER_NAMES if n.endswith("Demo")])
+def test_demo_schedule(name: str, tmp_path: Path) -> None:
+    trainer = _make(name, tmp_path)
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (
+        10,
+        25,
+        5,
+    )
+    assert trainer.save_every == 1
+    assert (trainer.initial_lr, trainer.weight_decay) == (1e-2, 3e-5)  # nnU-Net's SGD
+    assert type(trainer.optimizer) is torch.optim.SGD
+
+
+@pytest.mark.parametrize("name", [n for n in TRAINER_NAMES if n.endswith(PAPER_SUFFIX)])
+def test_scheduled_variants_change_only_the_schedule(name: str, tmp_path: Path) -> None:
+    trainer = _make(name, tmp_path)
+    row = _make(_base_row(name), tmp_path)
+    assert type(trainer.loss.loss) is type(row.loss.loss)
+    assert trainer.loss.weight_factors == row.loss.weight_factors
+    assert isinstance(trainer, type(row))
+
+
+# --- real training steps ----------------------------------------------------------------------------
+
+
+def _train_and_check(trainer: nnUNetTrainer, batch: dict, n_steps: int = 2) -> None:
+    before = _params(trainer)
+    for _ in range(n_steps):
+        loss = trainer.train_step(batch)["loss"]
+        assert np.isfinite(loss) and loss > 0
+    grads = [p.grad for p in trainer.network.parameters() if p.grad is not None]
+    assert grads, "no parameter received a gradient"
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    after = _params(trainer)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)), "weights did not change"
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+@pytest.mark.parametrize("name", TRAINER_NAMES, ids=TRAINER_NAMES)
+def test_training_steps_with_deep_supervision(name: str, dim: str, tmp_path: Path) -> None:
+    trainer = _make(name, tmp_path, dim)
+    batch = synthetic_batch(trainer, seed=1)
+    assert len(batch["target"]) == len(trainer.loss.weight_factors) == 3  # deep supervision is on
+    _train_and_check(trainer, batch)
+
+
+@pytest.mark.parametrize("name", TRAINER_NAMES, ids=TRAINER_NAMES)
+def test_ignore_label_trains_and_ignored_voxels_get_no_gradient(name: str, tmp_path: Path) -> None:
+    trainer = _make(name, tmp_path, ignore_label=True)
+    batch = synthetic_batch(trainer, seed=2, ignore_fraction=0.25)
+    ignored = [t == 3 for t in batch["target"]]
+    assert all(m.any() and not m.all() for m in ignored)
+    _train_and_check(trainer, batch)
+
+    # gradient of the deep-supervised loss with respect to every output of the network
+    with torch.no_grad():
+        outputs = [o.detach().requires_grad_(True) for o in trainer.network(batch["data"])]
+    trainer.loss(outputs, batch["target"]).backward()
+    for scale, (output, mask, weight) in enumerate(zip(outputs, ignored, trainer.loss.weight_factors, strict=True)):
+        grad = torch.zeros_like(output) if output.grad is None else output.grad
+        assert torch.all(grad.masked_select(mask.expand_as(grad)) == 0), f"gradient on ignored voxels, scale {scale}"
+        if weight > 0:
+            assert grad.masked_select(~mask.expand_as(grad)).abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", OWN_LOSS_TRAINERS, ids=OWN_LOSS_TRAINERS)
+def test_regions_are_refused_with_a_message(name: str, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=rf"^{name} does not support region-based .*-tr nnUNetTrainer"):
+        _make(name, tmp_path, regions=True)
+
+
+# --- resume: the same tie-breaking map in a fresh process -------------------------------------------
+
+
+def test_tie_break_map_is_identical_in_a_fresh_process(tmp_path: Path) -> None:
+    from nnunet_topkdice.losses import tie_break_map
+
+    shapes = [(32, 32), (16, 32, 32)]
+    out = tmp_path / "maps.pt"
+    code = (
+        "import sys, torch; from nnunet_topkdice.losses import tie_break_map; "
+        f"torch.save([tie_break_map(s, 'cpu', seed=0) for s in {shapes!r}], sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
+    fresh = torch.load(out)
+    for shape, other in zip(shapes, fresh, strict=True):
+        here = tie_break_map(shape, "cpu", seed=0)
+        assert here.shape == shape and torch.equal(here, other)
+        assert 0 <= float(here.min()) and float(here.max()) < 1e-6
+    assert not torch.equal(tie_break_map((32, 32), "cpu", seed=1), tie_break_map((32, 32), "cpu", seed=0))
+
+
+# --- discovery through nnUNet_extTrainer, in subprocesses -------------------------------------------
+
+_LOOKUP = """
+import json, sys
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+found = {}
+for name in sys.argv[1:]:
+    try:
+        cls = recursive_find_trainer_class_by_name(name)
+    except RuntimeError as e:
+        found[name] = None if "Could not find requested nnunet trainer" in str(e) else repr(e)
+    else:
+        import nnunet_topkdice.trainers as t
+        found[name] = [cls.__module__, cls is getattr(t, name)]
+print("RESULT" + json.dumps(found))
+"""
+
+
+def _lookup(names: list[str], ext_trainer: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    if ext_trainer is not None:
+        env["nnUNet_extTrainer"] = ext_trainer
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOOKUP, *names],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line.removeprefix("RESULT"))
+
+
+def test_nnunet_finds_every_trainer_through_the_readme_setup() -> None:
+    # the README's set-up: export nnUNet_extTrainer="$(topkdice trainer-dir)"
+    folder = subprocess.run([BIN / "topkdice", "trainer-dir"], capture_output=True, text=True, check=True).stdout
+    assert folder.endswith("\n") and Path(folder.strip()).is_dir()
+    found = _lookup(list(TRAINER_NAMES), folder.strip())
+    for name in TRAINER_NAMES:
+        module, same_class = found[name]
+        assert module.startswith("nnunet_topkdice.trainers.") and same_class, (name, found[name])
+
+
+def test_no_trainer_collides_with_nnunet_builtins() -> None:
+    # built-ins are searched first: without the ext folder none of our names may resolve
+    found = _lookup(list(TRAINER_NAMES), None)
+    assert found == dict.fromkeys(TRAINER_NAMES)
+
+
+# --- torch.compile ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_loss_under_torch_compile_matches_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    eager_trainer = _make("nnUNetTrainerTopKDice", tmp_path, ignore_label=True)
+    compiled_trainer = _make("nnUNetTrainerTopKDice", tmp_path, ignore_label=True)
+    monkeypatch.setattr(compiled_trainer, "_do_i_compile", lambda: True)
+    compiled_loss = compiled_trainer._build_loss()  # what the trainer builds on a GPU
+    assert isinstance(compiled_loss.loss, OptimizedModule)
+    batch = synthetic_batch(eager_trainer, seed=3, ignore_fraction=0.25)
+    with torch.no_grad():
+        output = eager_trainer.network(batch["data"])[0]
+    target = batch["target"][0]
+    # one resolution only: every further shape is one more compilation (about a minute on 2 cores)
+    results = []
+    for loss in (eager_trainer.loss.loss, compiled_loss.loss):
+        leaf = output.clone().requires_grad_(True)
+        value = loss(leaf, target)
+        value.backward()
+        results.append((value.detach(), leaf.grad))
+    (eager_value, eager_grad), (compiled_value, compiled_grad) = results
+    assert torch.isfinite(compiled_value) and 0 < float(compiled_value)
+    torch.testing.assert_close(compiled_value, eager_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-7)
+    assert torch.all(compiled_grad.masked_select((target == 3).expand_as(compiled_grad)) == 0)

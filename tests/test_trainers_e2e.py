@@ -1,0 +1,169 @@
+"""End to end through nnU-Net's own command line, as a user runs it, with a TopK-Dice trainer.
+
+Synthetic 2D dataset -> ``nnUNetv2_plan_and_preprocess`` -> ``nnUNetv2_train`` (interrupted, then resumed
+with ``--c``) -> ``nnUNetv2_predict`` -> ``nnUNetv2_evaluate_folder``. nnU-Net finds the trainer through
+``nnUNet_extTrainer`` set to ``topkdice trainer-dir`` plus a test-only folder holding a shorter version of
+``nnUNetTrainerTopKDiceDemo`` that can simulate a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+BIN = Path(sys.executable).parent
+DATASET_ID = 987
+DATASET_NAME = f"Dataset{DATASET_ID}_TopKDiceE2E"
+TRAINER = "nnUNetTrainerTopKDiceE2ETest"
+N_EPOCHS, STOP_AFTER_EPOCH = 4, 2
+
+# A shorter demo trainer; TOPKDICE_TEST_STOP_AFTER_EPOCH makes it exit like a crashed job (after the
+# checkpoint of that epoch is written), TOPKDICE_TEST_TIE_BREAK_OUT records the loss's tie-break map.
+TEST_EXT_MODULE = f"""
+import os
+
+import torch
+
+from nnunet_topkdice.losses import tie_break_map
+from nnunet_topkdice.trainers import nnUNetTrainerTopKDiceDemo
+
+
+class {TRAINER}(nnUNetTrainerTopKDiceDemo):
+    demo_num_epochs = {N_EPOCHS}
+    demo_num_iterations_per_epoch = 12
+    demo_num_val_iterations_per_epoch = 2
+
+    def on_train_start(self):
+        super().on_train_start()
+        topk_dice = self.loss.loss.dc
+        tie_break = tie_break_map(self.configuration_manager.patch_size, "cpu",
+                                  seed=topk_dice.tie_break_seed, scale=topk_dice.tie_break_scale)
+        torch.save(tie_break, os.environ["TOPKDICE_TEST_TIE_BREAK_OUT"])
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        stop = os.environ.get("TOPKDICE_TEST_STOP_AFTER_EPOCH")
+        if stop is not None and self.current_epoch == int(stop):
+            raise SystemExit(75)
+"""
+
+
+def _write_case(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:
+    for array, path in ((image, image_path), (label, label_path)):
+        volume = sitk.GetImageFromArray(array)
+        volume.SetSpacing((1.0, 1.0, 5.0))
+        sitk.WriteImage(volume, str(path))
+
+
+def make_dataset(raw: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
+    """1x32x32 images: a 10x10 square (label 1, brighter) and a 6x6 square (label 2, brightest) in noise."""
+    root = raw / DATASET_NAME
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n_train + n_test):
+        label = np.zeros((1, 32, 32), np.uint8)
+        r, c = rng.integers(1, 14, 2)
+        label[0, r : r + 10, c : c + 10] = 1
+        r, c = rng.integers(17, 26, 2)
+        label[0, r : r + 6, c : c + 6] = 2
+        image = rng.normal(0.0, 0.3, label.shape).astype(np.float32) + label.astype(np.float32)
+        split = "Tr" if i < n_train else "Ts"
+        case = f"case{i:03d}"
+        _write_case(
+            image,
+            label,
+            root / f"images{split}" / f"{case}_0000.nii.gz",
+            root / f"labels{split}" / f"{case}.nii.gz",
+        )
+    dataset_json = {
+        "channel_names": {"0": "synthetic"},
+        "labels": {"background": 0, "square": 1, "small_square": 2},
+        "numTraining": n_train,
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return root
+
+
+def _run(args: list[str], env: dict[str, str], expect: int = 0, timeout: int = 600) -> None:
+    proc = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == expect, (
+        f"{args[0]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+
+
+@pytest.mark.slow
+def test_topk_dice_trainer_end_to_end_with_resume(tmp_path: Path) -> None:
+    raw, preprocessed, results = tmp_path / "raw", tmp_path / "preprocessed", tmp_path / "results"
+    dataset = make_dataset(raw)
+    test_ext = tmp_path / "test_ext"
+    test_ext.mkdir()
+    (test_ext / "topkdice_e2e_test_trainers.py").write_text(textwrap.dedent(TEST_EXT_MODULE))
+    trainer_dir = subprocess.run(
+        [BIN / "topkdice", "trainer-dir"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    env = {
+        **os.environ,
+        "nnUNet_raw": str(raw),
+        "nnUNet_preprocessed": str(preprocessed),
+        "nnUNet_results": str(results),
+        "nnUNet_extTrainer": os.pathsep.join([trainer_dir, str(test_ext)]),
+        # nnU-Net runs 2 threads on a 2-core CPU; with other jobs on the cores, OpenMP's spin-waiting
+        # threads make every step many times slower. Passive waiting costs nothing on an idle machine.
+        "OMP_WAIT_POLICY": "PASSIVE",
+        # nnU-Net's final validation and evaluation start 8 worker processes by default: 1 is plenty here
+        "nnUNet_def_n_proc": "1",
+    }
+    env.pop("nnUNet_n_proc_DA", None)
+    _run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1"], env)
+    # no data-augmentation worker processes (0 breaks planning, hence only from here on)
+    env["nnUNet_n_proc_DA"] = "0"
+
+    # first run: dies after epoch 2, leaving checkpoint_latest.pth behind and no final checkpoint
+    train = [BIN / "nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"]
+    first_map, resumed_map = tmp_path / "tie_break_first.pt", tmp_path / "tie_break_resumed.pt"
+    crash_env = {
+        **env,
+        "TOPKDICE_TEST_STOP_AFTER_EPOCH": str(STOP_AFTER_EPOCH),
+        "TOPKDICE_TEST_TIE_BREAK_OUT": str(first_map),
+    }
+    _run(train, crash_env, expect=75)
+    fold = results / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
+    assert torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"] == STOP_AFTER_EPOCH
+    assert not (fold / "checkpoint_final.pth").exists()
+
+    # resumed run: continues at epoch 2 (same logger history) with the same tie-break map
+    _run([*train, "--c"], {**env, "TOPKDICE_TEST_TIE_BREAK_OUT": str(resumed_map)})
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert final["trainer_name"] == TRAINER and final["current_epoch"] == N_EPOCHS
+    assert len(final["logging"]["train_losses"]) == N_EPOCHS
+    assert torch.equal(torch.load(first_map), torch.load(resumed_map))
+
+    predictions = tmp_path / "predictions"
+    _run(
+        [BIN / "nnUNetv2_predict", "-i", dataset / "imagesTs", "-o", predictions,
+         "-d", DATASET_ID, "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
+        env,
+    )  # fmt: skip
+    assert sorted(p.name for p in predictions.glob("*.nii.gz")) == [f"case{i:03d}.nii.gz" for i in range(12, 16)]
+
+    _run(
+        [BIN / "nnUNetv2_evaluate_folder", dataset / "labelsTs", predictions,
+         "-djfile", fold.parent / "dataset.json", "-pfile", fold.parent / "plans.json", "-np", "1"],
+        env,
+    )  # fmt: skip
+    summary = json.loads((predictions / "summary.json").read_text())
+    # one label everywhere scores 0.09 (an untrained network does about that); a trained one > 0.9
+    assert summary["foreground_mean"]["Dice"] > 0.8, summary["foreground_mean"]
+    for label in ("1", "2"):
+        assert summary["mean"][label]["Dice"] > 0.6, summary["mean"]
