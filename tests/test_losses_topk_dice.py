@@ -302,3 +302,13 @@ def test_torch_compile_matches_eager():
     compiled_value.backward()
     assert compiled_value.item() == pytest.approx(eager_value.item(), abs=1e-6)
     torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_autocast_does_not_lower_the_precision():
+    logits, target = random_case((2, 3, 12, 10), seed=15)
+    mask = torch.rand(2, 1, 12, 10, generator=torch.Generator().manual_seed(16)) > 0.3
+    full = topk_dice_loss(logits, target, 50, loss_mask=mask, batch_dice=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = topk_dice_loss(logits, target, 50, loss_mask=mask, batch_dice=True)
+    assert under_autocast.dtype == torch.float32
+    assert under_autocast.item() == pytest.approx(full.item(), abs=1e-6)

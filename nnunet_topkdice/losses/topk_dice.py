@@ -371,6 +371,22 @@ class _TopKDiceSums(torch.autograd.Function):
         do_bg: bool,
         with_ce: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        # float32 arithmetic even under autocast, which would run the einsum in half precision
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return _TopKDiceSums._forward(ctx, logits, target, mask, ce_weight, tie_break, k, do_bg, with_ce)
+
+    @staticmethod
+    def _forward(
+        ctx,
+        logits: Tensor,
+        target: Tensor,
+        mask: Tensor | None,
+        ce_weight: Tensor | None,
+        tie_break: Tensor,
+        k: float,
+        do_bg: bool,
+        with_ce: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         z = logits.to(compute_dtype)
         batch, n_classes = z.shape[:2]
