@@ -14,7 +14,25 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 _DEFAULT_DEVICE = torch.device("cuda")
 
 
-class PaperSchedule:
+class _Schedule:
+    """Keeps nnU-Net's constructor signature and applies a schedule's attributes after it."""
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = _DEFAULT_DEVICE,
+    ) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)  # type: ignore[call-arg]
+        self._apply_schedule()
+
+    def _apply_schedule(self) -> None:
+        raise NotImplementedError
+
+
+class PaperSchedule(_Schedule):
     """The paper's optimisation: Adam, lr 5e-4, weight decay 1e-4, poly decay (power 0.9), 300 epochs.
 
     Adam is ``torch.optim.Adam`` (L2 weight decay, as "Adam with weight decay" reads). The decay is
@@ -27,15 +45,7 @@ class PaperSchedule:
     paper_num_epochs: int = 300
     paper_poly_exponent: float = 0.9
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = _DEFAULT_DEVICE,
-    ) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def _apply_schedule(self) -> None:
         self.initial_lr = self.paper_initial_lr
         self.weight_decay = self.paper_weight_decay
         self.num_epochs = self.paper_num_epochs
@@ -46,7 +56,7 @@ class PaperSchedule:
         return optimizer, lr_scheduler
 
 
-class DemoSchedule:
+class DemoSchedule(_Schedule):
     """A short nnU-Net schedule for demos and end-to-end tests (minutes on a CPU, not a real training).
 
     Only the length changes (nnU-Net's SGD, learning rate and poly decay are kept); a checkpoint is
@@ -59,15 +69,7 @@ class DemoSchedule:
     demo_num_val_iterations_per_epoch: int = 5
     demo_save_every: int = 1
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = _DEFAULT_DEVICE,
-    ) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def _apply_schedule(self) -> None:
         self.num_epochs = self.demo_num_epochs
         self.num_iterations_per_epoch = self.demo_num_iterations_per_epoch
         self.num_val_iterations_per_epoch = self.demo_num_val_iterations_per_epoch
