@@ -224,3 +224,12 @@ def test_help(command: str, capsys: pytest.CaptureFixture) -> None:
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: topkdice " + command in capsys.readouterr().out
+
+
+def test_repeated_predictions_option_adds_runs() -> None:
+    from nnunet_topkdice.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["evaluate", "-r", "labels", "-p", "A=a", "B=b", "-p", "C=c", "-d", "1", "-o", "out"]
+    )
+    assert [name for name, _ in args.predictions] == ["A", "B", "C"]

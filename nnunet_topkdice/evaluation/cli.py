@@ -91,6 +91,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--predictions",
         required=True,
         nargs="+",
+        action="extend",  # a repeated -p adds runs instead of replacing the earlier ones
         type=_run_spec,
         metavar="NAME=PRED_DIR",
         help="one or more prediction folders (nnUNetv2_predict output), each named NAME=; the "

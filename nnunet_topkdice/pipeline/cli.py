@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from nnunet_topkdice.argtypes import dataset_id, positive_int
 from nnunet_topkdice.errors import InputError
 
 DATASET_CHOICES = ("synapse", "acdc", "msseg")  # keys of reproduce.PAPER_DATASETS (checked by a test)
@@ -15,30 +16,11 @@ SCHEDULE_CHOICES = ("nnunet", "paper")
 DEFAULT_NUM_PROCESSES = max(1, min(8, os.cpu_count() or 1))
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _dataset_id(text: str) -> int:
-    value = _positive_int(text)
-    if value > 999:
-        raise argparse.ArgumentTypeError(f"dataset id must be in [1, 999], got {text!r}")
-    return value
-
-
 def _gpu_list(text: str) -> tuple[str, ...]:
     """``"0,1,2,3"`` -> ``("0", "1", "2", "3")``: distinct non-negative integers."""
     ids = tuple(part.strip() for part in text.split(","))
     if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
-        raise argparse.ArgumentTypeError(
-            f"expected distinct GPU ids separated by commas (e.g. 0,1,2,3), got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected distinct GPU ids separated by commas (e.g. 0,1,2,3), got {text!r}")
     return ids
 
 
@@ -58,11 +40,10 @@ def _add_common_arguments(parser: argparse.ArgumentParser, default_np: int) -> N
     parser.add_argument(
         "-np",
         "--num-processes",
-        type=_positive_int,
+        type=positive_int,
         default=default_np,
         metavar="N",
-        help="worker processes of conversion, preprocessing, prediction and evaluation "
-        f"(default: {default_np})",
+        help=f"worker processes of conversion, preprocessing, prediction and evaluation (default: {default_np})",
     )
 
 
@@ -144,7 +125,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-d",
         "--dataset-id",
-        type=_dataset_id,
+        type=dataset_id,
         default=None,
         metavar="ID",
         help="nnU-Net dataset id (default: 201 synapse, 202 acdc, 203 msseg)",
@@ -188,7 +169,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--num-gpus",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="GPUs per training, passed to nnUNetv2_train -num_gpus (nnU-Net's DDP); default 1",
@@ -213,8 +194,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="where everything goes (default: ./topkdice_demo)",
     )
-    p.add_argument(
-        "--all", action="store_true", help="compare all five rows of the paper's table, not just two"
-    )
+    p.add_argument("--all", action="store_true", help="compare all five rows of the paper's table, not just two")
     _add_common_arguments(p, min(2, DEFAULT_NUM_PROCESSES))
     p.set_defaults(func=_demo_command)

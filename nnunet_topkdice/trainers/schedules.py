@@ -64,9 +64,9 @@ class DemoSchedule(_Schedule):
     class attributes, not the constructor.
     """
 
-    demo_num_epochs: int = 10
-    demo_num_iterations_per_epoch: int = 25
-    demo_num_val_iterations_per_epoch: int = 5
+    demo_num_epochs: int = 18
+    demo_num_iterations_per_epoch: int = 60
+    demo_num_val_iterations_per_epoch: int = 2
     demo_save_every: int = 1
 
     def _apply_schedule(self) -> None:
