@@ -21,6 +21,7 @@ Implementation notes (why it is fast):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -89,8 +90,12 @@ def _drop_fraction(k: float) -> Fraction:
     """``(100 - k) / 100`` as an exact fraction, so that ``floor`` of it times ``n`` is exact."""
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
         raise ValueError(f"k must be a number in (0, 100] (percent of foreground voxels kept), got {k!r}")
-    keep = Fraction(k).limit_denominator(10**6) / 100
-    return 1 - keep
+    return _exact_drop_fraction(float(k))
+
+
+@functools.lru_cache(maxsize=64)
+def _exact_drop_fraction(k: float) -> Fraction:
+    return 1 - Fraction(k).limit_denominator(10**6) / 100
 
 
 def n_excluded_voxels(n_foreground: Tensor, k: float) -> Tensor:
