@@ -182,3 +182,20 @@ def test_dc_and_topk_ce_is_the_sum_of_its_parts(with_ignore):
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def test_ce_value_saturates_only_beyond_float32_range_gradient_stays_exact():
+    # a voxel whose true class has probability e^-200: nn.CrossEntropyLoss gives 200, we report -log(tiny)
+    logits = torch.zeros(1, 2, 1, 2)
+    logits[0, 0, 0, 0] = 200.0
+    target = torch.ones(1, 1, 1, 2, dtype=torch.long)
+    ours_in = logits.clone().requires_grad_(True)
+    ref_in = logits.clone().requires_grad_(True)
+    CE_and_TopKDice_loss({"k": 50}, {}, weight_dice=0)(ours_in, target).backward()
+    reference = F.cross_entropy(ref_in, target[:, 0])
+    reference.backward()
+    value = CE_and_TopKDice_loss({"k": 50}, {}, weight_dice=0)(logits, target).item()
+    tiny = torch.finfo(torch.float32).tiny
+    assert value == pytest.approx((-math.log(tiny) + math.log(2)) / 2, rel=1e-6)
+    assert reference.item() == pytest.approx((200 + math.log(2)) / 2, rel=1e-6)
+    torch.testing.assert_close(ours_in.grad, ref_in.grad)

@@ -418,7 +418,9 @@ class _TopKDiceSums(torch.autograd.Function):
             voxel_weight = None if ce_weight is None else ce_weight.to(device=z.device, dtype=compute_dtype)[target]
             if mask is not None:
                 voxel_weight = mask.to(compute_dtype) if voxel_weight is None else voxel_weight * mask
-            true_class_log_prob = z.gather(1, target.unsqueeze(1)).squeeze(1) - torch.logsumexp(z, 1)
+            # log q instead of z_t - logsumexp(z): one dense pass less; equal to float precision down to
+            # q = 1.2e-38 (a per-voxel CE of 87), where the value (not the gradient, see backward) saturates
+            true_class_log_prob = true_class_prob.clamp_min(torch.finfo(compute_dtype).tiny).log()
             weighted = true_class_log_prob if voxel_weight is None else true_class_log_prob * voxel_weight
             ce_sum = -weighted.sum()
         else:
