@@ -365,20 +365,10 @@ class _TopKDiceSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
-        logits: Tensor,
-        target: Tensor,
-        mask: Tensor | None,
-        ce_weight: Tensor | None,
-        tie_break: Tensor,
-        k: float,
-        do_bg: bool,
-        with_ce: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(ctx, logits: Tensor, *args: object) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
         # float32 arithmetic even under autocast, which would run the einsum in half precision
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return _TopKDiceSums._forward(ctx, logits, target, mask, ce_weight, tie_break, k, do_bg, with_ce)
+            return _TopKDiceSums._forward(ctx, logits, *args)
 
     @staticmethod
     def _forward(
