@@ -195,34 +195,41 @@ def _cut(hist: Tensor, n_top: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _resolve_candidates(
-    keys: Tensor, segment: Tensor, flat_index: Tensor, still_needed: Tensor, key_bits: int, n_segments: int
+    values: Tensor, segment: Tensor, flat_index: Tensor, still_needed: Tensor, n_segments: int
 ) -> Tensor:
-    """Exact selection among the voxels left in the cut bins: the ``still_needed[s]`` largest keys per segment.
+    """Exact selection among the voxels left in the cut buckets: the ``still_needed[s]`` largest per segment.
 
-    While many candidates remain, a histogram of the next key bits narrows them down (radix selection on the
-    compacted voxels); the last few are sorted by (segment, key descending, voxel index ascending).
+    While many candidates remain, a histogram of the next bits of :func:`_ordering_key` narrows them down
+    (radix selection on the compacted voxels); the rest are sorted by (segment, value descending, voxel
+    index ascending).
 
-    Shape: keys, segment, flat_index (M,) int64, flat_index ascending; still_needed (n_segments,) int64, >= 1
-    for every segment that has candidates.  returns: the flat indices to exclude, (D,) int64.
+    Shape: values (M,) float32; segment, flat_index (M,) int64, flat_index ascending; still_needed
+    (n_segments,) int64, >= 1 for every segment that has candidates.  returns: flat indices to exclude, int64.
     """
     chosen = []
-    while keys.numel() > _SORT_AT_MOST and key_bits > 0:
-        digit_bits = min(key_bits, _MAX_BUCKET_BITS, max(_MIN_BUCKET_BITS, keys.numel().bit_length() - 8))
-        shift = key_bits - digit_bits
-        digit = (keys >> shift) & ((1 << digit_bits) - 1)
-        hist = torch.zeros(n_segments << digit_bits, dtype=torch.long, device=keys.device)
-        hist.index_add_(0, (segment << digit_bits) + digit, torch.ones_like(digit))
-        cut, n_above = _cut(hist.view(n_segments, 1 << digit_bits), still_needed.clamp_min(1))
-        voxel_cut = cut[segment]
-        chosen.append(flat_index[digit > voxel_cut])
-        still_needed = still_needed - n_above
-        inside = digit == voxel_cut
-        keys, segment, flat_index, key_bits = keys[inside], segment[inside], flat_index[inside], shift
-    # flat_index is ascending, so a stable sort keeps index order among equal keys
-    order = torch.sort((segment << _KEY_BITS) | ((1 << _KEY_BITS) - 1 - keys), stable=True).indices
-    segment = segment[order]
-    rank = torch.arange(segment.numel(), device=keys.device) - torch.searchsorted(segment, segment)
-    chosen.append(flat_index[order[rank < still_needed[segment]]])
+    if values.numel() > _SORT_AT_MOST:
+        keys, key_bits = _ordering_key(values).long(), _KEY_BITS
+        while keys.numel() > _SORT_AT_MOST and key_bits > 0:
+            digit_bits = min(key_bits, _MAX_BUCKET_BITS, max(_MIN_BUCKET_BITS, keys.numel().bit_length() - 8))
+            shift = key_bits - digit_bits
+            digit = (keys >> shift) & ((1 << digit_bits) - 1)
+            hist = torch.zeros(n_segments << digit_bits, dtype=torch.long, device=keys.device)
+            hist.index_add_(0, (segment << digit_bits) + digit, torch.ones_like(digit))
+            cut, n_above = _cut(hist.view(n_segments, 1 << digit_bits), still_needed.clamp_min(1))
+            voxel_cut = cut[segment]
+            chosen.append(flat_index[digit > voxel_cut])
+            still_needed = still_needed - n_above
+            inside = digit == voxel_cut
+            keys, values, segment, flat_index = keys[inside], values[inside], segment[inside], flat_index[inside]
+            key_bits = shift
+    # two stable sorts, value then segment: flat_index is ascending, so equal values keep index order
+    by_value = torch.sort(values, descending=True, stable=True).indices
+    by_segment = torch.sort(segment[by_value], stable=True)
+    sorted_segment = by_segment.values
+    rank = torch.arange(sorted_segment.numel(), device=values.device) - torch.searchsorted(
+        sorted_segment, sorted_segment
+    )
+    chosen.append(flat_index[by_value[by_segment.indices[rank < still_needed[sorted_segment]]]])
     return torch.cat(chosen)
 
 
@@ -268,21 +275,18 @@ def _topk_selection(
     if not do_bg:
         n_excluded[:, 0] = 0
     cut, n_above = _cut(hist, n_excluded.clamp_min(1))
-    # per bucket: 0 keep, 1 cut bucket (to resolve), 2 exclude; classes that exclude nothing and the
-    # spare row keep everything
-    bucket_ids = torch.arange(n_buckets, device=device)
-    state = (bucket_ids > cut.unsqueeze(-1)).to(torch.int8) * 2 + (bucket_ids == cut.unsqueeze(-1)).to(torch.int8)
-    state = state * (n_excluded > 0).unsqueeze(-1)
-    state = torch.cat([state, state.new_zeros(batch, 1, n_buckets)], 1).view(-1)
-    voxel_state = torch.take(state, row_bucket).view(batch, n_voxels)
+    # per bucket: 0 keep, 1 cut bucket (to resolve), 2 exclude, i.e. sign(bucket - cut) + 1; classes that
+    # exclude nothing and the spare row get a cut above every bucket
+    cut = torch.cat([torch.where(n_excluded > 0, cut, n_buckets), cut.new_full((batch, 1), n_buckets)], 1)
+    state = (torch.arange(n_buckets, device=device) - cut.unsqueeze(-1)).sign_().add_(1).to(torch.int8)
+    voxel_state = torch.take(state.view(-1), row_bucket).view(batch, n_voxels)
     excluded = voxel_state == 2
 
     candidates = (voxel_state == 1).view(-1).nonzero().squeeze(1)
     if candidates.numel() > 0:
         segment = torch.div(candidates, n_voxels, rounding_mode="floor") * n_classes + target.view(-1)[candidates]
-        keys = _ordering_key(value.view(-1)[candidates]).long()
         still_needed = (n_excluded - n_above).view(-1)
-        chosen = _resolve_candidates(keys, segment, candidates, still_needed, _KEY_BITS, batch * n_classes)
+        chosen = _resolve_candidates(value.view(-1)[candidates], segment, candidates, still_needed, batch * n_classes)
         excluded.view(-1)[chosen] = True
     return excluded, n_foreground, n_excluded
 
