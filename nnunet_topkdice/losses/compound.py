@@ -20,6 +20,7 @@ from nnunet_topkdice.losses.topk_dice import (
     TopKDiceLoss,
     _check_inputs,
     _dice_from_sums,
+    _flatten,
     _topk_dice_sums,
     tie_break_map,
 )
@@ -119,19 +120,15 @@ class CE_and_TopKDice_loss(nn.Module):
             ValueError: shapes or dtypes as in :func:`~nnunet_topkdice.losses.topk_dice_loss`.
         """
         dc = self.dc
-        _check_inputs(net_output, target, None)
-        batch, n_classes = net_output.shape[:2]
-        labels = target.reshape(batch, -1).long()
-        mask = None
-        if self.ignore_label is not None:
-            mask = labels != self.ignore_label
-            labels = torch.where(mask, labels, 0)
+        loss_mask = None if self.ignore_label is None else target != self.ignore_label
+        _check_inputs(net_output, target, loss_mask)
+        flat_logits, labels, mask = _flatten(net_output, target, loss_mask)
         tie_break = tie_break_map(
             net_output.shape[2:], net_output.device, seed=dc.tie_break_seed, scale=dc.tie_break_scale
         )
         # one node computes the softmax once for both terms (see _TopKDiceSums)
         intersect, sum_pred_sq, ce_sum, n_foreground, n_excluded = _topk_dice_sums(
-            net_output.reshape(batch, n_classes, -1),
+            flat_logits,
             labels,
             mask,
             tie_break.view(-1),
