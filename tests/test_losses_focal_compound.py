@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_reference import reference_topk_dice
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss, TopKLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
@@ -123,6 +124,36 @@ def test_ce_and_topk_dice_weights_and_class_weights():
     assert loss(logits, target).item() == pytest.approx(expected.item(), abs=1e-6)
     only_ce = CE_and_TopKDice_loss({"k": 30}, {}, weight_dice=0)
     assert only_ce(logits, target).item() == pytest.approx(F.cross_entropy(logits, target[:, 0]).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize(("weight_ce", "weight_dice"), [(0.5, 2.0), (1.0, 0.0), (0.0, 1.0)], ids=["both", "ce", "dice"])
+@pytest.mark.parametrize("with_ignore", [False, True], ids=["plain", "ignore-label"])
+@pytest.mark.parametrize("class_weights", [False, True], ids=["unweighted", "class-weights"])
+def test_ce_and_topk_dice_gradient_matches_autograd_reference(weight_ce, weight_dice, with_ignore, class_weights):
+    # the fused node's hand-written backward against autograd through a dense float64 reference
+    logits, target = case(seed=4, with_ignore=with_ignore)
+    weight = [0.2, 1.0, 3.0] if class_weights else None
+    ignore = IGNORE if with_ignore else None
+    loss = CE_and_TopKDice_loss(
+        {"k": 30, **DICE_KWARGS}, {} if weight is None else {"weight": weight}, weight_ce, weight_dice, ignore
+    )
+    mask = (target != IGNORE) if with_ignore else None
+    labels = torch.where(target == IGNORE, 0, target) if with_ignore else target
+
+    ours_in = logits.clone().requires_grad_(True)
+    ref_in = logits.double().clone().requires_grad_(True)
+    ours = loss(ours_in, target)
+    ce = F.cross_entropy(
+        ref_in,
+        target[:, 0],
+        weight=None if weight is None else torch.tensor(weight, dtype=torch.float64),
+        ignore_index=IGNORE if with_ignore else -100,
+    )
+    ref = weight_ce * ce + weight_dice * reference_topk_dice(ref_in, labels, 30, mask, batch_dice=True)
+    ours.backward()
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
+    torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, atol=1e-7, rtol=1e-4)
 
 
 def test_ce_and_topk_dice_all_ignored_is_zero_not_nan():

@@ -82,11 +82,17 @@ def test_exact_with_saturated_probabilities_and_tie_break_disabled():
     assert torch.equal(got[:, 1:], expected_counts[:, 1:])
 
 
+@pytest.mark.parametrize(
+    ("sort_at_most", "min_bucket_bits"),
+    [(10**6, 8), (300, 8), (4, 2)],
+    ids=["one-sort", "histogram", "histogram+radix"],
+)
 @pytest.mark.parametrize("scale", [1.0, 5.0, 40.0], ids=["soft", "confident", "saturated"])
-def test_multi_pass_refinement_matches_reference(monkeypatch, scale):
-    # force the radix refinement of the cut buckets (normally only reached with many candidates)
-    monkeypatch.setattr(topk_module, "_SORT_AT_MOST", 4)
-    monkeypatch.setattr(topk_module, "_MIN_BUCKET_BITS", 2)
+def test_every_selection_path_matches_reference(monkeypatch, scale, sort_at_most, min_bucket_bits):
+    # small inputs are sorted whole; larger ones go through the histogram, and many candidates in a cut
+    # bucket through the radix refinement: force each path on the same input
+    monkeypatch.setattr(topk_module, "_SORT_AT_MOST", sort_at_most)
+    monkeypatch.setattr(topk_module, "_MIN_BUCKET_BITS", min_bucket_bits)
     logits, target = random_case((2, 3, 24, 20), seed=3, scale=scale)
     probs = logits.softmax(1)
     mask = torch.rand(2, 1, 24, 20, generator=torch.Generator().manual_seed(4)) > 0.2

@@ -19,9 +19,9 @@ from nnunet_topkdice.losses.focal import FocalLoss
 from nnunet_topkdice.losses.topk_dice import (
     TopKDiceLoss,
     _check_inputs,
-    _dice_from_sums,
     _flatten,
-    _topk_dice_sums,
+    _LossConfig,
+    _topk_dice_ce,
     tie_break_map,
 )
 
@@ -76,9 +76,9 @@ class _RegionAndPixelLoss(nn.Module):
 class CE_and_TopKDice_loss(nn.Module):
     """The paper's loss: cross entropy + TopK-Dice (section 3.2, "CE + topK-Dice").
 
-    One float32 ``log_softmax`` serves both terms: the cross entropy is its negative log-likelihood at the
-    true class (``torch.nn.CrossEntropyLoss``'s mean, with class weights and ignore index) and the
-    TopK-Dice term uses its ``exp``.
+    One float32 softmax serves both terms: the cross entropy is ``-log`` of its true-class probability
+    (``torch.nn.CrossEntropyLoss``'s mean, with class weights and ignore index), and the whole loss is one
+    autograd node with a closed-form backward (see ``nnunet_topkdice.losses.topk_dice``).
 
     Args:
         topk_dice_kwargs: arguments of :class:`TopKDiceLoss` (``k``, ``batch_dice``, ``do_bg``, ``smooth``, ``ddp``).
@@ -126,34 +126,9 @@ class CE_and_TopKDice_loss(nn.Module):
         tie_break = tie_break_map(
             net_output.shape[2:], net_output.device, seed=dc.tie_break_seed, scale=dc.tie_break_scale
         )
-        # one node computes the softmax once for both terms (see _TopKDiceSums)
-        intersect, sum_pred_sq, ce_sum, n_foreground, n_excluded = _topk_dice_sums(
-            flat_logits,
-            labels,
-            mask,
-            tie_break.view(-1),
-            dc.k,
-            dc.do_bg,
-            ce_weight=self.ce_weight,
-            with_ce=self.weight_ce != 0,
-        )
-        total = net_output.new_zeros((), dtype=torch.float32)
-        if self.weight_dice != 0:
-            dice_loss = _dice_from_sums(
-                intersect, sum_pred_sq, n_foreground, n_excluded, dc.do_bg, dc.batch_dice, dc.smooth, dc.ddp
-            )
-            total = total + self.weight_dice * dice_loss
-        if self.weight_ce != 0:
-            total = total + self.weight_ce * ce_sum / self._ce_denominator(labels, mask)
-        return total
-
-    def _ce_denominator(self, labels: Tensor, mask: Tensor | None) -> Tensor:
-        """``torch.nn.CrossEntropyLoss``'s mean: the summed weights of the counted voxels (no host sync;
-        an all-ignored batch gives a zero loss instead of nnU-Net's skipped term)."""
-        if self.ce_weight is None:
-            return labels.new_tensor(labels.numel(), dtype=torch.float32) if mask is None else mask.sum().clamp_min(1)
-        weight = self.ce_weight.to(labels.device)[labels]
-        return (weight if mask is None else weight * mask).sum().clamp_min(1e-8)
+        # one node computes the softmax once for both terms (see _TopKDiceCE)
+        config = _LossConfig(dc.k, dc.do_bg, dc.batch_dice, dc.smooth, dc.ddp, self.weight_dice, self.weight_ce)
+        return _topk_dice_ce(flat_logits, labels, mask, tie_break.view(-1), config, ce_weight=self.ce_weight)
 
 
 class DC_and_Focal_loss(_RegionAndPixelLoss):
