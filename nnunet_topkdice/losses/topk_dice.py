@@ -26,7 +26,6 @@ Implementation notes (why it is fast):
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import NamedTuple
@@ -56,6 +55,7 @@ _HALF_BITS = 0x3F000000  # float32 bits of 0.5
 _FLOOR_BITS = 0x33800000  # float32 bits of 2**-24
 
 _tie_break_cache: dict[tuple, Tensor] = {}
+_drop_fractions: dict[float, Fraction] = {}
 
 
 def tie_break_map(
@@ -95,12 +95,11 @@ def _drop_fraction(k: float) -> Fraction:
     """``(100 - k) / 100`` as an exact fraction, so that ``floor`` of it times ``n`` is exact."""
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
         raise ValueError(f"k must be a number in (0, 100] (percent of foreground voxels kept), got {k!r}")
-    return _exact_drop_fraction(float(k))
-
-
-@functools.lru_cache(maxsize=64)
-def _exact_drop_fraction(k: float) -> Fraction:
-    return 1 - Fraction(k).limit_denominator(10**6) / 100
+    k = float(k)
+    drop = _drop_fractions.get(k)
+    if drop is None:  # a plain dict, not functools.lru_cache, which torch.compile warns about
+        drop = _drop_fractions[k] = 1 - Fraction(k).limit_denominator(10**6) / 100
+    return drop
 
 
 def n_excluded_voxels(n_foreground: Tensor, k: float) -> Tensor:
