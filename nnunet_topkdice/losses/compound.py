@@ -18,11 +18,9 @@ from torch import Tensor, nn
 from nnunet_topkdice.losses.focal import FocalLoss
 from nnunet_topkdice.losses.topk_dice import (
     TopKDiceLoss,
-    _check_inputs,
-    _flatten,
     _LossConfig,
+    _prepare,
     _topk_dice_ce,
-    tie_break_map,
 )
 
 __all__ = ["CE_and_TopKDice_loss", "DC_and_Focal_loss", "DC_and_TopKCE_loss"]
@@ -121,14 +119,12 @@ class CE_and_TopKDice_loss(nn.Module):
         """
         dc = self.dc
         loss_mask = None if self.ignore_label is None else target != self.ignore_label
-        _check_inputs(net_output, target, loss_mask)
-        flat_logits, labels, mask = _flatten(net_output, target, loss_mask)
-        tie_break = tie_break_map(
-            net_output.shape[2:], net_output.device, seed=dc.tie_break_seed, scale=dc.tie_break_scale
+        flat_logits, labels, mask, tie_break = _prepare(
+            net_output, target, loss_mask, dc.tie_break_seed, dc.tie_break_scale
         )
         # one node computes the softmax once for both terms (see _TopKDiceCE)
         config = _LossConfig(dc.k, dc.do_bg, dc.batch_dice, dc.smooth, dc.ddp, self.weight_dice, self.weight_ce)
-        return _topk_dice_ce(flat_logits, labels, mask, tie_break.view(-1), config, ce_weight=self.ce_weight)
+        return _topk_dice_ce(flat_logits, labels, mask, tie_break, config, ce_weight=self.ce_weight)
 
 
 class DC_and_Focal_loss(_RegionAndPixelLoss):

@@ -114,6 +114,17 @@ def n_excluded_voxels(n_foreground: Tensor, k: float) -> Tensor:
     return torch.div(n_foreground.long() * drop.numerator, drop.denominator, rounding_mode="floor")
 
 
+def _n_excluded_per_class(n_foreground: Tensor, k: float, do_bg: bool) -> Tensor:
+    """``D_c`` per image and class; background (class 0) excludes nothing unless ``do_bg``.
+
+    Shape: n_foreground (B, C) int.  returns: (B, C) int64.
+    """
+    n_excluded = n_excluded_voxels(n_foreground, k)
+    if not do_bg:
+        n_excluded[:, 0] = 0
+    return n_excluded
+
+
 def _check_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | None) -> None:
     """Metadata-only checks (no host synchronisation)."""
     if logits.ndim not in (4, 5) or not logits.is_floating_point():
@@ -252,9 +263,7 @@ def _topk_selection(
     if k >= 100 or batch * n_voxels <= _SORT_AT_MOST:
         segment = (rows + torch.arange(0, batch * (n_classes + 1), n_classes + 1, device=device)[:, None]).view(-1)
         n_foreground = torch.bincount(segment, minlength=batch * (n_classes + 1)).view(batch, -1)[:, 1:]
-        n_excluded = n_excluded_voxels(n_foreground, k)
-        if not do_bg:
-            n_excluded[:, 0] = 0
+        n_excluded = _n_excluded_per_class(n_foreground, k, do_bg)
         column = rows.float()
         if k < 100:  # every voxel is a candidate; masked voxels (row 0) are never needed
             still_needed = torch.nn.functional.pad(n_excluded, (1, 0)).view(-1)
@@ -271,9 +280,7 @@ def _topk_selection(
     row_bucket = _coarse_bucket(value, bits, rows * n_buckets + image_offset[:, None]).view(-1)
     hist = torch.bincount(row_bucket, minlength=n_rows * n_buckets).view(batch, n_classes + 1, n_buckets)[:, 1:]
     n_foreground = hist.sum(-1)
-    n_excluded = n_excluded_voxels(n_foreground, k)
-    if not do_bg:
-        n_excluded[:, 0] = 0
+    n_excluded = _n_excluded_per_class(n_foreground, k, do_bg)
     cut, n_above = _cut(hist, n_excluded.clamp_min(1))
     # classes that exclude nothing, and the masked row, get a cut above every bucket
     cut = torch.nn.functional.pad(torch.where(n_excluded > 0, cut, n_buckets), (1, 0), value=n_buckets)
@@ -295,14 +302,25 @@ def _topk_selection(
     return column, n_foreground, n_excluded
 
 
-def _flatten(logits: Tensor, target: Tensor, loss_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+def _prepare(
+    logits: Tensor, target: Tensor, loss_mask: Tensor | None, tie_break_seed: int, tie_break_scale: float
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """Check the inputs (metadata only) and flatten them, with the tie-break map of their spatial shape.
+
+    Shape: logits (B, C, *spatial); target, loss_mask (B, 1, *spatial).
+    returns: logits (B, C, N), target (B, N) int64 (0 under the mask), mask (B, N) bool or None, tie_break (N,).
+    Raises:
+        ValueError: as :func:`_check_inputs`.
+    """
+    _check_inputs(logits, target, loss_mask)
+    tie_break = tie_break_map(logits.shape[2:], logits.device, seed=tie_break_seed, scale=tie_break_scale)
     batch, n_classes = logits.shape[:2]
     target = target.reshape(batch, -1).long()
     mask = None if loss_mask is None else loss_mask.reshape(batch, -1).bool()
     if mask is not None:
         # masked voxels may carry an ignore label outside [0, C): park them on class 0
         target = torch.where(mask, target, 0)
-    return logits.reshape(batch, n_classes, -1), target, mask
+    return logits.reshape(batch, n_classes, -1), target, mask, tie_break.view(-1)
 
 
 def topk_exclusion_mask(
@@ -325,13 +343,11 @@ def topk_exclusion_mask(
         ValueError: ``k`` not in (0, 100] or shapes/dtypes as in :func:`topk_dice_loss`.
     """
     _drop_fraction(k)
-    _check_inputs(probs, target, loss_mask)
-    flat_probs, flat_target, mask = _flatten(probs, target, loss_mask)
-    tie_break = tie_break_map(probs.shape[2:], probs.device, seed=tie_break_seed, scale=tie_break_scale)
+    flat_probs, flat_target, mask, tie_break = _prepare(probs, target, loss_mask, tie_break_seed, tie_break_scale)
     with torch.no_grad():
         true_class_prob = flat_probs.gather(1, flat_target.unsqueeze(1)).squeeze(1).float()
         n_classes = flat_probs.shape[1]
-        column = _topk_selection(true_class_prob, flat_target, n_classes, k, mask, do_bg, tie_break.reshape(-1))[0]
+        column = _topk_selection(true_class_prob, flat_target, n_classes, k, mask, do_bg, tie_break)[0]
     return (column > n_classes).view(target.shape)
 
 
@@ -390,8 +406,9 @@ def _dice_loss_and_grads(
     n_present = present.sum(-1, keepdim=True)
     # each row (image, or the batch) that has a present class weighs 1 / n_rows; its classes share that
     class_weight = present / n_present.clamp_min(1)
-    n_rows = n_present.clamp(max=1).sum().clamp_min(1)
-    loss = (n_present.clamp(max=1).sum() - (dice * class_weight).sum()) / n_rows
+    n_rows_with_class = n_present.clamp(max=1).sum()
+    n_rows = n_rows_with_class.clamp_min(1)
+    loss = (n_rows_with_class - (dice * class_weight).sum()) / n_rows
     d_dice = class_weight.mul_(-grad_scale / n_rows)
     d_inter = (2 * d_dice).div_(clamped)
     d_pred = (d_dice * dice).div_(clamped).neg_().mul_(denominator >= 1e-8)  # no gradient through the clamp
@@ -569,11 +586,9 @@ def topk_dice_loss(
         True
     """
     _drop_fraction(k)
-    _check_inputs(logits, target, loss_mask)
-    flat_logits, flat_target, mask = _flatten(logits, target, loss_mask)
-    tie_break = tie_break_map(logits.shape[2:], logits.device, seed=tie_break_seed, scale=tie_break_scale)
+    flat_logits, flat_target, mask, tie_break = _prepare(logits, target, loss_mask, tie_break_seed, tie_break_scale)
     config = _LossConfig(float(k), do_bg, batch_dice, smooth, ddp, weight_dice=1.0, weight_ce=0.0)
-    return _topk_dice_ce(flat_logits, flat_target, mask, tie_break.view(-1), config)
+    return _topk_dice_ce(flat_logits, flat_target, mask, tie_break, config)
 
 
 class TopKDiceLoss(nn.Module):
