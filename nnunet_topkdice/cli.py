@@ -15,17 +15,10 @@ import argparse
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from nnunet_topkdice import __version__
 from nnunet_topkdice.errors import InputError
-
-
-def trainer_dir() -> Path:
-    """The folder to put in ``nnUNet_extTrainer`` so that nnU-Net finds this package's trainers."""
-    from nnunet_topkdice import ext
-
-    return Path(ext.__file__).resolve().parent
+from nnunet_topkdice.ext import trainer_dir
 
 
 def _trainer_dir_command(args: argparse.Namespace) -> int:

@@ -64,3 +64,22 @@ def reference_topk_dice(
     dice = (2 * intersect + smooth) / (sum_y + sum_p + smooth)
     losses = [1 - dice[b][present[b]].mean() for b in range(dice.shape[0]) if present[b].any()]
     return torch.stack(losses).mean() if losses else logits.sum() * 0
+
+
+def reference_channel_exclusion(probs: Tensor, target: Tensor, k: float, mask: Tensor | None = None) -> Tensor:
+    """(B, R, *spatial) bool: per image and channel, among the voxels of a binary target, the
+    floor((100-k)/100 n) with the highest p + eps, ties to the lower flat index."""
+    batch, n_channels = probs.shape[:2]
+    eps = tie_break_map(probs.shape[2:]).reshape(-1)
+    out = torch.zeros(batch, n_channels, probs[0, 0].numel(), dtype=torch.bool)
+    for b in range(batch):
+        for r in range(n_channels):
+            inside = target[b, r].reshape(-1) != 0
+            if mask is not None:
+                inside &= mask[b, min(r, mask.shape[1] - 1)].reshape(-1) != 0
+            index = torch.nonzero(inside).squeeze(1).tolist()
+            n_excluded = int((100 - k) * len(index) // 100)
+            key = (probs[b, r].reshape(-1).float() + eps).tolist()
+            order = sorted(index, key=lambda i: (-key[i], i))
+            out[b, r, order[:n_excluded]] = True
+    return out.view(probs.shape)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_topkdice.cli import main, trainer_dir
+from nnunet_topkdice.cli import main
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.ext import trainer_dir
 from nnunet_topkdice.pipeline import cli as pipeline_cli
 from nnunet_topkdice.pipeline.demo import DEMO_DATASET_ID, demo_config
 from nnunet_topkdice.pipeline.reproduce import (
@@ -245,10 +246,10 @@ def _config(tmp_path: Path, **kwargs) -> PipelineConfig:
     return PipelineConfig(**{**defaults, **kwargs})
 
 
-def test_child_environment_puts_our_trainers_first(tmp_path: Path) -> None:
+def test_child_environment_keeps_the_users_trainers_first(tmp_path: Path) -> None:
     user = {"PATH": "/bin", "nnUNet_extTrainer": "/mine"}
     env = child_environment(_config(tmp_path, extra_env={"nnUNet_def_n_proc": "2"}), user)
-    assert env["nnUNet_extTrainer"] == os.pathsep.join([str(trainer_dir()), "/mine"])
+    assert env["nnUNet_extTrainer"] == os.pathsep.join(["/mine", str(trainer_dir())])
     assert env["nnUNet_raw"] == str(tmp_path / "nnUNet_raw")
     assert (env["PATH"], env["nnUNet_def_n_proc"]) == ("/bin", "2")
 

@@ -28,7 +28,7 @@ from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerCELoss import nn
 from torch._dynamo import OptimizedModule
 
 import nnunet_topkdice.trainers as trainers
-from nnunet_topkdice.cli import trainer_dir
+from nnunet_topkdice.ext import trainer_dir
 from nnunet_topkdice.losses import CE_and_TopKDice_loss, DC_and_Focal_loss, DC_and_TopKCE_loss, TopKDiceLoss
 from nnunet_topkdice.trainers import PAPER_ROWS, TRAINER_NAMES, paper_trainer
 from nnunet_topkdice.trainers.standalone import (

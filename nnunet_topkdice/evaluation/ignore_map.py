@@ -160,20 +160,17 @@ def pick_slice(label: np.ndarray, axis: int) -> int:
 @contextlib.contextmanager
 def _ext_trainer_path() -> Iterator[None]:
     """Make nnU-Net find this package's trainers for the duration of the block (nnUNet_extTrainer)."""
-    from nnunet_topkdice.cli import trainer_dir
+    from nnunet_topkdice.ext import EXT_TRAINER_VARIABLE, environment_with_trainers
 
-    ours = str(trainer_dir())
-    previous = os.environ.get("nnUNet_extTrainer")
-    paths = [p for p in (previous or "").split(os.pathsep) if p]
-    if ours not in paths:
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join([*paths, ours])
+    previous = os.environ.get(EXT_TRAINER_VARIABLE)
+    os.environ[EXT_TRAINER_VARIABLE] = environment_with_trainers()[EXT_TRAINER_VARIABLE]
     try:
         yield
     finally:
         if previous is None:
-            os.environ.pop("nnUNet_extTrainer", None)
+            os.environ.pop(EXT_TRAINER_VARIABLE, None)
         else:
-            os.environ["nnUNet_extTrainer"] = previous
+            os.environ[EXT_TRAINER_VARIABLE] = previous
 
 
 def _channel_files(image_files: Sequence[Path], n_channels: int, file_ending: str) -> list[Path]:

@@ -8,6 +8,7 @@ from nnunet_topkdice.losses.compound import CE_and_TopKDice_loss, DC_and_Focal_l
 from nnunet_topkdice.losses.focal import FocalLoss, focal_loss
 from nnunet_topkdice.losses.topk_dice import (
     TopKDiceLoss,
+    channel_exclusion_mask,
     n_excluded_voxels,
     tie_break_map,
     topk_dice_loss,
@@ -20,6 +21,7 @@ __all__ = [
     "DC_and_TopKCE_loss",
     "FocalLoss",
     "TopKDiceLoss",
+    "channel_exclusion_mask",
     "focal_loss",
     "n_excluded_voxels",
     "tie_break_map",

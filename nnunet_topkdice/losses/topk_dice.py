@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "TopKDiceLoss",
+    "channel_exclusion_mask",
     "n_excluded_voxels",
     "tie_break_map",
     "topk_dice_loss",
@@ -349,6 +350,54 @@ def topk_exclusion_mask(
         n_classes = flat_probs.shape[1]
         column = _topk_selection(true_class_prob, flat_target, n_classes, k, mask, do_bg, tie_break)[0]
     return (column > n_classes).view(target.shape)
+
+
+def channel_exclusion_mask(
+    probs: Tensor,
+    target: Tensor,
+    k: float,
+    loss_mask: Tensor | None = None,
+    *,
+    tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
+    tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
+) -> Tensor:
+    """Per image and channel, the ``floor((100 - k) / 100 * n)`` easiest voxels of a binary target.
+
+    The selection of overlapping regions (sigmoid outputs) and of MONAI's one-hot targets: every channel
+    is its own problem. Among the voxels with ``target == 1`` (and ``loss_mask != 0``) of a channel, the
+    ``n_excluded_voxels(n, k)`` with the highest ``probs + eps`` are marked, ``eps`` the tie-break map of
+    the spatial shape; exact ties go to the lower voxel index. Not differentiable (no gradient is needed).
+
+    Shape:
+        probs: (B, R, *spatial) float, activated (sigmoid or softmax) probabilities.
+        target: (B, R, *spatial) binary (bool, integer or float 0/1).
+        loss_mask: optional, broadcastable to (B, R, *spatial) over the channels ((B, 1, *spatial) or the
+        full shape); 0 = ignored.
+        returns: (B, R, *spatial) bool, True where the voxel is excluded from that channel.
+    Raises:
+        ValueError: ``k`` not in (0, 100]; fewer than 3 dimensions; shapes differ.
+    """
+    _drop_fraction(k)
+    if probs.ndim < 3 or not probs.is_floating_point():
+        raise ValueError(f"probs must be a float tensor (B, R, *spatial), got shape {tuple(probs.shape)}")
+    if target.shape != probs.shape:
+        raise ValueError(f"target must have the shape of probs {tuple(probs.shape)}, got {tuple(target.shape)}")
+    if loss_mask is not None and (loss_mask.ndim != probs.ndim or loss_mask.shape[1] not in (1, probs.shape[1])):
+        raise ValueError(
+            f"loss_mask must have shape (B, 1 or R, *spatial) for probs {tuple(probs.shape)}, "
+            f"got {tuple(loss_mask.shape)}"
+        )
+    batch, n_channels = probs.shape[:2]
+    tie_break = tie_break_map(probs.shape[2:], probs.device, seed=tie_break_seed, scale=tie_break_scale).view(-1)
+    with torch.no_grad():
+        valid = target.reshape(batch * n_channels, -1) != 0
+        if loss_mask is not None:
+            valid = valid & (loss_mask != 0).expand_as(probs).reshape(batch * n_channels, -1)
+        # one class (0) per (image, channel) row; voxels outside the channel's region are masked out
+        value = probs.detach().reshape(batch * n_channels, -1).float()
+        labels = torch.zeros_like(valid, dtype=torch.long)
+        column = _topk_selection(value, labels, 1, k, valid, True, tie_break)[0]
+    return (column > 1).view(probs.shape)
 
 
 class _LossConfig(NamedTuple):

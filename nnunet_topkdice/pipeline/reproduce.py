@@ -429,14 +429,12 @@ class PipelineResult:
 
 
 def child_environment(config: PipelineConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of the pipeline's commands: nnU-Net's folders, our trainers on
-    ``nnUNet_extTrainer`` (before any folders the user already listed), and ``extra_env``."""
-    from nnunet_topkdice.cli import trainer_dir
+    """The environment of the pipeline's commands: nnU-Net's folders, our trainers added to
+    ``nnUNet_extTrainer`` (after any folders the user already listed), and ``extra_env``."""
+    from nnunet_topkdice.ext import environment_with_trainers
 
-    env = dict(os.environ if environ is None else environ)
+    env = environment_with_trainers(environ)
     env.update(config.folders.env())
-    ext = [str(trainer_dir())] + [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    env["nnUNet_extTrainer"] = os.pathsep.join(dict.fromkeys(ext))
     env.update(config.extra_env)
     return env
 

@@ -1,0 +1,56 @@
+"""The per-channel selection shared by the sigmoid (region) loss and the MONAI drop-in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from loss_reference import reference_channel_exclusion
+
+from nnunet_topkdice.losses import channel_exclusion_mask, n_excluded_voxels
+
+
+def _case(shape, seed=0, density=0.5, confident=False):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=generator) * (20.0 if confident else 2.0)
+    target = torch.rand(shape, generator=generator) < density  # overlapping binary regions
+    return torch.sigmoid(logits), target
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 9, 7), (1, 2, 4, 5, 6), (2, 2, 64, 48)], ids=["2d-small", "3d-small", "2d-histogram"]
+)
+@pytest.mark.parametrize("k", [10, 50, 90, 100])
+@pytest.mark.parametrize("confident", [False, True], ids=["soft", "saturated"])
+def test_matches_the_brute_force_reference(shape, k, confident) -> None:
+    probs, target = _case(shape, confident=confident)
+    ours = channel_exclusion_mask(probs, target, k)
+    assert torch.equal(ours, reference_channel_exclusion(probs, target, k))
+    expected = n_excluded_voxels(target.flatten(2).sum(-1), k)
+    assert torch.equal(ours.flatten(2).sum(-1), expected)  # exactly D per image and channel
+    assert not (ours & ~target).any()  # only voxels of the channel's own region
+
+
+@pytest.mark.parametrize("mask_channels", [1, 3], ids=["shared-mask", "per-channel-mask"])
+def test_mask_and_ties(mask_channels) -> None:
+    probs = torch.full((2, 3, 40, 40), 0.5)  # every voxel ties: the map and then the index decide
+    target = _case((2, 3, 40, 40), seed=1)[1]
+    mask = torch.rand((2, mask_channels, 40, 40), generator=torch.Generator().manual_seed(2)) > 0.3
+    ours = channel_exclusion_mask(probs, target, 30, mask)
+    assert torch.equal(ours, reference_channel_exclusion(probs, target, 30, mask))
+    assert not (ours & ~mask.expand_as(ours)).any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 0}, "k must be"),
+        ({"target": torch.zeros(2, 3, 4, 4)}, "target must have the shape"),
+        ({"loss_mask": torch.ones(2, 2, 5, 5)}, "loss_mask must have shape"),
+    ],
+    ids=["k", "target", "mask"],
+)
+def test_bad_arguments(kwargs, match) -> None:
+    probs, target = _case((2, 3, 5, 5))
+    arguments = {"probs": probs, "target": target, "k": 50, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        channel_exclusion_mask(**arguments)
