@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import textwrap
@@ -213,6 +214,48 @@ def test_train_seeded_needs_results_folder(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("nnUNet_results", raising=False)
     with pytest.raises(InputError, match="nnUNet_results is not set"):
         train_seeded(1, "2d", 0, seed=0, device="cpu")
+
+
+def test_train_seeded_checks_the_plans_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunet_topkdice.training.seeded import train_seeded
+
+    (tmp_path / "preprocessed" / "Dataset999_Empty").mkdir(parents=True)
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    with pytest.raises(InputError, match=r"Dataset999_Empty/nnUNetPlans.json does not exist"):
+        train_seeded("Dataset999_Empty", "2d", 0, seed=3, device="cpu")
+    assert not (tmp_path / "results").exists()
+
+
+def test_run_environment_adds_our_trainers_after_the_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunet_topkdice.ext import trainer_dir
+    from nnunet_topkdice.trainers import nnUNetTrainerTopKDice
+    from nnunet_topkdice.training.seeded import _environment, _find_trainer_class, run_environment
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    env = run_environment(tmp_path / "seed_2")
+    assert env == {"nnUNet_results": str(tmp_path / "seed_2"), "nnUNet_extTrainer": str(trainer_dir())}
+    before = os.environ.get("nnUNet_results")
+    with _environment(env):
+        assert os.environ["nnUNet_results"] == str(tmp_path / "seed_2")
+        found = _find_trainer_class("nnUNetTrainerTopKDice")
+    assert os.environ.get("nnUNet_results") == before and "nnUNet_extTrainer" not in os.environ  # restored
+    assert found is nnUNetTrainerTopKDice  # through the shim in our folder: the same class object
+    monkeypatch.setenv("nnUNet_extTrainer", str(tmp_path))
+    assert run_environment(tmp_path, deterministic=True) == {
+        "nnUNet_results": str(tmp_path),
+        "nnUNet_extTrainer": os.pathsep.join([str(tmp_path), str(trainer_dir())]),
+        "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8"),
+    }
+    with pytest.raises(InputError, match="trainer 'nnUNetTrainerNoSuchThing'"):
+        _find_trainer_class("nnUNetTrainerNoSuchThing")
+
+
+def test_seeded_augmenters_need_batchgenerators_ones() -> None:
+    from nnunet_topkdice.training.seeded import _loader_and_transform
+
+    with pytest.raises(TypeError, match="get_dataloaders returned a list"):
+        _loader_and_transform([])
 
 
 # ---------------------------------------------------------------- end to end

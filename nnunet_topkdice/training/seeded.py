@@ -52,6 +52,7 @@ from nnunet_topkdice.training.layout import (
 __all__ = [
     "SeededBatches",
     "SeededTrainerMixin",
+    "run_environment",
     "seed_global_rngs",
     "seeded_trainer_class",
     "torch_device",
@@ -175,9 +176,13 @@ class SeededTrainerMixin:
         batches = SeededBatches(loader, self.topkdice_seed, stream, self.local_rank, first_index, max(1, n_workers))
         if n_workers == 0:
             return SingleThreadedAugmenter(batches, transform)
-        return MultiThreadedAugmenter(
+        augmenter = MultiThreadedAugmenter(
             batches, transform, n_workers, num_cached_per_queue=2, pin_memory=self.device.type == "cuda"
         )
+        # fork the workers now, as nnU-Net's warm-up batch does: the rest of on_train_start may run OpenMP work
+        # in this process (a network plot on the CPU), after which forked workers can hang in libgomp
+        augmenter.restart()
+        return augmenter
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
@@ -270,16 +275,12 @@ def _dataset_name(dataset_name_or_id: int | str) -> str:
         raise InputError(str(e)) from None
 
 
-def _build_trainer(
-    trainer_class: type,
-    dataset_name: str,
-    configuration: str,
-    fold: int | str,
-    plans_identifier: str,
-    continue_training: bool,
-    device: torch.device,
-) -> nnUNetTrainer:
-    """Instantiate the trainer as nnU-Net's ``get_trainer_from_args`` does (plans and dataset.json)."""
+def _plans_and_dataset_json(dataset_name: str, plans_identifier: str, configuration: str) -> tuple[dict, dict]:
+    """The plans and dataset.json of the preprocessed dataset, as ``get_trainer_from_args`` reads them.
+
+    Raises:
+        InputError: a file is missing or the plans have no such configuration (names the file).
+    """
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     folder = _required_folder("nnUNet_preprocessed") / dataset_name
@@ -291,10 +292,37 @@ def _build_trainer(
     if configuration not in plans.get("configurations", {}):
         known = ", ".join(plans.get("configurations", {}))
         raise InputError(f"configuration {configuration!r} is not in {plans_file} (it has: {known})")
+    return plans, load_json(str(dataset_file))
+
+
+def _build_trainer(
+    trainer_class: type,
+    dataset_name: str,
+    configuration: str,
+    fold: int | str,
+    plans_identifier: str,
+    continue_training: bool,
+    device: torch.device,
+) -> nnUNetTrainer:
+    """Instantiate the trainer as nnU-Net's ``get_trainer_from_args`` does."""
+    plans, dataset_json = _plans_and_dataset_json(dataset_name, plans_identifier, configuration)
     plans["continue_training"] = continue_training
-    return trainer_class(
-        plans=plans, configuration=configuration, fold=fold, dataset_json=load_json(str(dataset_file)), device=device
-    )
+    return trainer_class(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json, device=device)
+
+
+def run_environment(results_root: Path, deterministic: bool = False) -> dict[str, str]:
+    """The environment variables a seeded run sets while it runs (the rest of ``os.environ`` stays).
+
+    ``nnUNet_results`` is the per-seed root; ``nnUNet_extTrainer`` lists the user's folders, then this
+    package's trainer folder; ``deterministic`` adds cuBLAS's deterministic workspace setting.
+    """
+    updates = {
+        "nnUNet_results": str(results_root),
+        "nnUNet_extTrainer": environment_with_trainers()["nnUNet_extTrainer"],
+    }
+    if deterministic:
+        updates["CUBLAS_WORKSPACE_CONFIG"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return updates
 
 
 def _configure_cudnn(deterministic: bool) -> None:
@@ -398,14 +426,10 @@ def train_seeded(
     results_root = seed_results_root(_required_folder("nnUNet_results"), seed)
     _required_folder("nnUNet_preprocessed")
 
-    env = environment_with_trainers()
-    updates = {"nnUNet_results": str(results_root), "nnUNet_extTrainer": env["nnUNet_extTrainer"]}
-    if deterministic:
-        updates["CUBLAS_WORKSPACE_CONFIG"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    with _environment(updates):
+    with _environment(run_environment(results_root, deterministic)):
         trainer_class = _find_trainer_class(trainer_name)
         dataset_name = _dataset_name(dataset_name_or_id)
-        name = trainer_class.__name__
+        name = trainer_class.__name__  # the name asked for (nnU-Net matches class names exactly)
         fold_dir = fold_folder(results_root, dataset_name, name, plans_identifier, configuration, fold)
         recorded = read_recorded_seed(fold_dir)
         has_checkpoint = any(fold_dir.glob("checkpoint_*.pth"))
@@ -423,11 +447,12 @@ def train_seeded(
             "export_validation_probabilities": export_validation_probabilities,
             "deterministic": deterministic,
         }
+        _plans_and_dataset_json(dataset_name, plans_identifier, configuration)  # checked before writing anything
         build_args = (dataset_name, configuration, fold, plans_identifier, continue_training)
         if not only_run_validation:
             record = {
                 "seed": seed,
-                "trainer": trainer_class.__name__,
+                "trainer": name,
                 "plans": plans_identifier,
                 "configuration": configuration,
                 "fold": fold,
@@ -444,7 +469,7 @@ def train_seeded(
             os.environ.setdefault("MASTER_PORT", str(find_free_network_port()))
             mp.spawn(
                 _ddp_rank,
-                args=(num_gpus, trainer_class.__name__, seed, build_args, options),
+                args=(num_gpus, name, seed, build_args, options),
                 nprocs=num_gpus,
                 join=True,
             )
