@@ -150,6 +150,7 @@ class SeededTrainerMixin:
     """
 
     topkdice_seed: int = 0  # set by seeded_trainer_class
+    topkdice_step: int = 0  # index of the next training step over the whole training (set each epoch)
 
     def initialize(self) -> None:
         if not self.was_initialized:
