@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -179,14 +178,6 @@ def test_resolve_raw_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 # ---- CLI plumbing ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["synapse", "acdc", "msseg"], ids=["synapse", "acdc", "msseg"])
-def test_cli_table_matches_module_constants(name: str) -> None:
-    module = importlib.import_module(f"dataset_conversion.{name}")
-    assert cli.DATASETS[name].default_id == module.DEFAULT_DATASET_ID
-    assert cli.DATASETS[name].folder == module.DATASET_NAME
-    assert callable(module.main) and callable(module.convert)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from nnunet_topkdice.argtypes import k_percent, non_negative_int, positive_int
 from nnunet_topkdice.errors import InputError
-
-PAPER_CHOICES = ("synapse", "acdc", "msseg")
+from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS as PAPER_CHOICES
 
 
 def _run_spec(text: str) -> tuple[str, Path]:
