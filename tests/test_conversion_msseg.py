@@ -17,6 +17,7 @@ from conversion_fixtures import (
     msseg_consensus,
     read_array,
     read_geometry,
+    stems,
     write_image,
 )
 
@@ -42,9 +43,6 @@ def src_copy(tmp_path: Path) -> tuple[Path, dict]:
     files = make_msseg(tmp_path / "src", msseg.LAYOUT_PREPROCESSED)
     return tmp_path / "src", files
 
-
-def _stems(folder: Path, suffix: str) -> list[str]:
-    return sorted({p.name.split(suffix)[0] for p in folder.iterdir()})
 
 
 # ---- the split ----------------------------------------------------------------------------------------
@@ -78,10 +76,10 @@ def test_case_lists_and_split_json(converted: tuple[str, dict, Path]) -> None:
         0, layout, expected["train"], expected["test"]
     )  # fmt: skip
     assert record["centres"] == msseg_cases(layout)
-    assert _stems(folder / "imagesTr", "_000") == expected["train"]
-    assert _stems(folder / "labelsTr", ".nii.gz") == expected["train"]
-    assert _stems(folder / "imagesTs", "_000") == expected["test"]
-    assert _stems(folder / "labelsTs", ".nii.gz") == expected["test"]
+    assert stems(folder / "imagesTr", "_000") == expected["train"]
+    assert stems(folder / "labelsTr", ".nii.gz") == expected["train"]
+    assert stems(folder / "imagesTs", "_000") == expected["test"]
+    assert stems(folder / "labelsTs", ".nii.gz") == expected["test"]
 
 
 def test_channel_order_labels_and_geometry(converted: tuple[str, dict, Path]) -> None:
@@ -131,6 +129,27 @@ def test_training_folder_itself_accepted(tmp_path: Path) -> None:
         msseg.LAYOUT_TRAINING,
         tmp_path / "src" / "Training",
     )
+
+
+def test_training_layout_accepts_any_patient_folder_name(tmp_path: Path) -> None:
+    names = ("1", "2", "10", "A12", "05-b")  # Patient_1 ... Patient_05-b in every centre
+    make_msseg(tmp_path / "src", msseg.LAYOUT_TRAINING, shape=(2, 2, 2), patient_names=names)
+    layout, patients = msseg.collect_patients(tmp_path / "src")
+    expected = msseg_cases(msseg.LAYOUT_TRAINING, names)
+    assert layout == msseg.LAYOUT_TRAINING
+    assert {case_id: centre for case_id, (centre, _, _) in patients.items()} == expected
+    assert "center07_patientA12" in patients and "center08_patient05-b" in patients
+    split = msseg.make_split(expected, seed=0)  # still 3 train + 2 test per centre
+    for centre in msseg.EXPECTED_CENTRES:
+        assert [sum(expected[c] == centre for c in split[part]) for part in ("train", "test")] == [3, 2]
+
+
+def test_training_layout_refuses_a_patient_name_unfit_for_a_case_id(tmp_path: Path) -> None:
+    make_msseg(tmp_path / "src", msseg.LAYOUT_TRAINING, shape=(2, 2, 2))
+    bad = tmp_path / "src" / "Training" / "Center_07" / "Patient_0 3"
+    (tmp_path / "src" / "Training" / "Center_07" / "Patient_03").rename(bad)
+    with pytest.raises(InputError, match=rf"cannot make a case id from the patient folder {bad}: after 'Patient_'"):
+        msseg.collect_patients(tmp_path / "src")
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
