@@ -245,19 +245,14 @@ def show_ignore_map(
     Raises:
         InputError: bad arguments, missing or mismatching files, labels outside the probability channels.
     """
-    from nnunet_topkdice.evaluation.ignore_map_io import load_case
+    from nnunet_topkdice.evaluation.ignore_map_io import ProbabilitySource, load_case
     from nnunet_topkdice.evaluation.ignore_map_plot import plot_ignore_maps
 
     image_files = [Path(f) for f in image_files]
-    ks = check_request(
-        ks, image_files, channel=channel, axis=axis, scope=scope,
-        n_sources=(probabilities_file is not None) + (model_dir is not None),
-    )  # fmt: skip
-    case = load_case(
-        image_files[channel], Path(label_file), probabilities_file=probabilities_file, model_dir=model_dir,
-        model_inputs=image_files, dataset=dataset, folds=folds, checkpoint=checkpoint, device=device,
-        use_mirroring=use_mirroring,
-    )  # fmt: skip
+    n_sources = (probabilities_file is not None) + (model_dir is not None)
+    ks = check_request(ks, image_files, channel=channel, axis=axis, scope=scope, n_sources=n_sources)
+    source = ProbabilitySource(probabilities_file, model_dir, folds, checkpoint, device, use_mirroring)
+    case = load_case(image_files[channel], Path(label_file), source, model_inputs=image_files, dataset=dataset)
     result = compute_ignore_maps(
         case.probabilities, case.label, ks, case.class_names,
         axis=axis, slice_index=slice_index, scope=scope, ignore_label=case.ignore_label,

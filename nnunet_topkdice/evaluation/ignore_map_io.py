@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from nnunet_topkdice.errors import InputError
 
 __all__ = [
     "IgnoreMapCase",
+    "ProbabilitySource",
     "class_names",
     "load_case",
     "load_probabilities",
@@ -49,6 +50,24 @@ class IgnoreMapCase:
     probabilities: np.ndarray
     class_names: list[str]
     ignore_label: int | None
+
+
+@dataclass(frozen=True)
+class ProbabilitySource:
+    """Where a case's probabilities come from: exactly one of ``probabilities_file`` and ``model_dir``.
+
+    Attributes:
+        probabilities_file: ``<case>.npz`` of ``nnUNetv2_predict --save_probabilities``.
+        model_dir, folds, checkpoint, device, use_mirroring: a trained model folder and how to predict
+            with it (see :func:`predict_probabilities`).
+    """
+
+    probabilities_file: Path | None = None
+    model_dir: Path | None = None
+    folds: Sequence[int | str] | None = None
+    checkpoint: str = "checkpoint_final.pth"
+    device: str = "cpu"
+    use_mirroring: bool = True
 
 
 def load_probabilities(path: Path) -> np.ndarray:
@@ -101,20 +120,13 @@ def _as_3d(array: np.ndarray, spacing: tuple[float, ...], what: str) -> tuple[np
     return array, spacing
 
 
-@contextlib.contextmanager
-def _ext_trainer_path() -> Iterator[None]:
-    """Make nnU-Net find this package's trainers for the duration of the block (nnUNet_extTrainer)."""
+def _with_trainers():
+    """A context in which nnU-Net finds this package's trainers (nnUNet_extTrainer), restored afterwards."""
+    from unittest import mock
+
     from nnunet_topkdice.ext import EXT_TRAINER_VARIABLE, environment_with_trainers
 
-    previous = os.environ.get(EXT_TRAINER_VARIABLE)
-    os.environ[EXT_TRAINER_VARIABLE] = environment_with_trainers()[EXT_TRAINER_VARIABLE]
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(EXT_TRAINER_VARIABLE, None)
-        else:
-            os.environ[EXT_TRAINER_VARIABLE] = previous
+    return mock.patch.dict(os.environ, {EXT_TRAINER_VARIABLE: environment_with_trainers()[EXT_TRAINER_VARIABLE]})
 
 
 def _channel_files(image_files: Sequence[Path], n_channels: int, file_ending: str) -> list[Path]:
@@ -173,7 +185,7 @@ def predict_probabilities(
     model_dir = Path(model_dir)
     _check_model_folder(model_dir, folds, checkpoint)
     # nnU-Net's predictor talks on stdout; keep stdout for this command's results
-    with contextlib.redirect_stdout(sys.stderr), _ext_trainer_path():
+    with contextlib.redirect_stdout(sys.stderr), _with_trainers():
         predictor = nnUNetPredictor(
             use_mirroring=use_mirroring,
             device=torch.device(device),
@@ -224,20 +236,15 @@ def _find_dataset_json(dataset: Path | Mapping | int | str | None, *candidates: 
 def load_case(
     image_file: Path,
     label_file: Path,
+    source: ProbabilitySource,
     *,
-    probabilities_file: Path | None = None,
-    model_dir: Path | None = None,
     model_inputs: Sequence[Path] = (),
     dataset: Path | Mapping | int | str | None = None,
-    folds: Sequence[int | str] | None = None,
-    checkpoint: str = "checkpoint_final.pth",
-    device: str = "cpu",
-    use_mirroring: bool = True,
 ) -> IgnoreMapCase:
-    """Read the displayed image, the label and the probabilities of one case (exactly one source given).
+    """Read the displayed image, the label and the probabilities of one case.
 
     Args:
-        image_file: the channel to display.  model_inputs: with ``model_dir``, the files the model reads.
+        image_file: the channel to display.  model_inputs: with a model folder, the files the model reads.
         dataset: dataset.json (path/id/name/dict) for the label names; default the dataset.json beside the
             probability file, or the model's.
     Raises:
@@ -251,13 +258,13 @@ def load_case(
     image, _ = _as_3d(*_read_image(image_file), what=f"image {image_file}")
     if image.shape != label.shape:
         raise InputError(f"image {image_file} has shape {image.shape}, label {label_file} has {label.shape}")
-    if probabilities_file is not None:
-        probabilities = load_probabilities(Path(probabilities_file))
-        dataset_json = _find_dataset_json(dataset, Path(probabilities_file).parent)
+    if source.probabilities_file is not None:
+        probabilities = load_probabilities(Path(source.probabilities_file))
+        dataset_json = _find_dataset_json(dataset, Path(source.probabilities_file).parent)
     else:
         probabilities, model_json = predict_probabilities(
-            Path(model_dir), model_inputs, folds=folds, checkpoint=checkpoint, device=device,
-            use_mirroring=use_mirroring,
+            Path(source.model_dir), model_inputs, folds=source.folds, checkpoint=source.checkpoint,
+            device=source.device, use_mirroring=source.use_mirroring,
         )  # fmt: skip
         dataset_json = model_json if dataset is None else _find_dataset_json(dataset)
     if probabilities.ndim == 3:
