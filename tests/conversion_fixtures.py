@@ -7,6 +7,8 @@ volumes contain every original label value so that remapping can be checked voxe
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,9 @@ def geometry(index: int) -> dict:
 
 
 def write_image(path: Path, array: np.ndarray, geom: dict) -> Path:
-    """Write ``array`` (numpy z, y, x order) with the given geometry as NIfTI."""
+    """Write ``array`` (numpy z, y, x order) with the given geometry as NIfTI (a new file, see :func:`linked_copy`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(geom["spacing"])
     image.SetOrigin(geom["origin"])
@@ -143,6 +146,19 @@ def make_msseg(
         write_image(consensus, msseg_consensus(index, shape), geom)
         files[case_id] = (*images, consensus)
     return files
+
+
+def linked_copy(src: Path, dst: Path) -> Path:
+    """A copy of the tree ``src`` at ``dst`` whose files are hard links: fast, and safe for a test that
+    replaces or deletes files (:func:`write_image`, :func:`truncate`, ``unlink``) but never writes into one."""
+    return Path(shutil.copytree(src, dst, copy_function=os.link))
+
+
+def truncate(path: Path, n_bytes: int) -> None:
+    """Replace ``path`` by its first ``n_bytes`` bytes (a broken download)."""
+    data = path.read_bytes()[:n_bytes]
+    path.unlink()
+    path.write_bytes(data)
 
 
 def stems(folder: Path, suffix: str) -> list[str]:

@@ -13,6 +13,7 @@ from conversion_fixtures import (
     acdc_frames,
     assert_geometry_close,
     geometry,
+    linked_copy,
     make_acdc,
     read_array,
     read_geometry,
@@ -38,7 +39,7 @@ def roots(source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
 @pytest.fixture()
 def src_copy(source: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(source, tmp_path / "database"))
+    return linked_copy(source, tmp_path / "database")
 
 
 

@@ -12,6 +12,7 @@ from conversion_fixtures import (
     MSSEG_CONSTANTS,
     assert_geometry_close,
     geometry,
+    linked_copy,
     make_msseg,
     msseg_cases,
     msseg_consensus,
@@ -38,11 +39,18 @@ def converted(
     return layout, files, msseg.convert(root, tmp_path_factory.mktemp("raw"))
 
 
-@pytest.fixture()
-def src_copy(tmp_path: Path) -> tuple[Path, dict]:
-    files = make_msseg(tmp_path / "src", msseg.LAYOUT_PREPROCESSED)
-    return tmp_path / "src", files
+@pytest.fixture(scope="module")
+def preprocessed_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("msseg_pre")
+    return root, make_msseg(root, msseg.LAYOUT_PREPROCESSED)
 
+
+@pytest.fixture()
+def src_copy(preprocessed_source: tuple[Path, dict], tmp_path: Path) -> tuple[Path, dict]:
+    """A private copy (Pre-processed layout) that a test may damage, and its case id -> files."""
+    source, files = preprocessed_source
+    root = linked_copy(source, tmp_path / "src")
+    return root, {case: tuple(root / p.relative_to(source) for p in paths) for case, paths in files.items()}
 
 
 # ---- the split ----------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +12,12 @@ import pytest
 from conversion_fixtures import (
     assert_geometry_close,
     geometry,
+    linked_copy,
     make_synapse,
     read_array,
     read_geometry,
     stems,
+    truncate,
     write_image,
 )
 
@@ -38,7 +39,7 @@ def converted(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def src_copy(source: Path, tmp_path: Path) -> Path:
     """A private copy that a test may damage."""
-    return Path(shutil.copytree(source, tmp_path / "RawData"))
+    return linked_copy(source, tmp_path / "RawData")
 
 
 # ---- constants ----------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def test_corrupt_file_halfway_leaves_nothing(src_copy: Path, tmp_path: Path, num
     raw_root = tmp_path / "raw"
     (raw_root / "Dataset999_Other").mkdir(parents=True)  # an unrelated dataset must survive
     corrupt = src_copy / "Training" / "img" / "img0030.nii.gz"
-    corrupt.write_bytes(corrupt.read_bytes()[:200])  # a truncated download
+    truncate(corrupt, 200)  # a truncated download
     with pytest.raises(InputError, match=rf"cannot read {corrupt}"):
         synapse.convert(src_copy, raw_root, num_processes=num_processes)
     assert [p.name for p in raw_root.iterdir()] == ["Dataset999_Other"]
