@@ -146,7 +146,6 @@ def test_training_layout_accepts_any_patient_folder_name(tmp_path: Path) -> None
     expected = msseg_cases(msseg.LAYOUT_TRAINING, names)
     assert layout == msseg.LAYOUT_TRAINING
     assert {case_id: centre for case_id, (centre, _, _) in patients.items()} == expected
-    assert "center07_patientA12" in patients and "center08_patient05-b" in patients
     split = msseg.make_split(expected, seed=0)  # still 3 train + 2 test per centre
     for centre in msseg.EXPECTED_CENTRES:
         assert [sum(expected[c] == centre for c in split[part]) for part in ("train", "test")] == [3, 2]

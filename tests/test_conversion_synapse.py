@@ -15,7 +15,6 @@ from conversion_fixtures import (
     linked_copy,
     make_synapse,
     read_array,
-    read_geometry,
     stems,
     truncate,
     write_image,
@@ -85,16 +84,8 @@ def test_images_and_geometry_preserved(source: Path, converted: Path) -> None:
         src_image = source / "Training" / "img" / f"img{number}.nii.gz"
         out_image = converted / f"images{subset}" / f"{case_id}_0000.nii.gz"
         out_label = converted / f"labels{subset}" / f"{case_id}.nii.gz"
-        assert out_image.read_bytes() == src_image.read_bytes()  # copied, header and voxels untouched
-        assert read_geometry(out_image) == read_geometry(src_image)
+        assert out_image.read_bytes() == src_image.read_bytes()  # copied: header and voxels untouched
         assert_geometry_close(out_label, src_image)
-        original, written = read_array(src_image), read_array(out_image)
-        assert written.dtype == original.dtype == np.int16
-        np.testing.assert_array_equal(written, original)
-    size, spacing, origin, _ = read_geometry(converted / "imagesTr" / "case0005_0000.nii.gz")
-    assert size == (16, 16, 8)
-    np.testing.assert_allclose(spacing, geometry(5)["spacing"], rtol=1e-6)
-    np.testing.assert_allclose(origin, geometry(5)["origin"], rtol=1e-6)
 
 
 def test_dataset_json(converted: Path) -> None:
