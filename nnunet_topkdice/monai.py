@@ -53,7 +53,6 @@ class _DiceConfig(NamedTuple):
     batch: bool
     smooth_nr: float
     smooth_dr: float
-    weight: Tensor | None
     reduction: str
     tie_break_seed: int
     tie_break_scale: float
@@ -73,8 +72,10 @@ def _check_arguments(
     reduction: str,
     tie_break_seed: int,
     tie_break_scale: float,
-) -> _DiceConfig:
+) -> tuple[_DiceConfig, Tensor | None]:
     """Validate once (no tensor on an accelerator is read) and normalise the arguments.
+
+    returns: the configuration and the class weights as a float32 CPU tensor (or None).
 
     Raises:
         ValueError: ``k`` not in (0, 100]; more than one of ``sigmoid``, ``softmax``, ``other_act``;
@@ -103,7 +104,7 @@ def _check_arguments(
         weight_tensor = torch.as_tensor(weight).detach().to(device="cpu", dtype=torch.float32)
         if weight_tensor.ndim > 1 or not bool(torch.isfinite(weight_tensor).all()) or bool((weight_tensor < 0).any()):
             raise ValueError(f"weight must be a number or a 1-D sequence of finite numbers >= 0, got {weight!r}")
-    return _DiceConfig(
+    config = _DiceConfig(
         float(k),
         bool(include_background),
         bool(to_onehot_y),
@@ -113,11 +114,11 @@ def _check_arguments(
         bool(batch),
         float(smooth_nr),
         float(smooth_dr),
-        weight_tensor,
         str(reduction_value),
         int(tie_break_seed),
         float(tie_break_scale),
     )
+    return config, weight_tensor
 
 
 def _prepare(input: Tensor, target: Tensor, config: _DiceConfig) -> tuple[Tensor, Tensor]:
@@ -176,7 +177,7 @@ def _ranking(prediction: Tensor) -> Tensor:
         return ranking - row_min.view(*row_min.shape, *[1] * (ranking.ndim - 2))
 
 
-def _topk_dice(input: Tensor, target: Tensor, config: _DiceConfig) -> Tensor:
+def _topk_dice(input: Tensor, target: Tensor, config: _DiceConfig, weight: Tensor | None) -> Tensor:
     """The loss from validated arguments; see :func:`topk_dice_loss`."""
     prediction, target = _prepare(input, target, config)
     compute_dtype = torch.float64 if prediction.dtype == torch.float64 else torch.float32
@@ -202,14 +203,13 @@ def _topk_dice(input: Tensor, target: Tensor, config: _DiceConfig) -> Tensor:
     # only smooth_dr = 0 with an empty channel reaches the clamp (MONAI would return NaN there)
     loss = 1 - (2 * intersection + config.smooth_nr) / denominator.clamp_min(torch.finfo(compute_dtype).tiny)
     n_channels = target.shape[1]
-    if config.weight is not None and n_channels != 1:
-        weight = config.weight
+    if weight is not None and n_channels != 1:
         if weight.ndim == 1 and weight.shape[0] != n_channels:
             raise ValueError(
                 f"weight has {weight.shape[0]} entries for {n_channels} channels; it needs one per channel "
                 "taking part (without the background when include_background=False)"
             )
-        loss = loss * weight.to(device=loss.device, dtype=loss.dtype)
+        loss = loss * weight.to(device=loss.device, dtype=loss.dtype)  # a no-op once the module is moved
     if config.reduction == "mean":
         return loss.mean()
     if config.reduction == "sum":
@@ -240,7 +240,7 @@ def topk_dice_loss(
 
     The arguments are validated at every call; the module validates them once.
     """
-    config = _check_arguments(
+    config, weight_tensor = _check_arguments(
         k,
         include_background,
         to_onehot_y,
@@ -255,14 +255,14 @@ def topk_dice_loss(
         tie_break_seed,
         tie_break_scale,
     )
-    return _topk_dice(input, target, config)
+    return _topk_dice(input, target, config, weight_tensor)
 
 
 class TopKDiceLoss(nn.Module):
     """TopK-Dice loss with the arguments of ``monai.losses.DiceLoss``; at ``k=100`` it equals
     ``DiceLoss(squared_pred=True)`` with the same arguments.
 
-    Args:
+    Args (all but ``k`` keyword-only: MONAI's positional order has no ``k`` and differs from this one):
         k: percent of each channel's target voxels that are KEPT (the hardest), ``0 < k <= 100``.
         include_background: if False, channel 0 takes no part (ignored, with a warning, for one channel).
         to_onehot_y: convert a label map ``target`` (B1H[WD]) to one-hot with ``input.shape[1]`` classes.
@@ -290,8 +290,9 @@ class TopKDiceLoss(nn.Module):
         TypeError: ``other_act`` not callable.
         AssertionError: ``target`` and ``input`` shapes differ after ``to_onehot_y`` (MONAI raises the same).
 
-    Soft targets: the selection takes place among the voxels with ``target > 0`` of each channel; the removed
-    ones lose their whole target value and prediction. A one-hot or binary target is the usual case.
+    Soft targets (MONAI allows them): ``n`` counts a channel's voxels with ``target > 0``; among them the
+    ``floor((100 - k) / 100 * n)`` with the highest activated prediction are removed, their whole target
+    value and their prediction. For one-hot or binary targets this is exactly the paper's selection.
 
     Example:
         >>> import torch
@@ -308,6 +309,7 @@ class TopKDiceLoss(nn.Module):
     def __init__(
         self,
         k: float = 50.0,
+        *,
         include_background: bool = True,
         to_onehot_y: bool = False,
         sigmoid: bool = False,
@@ -316,14 +318,13 @@ class TopKDiceLoss(nn.Module):
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
         reduction: str = "mean",
-        *,
         other_act: Callable[[Tensor], Tensor] | None = None,
         weight: Sequence[float] | float | Tensor | None = None,
         tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
         tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
     ) -> None:
         super().__init__()
-        self.config = _check_arguments(
+        self.config, class_weight = _check_arguments(
             k,
             include_background,
             to_onehot_y,
@@ -338,9 +339,12 @@ class TopKDiceLoss(nn.Module):
             tie_break_seed,
             tie_break_scale,
         )
+        # a buffer (as MONAI's ``class_weight``), so that ``.to(device)`` moves it once
+        self.class_weight: Tensor | None
+        self.register_buffer("class_weight", class_weight)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return _topk_dice(input, target, self.config)
+        return _topk_dice(input, target, self.config, self.class_weight)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -387,6 +391,7 @@ class TopKDiceCELoss(nn.Module):
     def __init__(
         self,
         k: float = 50.0,
+        *,
         include_background: bool = True,
         to_onehot_y: bool = False,
         sigmoid: bool = False,
@@ -397,7 +402,6 @@ class TopKDiceCELoss(nn.Module):
         reduction: str = "mean",
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
-        *,
         other_act: Callable[[Tensor], Tensor] | None = None,
         weight: Tensor | None = None,
         label_smoothing: float = 0.0,
@@ -423,14 +427,14 @@ class TopKDiceCELoss(nn.Module):
             dice_weight = ce_weight[1:]  # the Dice term has no background channel then
         self.dice = TopKDiceLoss(
             k,
-            include_background,
-            to_onehot_y,
-            sigmoid,
-            softmax,
-            batch,
-            smooth_nr,
-            smooth_dr,
-            reduction,
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            batch=batch,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            reduction=reduction,
             other_act=other_act,
             weight=dice_weight,
             tie_break_seed=tie_break_seed,

@@ -207,6 +207,16 @@ def test_function_equals_module_and_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda x: module(x, labels), (logits,), fast_mode=True)
 
 
+def test_half_precision_input_is_summed_in_float32() -> None:
+    # (2, 3, 8, 8) bfloat16 logits under CPU autocast; the loss is float32 and close to the float32 loss
+    logits, labels = _case((2, 3, 8, 8), seed=12)
+    loss = TopKDiceLoss(k=50, to_onehot_y=True, softmax=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = loss(logits.bfloat16(), labels)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, loss(logits.bfloat16().float(), labels), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("k", [100, 50])
 @pytest.mark.parametrize(
     "kwargs, target_kind",
