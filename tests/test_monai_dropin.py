@@ -208,13 +208,13 @@ def test_function_equals_module_and_gradcheck() -> None:
 
 
 def test_half_precision_input_is_summed_in_float32() -> None:
-    # (2, 3, 8, 8) bfloat16 logits under CPU autocast; the loss is float32 and close to the float32 loss
+    # (2, 3, 8, 8) bfloat16 logits under CPU autocast (softmax may run in bfloat16): float32 result, close to float32
     logits, labels = _case((2, 3, 8, 8), seed=12)
     loss = TopKDiceLoss(k=50, to_onehot_y=True, softmax=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half = loss(logits.bfloat16(), labels)
     assert half.dtype == torch.float32
-    torch.testing.assert_close(half, loss(logits.bfloat16().float(), labels), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(half, loss(logits.bfloat16().float(), labels), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("k", [100, 50])
