@@ -18,6 +18,7 @@ MONAI is an optional dependency: ``pip install 'nnunet-topkdice[monai]'``.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -58,6 +59,11 @@ class _DiceConfig(NamedTuple):
     tie_break_scale: float
 
 
+def _is_number(value: object) -> bool:
+    """A real number (NumPy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_arguments(
     k: float,
     include_background: bool,
@@ -83,7 +89,7 @@ def _check_arguments(
             not finite; ``weight`` negative or not a scalar/1-D sequence.
         TypeError: ``other_act`` not callable (as MONAI).
     """
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
+    if not _is_number(k) or not 0 < k <= 100:
         raise ValueError(f"k must be a number in (0, 100] (percent of each channel's target voxels kept), got {k!r}")
     if other_act is not None and not callable(other_act):
         raise TypeError(f"other_act must be None or callable, got {type(other_act).__name__}")
@@ -96,7 +102,7 @@ def _check_arguments(
     if reduction_value not in _REDUCTIONS:
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
     for name, value in (("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr), ("tie_break_scale", tie_break_scale)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        if not _is_number(value) or not 0 <= value < float("inf"):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     weight_tensor = None
     if weight is not None:
@@ -413,11 +419,9 @@ class TopKDiceCELoss(nn.Module):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum' (MONAI's DiceCELoss has no 'none'), got {reduction!r}")
         for name, value in (("lambda_dice", lambda_dice), ("lambda_ce", lambda_ce)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            if not _is_number(value) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-            raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
-        if not 0 <= label_smoothing <= 1:
+        if not _is_number(label_smoothing) or not 0 <= label_smoothing <= 1:
             raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
         ce_weight = None if weight is None else torch.as_tensor(weight, dtype=torch.float32).detach().cpu()
         if ce_weight is not None and (not bool(torch.isfinite(ce_weight).all()) or bool((ce_weight < 0).any())):
@@ -464,9 +468,11 @@ class TopKDiceCELoss(nn.Module):
                 f"target must have 1 channel (labels) or as many as input ({input.shape[1]}), "
                 f"got shape {tuple(target.shape)}"
             )
-        total = input.new_zeros((), dtype=torch.float64 if input.dtype == torch.float64 else torch.float32)
+        terms = []
         if self.lambda_dice != 0:
-            total = total + self.lambda_dice * self.dice(input, target)
+            terms.append(self.lambda_dice * self.dice(input, target))
         if self.lambda_ce != 0:
-            total = total + self.lambda_ce * self.ce(input, target)
-        return total
+            terms.append(self.lambda_ce * self.ce(input, target))
+        if not terms:  # both weights 0: a zero still connected to the graph, as MONAI's
+            return input.float().sum() * 0.0
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]

@@ -106,6 +106,13 @@ def test_k100_class_weights_like_monai(weight, include_background) -> None:
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
 
 
+def test_class_weight_is_a_buffer_like_monai() -> None:
+    loss = TopKDiceLoss(weight=[1.0, 2.0])
+    assert torch.equal(loss.state_dict()["class_weight"], torch.tensor([1.0, 2.0]))
+    assert loss.to(torch.float64).class_weight.dtype == torch.float64
+    assert "class_weight" not in TopKDiceLoss().state_dict()
+
+
 def reference_loss(probs, target, k, *, batch, reduction, smooth_nr=1e-5, smooth_dr=1e-5, tie_break_scale=1e-6):
     """Literal reference on activated probabilities and the target of the channels taking part, (B, C, *spatial):
     per image and channel, sort the voxels with target > 0 by (-(p + eps), index) in Python, drop the first
@@ -204,6 +211,8 @@ def test_function_equals_module_and_gradcheck() -> None:
     function = topk_dice_loss(logits, labels, 50, to_onehot_y=True, softmax=True, include_background=False)
     assert torch.equal(module(logits, labels), function)
     assert function.dtype == torch.float64
+    numpy_k = TopKDiceLoss(k=np.int64(50), to_onehot_y=True, softmax=True, include_background=False)
+    assert torch.equal(numpy_k(logits, labels), function)
     assert torch.autograd.gradcheck(lambda x: module(x, labels), (logits,), fast_mode=True)
 
 
@@ -257,6 +266,10 @@ def test_dice_ce_skips_a_term_with_zero_weight() -> None:
     torch.testing.assert_close(only_ce, torch.nn.functional.cross_entropy(logits, labels[:, 0]))
     only_dice = TopKDiceCELoss(k=50, to_onehot_y=True, softmax=True, lambda_ce=0)(logits, labels)
     torch.testing.assert_close(only_dice, TopKDiceLoss(k=50, to_onehot_y=True, softmax=True)(logits, labels))
+    logits.requires_grad_()
+    nothing = TopKDiceCELoss(k=50, to_onehot_y=True, lambda_dice=0, lambda_ce=0)(logits, labels)
+    nothing.backward()
+    assert nothing.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 def test_training_a_monai_unet_on_synthetic_data_learns() -> None:
@@ -297,6 +310,7 @@ def test_training_a_monai_unet_on_synthetic_data_learns() -> None:
         (dict(k=101), "k must be"),
         (dict(k=True), "k must be"),
         (dict(k="50"), "k must be"),
+        (dict(k=np.float32(120)), "k must be"),
         (dict(sigmoid=True, softmax=True), "sigmoid, softmax and other_act"),
         (dict(softmax=True, other_act=torch.tanh), "sigmoid, softmax and other_act"),
         (dict(reduction="average"), "reduction"),
@@ -310,6 +324,7 @@ def test_training_a_monai_unet_on_synthetic_data_learns() -> None:
         "k101",
         "k-bool",
         "k-str",
+        "k-numpy",
         "two-acts",
         "act-and-other",
         "reduction",
