@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import create_test_image_2d
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
 from monai.networks.nets import UNet
 
 import nnunet_topkdice.monai as monai_dropin
@@ -270,6 +270,23 @@ def test_dice_ce_skips_a_term_with_zero_weight() -> None:
     nothing = TopKDiceCELoss(k=50, to_onehot_y=True, lambda_dice=0, lambda_ce=0)(logits, labels)
     nothing.backward()
     assert nothing.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("k", [100, 50])
+def test_works_inside_monai_deep_supervision_loss(k) -> None:
+    # outputs (2, 3, 8, 8) and (2, 3, 4, 4); MONAI resizes the float label map (2, 1, 8, 8) for the second
+    logits, labels = _case((2, 3, 8, 8), seed=13)
+    outputs = [logits, torch.nn.functional.avg_pool2d(logits, 2)]
+    kwargs = dict(to_onehot_y=True, softmax=True)
+    ours = DeepSupervisionLoss(TopKDiceCELoss(k=k, **kwargs))(outputs, labels.float())
+    small_labels = torch.nn.functional.interpolate(labels.float(), size=(4, 4), mode="nearest-exact")
+    by_hand = TopKDiceCELoss(k=k, **kwargs)(outputs[0], labels) + 0.5 * TopKDiceCELoss(k=k, **kwargs)(
+        outputs[1], small_labels
+    )
+    torch.testing.assert_close(ours, by_hand)
+    if k == 100:
+        expected = DeepSupervisionLoss(DiceCELoss(squared_pred=True, **kwargs))(outputs, labels.float())
+        torch.testing.assert_close(ours, expected, atol=2e-6, rtol=1e-5)
 
 
 def test_training_a_monai_unet_on_synthetic_data_learns() -> None:
