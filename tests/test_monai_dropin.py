@@ -25,14 +25,15 @@ ACTIVATIONS = {"sigmoid": {"sigmoid": True}, "softmax": {"softmax": True}, "neit
 
 
 def _case(shape=(3, 3, 5, 6), seed=0, ties=False):
-    """Logits and labels (B, 1, *spatial); image 0 has no class 2 and image 1 only class 0 (absent classes)."""
+    """Logits and labels (B, 1, *spatial); image 0 has no class 2, image 1 only class 0 (absent classes)."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(shape, generator=generator) * 2
     if ties:  # few distinct values: many exact ties of the probabilities
         logits = logits.round()
     labels = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]), generator=generator)
     labels[0][labels[0] == 2] = 1
-    labels[1] = 0
+    if shape[0] > 1:
+        labels[1] = 0
     return logits, labels
 
 
@@ -172,6 +173,21 @@ def test_below_100_matches_literal_reference(k, activation, include_background, 
     torch.testing.assert_close(ours.double(), expected, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "shape, activation, batch",
+    [((2, 3, 32, 32), "softmax", False), ((1, 3, 16, 16, 12), "sigmoid", True)],
+    ids=["2d-histogram", "3d-histogram"],
+)
+def test_below_100_larger_inputs_match_literal_reference(shape, activation, batch) -> None:
+    # enough voxels per (image, channel) for the selection's histogram path instead of one sort
+    prediction, labels = _inputs(activation, True, shape=shape, seed=14)
+    ours = TopKDiceLoss(k=30, to_onehot_y=True, batch=batch, reduction="none", **ACTIVATIONS[activation])
+    expected = reference_loss(
+        _activated(prediction, activation), _one_hot(labels, 3), 30, batch=batch, reduction="none"
+    )
+    torch.testing.assert_close(ours(prediction, labels).double(), expected, atol=1e-6, rtol=1e-5)
+
+
 def test_below_100_ties_without_tie_break_map_go_to_the_lower_index() -> None:
     # (2, 2, 4, 4), every probability 0.5: only the voxel index orders the ties
     probs = torch.full((2, 2, 4, 4), 0.5)
@@ -289,7 +305,16 @@ def test_works_inside_monai_deep_supervision_loss(k) -> None:
         torch.testing.assert_close(ours, expected, atol=2e-6, rtol=1e-5)
 
 
-def test_training_a_monai_unet_on_synthetic_data_learns() -> None:
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from threads, and intra-op threads on a busy CPU cost seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_a_monai_unet_on_synthetic_data_learns(one_thread) -> None:
     # 8 images (1, 32, 32) of noisy circles, labels {0, 1}; a 2-level UNet with 4 and 8 channels
     torch.manual_seed(0)
     random_state = np.random.RandomState(0)
