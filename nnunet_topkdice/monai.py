@@ -169,22 +169,26 @@ def _prepare(input: Tensor, target: Tensor, config: _DiceConfig) -> tuple[Tensor
     return input, target
 
 
-def _ranking(prediction: Tensor) -> Tensor:
+def _ranking(prediction: Tensor, non_negative: bool) -> Tensor:
     """What orders the voxels of each (image, channel): the activated prediction, made non-negative.
 
-    The selection orders non-negative values; without sigmoid/softmax the input may be negative, so such
-    rows are shifted up by their minimum (the order is kept; rows already >= 0 are left untouched).
+    The selection orders non-negative values. Unless the activation guarantees them (``non_negative``),
+    rows with negative values are shifted up by their minimum (the order is kept; rows already >= 0 are
+    left untouched).
 
     Shape: prediction (B, N, *spatial) float.  returns: same shape, float32, detached.
     """
-    with torch.no_grad():
-        ranking = prediction.detach().float()
-        row_min = ranking.flatten(2).amin(-1).clamp_max(0)
-        return ranking - row_min.view(*row_min.shape, *[1] * (ranking.ndim - 2))
+    ranking = prediction.detach().float()
+    if non_negative:
+        return ranking
+    row_min = ranking.flatten(2).amin(-1).clamp_max(0)
+    return ranking - row_min.view(*row_min.shape, *[1] * (ranking.ndim - 2))
 
 
 def _topk_dice(input: Tensor, target: Tensor, config: _DiceConfig, weight: Tensor | None) -> Tensor:
     """The loss from validated arguments; see :func:`topk_dice_loss`."""
+    # sigmoid and softmax outputs need no shift before the selection
+    non_negative = config.sigmoid or (config.softmax and input.ndim > 1 and input.shape[1] > 1)
     prediction, target = _prepare(input, target, config)
     compute_dtype = torch.float64 if prediction.dtype == torch.float64 else torch.float32
     prediction = prediction.to(compute_dtype)
@@ -192,7 +196,7 @@ def _topk_dice(input: Tensor, target: Tensor, config: _DiceConfig, weight: Tenso
     if config.k < 100:
         # the target voxels of each (image, channel); a soft target's support is where it is > 0
         excluded = channel_exclusion_mask(
-            _ranking(prediction),
+            _ranking(prediction, non_negative),
             target > 0,
             config.k,
             tie_break_seed=config.tie_break_seed,
