@@ -16,6 +16,7 @@ import torch
 from monai.data import create_test_image_2d
 from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
 from monai.networks.nets import UNet
+from monai.utils import DiceCEReduction, LossReduction
 
 import nnunet_topkdice.monai as monai_dropin
 from nnunet_topkdice.losses import tie_break_map
@@ -105,6 +106,13 @@ def test_k100_class_weights_like_monai(weight, include_background) -> None:
     ours = TopKDiceLoss(k=100, reduction="none", **kwargs)(logits, labels)
     expected = DiceLoss(squared_pred=True, reduction="none", **kwargs)(logits, labels)
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_reduction_accepts_monai_enum_members() -> None:
+    logits, labels = _case()
+    as_enum = TopKDiceLoss(to_onehot_y=True, softmax=True, reduction=LossReduction.NONE)(logits, labels)
+    torch.testing.assert_close(as_enum, TopKDiceLoss(to_onehot_y=True, softmax=True, reduction="none")(logits, labels))
+    assert TopKDiceCELoss(reduction=DiceCEReduction.SUM).cross_entropy.reduction == "sum"
 
 
 def test_class_weight_is_a_buffer_like_monai() -> None:
