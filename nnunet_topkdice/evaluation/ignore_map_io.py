@@ -222,7 +222,7 @@ def _find_dataset_json(dataset: Path | Mapping | int | str | None, *candidates: 
     if isinstance(dataset, Mapping):
         return dict(dataset)
     if dataset is not None:
-        from nnunet_topkdice.evaluation.evaluate import resolve_dataset
+        from nnunet_topkdice.evaluation.dataset import resolve_dataset
 
         with open(resolve_dataset(dataset).json_path) as f:
             return json.load(f)
@@ -250,7 +250,7 @@ def load_case(
     Raises:
         InputError: missing or unreadable files, shapes that differ, label values outside the channels.
     """
-    from nnunet_topkdice.evaluation.evaluate import read_label_file
+    from nnunet_topkdice.evaluation.label_io import read_label_file
 
     if not Path(label_file).is_file():
         raise InputError(f"label file not found: {label_file}")

@@ -1,5 +1,5 @@
-"""Figures: per-class Dice of several runs (``figure.png``); the ignore-map pictures are in
-:mod:`nnunet_topkdice.evaluation.ignore_map_plot`.
+"""Figures: per-class Dice of several methods with their paired differences (``figure.png``). The
+ignore-map pictures are in :mod:`nnunet_topkdice.evaluation.ignore_map_plot`.
 
 Matplotlib with the Agg backend (no display needed).
 """
@@ -26,97 +26,116 @@ def _run_colours(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def plot_results(results: dict, out_png: Path) -> Path:
-    """Per-class Dice per run (box over the cases, dots per case, diamond = mean) and the mean metrics.
+def _class_values(per_case: dict, class_name: str) -> list[float]:
+    """Dice in percent of one class over the cases where it is defined."""
+    values = [case[class_name]["Dice"] for case in per_case.values()]
+    return [100 * v for v in values if v is not None]
 
-    With the paper's rows in ``results``, its CE + topK-Dice values are drawn as black crosses.
-    Returns ``out_png``.
-    """
-    runs = list(results["runs"])
-    classes = results["classes"]
-    colours = _run_colours(len(runs))
-    paper = results.get("paper")
-    reference = paper["reported"][paper["reference_row"]] if paper else {}
 
-    n_classes = len(classes)
-    fig_width = min(max(9.0, 0.9 * n_classes * max(1, len(runs)) ** 0.5 + 5), 24.0)
-    fig, (ax_cls, ax_mean) = plt.subplots(
-        1,
-        2,
-        figsize=(fig_width, 6.0),
-        gridspec_kw={"width_ratios": [max(2.0, 0.9 * n_classes), 2.2]},
-        layout="constrained",
-    )
+def _draw_class_dice(ax, results: dict, colours: list, reference: dict) -> None:
+    """Per class and method: a box over the cases, one dot per case, a diamond for the mean."""
+    runs, classes = list(results["runs"]), results["classes"]
     width = 0.8 / len(runs)
     rng = np.random.default_rng(0)  # jitter of the case dots, fixed so that the figure is reproducible
     for j, run in enumerate(runs):
-        per_case = results["runs"][run]["per_case"]
         positions, data = [], []
         for i, c in enumerate(classes):
-            values = [case[c["name"]]["Dice"] for case in per_case.values()]
-            values = [100 * v for v in values if v is not None]
+            values = _class_values(results["runs"][run]["per_case"], c["name"])
             x = i - 0.4 + width * (j + 0.5)
             if values:
                 positions.append(x)
                 data.append(values)
-                ax_cls.scatter(
-                    x + rng.uniform(-0.25, 0.25, len(values)) * width,
-                    values,
-                    s=9,
-                    color="black",
-                    alpha=0.5,
-                    zorder=3,
-                    linewidths=0,
-                )
+                jitter = rng.uniform(-0.25, 0.25, len(values)) * width
+                ax.scatter(x + jitter, values, s=9, color="black", alpha=0.5, zorder=3, linewidths=0)
             mean = results["runs"][run]["per_class"][c["name"]]["Dice"]
             if mean is not None:
-                ax_cls.scatter(x, 100 * mean, marker="D", s=28, color="white", edgecolor="black", zorder=4)
+                ax.scatter(x, 100 * mean, marker="D", s=28, color="white", edgecolor="black", zorder=4)
         if data:
-            box = ax_cls.boxplot(
-                data,
-                positions=positions,
-                widths=width * 0.8,
-                patch_artist=True,
-                showfliers=False,
+            box = ax.boxplot(
+                data, positions=positions, widths=width * 0.8, patch_artist=True, showfliers=False,
                 manage_ticks=False,
             )
             for patch in box["boxes"]:
                 patch.set(facecolor=colours[j], alpha=0.75)
             for median in box["medians"]:
                 median.set(color="black")
+    n_classes = len(classes)
     for i, c in enumerate(classes):
         value = reference.get(c["column"]) if n_classes > 1 else reference.get("mDice")
         if value is not None:
-            ax_cls.scatter(i, 100 * value, marker="x", s=60, color="black", zorder=5)
-    ax_cls.set_xticks(range(n_classes))
-    ax_cls.set_xticklabels(
-        [c["column"] for c in classes],
-        rotation=30 if n_classes > 4 else 0,
-        ha="right" if n_classes > 4 else "center",
-    )
-    ax_cls.set_xlim(-0.6, n_classes - 0.4)
-    ax_cls.set_ylim(0, 102)
-    ax_cls.set_ylabel("Dice (%)")
-    ax_cls.set_xlabel("class")
-    ax_cls.set_title(f"Dice per class over {len(results['cases'])} test cases")
-    ax_cls.grid(axis="y", alpha=0.3)
+            ax.scatter(i, 100 * value, marker="x", s=60, color="black", zorder=5)
+    _class_axis(ax, classes)
+    ax.set_ylim(0, 102)
+    ax.set_ylabel("Dice (%)")
+    ax.set_title(f"Dice per class over {len(results['cases'])} test cases")
+    ax.grid(axis="y", alpha=0.3)
 
+
+def _class_axis(ax, classes: list[dict], extra: tuple[str, ...] = ()) -> None:
+    labels = [*extra, *(c["column"] for c in classes)]
+    rotate = len(labels) > 4
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xlabel("class")
+
+
+def _draw_means(ax, results: dict, colours: list, reference: dict) -> None:
+    """Bars of the mean metrics per method (the mean over its repeats, with the sd as an error bar)."""
+    runs = list(results["runs"])
+    width = 0.8 / len(runs)
     x = np.arange(len(MEAN_METRICS))
     for j, run in enumerate(runs):
         means = [results["runs"][run]["mean"][m] for m, _ in MEAN_METRICS]
-        ax_mean.bar(
-            x - 0.4 + width * (j + 0.5), [0 if v is None else 100 * v for v in means], width, color=colours[j]
+        sds = [results["runs"][run].get("sd", {}).get(m) for m, _ in MEAN_METRICS]
+        ax.bar(
+            x - 0.4 + width * (j + 0.5),
+            [0 if v is None else 100 * v for v in means],
+            width,
+            yerr=[0 if v is None else 100 * v for v in sds] if any(v is not None for v in sds) else None,
+            color=colours[j],
+            capsize=2,
         )
     for i, (_, col) in enumerate(MEAN_METRICS):
         if reference.get(col) is not None:
-            ax_mean.scatter(i, 100 * reference[col], marker="x", s=60, color="black", zorder=5)
-    ax_mean.set_xticks(x)
-    ax_mean.set_xticklabels([col for _, col in MEAN_METRICS])
-    ax_mean.set_ylim(0, 102)
-    ax_mean.set_ylabel("percent")
-    ax_mean.set_title("Means over classes")
-    ax_mean.grid(axis="y", alpha=0.3)
+            ax.scatter(i, 100 * reference[col], marker="x", s=60, color="black", zorder=5)
+    ax.set_xticks(x)
+    ax.set_xticklabels([col for _, col in MEAN_METRICS])
+    ax.set_ylim(0, 102)
+    ax.set_ylabel("percent")
+    ax.set_title("Means over classes")
+    ax.grid(axis="y", alpha=0.3)
 
+
+def _draw_differences(ax, results: dict, colours: dict) -> None:
+    """Paired differences with the baseline, percentage points with the 95% bootstrap interval: the case
+    score (mean Dice over classes) first, then each class's Dice."""
+    comparisons, classes = results["comparisons"], results["classes"]
+    width = 0.8 / len(comparisons)
+    for j, comparison in enumerate(comparisons):
+        entries = [comparison, *(comparison["per_class"][c["name"]] for c in classes)]
+        for i, entry in enumerate(entries):
+            if entry["mean_difference"] is None:
+                continue
+            low, high = entry["ci95"]
+            mean = 100 * entry["mean_difference"]
+            ax.errorbar(
+                i - 0.4 + width * (j + 0.5),
+                mean,
+                yerr=[[mean - 100 * low], [100 * high - mean]],
+                fmt="o",
+                color=colours[comparison["method"]],
+                capsize=3,
+                markersize=5,
+            )
+    ax.axhline(0, color="black", linewidth=0.8)
+    _class_axis(ax, classes, extra=("case score\n(all classes)",))
+    ax.set_ylabel("difference (percentage points)")
+    ax.set_title(f"Paired Dice difference with the baseline {results['baseline']!r} (mean, 95% bootstrap CI)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _legend_handles(runs: list[str], colours: list, paper: dict | None) -> list:
     handles = [Patch(facecolor=colours[j], alpha=0.75, label=run) for j, run in enumerate(runs)]
     handles.append(
         plt.Line2D([], [], marker="D", linestyle="", color="white", markeredgecolor="black", label="mean")
@@ -124,17 +143,41 @@ def plot_results(results: dict, out_png: Path) -> Path:
     handles.append(
         plt.Line2D([], [], marker="o", linestyle="", color="black", alpha=0.5, markersize=4, label="one case")
     )
-    if reference:
-        handles.append(
-            plt.Line2D(
-                [],
-                [],
-                marker="x",
-                linestyle="",
-                color="black",
-                label=f"paper {paper['reference_row']} (reported)",
-            )
-        )
+    if paper:
+        label = f"paper {paper['reference_row']} (reported)"
+        handles.append(plt.Line2D([], [], marker="x", linestyle="", color="black", label=label))
+    return handles
+
+
+def plot_results(results: dict, out_png: Path) -> Path:
+    """Per-class Dice per method (box over the cases, dots per case, diamond = mean), the mean metrics and,
+    with two or more methods, the paired differences with the baseline and their 95% intervals.
+
+    With the paper's rows in ``results``, its CE + topK-Dice values are drawn as black crosses.
+    Returns ``out_png``.
+    """
+    runs = list(results["runs"])
+    colours = _run_colours(len(runs))
+    paper = results.get("paper")
+    reference = paper["reported"][paper["reference_row"]] if paper else {}
+    n_classes = len(results["classes"])
+    comparisons = results.get("comparisons") or []
+
+    fig_width = min(max(9.0, 0.9 * n_classes * max(1, len(runs)) ** 0.5 + 5), 24.0)
+    mosaic = [["classes", "means"]] + ([["differences", "differences"]] if comparisons else [])
+    fig, axes = plt.subplot_mosaic(
+        mosaic,
+        figsize=(fig_width, 6.0 + (4.0 if comparisons else 0.0)),
+        width_ratios=[max(2.0, 0.9 * n_classes), 2.2],
+        height_ratios=[6.0, 4.0] if comparisons else [1.0],
+        layout="constrained",
+    )
+    _draw_class_dice(axes["classes"], results, colours, reference)
+    _draw_means(axes["means"], results, colours, reference)
+    if comparisons:
+        _draw_differences(axes["differences"], results, dict(zip(runs, colours, strict=True)))
+
+    handles = _legend_handles(runs, colours, paper)
     # as many legend columns as fit the width (long run names take about 2.5 inches)
     n_columns = max(2, min(len(handles), int(fig_width // 2.5)))
     fig.legend(handles=handles, loc="outside lower center", ncol=n_columns, frameon=False)
