@@ -16,6 +16,7 @@ The same ``splits_final.json`` is written to ``<preprocessed_root>/Dataset202_AC
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,20 +24,28 @@ from pathlib import Path
 
 from dataset_conversion import common
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.paper_datasets import PAPER_DATASETS
 
-DEFAULT_DATASET_ID = 202
-DATASET_NAME = "ACDC"
+PAPER = PAPER_DATASETS["acdc"]
+DEFAULT_DATASET_ID = PAPER.dataset_id  # 202
+DATASET_NAME = PAPER.name
 CHANNEL_NAMES = {0: "cineMRI"}
-LABELS: dict[str, int] = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
-ORIGINAL_TO_NEW: dict[int, int] = {0: 0, 1: 1, 2: 2, 3: 3}
+LABELS: dict[str, int] = PAPER.labels  # background 0, RV 1, MYO 2, LV 3: ACDC's own values, kept
+ORIGINAL_TO_NEW: dict[int, int] = {value: value for value in LABELS.values()}
 
 ALL_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(1, 101))
-# The 70/10/20 split of TransUNet-style work on ACDC, from MT-UNet (Wang et al. 2022), SPEC section 4.
+# The 70/10/20 split of TransUNet-style work on ACDC, from MT-UNet (Wang et al. 2022).
 VAL_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in (19, 21, 29, 33, 41, 50, 61, 71, 76, 80))
 TEST_PATIENTS: tuple[str, ...] = tuple(
     f"patient{n:03d}" for n in (2, 3, 8, 9, 12, 14, 17, 24, 42, 48, 49, 53, 55, 64, 67, 79, 81, 88, 92, 95)
 )
 TRAIN_PATIENTS: tuple[str, ...] = tuple(p for p in ALL_PATIENTS if p not in VAL_PATIENTS + TEST_PATIENTS)
+
+DESCRIPTION = common.DatasetDescription(
+    DATASET_NAME, CHANNEL_NAMES, LABELS,
+    reference="https://www.creatis.insa-lyon.fr/Challenge/acdc/",
+    license="see the ACDC challenge terms of use",
+)
 
 SPLITS_FILE = "splits_final.json"
 
@@ -176,41 +185,23 @@ def convert(
         _check_preprocessed_splits(preprocessed_splits, splits, overwrite=overwrite)
     test_cases = [case for case in cases if patient_of(case) in TEST_PATIENTS]
     jobs = common.make_jobs(cases, test_cases, common.label_mapping_transform(ORIGINAL_TO_NEW))
-    folder = common.build_dataset(
-        jobs,
-        raw_root,
-        folder_name,
-        channel_names=CHANNEL_NAMES,
-        labels=LABELS,
-        overwrite=overwrite,
-        num_processes=num_processes,
-        extra_json={SPLITS_FILE: splits},
-        dataset_json_extra={
-            "numTest": len(test_cases),
-            "reference": "https://www.creatis.insa-lyon.fr/Challenge/acdc/",
-            "description": "ACDC cine-MRI, ED and ES frames of the 100 training patients, "
-            "MT-UNet 70/10/20 split by patient (fold 0 of splits_final.json = train/val)",
-            "license": "see the ACDC challenge terms of use",
-        },
+    summary = (
+        "ACDC cine-MRI, ED and ES frames of the 100 training patients, MT-UNet 70/10/20 split by patient "
+        "(fold 0 of splits_final.json = train/val)"
     )
+    folder = common.build_dataset(
+        jobs, raw_root, dataset_id, DESCRIPTION, summary=summary, overwrite=overwrite,
+        num_processes=num_processes, extra_json={SPLITS_FILE: splits},
+    )  # fmt: skip
     if preprocessed_splits is not None:
         preprocessed_splits.parent.mkdir(parents=True, exist_ok=True)
         common.write_json(preprocessed_splits, splits)
     return folder
 
 
-def run_from_args(args) -> int:
-    """Command-line body shared by ``topkdice convert acdc`` and ``python -m``."""
-    folder = convert(
-        args.input,
-        common.resolve_raw_root(args.output),
-        dataset_id=args.dataset_id,
-        preprocessed_root=common.resolve_preprocessed_root(),
-        overwrite=args.overwrite,
-        num_processes=args.num_processes,
-    )
-    print(folder)
-    return 0
+def command_options(args: argparse.Namespace) -> dict:
+    """The command line's further ``convert`` arguments: ``$nnUNet_preprocessed`` gets a splits copy."""
+    return {"preprocessed_root": common.resolve_preprocessed_root()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

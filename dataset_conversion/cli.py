@@ -8,7 +8,6 @@ is imported only when its command runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -18,23 +17,23 @@ from pathlib import Path
 
 from nnunet_topkdice.argtypes import dataset_id, positive_int
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS, paper_dataset
 
 DEFAULT_NUM_PROCESSES = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
 class _DatasetCommand:
-    default_id: int  # equals the module's DEFAULT_DATASET_ID (checked by the tests)
-    folder: str
+    """The texts of one ``topkdice convert`` sub-command (the id and folder name come from the registry)."""
+
     help: str
     description: str
     input_help: str
 
 
-DATASETS: dict[str, _DatasetCommand] = {
+# One entry per key of nnunet_topkdice.paper_datasets.PAPER_DATASETS (building the parser needs them all).
+COMMANDS: dict[str, _DatasetCommand] = {
     "synapse": _DatasetCommand(
-        default_id=201,
-        folder="Synapse",
         help="convert Synapse multi-organ CT (BTCV) with the TransUNet split",
         description="Convert the Synapse multi-organ CT dataset (synapse.org syn3193805, RawData.zip) into "
         "nnU-Net's raw format: the 18 TransUNet training cases go to imagesTr/labelsTr, the 12 test cases to "
@@ -42,8 +41,6 @@ DATASETS: dict[str, _DatasetCommand] = {
         input_help="the unpacked RawData.zip folder, which contains Training/img and Training/label",
     ),
     "acdc": _DatasetCommand(
-        default_id=202,
-        folder="ACDC",
         help="convert ACDC cine-MRI with the 70/10/20 split",
         description="Convert the ACDC cine-MRI training set into nnU-Net's raw format: the ED and ES frames "
         "named in each patient's Info.cfg become two cases; the 70 train and 10 validation patients go to "
@@ -52,21 +49,19 @@ DATASETS: dict[str, _DatasetCommand] = {
         input_help="the ACDC folder that contains training/patient001 ... training/patient100",
     ),
     "msseg": _DatasetCommand(
-        default_id=203,
-        folder="MSSEG",
         help="convert MSSEG-2016 MS lesions with a seeded 9/6 split",
         description="Convert the MSSEG-2016 training set (either public layout) into nnU-Net's raw format: "
         "five channels (FLAIR, T1, T2, DP, GADO), consensus > 0 as lesion, and a 9 train / 6 test split "
         "drawn from --seed and stratified by centre, printed and saved as split.json.",
         input_help="the MSSEG-2016 training root, which contains Pre-processed/ and ManualSegmentation/, "
-        "or Training/Center_XX/Patient_YY/",
+        "or Training/Center_XX/Patient_*/",
     ),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
     """Add the options of ``topkdice convert <dataset>`` (also used by ``python -m``)."""
-    info = DATASETS[dataset]
+    info, paper = COMMANDS[dataset], paper_dataset(dataset)
     parser.add_argument("-i", "--input", type=Path, required=True, metavar="DIR", help=info.input_help)
     parser.add_argument(
         "-o",
@@ -74,16 +69,15 @@ def add_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
         type=Path,
         default=None,
         metavar="RAW_ROOT",
-        help=f"nnU-Net raw folder to write Dataset{info.default_id:03d}_{info.folder} into "
-        "(default: $nnUNet_raw)",
+        help=f"nnU-Net raw folder to write {paper.folder_name} into (default: $nnUNet_raw)",
     )
     parser.add_argument(
         "-d",
         "--dataset-id",
         type=dataset_id,
-        default=info.default_id,
+        default=paper.dataset_id,
         metavar="ID",
-        help=f"nnU-Net dataset id, 1-999 (default: {info.default_id})",
+        help=f"nnU-Net dataset id, 1-999 (default: {paper.dataset_id})",
     )
     parser.add_argument(
         "--overwrite",
@@ -105,8 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
 
 
 def _run(dataset: str, args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"dataset_conversion.{dataset}")
-    return int(module.run_from_args(args))
+    from dataset_conversion.runner import run_conversion  # imports SimpleITK: only when a command runs
+
+    return run_conversion(dataset, args)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -119,7 +114,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "anything is written, and the dataset is written into a temporary folder that is renamed into place.",
     )
     datasets = convert.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    for name, info in DATASETS.items():
+    for name in PAPER_DATASET_KEYS:
+        info = COMMANDS[name]
         parser = datasets.add_parser(name, help=info.help, description=info.description)
         add_arguments(parser, name)
         parser.set_defaults(func=partial(_run, name))
@@ -127,9 +123,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def build_parser(dataset: str) -> argparse.ArgumentParser:
     """The stand-alone parser of ``python -m dataset_conversion.<dataset>``."""
-    info = DATASETS[dataset]
     parser = argparse.ArgumentParser(
-        prog=f"python -m dataset_conversion.{dataset}", description=info.description
+        prog=f"python -m dataset_conversion.{dataset}", description=COMMANDS[dataset].description
     )
     add_arguments(parser, dataset)
     return parser

@@ -5,15 +5,17 @@ Input: the MSSEG-2016 training root, in either public layout:
 * ``Pre-processed/<code>/{FLAIR,T1,T2,DP,GADO}_preprocessed.nii.gz`` with
   ``ManualSegmentation/<code>/Consensus.nii.gz`` (codes such as ``01016SACH``; the first two digits are
   the centre), or
-* ``Training/Center_XX/Patient_YY/Preprocessed_Data/*_preprocessed.nii.gz`` with
-  ``Training/Center_XX/Patient_YY/Masks/Consensus.nii.gz`` (the ``Training`` folder itself is accepted too).
+* ``Training/Center_XX/Patient_*/Preprocessed_Data/*_preprocessed.nii.gz`` with
+  ``Training/Center_XX/Patient_*/Masks/Consensus.nii.gz`` (the ``Training`` folder itself is accepted too;
+  the patient folders may have any name after ``Patient_``, e.g. ``Patient_01`` or ``Patient_7``).
 
 Output: ``<raw_root>/Dataset203_MSSEG`` with five channels per case (0 FLAIR, 1 T1, 2 T2, 3 DP, 4 GADO),
 label 1 = lesion (consensus > 0), 9 train cases in imagesTr/labelsTr and 6 test cases in
 imagesTs/labelsTs, split at random but reproducibly from ``seed`` and stratified by centre (3 train +
 2 test per centre). The split is saved as ``split.json`` in the dataset folder.
 
-Case ids are the patient codes (``01016SACH``) for the first layout and ``center01_patient01`` for the second.
+Case ids are the patient codes (``01016SACH``) for the first layout and ``center<XX>_patient<name>`` for the
+second (``Center_01/Patient_01`` -> ``center01_patient01``, ``Center_07/Patient_7`` -> ``center07_patient7``).
 
     topkdice convert msseg -i /data/MSSEG-2016 --seed 0
     python -m dataset_conversion.msseg -i /data/MSSEG-2016 -o $nnUNet_raw --seed 0
@@ -21,6 +23,7 @@ Case ids are the patient codes (``01016SACH``) for the first layout and ``center
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
@@ -30,17 +33,25 @@ from pathlib import Path
 
 from dataset_conversion import common
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.paper_datasets import PAPER_DATASETS
 
-DEFAULT_DATASET_ID = 203
-DATASET_NAME = "MSSEG"
+PAPER = PAPER_DATASETS["msseg"]
+DEFAULT_DATASET_ID = PAPER.dataset_id  # 203
+DATASET_NAME = PAPER.name
 MODALITIES: tuple[str, ...] = ("FLAIR", "T1", "T2", "DP", "GADO")
 CHANNEL_NAMES = dict(enumerate(MODALITIES))
-LABELS: dict[str, int] = {"background": 0, "lesion": 1}
+LABELS: dict[str, int] = PAPER.labels  # background 0, lesion 1
 
 # MSSEG-2016 training data: 5 patients from each of three centres (01 Rennes, 07 Bordeaux, 08 Lyon).
 EXPECTED_CENTRES: tuple[str, ...] = ("01", "07", "08")
 PATIENTS_PER_CENTRE = 5
 TEST_PER_CENTRE = 2  # paper: 9 train / 6 test; stratified: 3 train + 2 test per centre
+
+DESCRIPTION = common.DatasetDescription(
+    DATASET_NAME, CHANNEL_NAMES, LABELS,
+    reference="https://portal.fli-iam.irisa.fr/msseg-challenge/",
+    license="see the MSSEG-2016 (FLI-IAM / Shanoir) terms of use",
+)
 
 SPLIT_FILE = "split.json"
 LAYOUT_PREPROCESSED = "Pre-processed"
@@ -48,7 +59,8 @@ LAYOUT_TRAINING = "Training"
 
 _CODE = re.compile(r"^(\d{2})\d{3}[A-Za-z0-9]*$")  # 01016SACH: centre 01, patient 016, initials
 _CENTRE_DIR = re.compile(r"^Center_(\d{2})$")
-_PATIENT_DIR = re.compile(r"^Patient_(\d{2})$")
+_PATIENT_DIR = re.compile(r"^Patient_(.+)$")  # Patient_01, Patient_7, Patient_A12: any name after "Patient_"
+_CASE_ID_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # safe in nnU-Net file names
 
 
 def make_split(
@@ -105,6 +117,11 @@ def _training_layout(training: Path) -> dict[str, tuple[str, tuple[Path, ...], P
             patient = _PATIENT_DIR.match(patient_dir.name)
             if patient is None:
                 continue
+            if not _CASE_ID_PART.match(patient.group(1)):
+                raise InputError(
+                    f"cannot make a case id from the patient folder {patient_dir}: after 'Patient_' use only "
+                    "letters, digits, '_' and '-'"
+                )
             case_id = f"center{centre.group(1)}_patient{patient.group(1)}"
             images = tuple(patient_dir / "Preprocessed_Data" / f"{m}_preprocessed.nii.gz" for m in MODALITIES)
             patients[case_id] = (centre.group(1), images, patient_dir / "Masks" / "Consensus.nii.gz")
@@ -126,7 +143,7 @@ def find_layout(src: Path) -> tuple[str, Path]:
         return LAYOUT_TRAINING, src
     raise InputError(
         f"missing MSSEG-2016 data: expected the folder {src / LAYOUT_PREPROCESSED} "
-        f"or {src / LAYOUT_TRAINING} (with Center_XX/Patient_YY inside)"
+        f"or {src / LAYOUT_TRAINING} (with Center_XX/Patient_* inside)"
     )
 
 
@@ -181,50 +198,37 @@ def convert(
             (naming both files), NaN or negative consensus values, existing target without ``overwrite``.
             Nothing is left behind.
     """
-    src, raw_root = Path(src), Path(raw_root)
-    folder_name = common.dataset_folder_name(dataset_id, DATASET_NAME)
-    layout, patients = collect_patients(src)
+    layout, patients = collect_patients(Path(src))
     centres = {case_id: centre for case_id, (centre, _, _) in patients.items()}
     split = make_split(centres, seed)
-    common.check_target(raw_root, folder_name, overwrite=overwrite)
     cases = {case_id: (images, consensus) for case_id, (_, images, consensus) in patients.items()}
     jobs = common.make_jobs(cases, split["test"], common.binarize_labels)
     split_record = {"seed": seed, "layout": layout, **split, "centres": dict(sorted(centres.items()))}
+    summary = (
+        f"MSSEG-2016 MS lesions, 5 modalities, consensus > 0 as lesion; 9 train / 6 test stratified by centre, "
+        f"seed {seed} (see {SPLIT_FILE})"
+    )
     return common.build_dataset(
-        jobs,
-        raw_root,
-        folder_name,
-        channel_names=CHANNEL_NAMES,
-        labels=LABELS,
-        overwrite=overwrite,
-        num_processes=num_processes,
-        extra_json={SPLIT_FILE: split_record},
-        dataset_json_extra={
-            "numTest": len(split["test"]),
-            "reference": "https://portal.fli-iam.irisa.fr/msseg-challenge/",
-            "description": f"MSSEG-2016 MS lesions, 5 modalities, consensus > 0 as lesion; 9 train / 6 test "
-            f"stratified by centre, seed {seed} (see {SPLIT_FILE})",
-            "license": "see the MSSEG-2016 (FLI-IAM / Shanoir) terms of use",
-        },
-    )
+        jobs, Path(raw_root), dataset_id, DESCRIPTION, summary=summary, overwrite=overwrite,
+        num_processes=num_processes, extra_json={SPLIT_FILE: split_record},
+    )  # fmt: skip
 
 
-def run_from_args(args) -> int:
-    """Command-line body of ``topkdice convert msseg`` and ``python -m``; prints the split and the folder."""
-    folder = convert(
-        args.input,
-        common.resolve_raw_root(args.output),
-        dataset_id=args.dataset_id,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        num_processes=args.num_processes,
-    )
+def command_options(args: argparse.Namespace) -> dict:
+    """The command line's further ``convert`` argument: ``--seed``."""
+    return {"seed": args.seed}
+
+
+def command_summary(folder: Path) -> str:
+    """The split saved in ``folder``, as the command prints it before the folder."""
     split = json.loads((folder / SPLIT_FILE).read_text())
-    print(f"MSSEG-2016 split (seed {split['seed']}, stratified by centre):")
-    print(f"  train ({len(split['train'])}): {' '.join(split['train'])}")
-    print(f"  test  ({len(split['test'])}): {' '.join(split['test'])}")
-    print(folder)
-    return 0
+    return "\n".join(
+        [
+            f"MSSEG-2016 split (seed {split['seed']}, stratified by centre):",
+            f"  train ({len(split['train'])}): {' '.join(split['train'])}",
+            f"  test  ({len(split['test'])}): {' '.join(split['test'])}",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,28 +19,32 @@ from pathlib import Path
 
 from dataset_conversion import common
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.paper_datasets import PAPER_DATASETS
 
-DEFAULT_DATASET_ID = 201
-DATASET_NAME = "Synapse"
+PAPER = PAPER_DATASETS["synapse"]
+DEFAULT_DATASET_ID = PAPER.dataset_id  # 201
+DATASET_NAME = PAPER.name
 CHANNEL_NAMES = {0: "CT"}
 
-# TransUNet's split (Chen et al. 2021, lists/lists_Synapse/train.txt and test_vol.txt), as in SPEC section 4.
+# TransUNet's split (Chen et al. 2021, lists/lists_Synapse/train.txt and test_vol.txt).
 TRAIN_CASES: tuple[str, ...] = tuple(
     f"case{n:04d}" for n in (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
 )
 TEST_CASES: tuple[str, ...] = tuple(f"case{n:04d}" for n in (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38))
 
-# The paper's 8 organs, renumbered in their original order; background 0 included.
-LABELS: dict[str, int] = {
-    "background": 0,
+# The paper's 8 organs, renumbered 1..8 in their original order (the registry's label_names); background 0.
+LABELS: dict[str, int] = PAPER.labels
+
+# The 8 organs' values in the original BTCV labels (1 spleen ... 13 left adrenal gland).
+ORIGINAL_VALUES: dict[str, int] = {
     "spleen": 1,
     "right_kidney": 2,
     "left_kidney": 3,
     "gallbladder": 4,
-    "liver": 5,
-    "stomach": 6,
-    "aorta": 7,
-    "pancreas": 8,
+    "liver": 6,
+    "stomach": 7,
+    "aorta": 8,
+    "pancreas": 11,
 }
 
 # Original BTCV label value -> new value. Every original value 0..13 is allowed; the five structures the
@@ -48,15 +52,14 @@ LABELS: dict[str, int] = {
 # gland) become background.
 ORIGINAL_TO_NEW: dict[int, int] = {
     **{value: 0 for value in range(14)},
-    1: 1,
-    2: 2,
-    3: 3,
-    4: 4,
-    6: 5,
-    7: 6,
-    8: 7,
-    11: 8,
+    **{ORIGINAL_VALUES[name]: LABELS[name] for name in PAPER.label_names},
 }
+
+DESCRIPTION = common.DatasetDescription(
+    DATASET_NAME, CHANNEL_NAMES, LABELS,
+    reference="https://www.synapse.org/#!Synapse:syn3193805/wiki/217789",
+    license="see the Synapse syn3193805 terms of use",
+)
 
 
 def case_number(case_id: str) -> str:
@@ -113,39 +116,12 @@ def convert(
         InputError: missing or unreadable input file, geometry mismatch between an image and its label,
             label values outside 0..13, existing target without ``overwrite``. Nothing is left behind.
     """
-    src, raw_root = Path(src), Path(raw_root)
-    folder_name = common.dataset_folder_name(dataset_id, DATASET_NAME)
-    cases = collect_cases(src)
-    common.check_target(raw_root, folder_name, overwrite=overwrite)
-    jobs = common.make_jobs(cases, TEST_CASES, common.label_mapping_transform(ORIGINAL_TO_NEW))
+    jobs = common.make_jobs(collect_cases(Path(src)), TEST_CASES, common.label_mapping_transform(ORIGINAL_TO_NEW))
+    summary = "Synapse multi-organ CT, 8 organs, TransUNet split (18 train / 12 test)"
     return common.build_dataset(
-        jobs,
-        raw_root,
-        folder_name,
-        channel_names=CHANNEL_NAMES,
-        labels=LABELS,
-        overwrite=overwrite,
+        jobs, Path(raw_root), dataset_id, DESCRIPTION, summary=summary, overwrite=overwrite,
         num_processes=num_processes,
-        dataset_json_extra={
-            "numTest": len(TEST_CASES),
-            "reference": "https://www.synapse.org/#!Synapse:syn3193805/wiki/217789",
-            "description": "Synapse multi-organ CT, 8 organs, TransUNet split (18 train / 12 test)",
-            "license": "see the Synapse syn3193805 terms of use",
-        },
-    )
-
-
-def run_from_args(args) -> int:
-    """Command-line body shared by ``topkdice convert synapse`` and ``python -m``."""
-    folder = convert(
-        args.input,
-        common.resolve_raw_root(args.output),
-        dataset_id=args.dataset_id,
-        overwrite=args.overwrite,
-        num_processes=args.num_processes,
-    )
-    print(folder)
-    return 0
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -181,14 +180,6 @@ def test_resolve_raw_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 # ---- CLI plumbing ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["synapse", "acdc", "msseg"], ids=["synapse", "acdc", "msseg"])
-def test_cli_table_matches_module_constants(name: str) -> None:
-    module = importlib.import_module(f"dataset_conversion.{name}")
-    assert cli.DATASETS[name].default_id == module.DEFAULT_DATASET_ID
-    assert cli.DATASETS[name].folder == module.DATASET_NAME
-    assert callable(module.main) and callable(module.convert)
-
-
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -252,7 +243,7 @@ def test_convert_case_aligns_channels_within_tolerance(tmp_path: Path) -> None:
 def test_build_dataset_rejects_bad_num_processes(tmp_path: Path, num_processes: object) -> None:
     with pytest.raises(InputError, match=r"num_processes must be a positive integer"):
         common.build_dataset(
-            [], tmp_path / "raw", "Dataset001_X", channel_names={0: "CT"}, labels={"background": 0},
-            overwrite=False, num_processes=num_processes,  # type: ignore[arg-type]
+            [], tmp_path / "raw", 1, common.DatasetDescription("X", {0: "CT"}, {"background": 0}, "", ""),
+            summary="", overwrite=False, num_processes=num_processes,  # type: ignore[arg-type]
         )  # fmt: skip
     assert not (tmp_path / "raw").exists()
