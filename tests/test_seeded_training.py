@@ -58,6 +58,7 @@ class _SeedProbe(DemoSchedule):
 
     def on_train_start(self):
         super().on_train_start()
+        self.logger.plot_progress_png = lambda output_folder: None  # half the time of these tiny runs
         digest = hashlib.sha256()
         for value in self.network.state_dict().values():
             digest.update(value.cpu().numpy().tobytes())
@@ -403,6 +404,8 @@ def test_continue_refuses_another_recorded_seed(runs: SeededRuns, reference: tup
         for key, value in env.items():
             mp.setenv(key, value)
         assert main(argv[1:]) == 2
+        assert "holds a run of seed 0, not of --seed 5" in capsys.readouterr().err
+        assert main([*argv[1:-1], "--val"]) == 2  # validating it as seed 5's run is refused too
         assert "holds a run of seed 0, not of --seed 5" in capsys.readouterr().err
         (copied / SEED_RECORD).unlink()  # checkpoints without a record: not a seeded run
         assert main(argv[1:]) == 2
