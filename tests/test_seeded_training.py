@@ -252,6 +252,20 @@ def test_run_environment_adds_our_trainers_after_the_users(tmp_path: Path, monke
         _find_trainer_class("nnUNetTrainerNoSuchThing")
 
 
+def test_deterministic_switches_torch_to_deterministic_algorithms() -> None:
+    from nnunet_topkdice.training.seeded import _configure_cudnn
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        _configure_cudnn(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    _configure_cudnn(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_seeded_augmenters_need_batchgenerators_ones() -> None:
     from nnunet_topkdice.training.seeded import _loader_and_transform
 
