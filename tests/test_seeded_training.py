@@ -175,11 +175,12 @@ def test_seeded_trainer_class_keeps_name_and_signature() -> None:
     import inspect
 
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerCELoss import nnUNetTrainerCELoss
 
-    from nnunet_topkdice.trainers import nnUNetTrainerTopKDice
+    from nnunet_topkdice.trainers import nnUNetTrainerTopKDice, nnUNetTrainerTopKDicePaper
     from nnunet_topkdice.training.seeded import SeededTrainerMixin, seeded_trainer_class
 
-    for cls in (nnUNetTrainer, nnUNetTrainerTopKDice):
+    for cls in (nnUNetTrainer, nnUNetTrainerCELoss, nnUNetTrainerTopKDice, nnUNetTrainerTopKDicePaper):
         seeded = seeded_trainer_class(cls, 4)
         assert (seeded.__name__, seeded.__module__, seeded.topkdice_seed) == (cls.__name__, cls.__module__, 4)
         assert seeded.__mro__[1:3] == (SeededTrainerMixin, cls)
@@ -361,6 +362,7 @@ def test_same_seed_same_weights_other_seed_differs(runs: SeededRuns, reference: 
     assert other_log[0] != log[0]  # initial weights
     assert not set(other_log[1:]) & set(log[1:])  # batches
     assert not _same_weights(_weights(other_fold), _weights(fold))
+    assert _same_weights(_weights(fold), _weights(again_fold))  # seed 0's checkpoint was not touched
 
 
 @pytest.mark.slow
