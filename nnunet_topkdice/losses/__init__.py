@@ -4,8 +4,14 @@
 Dice, cross entropy and TopK cross entropy when they are constructed.
 """
 
-from nnunet_topkdice.losses.compound import CE_and_TopKDice_loss, DC_and_Focal_loss, DC_and_TopKCE_loss
+from nnunet_topkdice.losses.compound import (
+    BCE_and_TopKDice_loss,
+    CE_and_TopKDice_loss,
+    DC_and_Focal_loss,
+    DC_and_TopKCE_loss,
+)
 from nnunet_topkdice.losses.focal import FocalLoss, focal_loss
+from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss, sigmoid_topk_dice_loss
 from nnunet_topkdice.losses.topk_dice import (
     TopKDiceLoss,
     channel_exclusion_mask,
@@ -16,14 +22,17 @@ from nnunet_topkdice.losses.topk_dice import (
 )
 
 __all__ = [
+    "BCE_and_TopKDice_loss",
     "CE_and_TopKDice_loss",
     "DC_and_Focal_loss",
     "DC_and_TopKCE_loss",
     "FocalLoss",
+    "SigmoidTopKDiceLoss",
     "TopKDiceLoss",
     "channel_exclusion_mask",
     "focal_loss",
     "n_excluded_voxels",
+    "sigmoid_topk_dice_loss",
     "tie_break_map",
     "topk_dice_loss",
     "topk_exclusion_mask",

@@ -186,3 +186,88 @@ class DC_and_TopKCE_loss(_RegionAndPixelLoss):
         super().__init__(
             lambda: _nnunet_soft_dice(dict(soft_dice_kwargs)), topk_ce, weight_ce, weight_dice, ignore_label
         )
+
+
+# --- region-based (sigmoid) datasets ----------------------------------------------------------------
+
+from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss  # noqa: E402
+
+__all__ += ["BCE_and_TopKDice_loss"]
+
+
+class BCE_and_TopKDice_loss(nn.Module):
+    """BCE + TopK-Dice for region-based (sigmoid) training, called like nnU-Net's ``DC_and_BCE_loss``.
+
+    ``loss(net_output, target)`` with ``net_output`` (B, R, *spatial) logits and ``target`` the region
+    maps nnU-Net's region pipeline delivers: (B, R, *spatial) 0/1 (bool from its data loader), or with
+    ``use_ignore_label`` (B, R + 1, *spatial) whose LAST channel marks the ignored voxels. As in nnU-Net,
+    the ignored voxels are masked out of the Dice term, and the BCE is then summed over the regions and
+    divided by the number of voxels not ignored (not by voxels times regions: nnU-Net's normalisation,
+    kept so that only the Dice term differs from nnU-Net's default region loss). Without an ignore label
+    the BCE is ``torch.nn.BCEWithLogitsLoss``'s mean. The BCE runs in float32 for half-precision logits.
+
+    Args:
+        topk_dice_kwargs: arguments of :class:`SigmoidTopKDiceLoss` (``k``, ``batch_dice``, ``do_bg``,
+            ``smooth``, ``ddp``).
+        bce_kwargs: ``weight`` and/or ``pos_weight`` of ``torch.nn.BCEWithLogitsLoss``.
+        weight_ce, weight_dice: weights of the two terms (a term with weight 0 is not built).
+        use_ignore_label: the target's last channel is nnU-Net's ignore mask.
+    Raises:
+        ValueError: bad TopK-Dice arguments, or bce_kwargs other than ``weight``/``pos_weight``.
+
+    Example:
+        >>> loss = BCE_and_TopKDice_loss({"k": 50, "do_bg": True}, {})
+        >>> float(loss(torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8) > 0.5)) > 0
+        True
+    """
+
+    def __init__(
+        self,
+        topk_dice_kwargs: dict,
+        bce_kwargs: dict,
+        weight_ce: float = 1,
+        weight_dice: float = 1,
+        use_ignore_label: bool = False,
+    ) -> None:
+        super().__init__()
+        bce_kwargs = dict(bce_kwargs)
+        unknown = set(bce_kwargs) - {"weight", "pos_weight"}
+        if unknown:
+            raise ValueError(f"bce_kwargs supports 'weight' and 'pos_weight', got {sorted(unknown)}")
+        if use_ignore_label:
+            bce_kwargs["reduction"] = "none"  # masked and normalised in forward, as nnU-Net does
+        self.weight_ce = float(weight_ce)
+        self.weight_dice = float(weight_dice)
+        self.use_ignore_label = bool(use_ignore_label)
+        # nnU-Net's names, so that its trainers' ``loss.dc = torch.compile(loss.dc)`` works here too
+        self.dc = SigmoidTopKDiceLoss(**dict(topk_dice_kwargs)) if self.weight_dice != 0 else None
+        self.ce = nn.BCEWithLogitsLoss(**bce_kwargs) if self.weight_ce != 0 else None
+
+    def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
+        """Shape: net_output (B, R, *spatial) float; target (B, R [+ 1], *spatial) 0/1. Returns a scalar.
+
+        Raises:
+            ValueError: the target's channels do not match (R, or R + 1 with ``use_ignore_label``).
+        """
+        n_channels = net_output.shape[1] + int(self.use_ignore_label) if net_output.ndim >= 2 else None
+        if net_output.ndim < 3 or target.ndim != net_output.ndim or target.shape[1] != n_channels:
+            raise ValueError(
+                f"target must have shape (B, {'R + 1' if self.use_ignore_label else 'R'}, *spatial) for "
+                f"net_output {tuple(net_output.shape)}, got {tuple(target.shape)}"
+            )
+        if self.use_ignore_label:
+            mask = target[:, -1:] == 0  # True where the loss is computed
+            target_regions = target[:, :-1]
+        else:
+            mask, target_regions = None, target
+        compute_dtype = torch.float64 if net_output.dtype == torch.float64 else torch.float32
+        total = net_output.new_zeros((), dtype=compute_dtype)
+        if self.dc is not None:
+            total = total + self.weight_dice * self.dc(net_output, target_regions, loss_mask=mask)
+        if self.ce is not None:
+            logits = net_output.to(compute_dtype)
+            bce = self.ce(logits, target_regions.to(compute_dtype))
+            if mask is not None:
+                bce = (bce * mask).sum() / mask.sum(dtype=compute_dtype).clamp_min(1e-8)
+            total = total + self.weight_ce * bce
+        return total
