@@ -1,7 +1,8 @@
 """The paper's baseline losses that nnU-Net does not ship: focal + Dice and topK-CE + Dice.
 
 Both keep nnU-Net's default soft Dice (``MemoryEfficientSoftDiceLoss``) so that, as in the paper, only
-the cross-entropy part differs from nnU-Net's default CE + Dice.
+the cross-entropy part differs from nnU-Net's default CE + Dice. Both are softmax losses and refuse
+region-based (sigmoid) datasets at ``_build_loss``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class nnUNetTrainerFocalDice(nnUNetTrainer):
     focal_gamma: float = 2.0
 
     def _build_loss(self) -> nn.Module:
-        refuse_regions(self)
+        refuse_regions(self, "softmax focal cross entropy")
         loss = DC_and_Focal_loss(
             dice_kwargs(self),
             {"gamma": self.focal_gamma},
@@ -37,7 +38,7 @@ class nnUNetTrainerTopKCEDice(nnUNetTrainer):
     topk_k: float = 50.0
 
     def _build_loss(self) -> nn.Module:
-        refuse_regions(self)
+        refuse_regions(self, "topK cross entropy")
         loss = DC_and_TopKCE_loss(
             dice_kwargs(self),
             {"k": self.topk_k},
