@@ -1,4 +1,5 @@
-"""Region (sigmoid) TopK-Dice and BCE + TopK-Dice: dense reference, ties, masks, numerics, compound, checks."""
+"""Region (sigmoid) losses: TopK-Dice against a dense reference (ties, masks, numerics), BCE + TopK-Dice, the
+region baselines (sigmoid focal + Dice, top-k BCE + Dice) against nnU-Net's DC_and_BCE_loss, argument checks."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ import pytest
 import torch
 from loss_reference import reference_channel_exclusion
 
-from nnunet_topkdice.losses import BCE_and_TopKDice_loss, SigmoidTopKDiceLoss, n_excluded_voxels, sigmoid_topk_dice_loss
+from nnunet_topkdice.losses import (
+    BCE_and_TopKDice_loss,
+    DC_and_SigmoidFocal_loss,
+    DC_and_TopKBCE_loss,
+    SigmoidFocalLoss,
+    SigmoidTopKDiceLoss,
+    TopKBCELoss,
+    n_excluded_voxels,
+    sigmoid_topk_dice_loss,
+)
 from nnunet_topkdice.losses import compound as compound_module
+from nnunet_topkdice.losses import region_terms as region_terms_module
 from nnunet_topkdice.losses import sigmoid_topk_dice as sigmoid_module
 
 SHAPES = [(2, 3, 12, 10), (2, 3, 5, 6, 7)]
@@ -250,8 +261,124 @@ def test_bce_and_topk_dice_does_not_mutate_kwargs_and_passes_bce_weights():
 
 
 def test_docstring_examples_run():
-    for module in (sigmoid_module, compound_module):
+    for module in (sigmoid_module, compound_module, region_terms_module):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+# --- the region baselines: sigmoid focal + Dice, top-k BCE + Dice ------------------------------------
+
+
+def _nnunet_region_loss(use_ignore_label: bool):
+    """nnU-Net's default region loss, as nnUNetTrainer._build_loss builds it for regions (batch Dice here)."""
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+
+    dice_kwargs = {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": False}
+    return DC_and_BCE_loss({}, dice_kwargs, use_ignore_label=use_ignore_label)
+
+
+def _region_target(with_ignore: bool, seed: int = 19):
+    logits, regions = region_case((2, 3, 9, 8), seed=seed)
+    ignored = ~_mask(logits.shape, 1, seed=seed + 1)
+    return logits, regions, ignored, (torch.cat([regions, ignored], 1) if with_ignore else regions)
+
+
+def test_sigmoid_focal_is_the_literal_formula_and_bce_at_gamma_0():
+    logits, regions, ignored, _ = _region_target(False)
+    x = logits.double()
+    p_t = torch.where(regions, torch.sigmoid(x), 1 - torch.sigmoid(x))
+    literal = -((1 - p_t) ** 2) * torch.log(p_t)
+    valid = ~ignored
+    assert SigmoidFocalLoss()(x, regions).item() == pytest.approx(literal.mean().item(), rel=1e-12)
+    masked = (literal * valid).sum() / valid.sum()  # DC_and_BCE_loss's normalisation with a mask
+    assert SigmoidFocalLoss()(x, regions, valid).item() == pytest.approx(masked.item(), rel=1e-12)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(x, regions.double())
+    assert SigmoidFocalLoss(gamma=0)(x, regions).item() == pytest.approx(bce.item(), rel=1e-12)
+    # logit 0: p_t = 1/2, so 0.25 * log 2 per voxel
+    half = SigmoidFocalLoss()(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+    assert half.item() == pytest.approx(0.25 * 0.6931471805599453, rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [100, 50, 10, 0.1])
+@pytest.mark.parametrize("with_mask", [False, True], ids=["plain", "mask"])
+def test_topk_bce_is_the_mean_of_the_k_percent_highest(k, with_mask):
+    logits, regions, ignored, _ = _region_target(False, seed=21)
+    x = logits.double()
+    mask = ~ignored if with_mask else None
+    values = torch.nn.functional.binary_cross_entropy_with_logits(x, regions.double(), reduction="none")
+    if with_mask:
+        values = values * mask  # masked values are 0 and still counted, as TopKLoss counts ignored voxels
+    ordered = sorted(values.reshape(-1).tolist(), reverse=True)
+    n_kept = max(1, int(len(ordered) * k / 100))
+    expected = sum(ordered[:n_kept]) / n_kept
+    assert TopKBCELoss(k=k)(x, regions, mask).item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("with_ignore", [False, True], ids=["plain", "ignore-label"])
+def test_region_baselines_at_their_limits_equal_nnunets_region_loss(with_ignore):
+    # focal at gamma=0 is BCE; top-k BCE at k=100 is the BCE mean (no ignore label: TopKLoss's count differs)
+    logits, _, _, target = _region_target(with_ignore, seed=23)
+    dice_kwargs = {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": False}
+    losses = [DC_and_SigmoidFocal_loss(dice_kwargs, {"gamma": 0}, use_ignore_label=with_ignore)]
+    if not with_ignore:
+        losses.append(DC_and_TopKBCE_loss(dice_kwargs, {"k": 100}))
+    reference_in = logits.clone().requires_grad_(True)
+    reference = _nnunet_region_loss(with_ignore)(reference_in, target)
+    reference.backward()
+    for loss in losses:
+        ours_in = logits.clone().requires_grad_(True)
+        value = loss(ours_in, target)
+        value.backward()
+        assert value.item() == pytest.approx(reference.item(), abs=1e-6), type(loss).__name__
+        torch.testing.assert_close(ours_in.grad, reference_in.grad, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_ignore", [False, True], ids=["plain", "ignore-label"])
+def test_region_baselines_are_the_sum_of_their_parts(with_ignore):
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    logits, regions, ignored, target = _region_target(with_ignore, seed=25)
+    mask = ~ignored if with_ignore else None
+    dice_kwargs = {"batch_dice": False, "do_bg": True, "smooth": 1e-5, "ddp": False}
+    dice = MemoryEfficientSoftDiceLoss(apply_nonlin=torch.sigmoid, **dice_kwargs)(logits, regions, loss_mask=mask)
+    focal = DC_and_SigmoidFocal_loss(dice_kwargs, {"gamma": 2.0}, 0.5, 2.0, use_ignore_label=with_ignore)
+    expected = 0.5 * SigmoidFocalLoss(2.0)(logits, regions, mask) + 2.0 * dice
+    assert focal(logits, target).item() == pytest.approx(expected.item(), abs=1e-6)
+    topk = DC_and_TopKBCE_loss(dice_kwargs, {"k": 30}, use_ignore_label=with_ignore)
+    expected = TopKBCELoss(30)(logits, regions, mask) + dice
+    assert topk(logits, target).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert DC_and_TopKBCE_loss(dice_kwargs, {"k": 30}, weight_ce=0).ce is None  # weight 0: not built
+
+
+# --- argument checks: ValueError naming the argument, metadata only ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: SigmoidFocalLoss(gamma=-1.0), "gamma must be"),
+        (lambda: SigmoidFocalLoss(gamma="2"), "gamma must be"),
+        (lambda: DC_and_SigmoidFocal_loss({}, {"gamma": -0.5}), "gamma must be"),
+        (lambda: TopKBCELoss(k=0), "k must be"),
+        (lambda: TopKBCELoss(k=101), "k must be"),
+        (lambda: DC_and_TopKBCE_loss({}, {"k": True}), "k must be"),
+    ],
+    ids=["focal-gamma", "focal-gamma-str", "compound-gamma", "topk-k0", "topk-k101", "compound-k"],
+)
+def test_region_baseline_bad_arguments_raise(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_region_terms_check_metadata_only():
+    logits = torch.empty(2, 3, 8, 8, device="meta")
+    for term in (SigmoidFocalLoss(), TopKBCELoss(50)):
+        with pytest.raises(ValueError, match="target must have the shape of logits"):
+            term(logits, torch.empty(2, 1, 8, 8, device="meta"))
+        with pytest.raises(ValueError, match=r"mask must have shape \(B, 1, \*spatial\)"):
+            term(logits, torch.empty(2, 3, 8, 8, device="meta"), torch.empty(2, 3, 8, 8, device="meta"))
+    for loss in (DC_and_SigmoidFocal_loss({}, {}, use_ignore_label=True), DC_and_TopKBCE_loss({}, {})):
+        with pytest.raises(ValueError, match="target must have shape"):
+            loss(torch.randn(2, 3, 8, 8), torch.zeros(2, 5, 8, 8, dtype=torch.bool))
 
 
 # --- argument checks: ValueError naming the argument, metadata only ---------------------------------

@@ -36,8 +36,12 @@ from nnunet_topkdice.losses import (
     BCE_and_TopKDice_loss,
     CE_and_TopKDice_loss,
     DC_and_Focal_loss,
+    DC_and_SigmoidFocal_loss,
+    DC_and_TopKBCE_loss,
     DC_and_TopKCE_loss,
+    SigmoidFocalLoss,
     SigmoidTopKDiceLoss,
+    TopKBCELoss,
     TopKDiceLoss,
 )
 from nnunet_topkdice.trainers import ALL_ROWS, CONTROL_ROW, CONTROL_ROWS, PAPER_ROWS, TRAINER_NAMES, paper_trainer
@@ -82,9 +86,14 @@ OWN_LOSS_TRAINERS = tuple(n for n in TRAINER_NAMES if _base_row(n) not in ("nnUN
 # one trainer per distinct loss of this package, and one under each of the other schedules' optimisers
 DISTINCT_LOSS_TRAINERS = tuple(n for n in LOSS_ROWS if n in TRAINER_NAMES)
 TRAIN_STEP_TRAINERS = (*DISTINCT_LOSS_TRAINERS, "nnUNetTrainerTopKDicePaper", "nnUNetTrainerCEDemo")
-# the TopK-Dice trainers train region datasets (sigmoid); the baselines refuse them
-REGION_TRAINERS = tuple(n for n in OWN_LOSS_TRAINERS if LOSS_ROWS[_base_row(n)][0] is CE_and_TopKDice_loss)
-REFUSING_TRAINERS = tuple(n for n in OWN_LOSS_TRAINERS if n not in REGION_TRAINERS)
+# label-dataset loss -> the region-dataset (sigmoid) loss the same trainer builds, and its pixel-wise term
+REGION_LOSSES = {
+    CE_and_TopKDice_loss: (BCE_and_TopKDice_loss, torch.nn.BCEWithLogitsLoss),
+    DC_and_Focal_loss: (DC_and_SigmoidFocal_loss, SigmoidFocalLoss),
+    DC_and_TopKCE_loss: (DC_and_TopKBCE_loss, TopKBCELoss),
+}
+# one trainer per loss class (the k variants share their code)
+LOSS_CLASS_TRAINERS = ("nnUNetTrainerTopKDice", "nnUNetTrainerFocalDice", "nnUNetTrainerTopKCEDice")
 
 
 @pytest.fixture(autouse=True)
@@ -289,13 +298,13 @@ def test_dice_term_is_compiled_exactly_when_nnunet_compiles(
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
+@pytest.mark.parametrize("name", LOSS_CLASS_TRAINERS)
 def test_region_dice_term_is_compiled_as_nnunet_compiles_its_own(
-    compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    trainer = _make("nnUNetTrainerTopKDice", tmp_path, regions=True)
+    trainer = _make(name, tmp_path, regions=True)
     monkeypatch.setattr(trainer, "_do_i_compile", lambda: compiled)
-    inner = trainer._build_loss().loss
-    assert type(inner) is BCE_and_TopKDice_loss  # nnU-Net's DC_and_BCE_loss: only loss.dc is compiled
+    inner = trainer._build_loss().loss  # as nnU-Net's DC_and_BCE_loss: only loss.dc is compiled
     assert isinstance(inner.dc, OptimizedModule) is compiled and not isinstance(inner.ce, OptimizedModule)
 
 
@@ -341,7 +350,8 @@ def _train_and_check(trainer: nnUNetTrainer, batch: dict, n_steps: int = 2) -> N
     before = _params(trainer)
     for _ in range(n_steps):
         loss = trainer.train_step(batch)["loss"]
-        assert np.isfinite(loss) and loss > 0
+        # finite, not necessarily positive: nnU-Net's soft Dice term is -Dice
+        assert np.isfinite(loss) and loss != 0
     grads = [p.grad for p in trainer.network.parameters() if p.grad is not None]
     assert grads, "no parameter received a gradient"
     assert all(torch.isfinite(g).all() for g in grads)
@@ -351,9 +361,7 @@ def _train_and_check(trainer: nnUNetTrainer, batch: dict, n_steps: int = 2) -> N
 
 
 # 2d for every distinct loss and schedule, 3d once per loss class (the k variants share their code)
-TRAIN_STEP_CASES = [(n, "2d") for n in TRAIN_STEP_TRAINERS] + [
-    (n, "3d") for n in ("nnUNetTrainerTopKDice", "nnUNetTrainerFocalDice", "nnUNetTrainerTopKCEDice")
-]
+TRAIN_STEP_CASES = [(n, "2d") for n in TRAIN_STEP_TRAINERS] + [(n, "3d") for n in LOSS_CLASS_TRAINERS]
 
 
 @pytest.mark.parametrize(("name", "dim"), TRAIN_STEP_CASES, ids=[f"{n}-{d}" for n, d in TRAIN_STEP_CASES])
@@ -371,7 +379,7 @@ def _ignored_voxels(trainer: nnUNetTrainer, target: torch.Tensor) -> torch.Tenso
     return target == trainer.label_manager.ignore_label
 
 
-IGNORE_CASES = [(n, False) for n in DISTINCT_LOSS_TRAINERS] + [("nnUNetTrainerTopKDice", True)]
+IGNORE_CASES = [(n, False) for n in DISTINCT_LOSS_TRAINERS] + [(n, True) for n in LOSS_CLASS_TRAINERS]
 
 
 @pytest.mark.parametrize(
@@ -395,43 +403,40 @@ def test_ignore_label_trains_and_ignored_voxels_get_no_gradient(name: str, regio
             assert grad.masked_select(~mask.expand_as(grad)).abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", REFUSING_TRAINERS, ids=REFUSING_TRAINERS)
-def test_baselines_refuse_regions_naming_the_trainer_and_why(name: str, tmp_path: Path) -> None:
-    why = "softmax focal cross entropy" if "Focal" in name else "topK cross entropy"
-    with pytest.raises(
-        RuntimeError, match=rf"^{name} does not support region-based .*its {why} .*-tr nnUNetTrainerTopKDice"
-    ):
-        _make(name, tmp_path, regions=True)
-
-
 @pytest.mark.parametrize("ignore_label", [False, True], ids=["plain", "ignore-label"])
-@pytest.mark.parametrize("name", REGION_TRAINERS, ids=REGION_TRAINERS)
-def test_topk_dice_trainers_build_nnunets_region_loss(name: str, ignore_label: bool, tmp_path: Path) -> None:
-    # what nnU-Net's default trainer builds for regions, with its soft Dice replaced by sigmoid TopK-Dice
+@pytest.mark.parametrize("name", DISTINCT_LOSS_TRAINERS, ids=DISTINCT_LOSS_TRAINERS)
+def test_region_loss_is_nnunets_with_the_rows_term_replaced(name: str, ignore_label: bool, tmp_path: Path) -> None:
+    # what nnU-Net's default trainer builds for regions (DC_and_BCE_loss), with the row's change applied
     trainer = _make(name, tmp_path, regions=True, ignore_label=ignore_label)
     assert trainer.label_manager.has_regions
     reference_wrapped = nnUNetTrainer._build_loss(trainer)
     inner, reference = trainer.loss.loss, reference_wrapped.loss
-    assert type(inner) is BCE_and_TopKDice_loss and type(reference) is DC_and_BCE_loss
-    assert type(inner.dc) is SigmoidTopKDiceLoss and inner.dc.k == LOSS_ROWS[_base_row(name)][1]
-    assert (inner.use_ignore_label, inner.weight_ce, inner.weight_dice) == (
-        reference.use_ignore_label,
-        reference.weight_ce,
-        reference.weight_dice,
-    )
+    label_loss, k = LOSS_ROWS[name]
+    region_loss, pixel_term = REGION_LOSSES[label_loss]
+    assert type(inner) is region_loss and type(reference) is DC_and_BCE_loss
+    assert type(inner.ce) is pixel_term
+    assert inner.use_ignore_label is reference.use_ignore_label is ignore_label
     assert (inner.dc.do_bg, inner.dc.batch_dice, inner.dc.smooth, inner.dc.ddp) == (
         reference.dc.do_bg,
         reference.dc.batch_dice,
         reference.dc.smooth,
         reference.dc.ddp,
     )
-    assert inner.ce.reduction == reference.ce.reduction
+    if region_loss is BCE_and_TopKDice_loss:
+        assert type(inner.dc) is SigmoidTopKDiceLoss and inner.dc.k == k
+        assert inner.ce.reduction == reference.ce.reduction
+        assert (inner.weight_ce, inner.weight_dice) == (reference.weight_ce, reference.weight_dice)
+    else:  # nnU-Net's own soft Dice on sigmoids, exactly as in DC_and_BCE_loss
+        assert type(inner.dc) is MemoryEfficientSoftDiceLoss and inner.dc.apply_nonlin is torch.sigmoid
+        assert (inner.weight_pixel, inner.weight_dice) == (reference.weight_ce, reference.weight_dice)
+        assert inner.ce.gamma == 2.0 if pixel_term is SigmoidFocalLoss else inner.ce.k == k
     assert trainer.loss.weight_factors == reference_wrapped.weight_factors
 
 
 @pytest.mark.parametrize("dim", ["2d", "3d"])
-def test_region_dataset_trains_with_topk_dice(dim: str, tmp_path: Path) -> None:
-    trainer = _make("nnUNetTrainerTopKDice", tmp_path, dim, regions=True)
+@pytest.mark.parametrize("name", LOSS_CLASS_TRAINERS)
+def test_region_dataset_trains(name: str, dim: str, tmp_path: Path) -> None:
+    trainer = _make(name, tmp_path, dim, regions=True)
     batch = synthetic_batch(trainer, seed=4)
     # 3 labels -> 2 nested regions (1, 2) and (2,), one sigmoid output each
     assert [t.shape[1] for t in batch["target"]] == [2, 2, 2] and batch["target"][0].dtype == torch.bool

@@ -8,9 +8,12 @@ from nnunet_topkdice.losses.compound import (
     BCE_and_TopKDice_loss,
     CE_and_TopKDice_loss,
     DC_and_Focal_loss,
+    DC_and_SigmoidFocal_loss,
+    DC_and_TopKBCE_loss,
     DC_and_TopKCE_loss,
 )
 from nnunet_topkdice.losses.focal import FocalLoss, focal_loss
+from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss
 from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss, sigmoid_topk_dice_loss
 from nnunet_topkdice.losses.topk_dice import (
     TopKDiceLoss,
@@ -25,9 +28,13 @@ __all__ = [
     "BCE_and_TopKDice_loss",
     "CE_and_TopKDice_loss",
     "DC_and_Focal_loss",
+    "DC_and_SigmoidFocal_loss",
+    "DC_and_TopKBCE_loss",
     "DC_and_TopKCE_loss",
     "FocalLoss",
+    "SigmoidFocalLoss",
     "SigmoidTopKDiceLoss",
+    "TopKBCELoss",
     "TopKDiceLoss",
     "channel_exclusion_mask",
     "focal_loss",

@@ -1,8 +1,8 @@
 """nnU-Net v2 trainers for the TopK-Dice paper: its loss, its baselines, its schedule.
 
 Every trainer subclasses ``nnUNetTrainer``, keeps its constructor and changes only the loss
-(``_build_loss``) or the schedule (a mixin from :mod:`.schedules`). The TopK-Dice trainers also train
-region-based (sigmoid) datasets; the focal and topK-CE baselines refuse them. nnU-Net finds them through
+(``_build_loss``) or the schedule (a mixin from :mod:`.schedules`). All of them also train region-based
+(sigmoid) datasets, switching as nnU-Net's default trainer does. nnU-Net finds them through
 ``nnUNet_extTrainer`` (``export nnUNet_extTrainer="$(topkdice trainer-dir)"``).
 """
 

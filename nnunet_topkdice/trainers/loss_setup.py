@@ -1,4 +1,4 @@
-"""What every loss trainer derives from the trainer the same way: Dice kwargs, compile, region refusal."""
+"""What every loss trainer derives from the trainer the same way: the Dice kwargs and torch.compile."""
 
 from __future__ import annotations
 
@@ -28,23 +28,6 @@ def dice_kwargs(trainer: nnUNetTrainer) -> dict[str, Any]:
         "do_bg": trainer.label_manager.has_regions,
         "ddp": trainer.is_ddp,
     }
-
-
-def refuse_regions(trainer: nnUNetTrainer, loss_name: str) -> None:
-    """Stop a trainer whose loss has no region formulation from training a region-based (sigmoid) dataset.
-
-    Raises:
-        RuntimeError: the dataset's labels are regions; the message names the trainer, why, and the alternatives.
-    """
-    if trainer.label_manager.has_regions:
-        name = type(trainer).__name__
-        raise RuntimeError(
-            f"{name} does not support region-based (sigmoid) training: its {loss_name} is defined on softmax "
-            f"probabilities of mutually exclusive labels and has no sigmoid formulation here, but dataset "
-            f"{trainer.plans_manager.dataset_name} is region-based (its dataset.json gives labels as lists, with "
-            f"regions_class_order). Train region-based datasets with -tr nnUNetTrainerTopKDice (BCE + sigmoid "
-            f"TopK-Dice) or with nnU-Net's default trainer (-tr nnUNetTrainer, BCE + soft Dice) instead."
-        )
 
 
 def compile_dice_term(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:
