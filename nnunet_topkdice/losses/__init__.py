@@ -2,6 +2,7 @@
 
 ``topk_dice`` and ``focal`` import nothing from nnU-Net; the compound baselines build nnU-Net's own soft
 Dice, cross entropy and TopK cross entropy when they are constructed.
+Region-based (sigmoid) datasets: ``sigmoid_topk_dice`` and ``region_terms`` are pure PyTorch as well.
 """
 
 from nnunet_topkdice.losses.compound import (
