@@ -4,10 +4,10 @@ region baselines (sigmoid focal + Dice, top-k BCE + Dice) against nnU-Net's DC_a
 from __future__ import annotations
 
 import doctest
+from fractions import Fraction
 
 import pytest
 import torch
-from loss_reference import reference_channel_exclusion
 
 from nnunet_topkdice.losses import (
     BCE_and_TopKDice_loss,
@@ -18,6 +18,7 @@ from nnunet_topkdice.losses import (
     TopKBCELoss,
     n_excluded_voxels,
     sigmoid_topk_dice_loss,
+    tie_break_map,
 )
 from nnunet_topkdice.losses import compound as compound_module
 from nnunet_topkdice.losses import region_terms as region_terms_module
@@ -36,12 +37,27 @@ def region_case(shape, seed=0, scale=3.0):
     return logits, torch.stack(regions[: shape[1]], 1)
 
 
+def literal_region_exclusion(probs, target, k):
+    """(B, R, *spatial) bool: per image and region, a Python sort of the region's voxels by p + eps (the
+    library's map), highest first and ties to the lower flat index; the first floor((100-k)/100 n) are excluded."""
+    eps = tie_break_map(probs.shape[2:]).reshape(-1)
+    drop = 1 - Fraction(k).limit_denominator(10**6) / 100
+    out = torch.zeros(probs.shape[0], probs.shape[1], eps.numel(), dtype=torch.bool)
+    for b in range(probs.shape[0]):
+        for r in range(probs.shape[1]):
+            key = (probs[b, r].reshape(-1).float() + eps).tolist()  # eq. 2, in float32 as the selection
+            inside = [i for i, y in enumerate(target[b, r].reshape(-1).tolist()) if y != 0]
+            order = sorted(inside, key=lambda i: (-key[i], i))
+            out[b, r, order[: int(drop * len(inside))]] = True
+    return out.view(probs.shape)
+
+
 def reference_sigmoid_topk_dice(logits, target, k, mask=None, do_bg=True, batch_dice=False, smooth=1e-5):
     """Literal dense float64 version: Yk = Y (1 - E), Pk = P (1 - E) per region, squared Dice over present regions."""
     probs = torch.sigmoid(logits.double())
     valid = torch.ones_like(probs) if mask is None else mask.double().expand_as(probs)
     y = (target != 0).double() * valid
-    excluded = reference_channel_exclusion(probs.detach(), y, k).double()
+    excluded = literal_region_exclusion(probs.detach(), y, k).double()
     y_k = y * (1 - excluded)
     p_k = probs * valid * (1 - excluded)
     axes = tuple(range(2, logits.ndim))
