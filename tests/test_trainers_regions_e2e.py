@@ -102,6 +102,9 @@ def test_region_dataset_trains_and_predicts_with_topk_dice(tmp_path: Path) -> No
     # one (B, 3, ...) bool region map per deep-supervision output, no ignore channel
     assert [shape[1] for shape, _ in record["targets"]] == [3] * len(record["targets"]) and len(record["targets"]) > 1
     assert {dtype for _, dtype in record["targets"]} == {"torch.bool"}
+    # nnU-Net's final validation evaluated the regions, not the labels
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"(1, 2, 3)", "(2, 3)", "3"}, summary["mean"].keys()
 
     predictions = tmp_path / "predictions"
     run(
