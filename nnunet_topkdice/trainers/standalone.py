@@ -185,7 +185,7 @@ def setup_trainer(
     ``_build_loss``. Not done: DDP wrapping (single process only).
 
     Raises:
-        whatever the trainer raises (for example ``RuntimeError`` from ``_build_loss`` on regions).
+        whatever the trainer raises (for example nnU-Net's CE trainer's ``AssertionError`` on regions).
     """
     plans = {**plans, "continue_training": False}  # nnUNetTrainer.__init__ pops this key
     with _temporary_env("nnUNet_results", str(Path(results_dir))):
