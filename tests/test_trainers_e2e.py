@@ -9,18 +9,13 @@ with ``--c``) -> ``nnUNetv2_predict`` -> ``nnUNetv2_evaluate_folder``. nnU-Net f
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
+from nnunet_e2e import BIN, nnunet_env, run, write_case
 
-BIN = Path(sys.executable).parent
 DATASET_ID = 987
 DATASET_NAME = f"Dataset{DATASET_ID}_TopKDiceE2E"
 TRAINER = "nnUNetTrainerTopKDiceE2ETest"
@@ -57,13 +52,6 @@ class {TRAINER}(nnUNetTrainerTopKDiceDemo):
 """
 
 
-def _write_case(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:
-    for array, path in ((image, image_path), (label, label_path)):
-        volume = sitk.GetImageFromArray(array)
-        volume.SetSpacing((1.0, 1.0, 5.0))
-        sitk.WriteImage(volume, str(path))
-
-
 def make_dataset(raw: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
     """1x32x32 images: a 10x10 square (label 1, brighter) and a 6x6 square (label 2, brightest) in noise."""
     root = raw / DATASET_NAME
@@ -79,7 +67,7 @@ def make_dataset(raw: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -
         image = rng.normal(0.0, 0.3, label.shape).astype(np.float32) + label.astype(np.float32)
         split = "Tr" if i < n_train else "Ts"
         case = f"case{i:03d}"
-        _write_case(
+        write_case(
             image,
             label,
             root / f"images{split}" / f"{case}_0000.nii.gz",
@@ -95,37 +83,12 @@ def make_dataset(raw: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -
     return root
 
 
-def _run(args: list[str], env: dict[str, str], expect: int = 0, timeout: int = 600) -> None:
-    proc = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == expect, (
-        f"{args[0]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    )
-
-
 @pytest.mark.slow
 def test_topk_dice_trainer_end_to_end_with_resume(tmp_path: Path) -> None:
-    raw, preprocessed, results = tmp_path / "raw", tmp_path / "preprocessed", tmp_path / "results"
-    dataset = make_dataset(raw)
-    test_ext = tmp_path / "test_ext"
-    test_ext.mkdir()
-    (test_ext / "topkdice_e2e_test_trainers.py").write_text(textwrap.dedent(TEST_EXT_MODULE))
-    trainer_dir = subprocess.run(
-        [BIN / "topkdice", "trainer-dir"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    env = {
-        **os.environ,
-        "nnUNet_raw": str(raw),
-        "nnUNet_preprocessed": str(preprocessed),
-        "nnUNet_results": str(results),
-        "nnUNet_extTrainer": os.pathsep.join([trainer_dir, str(test_ext)]),
-        # nnU-Net runs 2 threads on a 2-core CPU; with other jobs on the cores, OpenMP's spin-waiting
-        # threads make every step many times slower. Passive waiting costs nothing on an idle machine.
-        "OMP_WAIT_POLICY": "PASSIVE",
-        # nnU-Net's final validation and evaluation start 8 worker processes by default: 1 is plenty here
-        "nnUNet_def_n_proc": "1",
-    }
-    env.pop("nnUNet_n_proc_DA", None)
-    _run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1"], env)
+    env = nnunet_env(tmp_path, TEST_EXT_MODULE, "topkdice_e2e_test_trainers")
+    results = tmp_path / "results"
+    dataset = make_dataset(tmp_path / "raw")
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"], env)
     # no data-augmentation worker processes (0 breaks planning, hence only from here on)
     env["nnUNet_n_proc_DA"] = "0"
 
@@ -137,27 +100,27 @@ def test_topk_dice_trainer_end_to_end_with_resume(tmp_path: Path) -> None:
         "TOPKDICE_TEST_STOP_AFTER_EPOCH": str(STOP_AFTER_EPOCH),
         "TOPKDICE_TEST_TIE_BREAK_OUT": str(first_map),
     }
-    _run(train, crash_env, expect=75)
+    run(train, crash_env, expect=75)
     fold = results / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
     assert torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"] == STOP_AFTER_EPOCH
     assert not (fold / "checkpoint_final.pth").exists()
 
     # resumed run: continues at epoch 2 (same logger history) with the same tie-break map
-    _run([*train, "--c"], {**env, "TOPKDICE_TEST_TIE_BREAK_OUT": str(resumed_map)})
+    run([*train, "--c"], {**env, "TOPKDICE_TEST_TIE_BREAK_OUT": str(resumed_map)})
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert final["trainer_name"] == TRAINER and final["current_epoch"] == N_EPOCHS
     assert len(final["logging"]["train_losses"]) == N_EPOCHS
     assert torch.equal(torch.load(first_map), torch.load(resumed_map))
 
     predictions = tmp_path / "predictions"
-    _run(
+    run(
         [BIN / "nnUNetv2_predict", "-i", dataset / "imagesTs", "-o", predictions,
          "-d", DATASET_ID, "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
         env,
     )  # fmt: skip
     assert sorted(p.name for p in predictions.glob("*.nii.gz")) == [f"case{i:03d}.nii.gz" for i in range(12, 16)]
 
-    _run(
+    run(
         [BIN / "nnUNetv2_evaluate_folder", dataset / "labelsTs", predictions,
          "-djfile", fold.parent / "dataset.json", "-pfile", fold.parent / "plans.json", "-np", "1"],
         env,
