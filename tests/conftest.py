@@ -100,5 +100,5 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
     dataset = TinyDataset(base / "raw", base / "preprocessed", make_dataset(base / "raw"), DATASET_ID)
     # no nnUNet_n_proc_DA here: 0 breaks planning
     env = dataset.environment(base / "unused_results")
-    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1"], env)
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"], env)
     return dataset

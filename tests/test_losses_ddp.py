@@ -1,4 +1,7 @@
-"""DDP batch Dice: two gloo processes on the CPU give the single-process result on the concatenated batch."""
+"""DDP batch Dice: two gloo processes on the CPU give the single-process result on the concatenated batch.
+
+Softmax losses take the (B, 1, *spatial) label map, the region (sigmoid) losses overlapping region maps.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from nnunet_topkdice.losses import CE_and_TopKDice_loss, TopKDiceLoss
+from nnunet_topkdice.losses import BCE_and_TopKDice_loss, CE_and_TopKDice_loss, SigmoidTopKDiceLoss, TopKDiceLoss
 
 WORLD_SIZE = 2
 
@@ -21,7 +24,9 @@ def _inputs():
     images = torch.randn(4, 2, 12, 12, generator=generator)
     target = torch.randint(0, 3, (4, 1, 12, 12), generator=generator)
     target[2:, 0, :3] = 2  # different class mixes on the two ranks
-    return images, target
+    # nested regions (labels >= 1, labels == 2) and one overlapping both, absent from the second rank
+    regions = torch.cat([target >= 1, target == 2, (target == 1) & (torch.arange(4) < 2).view(4, 1, 1, 1)], 1)
+    return images, {"labels": target, "regions": regions}
 
 
 def _model() -> nn.Module:
@@ -29,10 +34,13 @@ def _model() -> nn.Module:
     return nn.Conv2d(2, 3, 3, padding=1)
 
 
-def _losses(ddp: bool) -> dict[str, nn.Module]:
+def _losses(ddp: bool) -> dict[str, tuple[nn.Module, str]]:
+    """name -> (loss, the target it takes: "labels" or "regions")."""
     return {
-        "topk_dice": TopKDiceLoss(k=50, batch_dice=True, ddp=ddp),
-        "ce_topk_dice": CE_and_TopKDice_loss({"k": 30, "batch_dice": True, "ddp": ddp}, {}),
+        "topk_dice": (TopKDiceLoss(k=50, batch_dice=True, ddp=ddp), "labels"),
+        "ce_topk_dice": (CE_and_TopKDice_loss({"k": 30, "batch_dice": True, "ddp": ddp}, {}), "labels"),
+        "sigmoid_topk_dice": (SigmoidTopKDiceLoss(k=50, batch_dice=True, ddp=ddp), "regions"),
+        "bce_topk_dice": (BCE_and_TopKDice_loss({"k": 30, "batch_dice": True, "ddp": ddp}, {}), "regions"),
     }
 
 
@@ -42,9 +50,9 @@ def _worker(rank: int, port: int, results: dict) -> None:
     try:
         images, target = _inputs()
         part = slice(rank * 2, rank * 2 + 2)
-        for name, loss_fn in _losses(ddp=True).items():
+        for name, (loss_fn, target_kind) in _losses(ddp=True).items():
             model = nn.parallel.DistributedDataParallel(_model())
-            loss = loss_fn(model(images[part]), target[part])
+            loss = loss_fn(model(images[part]), target[target_kind][part])
             loss.backward()
             results[(name, rank)] = (loss.item(), [p.grad.clone() for p in model.parameters()])
     finally:
@@ -62,10 +70,10 @@ def test_ddp_batch_dice_equals_single_process_on_concatenated_batch():
         pytest.skip("torch.distributed is not available")
     images, target = _inputs()
     expected = {}
-    for name, loss_fn in _losses(ddp=False).items():
+    for name, (loss_fn, target_kind) in _losses(ddp=False).items():
         model = _model()
-        # DDP averages gradients over ranks; CE is a mean over each rank's half, so compare with the same
-        loss = loss_fn(model(images), target)
+        # DDP averages gradients over ranks; (B)CE is a mean over each rank's half, so compare with the same
+        loss = loss_fn(model(images), target[target_kind])
         loss.backward()
         expected[name] = (loss.item(), [p.grad.clone() for p in model.parameters()])
 
@@ -75,7 +83,8 @@ def test_ddp_batch_dice_equals_single_process_on_concatenated_batch():
     for name, (loss_value, grads) in expected.items():
         for rank in range(WORLD_SIZE):
             got_loss, got_grads = results[(name, rank)]
-            if name == "topk_dice":  # the Dice term is global: every rank sees the whole batch's loss
+            # the Dice term is global: every rank sees the whole batch's loss
+            if name in ("topk_dice", "sigmoid_topk_dice"):
                 assert got_loss == pytest.approx(loss_value, abs=1e-6)
             for got, want in zip(got_grads, grads, strict=True):
                 torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

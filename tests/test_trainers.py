@@ -1,12 +1,15 @@
 """Trainers: losses, deep supervision, schedules, ignore label, regions, discovery by nnU-Net.
 
 Training steps run nnU-Net's real ``train_step`` on tiny hand-made plans (see
-``nnunet_topkdice.trainers.standalone``); discovery runs in subprocesses because nnU-Net resolves
-``nnUNet_extTrainer`` through the environment of the process that looks the trainer up.
+``nnunet_topkdice.trainers.standalone``), once per distinct loss (a schedule variant builds its row's loss,
+which ``test_scheduled_variants_change_only_the_schedule`` checks, and the schedules are tested on their
+own); discovery runs in subprocesses because nnU-Net resolves ``nnUNet_extTrainer`` through the environment
+of the process that looks the trainer up.
 """
 
 from __future__ import annotations
 
+import doctest
 import inspect
 import json
 import os
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss, TopKLoss
@@ -29,8 +32,19 @@ from torch._dynamo import OptimizedModule
 
 import nnunet_topkdice.trainers as trainers
 from nnunet_topkdice.ext import trainer_dir
-from nnunet_topkdice.losses import CE_and_TopKDice_loss, DC_and_Focal_loss, DC_and_TopKCE_loss, TopKDiceLoss
-from nnunet_topkdice.trainers import PAPER_ROWS, TRAINER_NAMES, paper_trainer
+from nnunet_topkdice.losses import (
+    BCE_and_TopKDice_loss,
+    CE_and_TopKDice_loss,
+    DC_and_Focal_loss,
+    DC_and_SigmoidFocal_loss,
+    DC_and_TopKBCE_loss,
+    DC_and_TopKCE_loss,
+    SigmoidFocalLoss,
+    SigmoidTopKDiceLoss,
+    TopKBCELoss,
+    TopKDiceLoss,
+)
+from nnunet_topkdice.trainers import ALL_ROWS, CONTROL_ROW, CONTROL_ROWS, PAPER_ROWS, TRAINER_NAMES, paper_trainer
 from nnunet_topkdice.trainers.standalone import (
     setup_trainer,
     synthetic_batch,
@@ -49,6 +63,7 @@ LOSS_ROWS = {
     "nnUNetTrainerTopKDice30": (CE_and_TopKDice_loss, 30.0),
     "nnUNetTrainerTopKDice70": (CE_and_TopKDice_loss, 70.0),
     "nnUNetTrainerTopKDice90": (CE_and_TopKDice_loss, 90.0),
+    "nnUNetTrainerTopKDice100": (CE_and_TopKDice_loss, 100.0),
     "nnUNetTrainerFocalDice": (DC_and_Focal_loss, None),
     "nnUNetTrainerTopKCEDice": (DC_and_TopKCE_loss, 50.0),
     "nnUNetTrainerTopKCEDice30": (DC_and_TopKCE_loss, 30.0),
@@ -68,6 +83,17 @@ def _base_row(name: str) -> str:
 
 # the trainers whose loss is this package's (the others are nnU-Net's CE and CE + Dice)
 OWN_LOSS_TRAINERS = tuple(n for n in TRAINER_NAMES if _base_row(n) not in ("nnUNetTrainerCELoss", "nnUNetTrainer"))
+# one trainer per distinct loss of this package, and one under each of the other schedules' optimisers
+DISTINCT_LOSS_TRAINERS = tuple(n for n in LOSS_ROWS if n in TRAINER_NAMES)
+TRAIN_STEP_TRAINERS = (*DISTINCT_LOSS_TRAINERS, "nnUNetTrainerTopKDicePaper", "nnUNetTrainerCEDemo")
+# label-dataset loss -> the region-dataset (sigmoid) loss the same trainer builds, and its pixel-wise term
+REGION_LOSSES = {
+    CE_and_TopKDice_loss: (BCE_and_TopKDice_loss, torch.nn.BCEWithLogitsLoss),
+    DC_and_Focal_loss: (DC_and_SigmoidFocal_loss, SigmoidFocalLoss),
+    DC_and_TopKCE_loss: (DC_and_TopKBCE_loss, TopKBCELoss),
+}
+# one trainer per loss class (the k variants share their code)
+LOSS_CLASS_TRAINERS = ("nnUNetTrainerTopKDice", "nnUNetTrainerFocalDice", "nnUNetTrainerTopKCEDice")
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +123,7 @@ def test_trainer_names_are_the_issue_list() -> None:
     expected = {
         *("nnUNetTrainerTopKDice", "nnUNetTrainerTopKDice10", "nnUNetTrainerTopKDice30"),
         *("nnUNetTrainerTopKDice70", "nnUNetTrainerTopKDice90"),
+        *("nnUNetTrainerTopKDice100", "nnUNetTrainerTopKDice100Paper", "nnUNetTrainerTopKDice100Demo"),
         *("nnUNetTrainerFocalDice", "nnUNetTrainerTopKCEDice", "nnUNetTrainerTopKCEDice30"),
         *("nnUNetTrainerCEPaper", "nnUNetTrainerDiceCEPaper", "nnUNetTrainerFocalDicePaper"),
         *("nnUNetTrainerTopKCEDicePaper", "nnUNetTrainerTopKDicePaper"),
@@ -121,10 +148,14 @@ def test_constructor_signature_is_nnunets(name: str) -> None:
 
 def test_paper_rows_cover_every_row_schedule_and_trainer() -> None:
     assert list(PAPER_ROWS) == ["CE", "CE + Dice", "focal + Dice", "topK + Dice", "CE + topK-Dice"]
-    named = {name for by_schedule in PAPER_ROWS.values() for names in by_schedule.values() for name in names.values()}
+    assert list(CONTROL_ROWS) == [CONTROL_ROW] == ["CE + topK-Dice (k=100)"]
+    assert list(ALL_ROWS) == [*PAPER_ROWS, *CONTROL_ROWS]
+    named = {name for by_schedule in ALL_ROWS.values() for names in by_schedule.values() for name in names.values()}
     assert named == set(TRAINER_NAMES) | {"nnUNetTrainerCELoss", "nnUNetTrainer"}
-    for by_schedule in PAPER_ROWS.values():
+    for by_schedule in ALL_ROWS.values():
         assert set(by_schedule) == {"nnunet", "paper", "demo"}
+    for schedule in ("paper", "demo"):  # every scheduled control trainer is the control's loss
+        assert _base_row(CONTROL_ROWS[CONTROL_ROW][schedule][None]) == "nnUNetTrainerTopKDice100"
 
 
 @pytest.mark.parametrize(
@@ -138,6 +169,9 @@ def test_paper_rows_cover_every_row_schedule_and_trainer() -> None:
         ("CE + topK-Dice", "nnunet", 70, "nnUNetTrainerTopKDice70"),
         ("CE + topK-Dice", "paper", 30, "nnUNetTrainerTopKDice30Paper"),
         ("CE + topK-Dice", "demo", 50, "nnUNetTrainerTopKDiceDemo"),
+        ("CE + topK-Dice (k=100)", "nnunet", 50, "nnUNetTrainerTopKDice100"),
+        ("CE + topK-Dice (k=100)", "paper", 30, "nnUNetTrainerTopKDice100Paper"),
+        ("CE + topK-Dice (k=100)", "demo", 50, "nnUNetTrainerTopKDice100Demo"),
     ],
     ids=[
         "ce",
@@ -148,10 +182,19 @@ def test_paper_rows_cover_every_row_schedule_and_trainer() -> None:
         "topkdice70",
         "topkdice30-paper",
         "demo",
+        "control",
+        "control-paper",
+        "control-demo",
     ],
 )
 def test_paper_trainer(row: str, schedule: str, k: int, expected: str) -> None:
     assert paper_trainer(row, schedule, k) == expected
+
+
+def test_paper_trainer_docstring_examples_run() -> None:
+    from nnunet_topkdice.trainers import paper_rows
+
+    assert doctest.testmod(paper_rows).failed == 0
 
 
 @pytest.mark.parametrize(
@@ -254,6 +297,17 @@ def test_dice_term_is_compiled_exactly_when_nnunet_compiles(
         assert isinstance(inner.dc, OptimizedModule) and not isinstance(inner.ce, OptimizedModule)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
+@pytest.mark.parametrize("name", LOSS_CLASS_TRAINERS)
+def test_region_dice_term_is_compiled_as_nnunet_compiles_its_own(
+    name: str, compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = _make(name, tmp_path, regions=True)
+    monkeypatch.setattr(trainer, "_do_i_compile", lambda: compiled)
+    inner = trainer._build_loss().loss  # as nnU-Net's DC_and_BCE_loss: only loss.dc is compiled
+    assert isinstance(inner.dc, OptimizedModule) is compiled and not isinstance(inner.ce, OptimizedModule)
+
+
 @pytest.mark.parametrize("name", [n for n in TRAINER_NAMES if n.endswith("Paper")])
 def test_paper_schedule(name: str, tmp_path: Path) -> None:
     trainer = _make(name, tmp_path)
@@ -296,7 +350,8 @@ def _train_and_check(trainer: nnUNetTrainer, batch: dict, n_steps: int = 2) -> N
     before = _params(trainer)
     for _ in range(n_steps):
         loss = trainer.train_step(batch)["loss"]
-        assert np.isfinite(loss) and loss > 0
+        # finite, not necessarily positive: nnU-Net's soft Dice term is -Dice
+        assert np.isfinite(loss) and loss != 0
     grads = [p.grad for p in trainer.network.parameters() if p.grad is not None]
     assert grads, "no parameter received a gradient"
     assert all(torch.isfinite(g).all() for g in grads)
@@ -305,8 +360,11 @@ def _train_and_check(trainer: nnUNetTrainer, batch: dict, n_steps: int = 2) -> N
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)), "weights did not change"
 
 
-@pytest.mark.parametrize("dim", ["2d", "3d"])
-@pytest.mark.parametrize("name", TRAINER_NAMES, ids=TRAINER_NAMES)
+# 2d for every distinct loss and schedule, 3d once per loss class (the k variants share their code)
+TRAIN_STEP_CASES = [(n, "2d") for n in TRAIN_STEP_TRAINERS] + [(n, "3d") for n in LOSS_CLASS_TRAINERS]
+
+
+@pytest.mark.parametrize(("name", "dim"), TRAIN_STEP_CASES, ids=[f"{n}-{d}" for n, d in TRAIN_STEP_CASES])
 def test_training_steps_with_deep_supervision(name: str, dim: str, tmp_path: Path) -> None:
     trainer = _make(name, tmp_path, dim)
     batch = synthetic_batch(trainer, seed=1)
@@ -314,11 +372,23 @@ def test_training_steps_with_deep_supervision(name: str, dim: str, tmp_path: Pat
     _train_and_check(trainer, batch)
 
 
-@pytest.mark.parametrize("name", TRAINER_NAMES, ids=TRAINER_NAMES)
-def test_ignore_label_trains_and_ignored_voxels_get_no_gradient(name: str, tmp_path: Path) -> None:
-    trainer = _make(name, tmp_path, ignore_label=True)
+def _ignored_voxels(trainer: nnUNetTrainer, target: torch.Tensor) -> torch.Tensor:
+    """(B, 1, *spatial) bool: the ignore label, or with regions the target's last channel (nnU-Net's layout)."""
+    if trainer.label_manager.has_regions:
+        return target[:, -1:].bool()
+    return target == trainer.label_manager.ignore_label
+
+
+IGNORE_CASES = [(n, False) for n in DISTINCT_LOSS_TRAINERS] + [(n, True) for n in LOSS_CLASS_TRAINERS]
+
+
+@pytest.mark.parametrize(
+    ("name", "regions"), IGNORE_CASES, ids=[n + ("-regions" if r else "") for n, r in IGNORE_CASES]
+)
+def test_ignore_label_trains_and_ignored_voxels_get_no_gradient(name: str, regions: bool, tmp_path: Path) -> None:
+    trainer = _make(name, tmp_path, ignore_label=True, regions=regions)
     batch = synthetic_batch(trainer, seed=2, ignore_fraction=0.25)
-    ignored = [t == 3 for t in batch["target"]]
+    ignored = [_ignored_voxels(trainer, t) for t in batch["target"]]
     assert all(m.any() and not m.all() for m in ignored)
     _train_and_check(trainer, batch)
 
@@ -333,10 +403,52 @@ def test_ignore_label_trains_and_ignored_voxels_get_no_gradient(name: str, tmp_p
             assert grad.masked_select(~mask.expand_as(grad)).abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", OWN_LOSS_TRAINERS, ids=OWN_LOSS_TRAINERS)
-def test_regions_are_refused_with_a_message(name: str, tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match=rf"^{name} does not support region-based .*-tr nnUNetTrainer"):
-        _make(name, tmp_path, regions=True)
+@pytest.mark.parametrize("ignore_label", [False, True], ids=["plain", "ignore-label"])
+@pytest.mark.parametrize("name", DISTINCT_LOSS_TRAINERS, ids=DISTINCT_LOSS_TRAINERS)
+def test_region_loss_is_nnunets_with_the_rows_term_replaced(name: str, ignore_label: bool, tmp_path: Path) -> None:
+    # what nnU-Net's default trainer builds for regions (DC_and_BCE_loss), with the row's change applied
+    trainer = _make(name, tmp_path, regions=True, ignore_label=ignore_label)
+    assert trainer.label_manager.has_regions
+    reference_wrapped = nnUNetTrainer._build_loss(trainer)
+    inner, reference = trainer.loss.loss, reference_wrapped.loss
+    label_loss, k = LOSS_ROWS[name]
+    region_loss, pixel_term = REGION_LOSSES[label_loss]
+    assert type(inner) is region_loss and type(reference) is DC_and_BCE_loss
+    assert type(inner.ce) is pixel_term
+    assert inner.use_ignore_label is reference.use_ignore_label is ignore_label
+    assert (inner.dc.do_bg, inner.dc.batch_dice, inner.dc.smooth, inner.dc.ddp) == (
+        reference.dc.do_bg,
+        reference.dc.batch_dice,
+        reference.dc.smooth,
+        reference.dc.ddp,
+    )
+    if region_loss is BCE_and_TopKDice_loss:
+        assert type(inner.dc) is SigmoidTopKDiceLoss and inner.dc.k == k
+        assert inner.ce.reduction == reference.ce.reduction
+        assert (inner.weight_ce, inner.weight_dice) == (reference.weight_ce, reference.weight_dice)
+    else:  # nnU-Net's own soft Dice on sigmoids, exactly as in DC_and_BCE_loss
+        assert type(inner.dc) is MemoryEfficientSoftDiceLoss and inner.dc.apply_nonlin is torch.sigmoid
+        assert (inner.weight_pixel, inner.weight_dice) == (reference.weight_ce, reference.weight_dice)
+        assert inner.ce.gamma == 2.0 if pixel_term is SigmoidFocalLoss else inner.ce.k == k
+    assert trainer.loss.weight_factors == reference_wrapped.weight_factors
+
+
+def test_nnunet_loss_rows_on_regions_are_nnunets(tmp_path: Path) -> None:
+    # the README's region table: CE + Dice rows get nnU-Net's region loss, CE rows nnU-Net's refusal
+    assert type(_make("nnUNetTrainerDiceCEDemo", tmp_path, regions=True).loss.loss) is DC_and_BCE_loss
+    with pytest.raises(AssertionError, match="regions not supported"):
+        _make("nnUNetTrainerCEPaper", tmp_path, regions=True)
+
+
+@pytest.mark.parametrize("dim", ["2d", "3d"])
+@pytest.mark.parametrize("name", LOSS_CLASS_TRAINERS)
+def test_region_dataset_trains(name: str, dim: str, tmp_path: Path) -> None:
+    trainer = _make(name, tmp_path, dim, regions=True)
+    batch = synthetic_batch(trainer, seed=4)
+    # 3 labels -> 2 nested regions (1, 2) and (2,), one sigmoid output each
+    assert [t.shape[1] for t in batch["target"]] == [2, 2, 2] and batch["target"][0].dtype == torch.bool
+    assert trainer.label_manager.num_segmentation_heads == 2
+    _train_and_check(trainer, batch)
 
 
 # --- resume: the same tie-breaking map in a fresh process -------------------------------------------

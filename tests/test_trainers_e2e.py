@@ -9,15 +9,11 @@ with ``--c``) -> ``nnUNetv2_predict`` -> ``nnUNetv2_evaluate_folder``. nnU-Net f
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from nnunet_e2e import BIN, DATASET_ID, DATASET_NAME, TinyDataset
-from nnunet_e2e import run as _run
+from nnunet_e2e import BIN, DATASET_ID, DATASET_NAME, TinyDataset, nnunet_env, run
 
 TRAINER = "nnUNetTrainerTopKDiceE2ETest"
 N_EPOCHS, STOP_AFTER_EPOCH = 4, 2
@@ -55,15 +51,10 @@ class {TRAINER}(nnUNetTrainerTopKDiceDemo):
 
 @pytest.mark.slow
 def test_topk_dice_trainer_end_to_end_with_resume(tmp_path: Path, tiny_dataset: TinyDataset) -> None:
+    env = nnunet_env(tmp_path, TEST_EXT_MODULE, "topkdice_e2e_test_trainers")
     results, dataset = tmp_path / "results", tiny_dataset.root
-    test_ext = tmp_path / "test_ext"
-    test_ext.mkdir()
-    (test_ext / "topkdice_e2e_test_trainers.py").write_text(textwrap.dedent(TEST_EXT_MODULE))
-    trainer_dir = subprocess.run(
-        [BIN / "topkdice", "trainer-dir"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    env = tiny_dataset.environment(results)  # planned and preprocessed once per session
-    env["nnUNet_extTrainer"] = os.pathsep.join([trainer_dir, str(test_ext)])
+    # the tiny dataset is planned and preprocessed once per session (conftest.py); training only reads it
+    env.update(nnUNet_raw=str(tiny_dataset.raw), nnUNet_preprocessed=str(tiny_dataset.preprocessed))
     # no data-augmentation worker processes (0 breaks planning, hence only for training)
     env["nnUNet_n_proc_DA"] = "0"
 
@@ -75,27 +66,27 @@ def test_topk_dice_trainer_end_to_end_with_resume(tmp_path: Path, tiny_dataset: 
         "TOPKDICE_TEST_STOP_AFTER_EPOCH": str(STOP_AFTER_EPOCH),
         "TOPKDICE_TEST_TIE_BREAK_OUT": str(first_map),
     }
-    _run(train, crash_env, expect=75)
+    run(train, crash_env, expect=75)
     fold = results / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
     assert torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"] == STOP_AFTER_EPOCH
     assert not (fold / "checkpoint_final.pth").exists()
 
     # resumed run: continues at epoch 2 (same logger history) with the same tie-break map
-    _run([*train, "--c"], {**env, "TOPKDICE_TEST_TIE_BREAK_OUT": str(resumed_map)})
+    run([*train, "--c"], {**env, "TOPKDICE_TEST_TIE_BREAK_OUT": str(resumed_map)})
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert final["trainer_name"] == TRAINER and final["current_epoch"] == N_EPOCHS
     assert len(final["logging"]["train_losses"]) == N_EPOCHS
     assert torch.equal(torch.load(first_map), torch.load(resumed_map))
 
     predictions = tmp_path / "predictions"
-    _run(
+    run(
         [BIN / "nnUNetv2_predict", "-i", dataset / "imagesTs", "-o", predictions,
          "-d", DATASET_ID, "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
         env,
     )  # fmt: skip
     assert sorted(p.name for p in predictions.glob("*.nii.gz")) == [f"case{i:03d}.nii.gz" for i in range(12, 16)]
 
-    _run(
+    run(
         [BIN / "nnUNetv2_evaluate_folder", dataset / "labelsTs", predictions,
          "-djfile", fold.parent / "dataset.json", "-pfile", fold.parent / "plans.json", "-np", "1"],
         env,

@@ -26,6 +26,9 @@ from nnunet_topkdice.trainers import (  # noqa: F401
     nnUNetTrainerTopKDice30Paper,
     nnUNetTrainerTopKDice70,
     nnUNetTrainerTopKDice90,
+    nnUNetTrainerTopKDice100,
+    nnUNetTrainerTopKDice100Demo,
+    nnUNetTrainerTopKDice100Paper,
     nnUNetTrainerTopKDiceDemo,
     nnUNetTrainerTopKDicePaper,
 )

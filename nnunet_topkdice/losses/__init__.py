@@ -2,10 +2,20 @@
 
 ``topk_dice`` and ``focal`` import nothing from nnU-Net; the compound baselines build nnU-Net's own soft
 Dice, cross entropy and TopK cross entropy when they are constructed.
+Region-based (sigmoid) datasets: ``sigmoid_topk_dice`` and ``region_terms`` are pure PyTorch as well.
 """
 
-from nnunet_topkdice.losses.compound import CE_and_TopKDice_loss, DC_and_Focal_loss, DC_and_TopKCE_loss
+from nnunet_topkdice.losses.compound import (
+    BCE_and_TopKDice_loss,
+    CE_and_TopKDice_loss,
+    DC_and_Focal_loss,
+    DC_and_SigmoidFocal_loss,
+    DC_and_TopKBCE_loss,
+    DC_and_TopKCE_loss,
+)
 from nnunet_topkdice.losses.focal import FocalLoss, focal_loss
+from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss
+from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss, sigmoid_topk_dice_loss
 from nnunet_topkdice.losses.topk_dice import (
     TopKDiceLoss,
     channel_exclusion_mask,
@@ -16,14 +26,21 @@ from nnunet_topkdice.losses.topk_dice import (
 )
 
 __all__ = [
+    "BCE_and_TopKDice_loss",
     "CE_and_TopKDice_loss",
     "DC_and_Focal_loss",
+    "DC_and_SigmoidFocal_loss",
+    "DC_and_TopKBCE_loss",
     "DC_and_TopKCE_loss",
     "FocalLoss",
+    "SigmoidFocalLoss",
+    "SigmoidTopKDiceLoss",
+    "TopKBCELoss",
     "TopKDiceLoss",
     "channel_exclusion_mask",
     "focal_loss",
     "n_excluded_voxels",
+    "sigmoid_topk_dice_loss",
     "tie_break_map",
     "topk_dice_loss",
     "topk_exclusion_mask",

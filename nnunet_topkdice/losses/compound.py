@@ -186,3 +186,201 @@ class DC_and_TopKCE_loss(_RegionAndPixelLoss):
         super().__init__(
             lambda: _nnunet_soft_dice(dict(soft_dice_kwargs)), topk_ce, weight_ce, weight_dice, ignore_label
         )
+
+
+# --- region-based (sigmoid) datasets ----------------------------------------------------------------
+
+from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss  # noqa: E402
+from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss  # noqa: E402
+
+__all__ += ["BCE_and_TopKDice_loss", "DC_and_SigmoidFocal_loss", "DC_and_TopKBCE_loss"]
+
+
+def _split_region_target(net_output: Tensor, target: Tensor, use_ignore_label: bool) -> tuple[Tensor, Tensor | None]:
+    """nnU-Net's region target layout: the regions, and (with an ignore label) the last channel as a mask.
+
+    Shape: net_output (B, R, *spatial); target (B, R [+ 1], *spatial) 0/1.
+    returns: regions (B, R, *spatial) and mask (B, 1, *spatial) bool, True where the loss is computed, or None.
+    Raises:
+        ValueError: the target's channels do not match (R, or R + 1 with ``use_ignore_label``).
+    """
+    n_channels = net_output.shape[1] + int(use_ignore_label) if net_output.ndim >= 2 else None
+    if net_output.ndim < 3 or target.ndim != net_output.ndim or target.shape[1] != n_channels:
+        raise ValueError(
+            f"target must have shape (B, {'R + 1' if use_ignore_label else 'R'}, *spatial) for "
+            f"net_output {tuple(net_output.shape)}, got {tuple(target.shape)}"
+        )
+    if not use_ignore_label:
+        return target, None
+    return target[:, :-1], target[:, -1:] == 0
+
+
+def _nnunet_sigmoid_soft_dice(soft_dice_kwargs: dict) -> nn.Module:
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    return MemoryEfficientSoftDiceLoss(apply_nonlin=torch.sigmoid, **soft_dice_kwargs)
+
+
+class BCE_and_TopKDice_loss(nn.Module):
+    """BCE + TopK-Dice for region-based (sigmoid) training, called like nnU-Net's ``DC_and_BCE_loss``.
+
+    ``loss(net_output, target)`` with ``net_output`` (B, R, *spatial) logits and ``target`` the region
+    maps nnU-Net's region pipeline delivers: (B, R, *spatial) 0/1 (bool from its data loader), or with
+    ``use_ignore_label`` (B, R + 1, *spatial) whose LAST channel marks the ignored voxels. As in nnU-Net,
+    the ignored voxels are masked out of the Dice term, and the BCE is then summed over the regions and
+    divided by the number of voxels not ignored (not by voxels times regions: nnU-Net's normalisation,
+    kept so that only the Dice term differs from nnU-Net's default region loss). Without an ignore label
+    the BCE is ``torch.nn.BCEWithLogitsLoss``'s mean. The BCE runs in float32 for half-precision logits.
+
+    Args:
+        topk_dice_kwargs: arguments of :class:`SigmoidTopKDiceLoss` (``k``, ``batch_dice``, ``do_bg``,
+            ``smooth``, ``ddp``).
+        bce_kwargs: ``weight`` and/or ``pos_weight`` of ``torch.nn.BCEWithLogitsLoss``.
+        weight_ce, weight_dice: weights of the two terms (a term with weight 0 is not built).
+        use_ignore_label: the target's last channel is nnU-Net's ignore mask.
+    Raises:
+        ValueError: bad TopK-Dice arguments, or bce_kwargs other than ``weight``/``pos_weight``.
+
+    Example:
+        >>> loss = BCE_and_TopKDice_loss({"k": 50, "do_bg": True}, {})
+        >>> float(loss(torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8) > 0.5)) > 0
+        True
+    """
+
+    def __init__(
+        self,
+        topk_dice_kwargs: dict,
+        bce_kwargs: dict,
+        weight_ce: float = 1,
+        weight_dice: float = 1,
+        use_ignore_label: bool = False,
+    ) -> None:
+        super().__init__()
+        bce_kwargs = dict(bce_kwargs)
+        unknown = set(bce_kwargs) - {"weight", "pos_weight"}
+        if unknown:
+            raise ValueError(f"bce_kwargs supports 'weight' and 'pos_weight', got {sorted(unknown)}")
+        if use_ignore_label:
+            bce_kwargs["reduction"] = "none"  # masked and normalised in forward, as nnU-Net does
+        self.weight_ce = float(weight_ce)
+        self.weight_dice = float(weight_dice)
+        self.use_ignore_label = bool(use_ignore_label)
+        # nnU-Net's names, so that its trainers' ``loss.dc = torch.compile(loss.dc)`` works here too
+        self.dc = SigmoidTopKDiceLoss(**dict(topk_dice_kwargs)) if self.weight_dice != 0 else None
+        self.ce = nn.BCEWithLogitsLoss(**bce_kwargs) if self.weight_ce != 0 else None
+
+    def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
+        """Shape: net_output (B, R, *spatial) float; target (B, R [+ 1], *spatial) 0/1. Returns a scalar.
+
+        Raises:
+            ValueError: the target's channels do not match (R, or R + 1 with ``use_ignore_label``).
+        """
+        target_regions, mask = _split_region_target(net_output, target, self.use_ignore_label)
+        compute_dtype = torch.float64 if net_output.dtype == torch.float64 else torch.float32
+        total = net_output.new_zeros((), dtype=compute_dtype)
+        if self.dc is not None:
+            total = total + self.weight_dice * self.dc(net_output, target_regions, loss_mask=mask)
+        if self.ce is not None:
+            logits = net_output.to(compute_dtype)
+            bce = self.ce(logits, target_regions.to(compute_dtype))
+            if mask is not None:
+                bce = (bce * mask).sum() / mask.sum(dtype=compute_dtype).clamp_min(1e-8)
+            total = total + self.weight_ce * bce
+        return total
+
+
+class _SigmoidBaselineLoss(nn.Module):
+    """nnU-Net's soft Dice on sigmoid outputs (as in ``DC_and_BCE_loss``) + a pixel-wise sigmoid term.
+
+    The pixel term is called ``term(net_output, regions, mask)`` and reduces itself (see ``region_terms``).
+    """
+
+    def __init__(
+        self,
+        soft_dice_kwargs: dict,
+        pixel_term: Callable[[], nn.Module],
+        weight_pixel: float,
+        weight_dice: float,
+        use_ignore_label: bool,
+    ) -> None:
+        super().__init__()
+        self.weight_pixel = float(weight_pixel)
+        self.weight_dice = float(weight_dice)
+        self.use_ignore_label = bool(use_ignore_label)
+        self.dc = _nnunet_sigmoid_soft_dice(dict(soft_dice_kwargs)) if self.weight_dice != 0 else None
+        self.ce = pixel_term() if self.weight_pixel != 0 else None
+
+    def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
+        """Shape: net_output (B, R, *spatial) float; target (B, R [+ 1], *spatial) 0/1. Returns a scalar.
+
+        Raises:
+            ValueError: the target's channels do not match (R, or R + 1 with ``use_ignore_label``).
+        """
+        target_regions, mask = _split_region_target(net_output, target, self.use_ignore_label)
+        total = net_output.new_zeros((), dtype=torch.float64 if net_output.dtype == torch.float64 else torch.float32)
+        if self.dc is not None:
+            total = total + self.weight_dice * self.dc(net_output, target_regions, loss_mask=mask)
+        if self.ce is not None:
+            total = total + self.weight_pixel * self.ce(net_output, target_regions, mask)
+        return total
+
+
+class DC_and_SigmoidFocal_loss(_SigmoidBaselineLoss):
+    """The "focal + Dice" baseline for region datasets: sigmoid focal BCE + nnU-Net's soft Dice (sigmoid).
+
+    nnU-Net's ``DC_and_BCE_loss`` with its BCE replaced by :class:`SigmoidFocalLoss` (same reduction and
+    ignore-label layout); ``gamma=0`` gives ``DC_and_BCE_loss`` back.
+
+    Args:
+        soft_dice_kwargs: arguments of nnU-Net's ``MemoryEfficientSoftDiceLoss`` (``batch_dice``, ``do_bg``,
+            ``smooth``, ``ddp``); nnU-Net's region trainer uses ``do_bg=True``.
+        focal_kwargs: arguments of :class:`SigmoidFocalLoss` (``gamma``).
+        weight_focal, weight_dice: weights of the two terms (a term with weight 0 is not built).
+        use_ignore_label: the target's last channel is nnU-Net's ignore mask.
+    Raises:
+        ValueError: bad focal arguments.
+    """
+
+    def __init__(
+        self,
+        soft_dice_kwargs: dict,
+        focal_kwargs: dict,
+        weight_focal: float = 1,
+        weight_dice: float = 1,
+        use_ignore_label: bool = False,
+    ) -> None:
+        super().__init__(
+            soft_dice_kwargs,
+            lambda: SigmoidFocalLoss(**dict(focal_kwargs)),
+            weight_focal,
+            weight_dice,
+            use_ignore_label,
+        )
+
+
+class DC_and_TopKBCE_loss(_SigmoidBaselineLoss):
+    """The "topK + Dice" baseline for region datasets: top-k BCE + nnU-Net's soft Dice (sigmoid).
+
+    nnU-Net's ``DC_and_BCE_loss`` with its BCE replaced by :class:`TopKBCELoss` (nnU-Net's ``TopKLoss`` on
+    the per voxel and region BCE); ``k=100`` without an ignore label gives ``DC_and_BCE_loss`` back.
+
+    Args:
+        soft_dice_kwargs: arguments of nnU-Net's ``MemoryEfficientSoftDiceLoss``.
+        topk_bce_kwargs: arguments of :class:`TopKBCELoss` (``k`` in percent).
+        weight_ce, weight_dice: weights of the two terms (a term with weight 0 is not built).
+        use_ignore_label: the target's last channel is nnU-Net's ignore mask.
+    Raises:
+        ValueError: bad top-k arguments.
+    """
+
+    def __init__(
+        self,
+        soft_dice_kwargs: dict,
+        topk_bce_kwargs: dict,
+        weight_ce: float = 1,
+        weight_dice: float = 1,
+        use_ignore_label: bool = False,
+    ) -> None:
+        super().__init__(
+            soft_dice_kwargs, lambda: TopKBCELoss(**dict(topk_bce_kwargs)), weight_ce, weight_dice, use_ignore_label
+        )

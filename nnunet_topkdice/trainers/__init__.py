@@ -1,7 +1,8 @@
 """nnU-Net v2 trainers for the TopK-Dice paper: its loss, its baselines, its schedule.
 
 Every trainer subclasses ``nnUNetTrainer``, keeps its constructor and changes only the loss
-(``_build_loss``) or the schedule (a mixin from :mod:`.schedules`). nnU-Net finds them through
+(``_build_loss``) or the schedule (a mixin from :mod:`.schedules`). All of them also train region-based
+(sigmoid) datasets, switching as nnU-Net's default trainer does. nnU-Net finds them through
 ``nnUNet_extTrainer`` (``export nnUNet_extTrainer="$(topkdice trainer-dir)"``).
 """
 
@@ -12,6 +13,9 @@ from nnunet_topkdice.trainers.baselines import (
 )
 from nnunet_topkdice.trainers.deep_supervision import deep_supervision_weights, wrap_deep_supervision
 from nnunet_topkdice.trainers.paper_rows import (
+    ALL_ROWS,
+    CONTROL_ROW,
+    CONTROL_ROWS,
     PAPER_ROWS,
     SCHEDULES,
     nnUNetTrainerCEDemo,
@@ -26,6 +30,8 @@ from nnunet_topkdice.trainers.paper_rows import (
     nnUNetTrainerTopKCEDicePaper,
     nnUNetTrainerTopKDice30Demo,
     nnUNetTrainerTopKDice30Paper,
+    nnUNetTrainerTopKDice100Demo,
+    nnUNetTrainerTopKDice100Paper,
     nnUNetTrainerTopKDiceDemo,
     nnUNetTrainerTopKDicePaper,
     paper_trainer,
@@ -37,6 +43,7 @@ from nnunet_topkdice.trainers.topk_dice import (
     nnUNetTrainerTopKDice30,
     nnUNetTrainerTopKDice70,
     nnUNetTrainerTopKDice90,
+    nnUNetTrainerTopKDice100,
 )
 
 __all__ = [
@@ -46,6 +53,7 @@ __all__ = [
     "nnUNetTrainerTopKDice30",
     "nnUNetTrainerTopKDice70",
     "nnUNetTrainerTopKDice90",
+    "nnUNetTrainerTopKDice100",  # the ablation control (k=100: nothing excluded)
     "nnUNetTrainerFocalDice",
     "nnUNetTrainerTopKCEDice",
     "nnUNetTrainerTopKCEDice30",
@@ -57,6 +65,7 @@ __all__ = [
     "nnUNetTrainerTopKCEDice30Paper",
     "nnUNetTrainerTopKDicePaper",
     "nnUNetTrainerTopKDice30Paper",
+    "nnUNetTrainerTopKDice100Paper",
     # the short demo schedule
     "nnUNetTrainerCEDemo",
     "nnUNetTrainerDiceCEDemo",
@@ -65,7 +74,11 @@ __all__ = [
     "nnUNetTrainerTopKCEDice30Demo",
     "nnUNetTrainerTopKDiceDemo",
     "nnUNetTrainerTopKDice30Demo",
+    "nnUNetTrainerTopKDice100Demo",
     # helpers
+    "ALL_ROWS",
+    "CONTROL_ROW",
+    "CONTROL_ROWS",
     "PAPER_ROWS",
     "SCHEDULES",
     "TRAINER_NAMES",

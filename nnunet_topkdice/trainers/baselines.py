@@ -1,7 +1,9 @@
 """The paper's baseline losses that nnU-Net does not ship: focal + Dice and topK-CE + Dice.
 
 Both keep nnU-Net's default soft Dice (``MemoryEfficientSoftDiceLoss``) so that, as in the paper, only
-the cross-entropy part differs from nnU-Net's default CE + Dice.
+the cross-entropy part differs from nnU-Net's default CE + Dice. On region-based (sigmoid) datasets they
+switch as nnU-Net's default trainer does (BCE + soft Dice on sigmoids), with the BCE replaced by its focal
+or top-k version.
 """
 
 from __future__ import annotations
@@ -9,42 +11,44 @@ from __future__ import annotations
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
-from nnunet_topkdice.losses import DC_and_Focal_loss, DC_and_TopKCE_loss
+from nnunet_topkdice.losses import DC_and_Focal_loss, DC_and_SigmoidFocal_loss, DC_and_TopKBCE_loss, DC_and_TopKCE_loss
 from nnunet_topkdice.trainers.deep_supervision import wrap_deep_supervision
-from nnunet_topkdice.trainers.loss_setup import compile_dice_term, dice_kwargs, refuse_regions
+from nnunet_topkdice.trainers.loss_setup import compile_dice_term, dice_kwargs
 
 
 class nnUNetTrainerFocalDice(nnUNetTrainer):
-    """nnU-Net's default trainer with softmax focal CE (gamma 2, no alpha) + nnU-Net soft Dice."""
+    """nnU-Net's default trainer with focal CE (gamma 2, no alpha) + nnU-Net soft Dice.
+
+    Softmax focal CE on label datasets; on region datasets sigmoid focal BCE per voxel and region
+    (:class:`~nnunet_topkdice.losses.DC_and_SigmoidFocal_loss`).
+    """
 
     focal_gamma: float = 2.0
 
     def _build_loss(self) -> nn.Module:
-        refuse_regions(self)
-        loss = DC_and_Focal_loss(
-            dice_kwargs(self),
-            {"gamma": self.focal_gamma},
-            weight_focal=1,
-            weight_dice=1,
-            ignore_label=self.label_manager.ignore_label,
-        )
+        focal_kwargs, ignore_label = {"gamma": self.focal_gamma}, self.label_manager.ignore_label
+        if self.label_manager.has_regions:
+            loss = DC_and_SigmoidFocal_loss(dice_kwargs(self), focal_kwargs, use_ignore_label=ignore_label is not None)
+        else:
+            loss = DC_and_Focal_loss(dice_kwargs(self), focal_kwargs, ignore_label=ignore_label)
         return wrap_deep_supervision(self, compile_dice_term(self, loss))
 
 
 class nnUNetTrainerTopKCEDice(nnUNetTrainer):
-    """nnU-Net's default trainer with topK CE (the k percent hardest voxels kept) + nnU-Net soft Dice."""
+    """nnU-Net's default trainer with topK CE (the k percent hardest voxels kept) + nnU-Net soft Dice.
+
+    nnU-Net's ``TopKLoss`` on label datasets; on region datasets the same selection over the BCE of every
+    voxel and region (:class:`~nnunet_topkdice.losses.DC_and_TopKBCE_loss`).
+    """
 
     topk_k: float = 50.0
 
     def _build_loss(self) -> nn.Module:
-        refuse_regions(self)
-        loss = DC_and_TopKCE_loss(
-            dice_kwargs(self),
-            {"k": self.topk_k},
-            weight_ce=1,
-            weight_dice=1,
-            ignore_label=self.label_manager.ignore_label,
-        )
+        topk_kwargs, ignore_label = {"k": self.topk_k}, self.label_manager.ignore_label
+        if self.label_manager.has_regions:
+            loss = DC_and_TopKBCE_loss(dice_kwargs(self), topk_kwargs, use_ignore_label=ignore_label is not None)
+        else:
+            loss = DC_and_TopKCE_loss(dice_kwargs(self), topk_kwargs, ignore_label=ignore_label)
         return wrap_deep_supervision(self, compile_dice_term(self, loss))
 
 

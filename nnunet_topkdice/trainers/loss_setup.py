@@ -1,4 +1,4 @@
-"""What every loss trainer derives from the trainer the same way: Dice kwargs, compile, regions."""
+"""What every loss trainer derives from the trainer the same way: the Dice kwargs and torch.compile."""
 
 from __future__ import annotations
 
@@ -17,29 +17,17 @@ DICE_SMOOTH = 1e-5
 
 
 def dice_kwargs(trainer: nnUNetTrainer) -> dict[str, Any]:
-    """The Dice kwargs nnU-Net's default trainer uses: ``batch_dice`` from the plans, ``ddp`` from the run."""
+    """The Dice kwargs nnU-Net's default trainer uses: ``batch_dice`` from the plans, ``ddp`` from the run.
+
+    ``do_bg`` is nnU-Net's too: False for softmax labels (channel 0 is the background), True for region
+    datasets (every sigmoid output is a foreground region).
+    """
     return {
         "batch_dice": trainer.configuration_manager.batch_dice,
         "smooth": DICE_SMOOTH,
-        "do_bg": False,
+        "do_bg": trainer.label_manager.has_regions,
         "ddp": trainer.is_ddp,
     }
-
-
-def refuse_regions(trainer: nnUNetTrainer) -> None:
-    """Stop a softmax-only trainer from training a region-based (sigmoid) dataset.
-
-    Raises:
-        RuntimeError: the dataset's labels are regions; the message names the trainer and the alternative.
-    """
-    if trainer.label_manager.has_regions:
-        name = type(trainer).__name__
-        raise RuntimeError(
-            f"{name} does not support region-based (sigmoid) training: its loss is defined on softmax "
-            f"probabilities of mutually exclusive labels, but dataset {trainer.plans_manager.dataset_name} "
-            f"is region-based (its dataset.json gives labels as lists). Train region-based datasets with "
-            f"nnU-Net's default trainer (-tr nnUNetTrainer) instead."
-        )
 
 
 def compile_dice_term(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentationToRegionsTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
@@ -184,7 +185,7 @@ def setup_trainer(
     ``_build_loss``. Not done: DDP wrapping (single process only).
 
     Raises:
-        whatever the trainer raises (for example ``RuntimeError`` from ``_build_loss`` on regions).
+        whatever the trainer raises (for example nnU-Net's CE trainer's ``AssertionError`` on regions).
     """
     plans = {**plans, "continue_training": False}  # nnUNetTrainer.__init__ pops this key
     with _temporary_env("nnUNet_results", str(Path(results_dir))):
@@ -219,12 +220,15 @@ def synthetic_batch(
 
     Labels are blocks of ``block`` voxels per axis drawn uniformly from the foreground and background
     labels; ``ignore_fraction`` of the leading rows (first spatial axis) get the ignore label. The image
-    is the label plus noise, so a network can learn it. Targets are downsampled with nnU-Net's own
+    is the label plus noise, so a network can learn it. For a region-based dataset the labels become
+    region maps with nnU-Net's own ``ConvertSegmentationToRegionsTransform`` (the ignore label, if any, as
+    the last channel), as its training pipeline does. Targets are downsampled with nnU-Net's own
     ``DownsampleSegForDSTransform`` when deep supervision is on.
 
     Shape:
         returns {"data": (B, C_in, *patch) float32, "target": list of (B, 1, *patch_scaled) int16 or one
-        (B, 1, *patch) tensor without deep supervision}, on the CPU like the loader's output.
+        (B, 1, *patch) tensor without deep supervision}, on the CPU like the loader's output. With regions
+        the targets are (B, R [+ 1], ...) bool instead.
     """
     generator = torch.Generator().manual_seed(seed)
     patch = list(trainer.configuration_manager.patch_size)
@@ -242,6 +246,13 @@ def synthetic_batch(
         n_rows = max(1, round(ignore_fraction * patch[0]))
         labels[:, :, :n_rows] = trainer.label_manager.ignore_label
     labels = labels.to(torch.int16)
+    label_manager = trainer.label_manager
+    if label_manager.has_regions:
+        regions = list(label_manager.foreground_regions)
+        if label_manager.ignore_label is not None:
+            regions.append(label_manager.ignore_label)
+        to_regions = ConvertSegmentationToRegionsTransform(regions)
+        labels = torch.stack([to_regions._apply_to_segmentation(seg) for seg in labels])
     if not trainer.enable_deep_supervision:
         return {"data": data, "target": labels}
     downsample = DownsampleSegForDSTransform(trainer._get_deep_supervision_scales())

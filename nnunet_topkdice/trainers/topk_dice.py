@@ -1,13 +1,13 @@
-"""The paper's loss, CE + TopK-Dice, as nnU-Net trainers (one per k)."""
+"""The paper's loss, CE + TopK-Dice, as nnU-Net trainers (one per k), for label and region datasets."""
 
 from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
-from nnunet_topkdice.losses import CE_and_TopKDice_loss
+from nnunet_topkdice.losses import BCE_and_TopKDice_loss, CE_and_TopKDice_loss
 from nnunet_topkdice.trainers.deep_supervision import wrap_deep_supervision
-from nnunet_topkdice.trainers.loss_setup import compile_dice_term, dice_kwargs, refuse_regions
+from nnunet_topkdice.trainers.loss_setup import compile_dice_term, dice_kwargs
 
 
 class nnUNetTrainerTopKDice(nnUNetTrainer):
@@ -15,20 +15,24 @@ class nnUNetTrainerTopKDice(nnUNetTrainer):
 
     ``topk_k`` is the percent of each class's foreground voxels KEPT (the hardest ones); the paper uses
     50 for Synapse and ACDC and 30 for MSSEG. Everything else (network, schedule, deep supervision and its
-    weights, mixed precision, torch.compile of the Dice term) is nnU-Net's. Softmax datasets only.
+    weights, mixed precision, torch.compile of the Dice term) is nnU-Net's.
+
+    Region-based datasets (``regions_class_order`` in dataset.json) train as nnU-Net's default trainer
+    trains them, with sigmoid outputs: BCE + :class:`~nnunet_topkdice.losses.SigmoidTopKDiceLoss` (the
+    selection per image and region, ``do_bg=True``, the ignore label as the target's last channel).
     """
 
     topk_k: float = 50.0
 
     def _build_loss(self) -> nn.Module:
-        refuse_regions(self)
-        loss = CE_and_TopKDice_loss(
-            {**dice_kwargs(self), "k": self.topk_k},
-            {},
-            weight_ce=1,
-            weight_dice=1,
-            ignore_label=self.label_manager.ignore_label,
-        )
+        topk_dice_kwargs = {**dice_kwargs(self), "k": self.topk_k}
+        ignore_label = self.label_manager.ignore_label
+        if self.label_manager.has_regions:
+            loss = BCE_and_TopKDice_loss(
+                topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, use_ignore_label=ignore_label is not None
+            )
+        else:
+            loss = CE_and_TopKDice_loss(topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, ignore_label=ignore_label)
         return wrap_deep_supervision(self, compile_dice_term(self, loss))
 
 
@@ -54,3 +58,14 @@ class nnUNetTrainerTopKDice90(nnUNetTrainerTopKDice):
     """CE + TopK-Dice keeping the hardest 90 % of each class's foreground."""
 
     topk_k = 90.0
+
+
+class nnUNetTrainerTopKDice100(nnUNetTrainerTopKDice):
+    """The ablation control: CE + TopK-Dice at k=100, nothing excluded.
+
+    The same loss code as the other k, so it differs from the paper's loss only by the selection; against
+    nnU-Net's default CE + soft Dice it still differs by the mean over the classes present and the squared
+    denominator. Compare k=50 with this trainer to measure what the selection itself buys.
+    """
+
+    topk_k = 100.0

@@ -1,0 +1,216 @@
+"""TopK-Dice for region-based (sigmoid) outputs: nnU-Net's ``regions_class_order`` datasets.
+
+A region dataset (BraTS-style "whole tumour", "tumour core", "enhancing") has one sigmoid output per
+region, and the regions overlap, so a voxel can belong to several. The paper's selection (eqs. 2-4) is
+therefore made per image and region, independently: among the region's voxels, the
+``floor((100 - k) / 100 * n_r)`` with the highest ``sigmoid + eps`` are removed from that region's target
+and prediction, then a squared soft Dice per region and ``1 - mean`` over the regions present.
+
+Written with plain autograd (the selection itself is :func:`channel_exclusion_mask`, not differentiated);
+the Dice rules (presence, ``batch_dice``, DDP) are those of the softmax :class:`TopKDiceLoss`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor, nn
+
+from nnunet_topkdice.losses.topk_dice import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED, channel_exclusion_mask
+
+__all__ = ["SigmoidTopKDiceLoss", "sigmoid_topk_dice_loss"]
+
+
+def _check_k(k: object) -> float:
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
+        raise ValueError(f"k must be a number in (0, 100] (percent of each region's voxels kept), got {k!r}")
+    return float(k)
+
+
+def _check_region_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | None) -> None:
+    """Metadata-only checks (shapes and dtypes; no host synchronisation)."""
+    if logits.ndim not in (4, 5) or not logits.is_floating_point():
+        raise ValueError(
+            f"logits must be a float tensor (B, R, X, Y[, Z]), got shape {tuple(logits.shape)} and dtype {logits.dtype}"
+        )
+    if target.shape != logits.shape:
+        raise ValueError(
+            f"target must be binary region maps of the shape of logits {tuple(logits.shape)} (B, R, *spatial), "
+            f"got shape {tuple(target.shape)}"
+        )
+    if target.is_complex():
+        raise ValueError(f"target must hold 0/1 region maps (bool, integer or float), got dtype {target.dtype}")
+    if loss_mask is not None and (
+        loss_mask.ndim != logits.ndim
+        or loss_mask.shape[1] not in (1, logits.shape[1])
+        or loss_mask.shape[0] != logits.shape[0]
+        or loss_mask.shape[2:] != logits.shape[2:]
+    ):
+        raise ValueError(
+            f"loss_mask must have shape (B, 1 or R, *spatial) for logits {tuple(logits.shape)}, "
+            f"got {tuple(loss_mask.shape)}"
+        )
+
+
+def _present_regions_dice_loss(
+    intersect: Tensor,
+    sum_pred_sq: Tensor,
+    sum_gt: Tensor,
+    present: Tensor,
+    do_bg: bool,
+    batch_dice: bool,
+    smooth: float,
+    ddp: bool,
+) -> Tensor:
+    """``1 - mean Dice`` over the present regions from the per (image, region) sums.
+
+    The rules of the softmax loss: without ``batch_dice``, the mean over the images that have a present
+    region; with it, the sums (and presence) over the batch first and, with ``ddp``, over all ranks, by a
+    differentiable all-reduce: every rank gets the global loss, and gradients ``world_size`` times the
+    local ones, which DDP's gradient averaging brings back to the single-process gradient.
+
+    Shape: all (B, R); present bool.  returns: scalar of the sums' dtype.
+    Raises:
+        RuntimeError: ``ddp`` and ``batch_dice`` without an initialised process group.
+    """
+    first = 0 if do_bg else 1  # nnU-Net's do_bg=False drops the first output channel
+    stats = torch.stack([intersect, sum_pred_sq, sum_gt, present.to(intersect.dtype)])[..., first:]
+    if batch_dice:
+        stats = stats.sum(1, keepdim=True)
+        if ddp:
+            if not (dist.is_available() and dist.is_initialized()):
+                raise RuntimeError("SigmoidTopKDiceLoss(ddp=True, batch_dice=True) needs an initialised process group")
+            stats = dist_fn.all_reduce(stats)
+        stats = torch.cat([stats[:3], stats[3:].clamp(max=1)])  # present anywhere in the batch
+    inter, pred, gt, present_f = stats.unbind(0)
+    dice = (2 * inter + smooth) / (gt + pred + smooth).clamp_min(1e-8)
+    n_present = present_f.sum(-1)
+    has_region = n_present.clamp(max=1)
+    # per row (image, or the batch): 1 - mean over its present regions; then the mean over rows with one
+    row_loss = has_region - (dice * present_f).sum(-1) / n_present.clamp_min(1)
+    return row_loss.sum() / has_region.sum().clamp_min(1)
+
+
+def sigmoid_topk_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    k: float = 50.0,
+    *,
+    loss_mask: Tensor | None = None,
+    do_bg: bool = True,
+    batch_dice: bool = False,
+    smooth: float = 1e-5,
+    ddp: bool = False,
+    tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
+    tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
+) -> Tensor:
+    """TopK-Dice of sigmoid outputs against overlapping binary regions, ``1 - mean`` over present regions.
+
+    Per image ``b`` and region ``r``: ``P = sigmoid(logits)``; ``n_r`` the voxels with target 1 that are
+    not masked; the ``D_r = floor((100 - k) / 100 * n_r)`` of them with the highest ``P + eps`` (exactly
+    ``D_r``, ties to the lower voxel index; ``eps`` the seeded map of :func:`tie_break_map`) are removed
+    from the region's target and prediction; ``dice_r = (2 sum Yk Pk + smooth) / (sum Yk + sum Pk^2 +
+    smooth)``. Voxels outside the region are never removed from it (its false positives stay).
+
+    ``do_bg`` follows nnU-Net's region Dice (``DC_and_BCE_loss`` uses ``do_bg=True``, since every region is
+    foreground): ``do_bg=False`` leaves the first region (output channel 0) out of the mean, as nnU-Net's
+    ``MemoryEfficientSoftDiceLoss`` does.
+
+    Shape:
+        logits: (B, R, X, Y[, Z]) float (float16/bfloat16 allowed), unnormalised; the sigmoid and all sums
+        are computed in float32 (float64 for float64 logits), also under autocast.
+        target: (B, R, X, Y[, Z]) 0/1 region maps (bool, integer or float; nonzero counts as 1).
+        loss_mask: optional (B, 1 or R, X, Y[, Z]); 0 marks voxels that take part in nothing.
+        returns: scalar in [0, 1]; 0 (still attached to the graph) when no region is present.
+    Raises:
+        ValueError: ``k`` not in (0, 100]; shapes or dtypes wrong (metadata checks only).
+        RuntimeError: ``ddp`` and ``batch_dice`` without an initialised process group.
+
+    Example:
+        >>> logits = torch.randn(2, 3, 16, 16)
+        >>> regions = torch.rand(2, 3, 16, 16) > 0.5  # overlapping regions
+        >>> float(sigmoid_topk_dice_loss(logits, regions, k=50)) < 1.0
+        True
+    """
+    k = _check_k(k)
+    _check_region_inputs(logits, target, loss_mask)
+    compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    axes = tuple(range(2, logits.ndim))
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        probs = torch.sigmoid(logits.to(compute_dtype))
+        with torch.no_grad():
+            valid = None if loss_mask is None else (loss_mask != 0)
+            region = target != 0
+            if valid is not None:
+                region = region & valid
+            excluded = channel_exclusion_mask(
+                probs, region, k, tie_break_seed=tie_break_seed, tie_break_scale=tie_break_scale
+            )
+            kept_region = region & ~excluded  # Yk (eq. 5)
+            counted = ~excluded if valid is None else valid & ~excluded  # where Pk (eq. 6) is not zeroed
+            sum_gt = kept_region.sum(axes, dtype=compute_dtype)
+            present = region.flatten(2).any(-1)
+        intersect = (probs * kept_region).sum(axes, dtype=compute_dtype)
+        sum_pred_sq = (probs.square() * counted).sum(axes, dtype=compute_dtype)
+        return _present_regions_dice_loss(intersect, sum_pred_sq, sum_gt, present, do_bg, batch_dice, smooth, ddp)
+
+
+class SigmoidTopKDiceLoss(nn.Module):
+    """TopK-Dice for region-based (sigmoid) training; see :func:`sigmoid_topk_dice_loss`.
+
+    Args:
+        k: percent of each region's voxels that are KEPT (the hardest), ``0 < k <= 100``.
+        do_bg: include the first region (output channel 0) in the mean; nnU-Net's region default is True.
+        batch_dice: add the Dice sums over the batch before dividing (selection stays per image).
+        smooth: added to numerator and denominator of each region's Dice.
+        ddp: with ``batch_dice``, add the Dice sums over all DDP ranks.
+        tie_break_seed, tie_break_scale: the fixed perturbation map ``eps`` of eq. 2.
+    Raises:
+        ValueError: ``k`` not in (0, 100], ``smooth`` or ``tie_break_scale`` negative.
+
+    Example:
+        >>> loss = SigmoidTopKDiceLoss(k=50, batch_dice=True)
+        >>> value = loss(torch.randn(2, 3, 8, 8, 8), torch.rand(2, 3, 8, 8, 8) > 0.5)
+        >>> value.shape, value.dtype
+        (torch.Size([]), torch.float32)
+    """
+
+    def __init__(
+        self,
+        k: float = 50.0,
+        do_bg: bool = True,
+        batch_dice: bool = False,
+        smooth: float = 1e-5,
+        ddp: bool = False,
+        tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
+        tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
+    ) -> None:
+        super().__init__()
+        self.k = _check_k(k)
+        for name, value in (("smooth", smooth), ("tie_break_scale", tie_break_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        self.do_bg = bool(do_bg)
+        self.batch_dice = bool(batch_dice)
+        self.smooth = float(smooth)
+        self.ddp = bool(ddp)
+        self.tie_break_seed = int(tie_break_seed)
+        self.tie_break_scale = float(tie_break_scale)
+
+    def forward(self, logits: Tensor, target: Tensor, loss_mask: Tensor | None = None) -> Tensor:
+        return sigmoid_topk_dice_loss(
+            logits,
+            target,
+            self.k,
+            loss_mask=loss_mask,
+            do_bg=self.do_bg,
+            batch_dice=self.batch_dice,
+            smooth=self.smooth,
+            ddp=self.ddp,
+            tie_break_seed=self.tie_break_seed,
+            tie_break_scale=self.tie_break_scale,
+        )
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, do_bg={self.do_bg}, batch_dice={self.batch_dice}, smooth={self.smooth}, ddp={self.ddp}"

@@ -1,0 +1,121 @@
+"""A region-based (sigmoid) dataset end to end through nnU-Net's own command line with a TopK-Dice trainer.
+
+BraTS-style nested regions (labels 0..3; regions whole = (1, 2, 3), core = (2, 3), enhancing = (3,) with
+``regions_class_order`` (1, 2, 3)) -> ``nnUNetv2_plan_and_preprocess`` -> a short ``nnUNetv2_train`` with a
+test-only version of ``nnUNetTrainerTopKDiceDemo`` (in its own ``nnUNet_extTrainer`` folder) ->
+``nnUNetv2_predict``. The trainer records what reached its loss, so the test sees nnU-Net's real region
+targets arrive in ``BCE_and_TopKDice_loss``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from nnunet_e2e import BIN, nnunet_env, run, write_case
+
+DATASET_ID = 988
+DATASET_NAME = f"Dataset{DATASET_ID}_TopKDiceRegionsE2E"
+TRAINER = "nnUNetTrainerTopKDiceRegionsE2ETest"
+
+# The dataset.json of the README's example ("Region-based (sigmoid) datasets").
+REGION_LABELS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
+REGIONS_CLASS_ORDER = [1, 2, 3]
+
+TEST_EXT_MODULE = f"""
+import json
+import os
+
+from nnunet_topkdice.trainers import nnUNetTrainerTopKDiceDemo
+
+
+class {TRAINER}(nnUNetTrainerTopKDiceDemo):
+    demo_num_epochs = 1
+    demo_num_iterations_per_epoch = 4
+    demo_num_val_iterations_per_epoch = 1
+
+    def train_step(self, batch):
+        # record, once, the loss and the deep-supervision targets nnU-Net's region pipeline hands it
+        record = os.path.join(self.output_folder, "region_loss.json")
+        if not os.path.exists(record):
+            with open(record, "w") as f:
+                json.dump({{
+                    "loss": type(self.loss.loss).__name__,
+                    "dice": type(self.loss.loss.dc).__name__,
+                    "do_bg": self.loss.loss.dc.do_bg,
+                    "targets": [[list(t.shape), str(t.dtype)] for t in batch["target"]],
+                    "outputs": self.label_manager.num_segmentation_heads,
+                }}, f)
+        return super().train_step(batch)
+"""
+
+
+def make_region_dataset(raw: Path, n_train: int = 8, n_test: int = 2, seed: int = 0) -> Path:
+    """1x32x32 images with nested squares: 14x14 label 1 holding 8x8 label 2 holding 4x4 label 3."""
+    root = raw / DATASET_NAME
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n_train + n_test):
+        label = np.zeros((1, 32, 32), np.uint8)
+        r, c = rng.integers(1, 17, 2)
+        label[0, r : r + 14, c : c + 14] = 1
+        label[0, r + 3 : r + 11, c + 3 : c + 11] = 2
+        label[0, r + 5 : r + 9, c + 5 : c + 9] = 3
+        image = rng.normal(0.0, 0.3, label.shape).astype(np.float32) + label.astype(np.float32)
+        split = "Tr" if i < n_train else "Ts"
+        case = f"case{i:03d}"
+        image_path = root / f"images{split}" / f"{case}_0000.nii.gz"
+        write_case(image, label, image_path, root / f"labels{split}" / f"{case}.nii.gz")
+    dataset_json = {
+        "channel_names": {"0": "synthetic"},
+        "labels": REGION_LABELS,
+        "regions_class_order": REGIONS_CLASS_ORDER,
+        "numTraining": n_train,
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return root
+
+
+@pytest.mark.slow
+def test_region_dataset_trains_and_predicts_with_topk_dice(tmp_path: Path) -> None:
+    env = nnunet_env(tmp_path, TEST_EXT_MODULE, "topkdice_regions_e2e_test_trainers")
+    dataset = make_region_dataset(tmp_path / "raw")
+    # one process for the fingerprint too (its default, 8, costs more than it saves on a tiny dataset)
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"], env)
+    env["nnUNet_n_proc_DA"] = "0"  # only for training: 0 breaks planning
+
+    run([BIN / "nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], env)
+    fold = tmp_path / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file()
+    record = json.loads((fold / "region_loss.json").read_text())
+    assert (record["loss"], record["dice"], record["do_bg"], record["outputs"]) == (
+        "BCE_and_TopKDice_loss",
+        "SigmoidTopKDiceLoss",
+        True,
+        3,
+    )
+    # one (B, 3, ...) bool region map per deep-supervision output, no ignore channel
+    assert [shape[1] for shape, _ in record["targets"]] == [3] * len(record["targets"]) and len(record["targets"]) > 1
+    assert {dtype for _, dtype in record["targets"]} == {"torch.bool"}
+    # nnU-Net's final validation evaluated the regions, not the labels
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"(1, 2, 3)", "(2, 3)", "3"}, summary["mean"].keys()
+
+    predictions = tmp_path / "predictions"
+    run(
+        [BIN / "nnUNetv2_predict", "-i", dataset / "imagesTs", "-o", predictions,
+         "-d", DATASET_ID, "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
+        env,
+    )  # fmt: skip
+    files = sorted(predictions.glob("*.nii.gz"))
+    assert [p.name for p in files] == ["case008.nii.gz", "case009.nii.gz"]
+    for path in files:
+        prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        assert prediction.shape == (1, 32, 32)
+        # regions -> labels by regions_class_order: only the dataset's labels 0..3 can appear
+        assert set(np.unique(prediction).tolist()) <= {0, 1, 2, 3}, np.unique(prediction)
