@@ -1,9 +1,9 @@
 """End to end through nnU-Net's own command line, as a user runs it, with a TopK-Dice trainer.
 
-Synthetic 2D dataset -> ``nnUNetv2_plan_and_preprocess`` -> ``nnUNetv2_train`` (interrupted, then resumed
-with ``--c``) -> ``nnUNetv2_predict`` -> ``nnUNetv2_evaluate_folder``. nnU-Net finds the trainer through
-``nnUNet_extTrainer`` set to ``topkdice trainer-dir`` plus a test-only folder holding a shorter version of
-``nnUNetTrainerTopKDiceDemo`` that can simulate a crash.
+Synthetic 2D dataset -> ``nnUNetv2_plan_and_preprocess`` -> ``topkdice train --seed 0`` (nnU-Net's training,
+seeded; interrupted, then resumed with ``--c``) -> ``nnUNetv2_predict`` -> ``nnUNetv2_evaluate_folder``. nnU-Net
+finds the trainer through ``nnUNet_extTrainer`` set to ``topkdice trainer-dir`` plus a test-only folder holding a
+shorter version of ``nnUNetTrainerTopKDiceDemo`` that can simulate a crash.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ TRAINER = "nnUNetTrainerTopKDiceE2ETest"
 N_EPOCHS, STOP_AFTER_EPOCH = 4, 2
 
 # A shorter demo trainer; TOPKDICE_TEST_STOP_AFTER_EPOCH makes it exit like a crashed job (after the
-# checkpoint of that epoch is written), TOPKDICE_TEST_TIE_BREAK_OUT records the loss's tie-break map.
+# checkpoint of that epoch is written). TOPKDICE_TEST_TIE_BREAK_OUT records how the trainer's own loss
+# breaks ties: its gradient on logits that tie everywhere, where only the tie-break map decides which
+# voxels are excluded (excluded and kept voxels get different gradients).
 TEST_EXT_MODULE = f"""
 import os
 
 import torch
 
-from nnunet_topkdice.losses import tie_break_map
 from nnunet_topkdice.trainers import nnUNetTrainerTopKDiceDemo
 
 
@@ -36,10 +37,11 @@ class {TRAINER}(nnUNetTrainerTopKDiceDemo):
 
     def on_train_start(self):
         super().on_train_start()
-        topk_dice = self.loss.loss.dc
-        tie_break = tie_break_map(self.configuration_manager.patch_size, "cpu",
-                                  seed=topk_dice.tie_break_seed, scale=topk_dice.tie_break_scale)
-        torch.save(tie_break, os.environ["TOPKDICE_TEST_TIE_BREAK_OUT"])
+        patch = tuple(self.configuration_manager.patch_size)
+        logits = torch.zeros((1, self.label_manager.num_segmentation_heads, *patch), requires_grad=True)
+        target = torch.ones((1, 1, *patch), dtype=torch.int16)
+        self.loss.loss(logits, target).backward()  # the compound loss inside deep supervision
+        torch.save(logits.grad, os.environ["TOPKDICE_TEST_TIE_BREAK_OUT"])
 
     def on_epoch_end(self):
         super().on_epoch_end()
@@ -59,7 +61,7 @@ def test_topk_dice_trainer_end_to_end_with_resume(tmp_path: Path, tiny_dataset: 
     env["nnUNet_n_proc_DA"] = "0"
 
     # first run: dies after epoch 2, leaving checkpoint_latest.pth behind and no final checkpoint
-    train = [BIN / "nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"]
+    train = [BIN / "topkdice", "train", "--seed", "0", DATASET_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"]
     first_map, resumed_map = tmp_path / "tie_break_first.pt", tmp_path / "tie_break_resumed.pt"
     crash_env = {
         **env,
@@ -67,7 +69,7 @@ def test_topk_dice_trainer_end_to_end_with_resume(tmp_path: Path, tiny_dataset: 
         "TOPKDICE_TEST_TIE_BREAK_OUT": str(first_map),
     }
     run(train, crash_env, expect=75)
-    fold = results / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
+    fold = results / "seed_0" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
     assert torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"] == STOP_AFTER_EPOCH
     assert not (fold / "checkpoint_final.pth").exists()
 
@@ -76,9 +78,12 @@ def test_topk_dice_trainer_end_to_end_with_resume(tmp_path: Path, tiny_dataset: 
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert final["trainer_name"] == TRAINER and final["current_epoch"] == N_EPOCHS
     assert len(final["logging"]["train_losses"]) == N_EPOCHS
-    assert torch.equal(torch.load(first_map), torch.load(resumed_map))
+    first_grad, resumed_grad = torch.load(first_map), torch.load(resumed_map)
+    assert first_grad.unique().numel() > 1  # some voxels were excluded: the map decided something
+    assert torch.equal(first_grad, resumed_grad)
 
     predictions = tmp_path / "predictions"
+    env["nnUNet_results"] = str(results / "seed_0")  # nnU-Net's own predictor on the seed's results root
     run(
         [BIN / "nnUNetv2_predict", "-i", dataset / "imagesTs", "-o", predictions,
          "-d", DATASET_ID, "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
