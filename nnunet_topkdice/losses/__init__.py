@@ -1,6 +1,7 @@
 """Losses: TopK-Dice (pure PyTorch), softmax focal loss, and compound losses for nnU-Net trainers.
 
-``topk_dice`` and ``focal`` import nothing from nnU-Net; the compound baselines build nnU-Net's own soft
+``topk_dice`` (the public TopK-Dice API over ``reference``, the definition, ``selection``, ``fused`` and
+``tie_break``) and ``focal`` import nothing from nnU-Net; the compound baselines build nnU-Net's own soft
 Dice, cross entropy and TopK cross entropy when they are constructed.
 """
 
@@ -8,6 +9,7 @@ from nnunet_topkdice.losses.compound import CE_and_TopKDice_loss, DC_and_Focal_l
 from nnunet_topkdice.losses.focal import FocalLoss, focal_loss
 from nnunet_topkdice.losses.topk_dice import (
     TopKDiceLoss,
+    ce_and_topk_dice_loss,
     channel_exclusion_mask,
     n_excluded_voxels,
     tie_break_map,
@@ -21,6 +23,7 @@ __all__ = [
     "DC_and_TopKCE_loss",
     "FocalLoss",
     "TopKDiceLoss",
+    "ce_and_topk_dice_loss",
     "channel_exclusion_mask",
     "focal_loss",
     "n_excluded_voxels",
