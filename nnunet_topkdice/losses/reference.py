@@ -145,32 +145,38 @@ def kept_dice_loss(
 ) -> Tensor:
     """Eqs. 5-7: ``1 - mean`` squared soft Dice of the maps with the excluded voxels removed.
 
+    One class at a time (memory of one map, also for a whole CT volume), sums in float64.
+
     Shape:
         probs: (B, C, *spatial) float (differentiable).  target: (B, 1, *spatial) integer, in [0, C) where
         ``loss_mask != 0``.  excluded: (B, 1, *spatial) bool (eq. 4, folded over the classes).
         loss_mask: optional (B, 1, *spatial), 0 = ignored.
-        returns: scalar of the dtype of ``probs``; 0 (attached to the graph) when no class is present.
+        returns: scalar float64; 0 (attached to the graph) when no class is present.
     """
-    n_classes = probs.shape[1]
-    valid = torch.ones_like(target, dtype=probs.dtype) if loss_mask is None else (loss_mask != 0).to(probs.dtype)
-    labels = target.long() * (valid != 0)
-    one_hot = torch.nn.functional.one_hot(labels[:, 0], n_classes).movedim(-1, 1).to(probs.dtype) * valid
-    dropped = one_hot * excluded.to(probs.dtype)  # each excluded voxel leaves its own class only
-    y_kept = one_hot - dropped  # eq. 5
-    p_kept = probs * valid * (1 - dropped)  # eq. 6
-    axes = tuple(range(2, probs.ndim))
-    intersect, sum_gt, sum_pred = (y_kept * p_kept).sum(axes), (y_kept**2).sum(axes), (p_kept**2).sum(axes)
-    present = one_hot.sum(axes) > 0
-    first = 0 if do_bg else 1
-    intersect, sum_gt, sum_pred = intersect[:, first:], sum_gt[:, first:], sum_pred[:, first:]
-    present = present[:, first:]
+    batch, n_classes = probs.shape[:2]
+    labels = target.reshape(batch, -1)
+    valid = torch.ones_like(labels, dtype=torch.bool) if loss_mask is None else loss_mask.reshape(batch, -1) != 0
+    dropped = excluded.reshape(batch, -1) & valid
+    stats = []  # per class: intersect, sum_gt, sum_pred, n_foreground, each (B,)
+    for c in range(0 if do_bg else 1, n_classes):
+        in_class = (labels == c) & valid  # Y_c under the mask
+        leaves = in_class & dropped  # E_c: excluded voxels leave their own class only
+        y_kept = (in_class & ~leaves).double()  # eq. 5
+        p_kept = probs[:, c].reshape(batch, -1) * (valid & ~leaves)  # eq. 6
+        intersect = (y_kept * p_kept).sum(1, dtype=torch.float64)
+        sum_pred = (p_kept * p_kept).sum(1, dtype=torch.float64)
+        stats.append(torch.stack([intersect, y_kept.sum(1), sum_pred, in_class.sum(1).double()]))
+    if not stats:
+        return probs.sum().double() * 0
+    intersect, sum_gt, sum_pred, n_foreground = torch.stack(stats, -1).unbind(0)  # each (B, classes)
     if batch_dice:
-        intersect, sum_gt, sum_pred, present = intersect.sum(0), sum_gt.sum(0), sum_pred.sum(0), present.any(0)
-        dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
-        return 1 - dice[present].mean() if present.any() else probs.sum() * 0
-    dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
-    losses = [1 - dice[b][present[b]].mean() for b in range(dice.shape[0]) if present[b].any()]
-    return torch.stack(losses).mean() if losses else probs.sum() * 0
+        intersect, sum_gt, sum_pred, n_foreground = (
+            t.sum(0, keepdim=True) for t in (intersect, sum_gt, sum_pred, n_foreground)
+        )
+    dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)  # eq. 7
+    present = n_foreground > 0
+    losses = [1 - dice[row][present[row]].mean() for row in range(dice.shape[0]) if present[row].any()]
+    return torch.stack(losses).mean() if losses else probs.sum().double() * 0
 
 
 def reference_topk_dice(
@@ -189,7 +195,7 @@ def reference_topk_dice(
 
     Shape:
         logits: (B, C, *spatial) float, unnormalised (softmax in their dtype).  target: (B, 1, *spatial)
-        integer (anything where ``loss_mask == 0``).  returns: scalar of the dtype of ``logits``.
+        integer (anything where ``loss_mask == 0``).  returns: scalar float64.
     """
     probs = torch.softmax(logits, 1)
     labels = target if loss_mask is None else torch.where(loss_mask != 0, target, 0)
