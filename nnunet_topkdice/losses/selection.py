@@ -44,15 +44,16 @@ _STATE_UNDECIDED = 2  # histogram path only: in the bucket that holds the cut of
 PATHS = ("sort", "histogram")
 FORCE_PATH: str | None = None  # tests set it to run one path on any input
 
-# Tuning, measured on this project's 2-core CPU (torch 2.14, 2 threads, forward+backward of
-# CE_and_TopKDice_loss, k=50, 4 classes; see benchmarks/bench_loss.py --selection-sweep):
+# Tuning, measured on this project's 2-core CPU (torch 2.14, k=50, batch 8, 4 classes, soft predictions):
 # - the whole input is sorted up to SORT_INPUT_AT_MOST voxels (batch x spatial): the sort path takes
-#   fewer operations, the histogram path fewer comparisons; they cost the same near 8192 voxels;
+#   fewer operations, the histogram path fewer comparisons. Selection alone, 1 thread, CPU time:
+#   2048 voxels: sort 0.08 ms, histogram 0.21 ms; 4096: 0.11 / 0.22 ms; 8192: 0.35 / 0.24 ms;
+#   16384: 0.75 / 0.27 ms (the same with 2 threads and with 9 classes);
 # - the histogram has about 2**5 = 32 voxels per bucket per class on average (fewer buckets make the cut
 #   buckets larger, more make the histogram cost more than the voxels), within 2**8 to 2**16 buckets;
 # - cut-bucket candidates are refined by histograms of their next bits while more than
 #   SORT_CANDIDATES_AT_MOST remain, then sorted.
-SORT_INPUT_AT_MOST = 8192
+SORT_INPUT_AT_MOST = 4096
 SORT_CANDIDATES_AT_MOST = 2048
 _VOXELS_PER_BUCKET_BITS = 5
 _MIN_BUCKET_BITS = 8
@@ -87,17 +88,17 @@ def select_easiest(
     Raises:
         ValueError: ``k`` not in (0, 100].
     """
-    rows = labels.int() + 1  # 1 + c, or CODE_MASKED under the mask
-    if mask is not None:
-        rows *= mask
     path = _path(value.device, value.numel())
     if k >= 100:  # nothing is excluded
+        rows = labels + 1 if mask is None else (labels + 1) * mask  # 1 + c, or CODE_MASKED
         n_foreground = _count_rows(rows, n_classes)
-        zero = torch.zeros_like(n_foreground)
-        return Selection(rows.long(), torch.zeros_like(value), n_foreground, zero)
+        return Selection(rows, torch.zeros_like(value), n_foreground, torch.zeros_like(n_foreground))
     if path == "sort":
-        return _sort_selection(value, rows, n_classes, k, do_bg)
+        return _sort_selection(value, labels, mask, n_classes, k, do_bg)
     if path == "histogram":
+        rows = labels.int() + 1  # int32: cheaper than int64 in the per-voxel work of this path
+        if mask is not None:
+            rows *= mask
         return _histogram_selection(value, rows, n_classes, k, do_bg)
     raise ValueError(f"selection path must be one of {PATHS}, got {path!r}")
 
@@ -117,17 +118,12 @@ def _count(index: Tensor, size: int) -> Tensor:
     return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(0, index, torch.ones_like(index))
 
 
-def _segments(rows: Tensor, n_classes: int) -> Tensor:
-    """Segment (image, row) of every voxel, row ``1 + c`` or 0 (masked).  Shape: (B, N) -> (B * N,) int64."""
+def _count_rows(rows: Tensor, n_classes: int) -> Tensor:
+    """``n_c`` per image and class.  Shape: rows (B, N) int64, ``1 + c`` or 0 (masked) -> (B, C) int64."""
     batch = rows.shape[0]
     offset = torch.arange(0, batch * (n_classes + 1), n_classes + 1, device=rows.device)
-    return (rows.long() + offset[:, None]).view(-1)
-
-
-def _count_rows(rows: Tensor, n_classes: int) -> Tensor:
-    """``n_c`` per image and class.  Shape: rows (B, N) -> (B, C) int64."""
-    counts = _count(_segments(rows, n_classes), rows.shape[0] * (n_classes + 1))
-    return counts.view(rows.shape[0], n_classes + 1)[:, 1:]
+    counts = _count((rows + offset[:, None]).view(-1), batch * (n_classes + 1))
+    return counts.view(batch, n_classes + 1)[:, 1:]
 
 
 def _n_excluded_per_class(n_foreground: Tensor, k: float, do_bg: bool) -> Tensor:
@@ -138,24 +134,36 @@ def _n_excluded_per_class(n_foreground: Tensor, k: float, do_bg: bool) -> Tensor
     return n_excluded
 
 
-def _sort_selection(value: Tensor, rows: Tensor, n_classes: int, k: float, do_bg: bool) -> Selection:
-    """The fixed-shape path: one stable sort of (segment, ``value`` descending) over all voxels."""
-    batch, n_voxels = rows.shape
-    segment = _segments(rows, n_classes)
-    counts = _count(segment, batch * (n_classes + 1))
-    n_foreground = counts.view(batch, n_classes + 1)[:, 1:]
-    n_excluded = _n_excluded_per_class(n_foreground, k, do_bg)
-    # higher value -> lower key within the segment; the stable sort keeps equal keys in voxel order
-    descending = ((1 << _VALUE_BITS) - 1) - value.reshape(-1).view(torch.int32).long()
-    sorted_key, order = torch.sort((segment << _VALUE_BITS) | descending, stable=True)
+def _sort_selection(
+    value: Tensor, labels: Tensor, mask: Tensor | None, n_classes: int, k: float, do_bg: bool
+) -> Selection:
+    """The fixed-shape path: one stable sort of (segment, ``value`` descending) over all voxels.
+
+    Segments are numbered ``image * (C + 1) + row``, row ``1 + c`` or 0 for masked voxels (which are
+    never excluded), so that sorting by ``segment * 2**31 - bits(value)`` orders every segment's voxels
+    easiest first (the float bits of a non-negative float32 order like the value and are < 2**31).
+    """
+    batch, n_voxels = labels.shape
+    n_rows = n_classes + 1
+    first_row = torch.arange(1, batch * n_rows, n_rows, device=labels.device)[:, None]  # class 0 of each image
+    segment = labels + first_row if mask is None else (labels + 1) * mask + (first_row - 1)
+    counts = _count(segment.view(-1), batch * n_rows)
+    # D per segment: eq. 3, none for the masked rows and, without do_bg, for the background
+    n_excluded_rows = n_excluded_voxels(counts, k).view(batch, n_rows)
+    n_excluded_rows[:, : 1 if do_bg else 2] = 0
+    # the stable sort keeps equal keys in voxel order: ties go to the lower index
+    sorted_key, order = torch.sort((segment.view(-1) << _VALUE_BITS) - value.view(-1).view(torch.int32), stable=True)
+    sorted_segment = (sorted_key + ((1 << _VALUE_BITS) - 1)) >> _VALUE_BITS
     # segment s fills the sorted positions [start_s, start_s + n_s), easiest first: exclude the first D_s
-    start = counts.cumsum(0) - counts
-    end_excluded = start + torch.nn.functional.pad(n_excluded, (1, 0)).view(-1)  # the masked row: D = 0
+    end_excluded = counts.cumsum(0).sub_(counts).add_(n_excluded_rows.view(-1))
     position = torch.arange(order.numel(), device=order.device)
-    excluded_sorted = position < end_excluded[sorted_key >> _VALUE_BITS]
+    excluded_sorted = position < end_excluded[sorted_segment]
     excluded = torch.empty_like(excluded_sorted).scatter_(0, order, excluded_sorted).view(batch, n_voxels)
-    code = rows.long() + n_classes * STATE_EXCLUDED * excluded
-    return Selection(code, excluded.float(), n_foreground, n_excluded)
+    code = labels + 1 + excluded * (n_classes * STATE_EXCLUDED) if mask is None else segment - (first_row - 1)
+    if mask is not None:
+        code += excluded * (n_classes * STATE_EXCLUDED)
+    n_foreground = counts.view(batch, n_rows)[:, 1:]
+    return Selection(code, excluded.float(), n_foreground, n_excluded_rows[:, 1:])
 
 
 def _coarse_bucket(value: Tensor, bits: int, offset: Tensor) -> Tensor:
