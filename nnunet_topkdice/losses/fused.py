@@ -54,16 +54,18 @@ def dice_loss_and_grads(
     dtype = intersect.dtype
     n_kept = n_foreground - n_excluded
     grad_scale = 1.0
-    if config.batch_dice:
-        # float64 counts: exact over any batch and number of ranks
+    if config.batch_dice and config.ddp:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("TopKDiceLoss(ddp=True, batch_dice=True) needs an initialised process group")
+        # one all_reduce of everything; float64 counts stay exact over any batch and number of ranks
         stats = torch.stack([intersect.double(), sum_pred_sq.double(), n_kept.double(), n_foreground.double()])
         stats = stats.sum(1, keepdim=True)
-        if config.ddp:
-            if not (dist.is_available() and dist.is_initialized()):
-                raise RuntimeError("TopKDiceLoss(ddp=True, batch_dice=True) needs an initialised process group")
-            dist.all_reduce(stats)
-            grad_scale = float(dist.get_world_size())
+        dist.all_reduce(stats)
+        grad_scale = float(dist.get_world_size())
         intersect, sum_pred_sq, sum_gt, present = stats.to(dtype).unbind(0)
+    elif config.batch_dice:  # counts summed as integers: exact
+        intersect, sum_pred_sq = intersect.sum(0, keepdim=True), sum_pred_sq.sum(0, keepdim=True)
+        sum_gt, present = n_kept.sum(0, keepdim=True).to(dtype), n_foreground.sum(0, keepdim=True).to(dtype)
     else:
         sum_gt, present = n_kept.to(dtype), n_foreground.to(dtype)
     present = present.clamp(max=1)
@@ -145,8 +147,9 @@ class _TopKDiceCE(torch.autograd.Function):
             selection = select_easiest(value + tie_break, labels, n_classes, config.k, mask, config.do_bg)
             code = selection.code
             excluded = selection.excluded if compute_dtype == torch.float32 else selection.excluded.double()
-            # v_i: q where kept, q^2 where excluded (masked voxels land in the discarded column 0)
-            contribution = torch.lerp(true_class_prob, true_class_prob.square(), excluded)
+            # v_i: q where kept, q^2 where excluded (masked voxels land in the discarded column 0); in place:
+            # a fresh per-voxel buffer costs more than an operation on the CPU
+            contribution = true_class_prob.square().sub_(true_class_prob).mul_(excluded).add_(true_class_prob)
             sums = z.new_zeros(batch, 2 * n_classes + 1).scatter_add_(1, code, contribution)
             if mask_f is None:
                 dense_sq = torch.linalg.vector_norm(probs, 2, dim=-1).square_()

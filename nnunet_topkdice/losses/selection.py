@@ -96,7 +96,7 @@ def select_easiest(
     if path == "sort":
         return _sort_selection(value, labels, mask, n_classes, k, do_bg)
     if path == "histogram":
-        rows = labels.int() + 1  # int32: cheaper than int64 in the per-voxel work of this path
+        rows = labels.int().add_(1)  # int32: cheaper than int64 in the per-voxel work of this path
         if mask is not None:
             rows *= mask
         return _histogram_selection(value, rows, n_classes, k, do_bg)
@@ -179,13 +179,15 @@ def _coarse_bucket(value: Tensor, bits: int, offset: Tensor) -> Tensor:
     """
     top = (1 << bits) - 1
     shift = max(0, (_HALF_BITS - _FLOOR_BITS).bit_length() - (bits - 1))
+    # in place where possible: on this CPU a fresh per-voxel buffer costs more (page faults) than the operation
     # distance to the nearer end; 1 - v < 0 (v > 1) clamps to the floor, the last bucket
-    nearer_end = torch.minimum(value, 1 - value).view(torch.int32).clamp_(_FLOOR_BITS, _HALF_BITS - 1)
-    level = (nearer_end - _FLOOR_BITS) >> shift
+    nearer_end = torch.rsub(value, 1)
+    torch.minimum(value, nearer_end, out=nearer_end)
+    level = nearer_end.view(torch.int32).clamp_(_FLOOR_BITS, _HALF_BITS - 1).sub_(_FLOOR_BITS).bitwise_right_shift_(shift)
     # v >= 0.5 counts down from the top: (2**bits - 1) - level == level ^ (2**bits - 1); the sign bit of
     # v - 0.5 picks the side without a (slow) torch.where
-    hard_side = (value - 0.5).view(torch.int32) >> 31  # -1 where v < 0.5, else 0
-    return (level ^ ((hard_side & top) ^ top)) + offset
+    hard_side = (value - 0.5).view(torch.int32).bitwise_right_shift_(31)  # -1 where v < 0.5, else 0
+    return level.bitwise_xor_(hard_side.bitwise_and_(top).bitwise_xor_(top)).add_(offset)
 
 
 def _cut(hist: Tensor, n_top: Tensor) -> tuple[Tensor, Tensor]:
@@ -247,7 +249,7 @@ def _histogram_selection(value: Tensor, rows: Tensor, n_classes: int, k: float, 
     n_buckets = 1 << bits
     n_rows = batch * (n_classes + 1)
     image_offset = torch.arange(0, n_rows * n_buckets, (n_classes + 1) * n_buckets, device=device, dtype=torch.int32)
-    row_bucket = _coarse_bucket(value, bits, rows * n_buckets + image_offset[:, None]).view(-1)
+    row_bucket = _coarse_bucket(value, bits, rows.mul_(n_buckets).add_(image_offset[:, None])).view(-1)
     hist = torch.bincount(row_bucket, minlength=n_rows * n_buckets).view(batch, n_classes + 1, n_buckets)[:, 1:]
     n_foreground = hist.sum(-1)
     n_excluded = _n_excluded_per_class(n_foreground, k, do_bg)
@@ -268,5 +270,6 @@ def _histogram_selection(value: Tensor, rows: Tensor, n_classes: int, k: float, 
         still_needed = (n_excluded - n_above).view(-1)
         chosen = _resolve_candidates(value.view(-1)[candidates], segment, candidates, still_needed, batch * n_classes)
         code.view(-1)[chosen] += n_classes * STATE_EXCLUDED
-    excluded = (code - n_classes).clamp_(0, 1)  # 1 + C + c -> >= 1, 1 + c -> <= 0
-    return Selection(code.long(), excluded, n_foreground, n_excluded)
+    code_index = code.long()
+    excluded = code.sub_(n_classes).clamp_(0, 1)  # 1 + C + c -> >= 1, 1 + c -> <= 0
+    return Selection(code_index, excluded, n_foreground, n_excluded)
