@@ -26,4 +26,18 @@ def random_case():
     return _random_case
 
 
+@pytest.fixture(params=["sort", "histogram", "histogram+radix"])
+def selection_path(request, monkeypatch):
+    """Force one path of ``nnunet_topkdice.losses.selection`` on any input (the CPU would pick one by size);
+    ``histogram+radix`` also sends every cut bucket through the radix refinement (tiny thresholds)."""
+    from nnunet_topkdice.losses import selection
+
+    path = request.param
+    monkeypatch.setattr(selection, "FORCE_PATH", path.split("+")[0])
+    if path == "histogram+radix":
+        monkeypatch.setattr(selection, "SORT_CANDIDATES_AT_MOST", 4)
+        monkeypatch.setattr(selection, "_MIN_BUCKET_BITS", 2)
+    return path
+
+
 # --- end of loss inputs ---------------------------------------------------------------------------------

@@ -94,17 +94,6 @@ def _case_of_kind(random_case, shape, kind):
     return logits, target, 0.0 if kind == "tied" else 1e-6
 
 
-@pytest.fixture(params=["sort", "histogram", "histogram+radix"])
-def selection_path(request, monkeypatch):
-    """Force one selection path on any input; the radix refinement by a tiny candidate threshold."""
-    path = request.param
-    monkeypatch.setattr(selection_module, "FORCE_PATH", path.split("+")[0])
-    if path == "histogram+radix":
-        monkeypatch.setattr(selection_module, "SORT_CANDIDATES_AT_MOST", 4)
-        monkeypatch.setattr(selection_module, "_MIN_BUCKET_BITS", 2)
-    return path
-
-
 @pytest.mark.parametrize("shape", PATH_SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_selection_path_matches_reference(random_case, selection_path, shape, kind):

@@ -183,7 +183,8 @@ def _coarse_bucket(value: Tensor, bits: int, offset: Tensor) -> Tensor:
     # distance to the nearer end; 1 - v < 0 (v > 1) clamps to the floor, the last bucket
     nearer_end = torch.rsub(value, 1)
     torch.minimum(value, nearer_end, out=nearer_end)
-    level = nearer_end.view(torch.int32).clamp_(_FLOOR_BITS, _HALF_BITS - 1).sub_(_FLOOR_BITS).bitwise_right_shift_(shift)
+    level = nearer_end.view(torch.int32).clamp_(_FLOOR_BITS, _HALF_BITS - 1)
+    level.sub_(_FLOOR_BITS).bitwise_right_shift_(shift)
     # v >= 0.5 counts down from the top: (2**bits - 1) - level == level ^ (2**bits - 1); the sign bit of
     # v - 0.5 picks the side without a (slow) torch.where
     hard_side = (value - 0.5).view(torch.int32).bitwise_right_shift_(31)  # -1 where v < 0.5, else 0
