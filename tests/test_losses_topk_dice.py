@@ -379,6 +379,8 @@ def test_full_graph_compile_equals_eager(random_case):
     assert compiled_value.item() == pytest.approx(eager_value.item(), abs=1e-6)
     torch.testing.assert_close(b.grad, a.grad)
     assert len(tie_break_module._cache) == 1  # the map drawn under compile was cached
+    compiled(b, target)  # the cache filled since compiling is no reason to recompile
+    assert counter.frame_count == 1
 
 
 @needs_cuda

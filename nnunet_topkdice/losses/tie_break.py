@@ -5,8 +5,9 @@ it is the same on every device, for every class and image, and in every process 
 the map of the interrupted one). The maps are cached: a bounded LRU (a plain ``OrderedDict``, which
 ``torch.compile`` traces, unlike ``functools.lru_cache``) of :data:`CACHE_ENTRIES` maps, so that calling
 the loss on many image sizes (``topkdice show-ignore-map`` over a dataset) does not grow memory without
-bound. Under ``torch.compile`` a cached map is read as a graph input; a missing one is drawn by an opaque
-custom operator (dynamo cannot trace a ``torch.Generator``) and cached like in eager mode.
+bound. Under ``torch.compile`` the lookup is an opaque custom operator (dynamo cannot trace a
+``torch.Generator``, and guards on the cache's contents would recompile the graph once the map is cached);
+it returns a copy of the cached map, one device-to-device copy per call.
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ CACHE_ENTRIES = 32
 _cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
 
-@torch.library.custom_op("nnunet_topkdice::draw_tie_break_map", mutates_args=())
-def _draw(shape: list[int], seed: int, scale: float) -> Tensor:
-    """Shape: returns ``shape`` float32 on the CPU, uniform in ``[0, scale)``."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.rand(shape, generator=generator, dtype=torch.float32).mul_(scale)
+@torch.library.custom_op("nnunet_topkdice::tie_break_map", mutates_args=())
+def _tie_break_map_op(shape: list[int], device: torch.device, seed: int, scale: float) -> Tensor:
+    """:func:`tie_break_map` for compiled code: opaque to dynamo, so that neither the ``torch.Generator`` nor
+    the state of the cache enter the graph or its guards (a cache filled after compiling would otherwise
+    recompile it). Returns a copy: an operator's output must not alias a tensor kept elsewhere."""
+    return tie_break_map(shape, device, seed=seed, scale=scale).clone()
 
 
-@_draw.register_fake
-def _draw_fake(shape: list[int], seed: int, scale: float) -> Tensor:
-    return torch.empty(shape, dtype=torch.float32)
+@_tie_break_map_op.register_fake
+def _tie_break_map_fake(shape: list[int], device: torch.device, seed: int, scale: float) -> Tensor:
+    return torch.empty(shape, dtype=torch.float32, device=device)
 
 
 def tie_break_map(
@@ -61,13 +63,16 @@ def tie_break_map(
     if not scale >= 0:
         raise ValueError(f"tie-break scale must be >= 0, got {scale!r}")
     device = torch.device(device)
+    if torch.compiler.is_compiling():
+        return _tie_break_map_op(list(shape), device, int(seed), float(scale))
     key = (shape, device, int(seed), float(scale))
     cached = _cache.get(key)
     if cached is not None:
         _cache.move_to_end(key)
         return cached
-    drawn = _draw(list(shape), int(seed), float(scale)).to(device)
-    _cache[key] = drawn  # under torch.compile, dynamo replays this after the graph, with the real tensor
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    drawn = (torch.rand(shape, generator=generator, dtype=torch.float32) * scale).to(device)
+    _cache[key] = drawn
     while len(_cache) > CACHE_ENTRIES:
         _cache.popitem(last=False)
     return drawn

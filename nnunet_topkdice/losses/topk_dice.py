@@ -10,8 +10,9 @@ true-class probability, eqs. 2-4) are removed from both the ground truth and the
   node, with the derivation of its closed-form backward;
 * :mod:`~nnunet_topkdice.losses.tie_break`: the fixed map ``eps`` of eq. 2 (a bounded cache).
 
-On CUDA a call performs no device-to-host synchronisation once the tie-break map of its shape is cached
-(the first call per shape copies it to the device), and under ``torch.compile`` the loss is one graph.
+On CUDA a call is designed to perform no device-to-host synchronisation once the tie-break map of its shape
+is cached (the first call per shape copies it to the device; not yet run on a GPU), and under
+``torch.compile(fullgraph=True)`` the loss is one graph.
 """
 
 from __future__ import annotations
