@@ -44,15 +44,18 @@ _STATE_UNDECIDED = 2  # histogram path only: in the bucket that holds the cut of
 PATHS = ("sort", "histogram")
 FORCE_PATH: str | None = None  # tests set it to run one path on any input
 
-# Tuning, measured on this project's 2-core CPU (torch 2.14, k=50, batch 8, 4 classes, soft predictions):
+# Tuning, measured on this project's 2-core CPU (torch 2.14, one thread, CPU time of select_easiest, k=50,
+# randn * 3 logits unless noted):
 # - the whole input is sorted up to SORT_INPUT_AT_MOST voxels (batch x spatial): the sort path takes
-#   fewer operations, the histogram path fewer comparisons. Selection alone, 1 thread, CPU time:
-#   2048 voxels: sort 0.08 ms, histogram 0.21 ms; 4096: 0.11 / 0.22 ms; 8192: 0.35 / 0.24 ms;
-#   16384: 0.75 / 0.27 ms (the same with 2 threads and with 9 classes);
-# - the histogram has about 2**5 = 32 voxels per bucket per class on average (fewer buckets make the cut
-#   buckets larger, more make the histogram cost more than the voxels), within 2**8 to 2**16 buckets;
-# - cut-bucket candidates are refined by histograms of their next bits while more than
-#   SORT_CANDIDATES_AT_MOST remain, then sorted.
+#   fewer operations, the histogram path fewer comparisons. Batch 8, 4 classes: 2048 voxels: sort 0.08 ms,
+#   histogram 0.21 ms; 4096: 0.11 / 0.22 ms; 8192: 0.35 / 0.24 ms; 16384: 0.75 / 0.27 ms (the same with
+#   2 threads and with 9 classes);
+# - the histogram has about 2**_VOXELS_PER_BUCKET_BITS voxels per bucket per class on average, within
+#   2**8 to 2**16 buckets. (8, 4, 256^2): 2**3 2.85 ms, 2**5 2.24 ms, 2**7 2.48 ms (randn * 10: 2.73, 2.07,
+#   2.02); (4, 9, 320^2): 1.93, 1.92, 2.17; (2, 4, 128^3): 59.9, 64.0, 59.4 (noise of the loaded machine);
+# - candidates in the cut buckets are refined by histograms of their next bits while more than
+#   SORT_CANDIDATES_AT_MOST remain, then sorted: 256, 2048, 16384 gave 2.29, 2.14, 2.18 ms at (8, 4, 256^2)
+#   and 1.96, 1.87, 1.83 ms at (4, 9, 320^2).
 SORT_INPUT_AT_MOST = 4096
 SORT_CANDIDATES_AT_MOST = 2048
 _VOXELS_PER_BUCKET_BITS = 5
