@@ -1,6 +1,6 @@
 """The definition of the TopK-Dice loss (Hosseini, *TopK Dice Loss for Medical Image Segmentation*, eqs. 2-7).
 
-Written to be read next to the paper: dense one-hot maps, one sort per class, gradients from autograd,
+Written to be read next to the paper: a dense map and a sort per class, gradients from autograd,
 any float dtype (float64 included). The fast loss (:mod:`nnunet_topkdice.losses.topk_dice`) must agree with
 it: the same voxels excluded, the same value and gradient up to rounding; the tests hold it to that. For
 one image ``b`` and class ``c``, with ``P = softmax(logits)``, ``Y = one_hot(target)`` and the loss mask ``m``:
