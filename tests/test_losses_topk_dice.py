@@ -125,6 +125,14 @@ def test_every_selection_path_gives_the_reference_loss(random_case, selection_pa
         torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, atol=1e-6, rtol=1e-4)
 
 
+def test_every_selection_path_on_images_smaller_than_the_class_count(random_case, selection_path):
+    # 2 x 3 voxels per image and 5 classes: more (image, class) segments than voxels
+    logits, target = random_case((2, 5, 2, 3), seed=7, all_present=False)
+    probs = logits.softmax(1)
+    for k in (10, 50):
+        assert torch.equal(topk_exclusion_mask(probs, target, k), reference_exclusion(probs, target, k))
+
+
 def test_path_follows_device_and_size():
     # the data-dependent histogram path only runs eagerly on the CPU, for inputs above the sort threshold
     large = selection_module.SORT_INPUT_AT_MOST + 1

@@ -114,19 +114,19 @@ def _path(device: torch.device, n_values: int) -> str:
     return "sort" if n_values <= SORT_INPUT_AT_MOST else "histogram"
 
 
-def _count(index: Tensor, size: int) -> Tensor:
-    """``bincount`` with a fixed length; on CUDA or under compile a scatter-add (bincount synchronises)."""
-    if index.device.type == "cpu" and not torch.compiler.is_compiling():
-        return torch.bincount(index, minlength=size)
-    return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(0, index, torch.ones_like(index))
-
-
 def _count_rows(rows: Tensor, n_classes: int) -> Tensor:
-    """``n_c`` per image and class.  Shape: rows (B, N) int64, ``1 + c`` or 0 (masked) -> (B, C) int64."""
+    """``n_c`` per image and class.  Shape: rows (B, N) int64, ``1 + c`` or 0 (masked) -> (B, C) int64.
+
+    ``bincount`` on the CPU; elsewhere (and under compile) a comparison with every class and a sum: fixed
+    shapes, no atomics on a few counters (``bincount`` would synchronise a GPU to size its output).
+    """
     batch = rows.shape[0]
-    offset = torch.arange(0, batch * (n_classes + 1), n_classes + 1, device=rows.device)
-    counts = _count((rows + offset[:, None]).view(-1), batch * (n_classes + 1))
-    return counts.view(batch, n_classes + 1)[:, 1:]
+    if rows.device.type == "cpu" and not torch.compiler.is_compiling():
+        offset = torch.arange(0, batch * (n_classes + 1), n_classes + 1, device=rows.device)
+        counts = torch.bincount((rows + offset[:, None]).view(-1), minlength=batch * (n_classes + 1))
+        return counts.view(batch, n_classes + 1)[:, 1:]
+    classes = torch.arange(1, n_classes + 1, device=rows.device)
+    return (rows.unsqueeze(1) == classes[:, None]).sum(-1)
 
 
 def _n_excluded_per_class(n_foreground: Tensor, k: float, do_bg: bool) -> Tensor:
@@ -150,16 +150,19 @@ def _sort_selection(
     n_rows = n_classes + 1
     first_row = torch.arange(1, batch * n_rows, n_rows, device=labels.device)[:, None]  # class 0 of each image
     segment = labels + first_row if mask is None else (labels + 1) * mask + (first_row - 1)
-    counts = _count(segment.view(-1), batch * n_rows)
-    # D per segment: eq. 3, none for the masked rows and, without do_bg, for the background
-    n_excluded_rows = n_excluded_voxels(counts, k).view(batch, n_rows)
-    n_excluded_rows[:, : 1 if do_bg else 2] = 0
     # the stable sort keeps equal keys in voxel order: ties go to the lower index
     sorted_key, order = torch.sort((segment.view(-1) << _VALUE_BITS) - value.view(-1).view(torch.int32), stable=True)
     sorted_segment = (sorted_key + ((1 << _VALUE_BITS) - 1)) >> _VALUE_BITS
-    # segment s fills the sorted positions [start_s, start_s + n_s), easiest first: exclude the first D_s
-    end_excluded = counts.cumsum(0).sub_(counts).add_(n_excluded_rows.view(-1))
+    # segment s fills the sorted positions [start_s, start_s + n_s), easiest first; counting by a binary
+    # search of the segment starts needs no atomics on a few counters (GPU)
     position = torch.arange(order.numel(), device=order.device)
+    bounds = torch.searchsorted(sorted_segment, torch.arange(batch * n_rows + 1, device=order.device))
+    counts = bounds.diff()
+    # D per segment: eq. 3, none for the masked rows and, without do_bg, for the background
+    n_excluded_rows = n_excluded_voxels(counts, k).view(batch, n_rows)
+    n_excluded_rows[:, : 1 if do_bg else 2] = 0
+    # exclude the first D_s of each segment
+    end_excluded = bounds[:-1] + n_excluded_rows.view(-1)
     excluded_sorted = position < end_excluded[sorted_segment]
     excluded = torch.empty_like(excluded_sorted).scatter_(0, order, excluded_sorted).view(batch, n_voxels)
     code = labels + 1 + excluded * (n_classes * STATE_EXCLUDED) if mask is None else segment - (first_row - 1)
