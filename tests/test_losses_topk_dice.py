@@ -1,35 +1,32 @@
-"""TopK-Dice loss: exactness of the selection, the paper's semantics, numerics and argument checks."""
+"""TopK-Dice loss: exactness of every selection path, the paper's semantics, numerics, compile, GPU syncs."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from loss_reference import reference_exclusion, reference_topk_dice
 from monai.losses import DiceLoss
 
-from nnunet_topkdice.losses import TopKDiceLoss, n_excluded_voxels, tie_break_map, topk_dice_loss, topk_exclusion_mask
+from nnunet_topkdice.losses import (
+    CE_and_TopKDice_loss,
+    TopKDiceLoss,
+    n_excluded_voxels,
+    tie_break_map,
+    topk_dice_loss,
+    topk_exclusion_mask,
+)
+from nnunet_topkdice.losses import selection as selection_module
+from nnunet_topkdice.losses import tie_break as tie_break_module
 from nnunet_topkdice.losses import topk_dice as topk_module
+from nnunet_topkdice.losses.reference import reference_exclusion, reference_topk_dice
 
 SHAPES = [(2, 4, 12, 10), (2, 3, 5, 6, 7)]
 SHAPE_IDS = ["2d", "3d"]
-
-
-def random_case(shape, seed=0, scale=3.0, all_present=True):
-    generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(shape, generator=generator) * scale
-    target = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]), generator=generator)
-    if all_present:  # every class in every image
-        flat = target.view(shape[0], -1)
-        flat[:, : shape[1]] = torch.arange(shape[1])
-    return logits, target
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize(("do_bg", "batch_dice"), [(True, False), (False, False), (True, True), (False, True)])
-def test_k100_equals_monai_squared_dice(shape, do_bg, batch_dice):
+def test_k100_equals_monai_squared_dice(random_case, shape, do_bg, batch_dice):
     logits, target = random_case(shape)
     monai = DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True, include_background=do_bg, batch=batch_dice)
     ours = TopKDiceLoss(k=100, do_bg=do_bg, batch_dice=batch_dice)(logits, target)
@@ -39,7 +36,7 @@ def test_k100_equals_monai_squared_dice(shape, do_bg, batch_dice):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("k", [10, 30, 50, 70, 90, 100, 12.5])
-def test_excludes_exactly_floor_of_the_easiest(shape, k):
+def test_excludes_exactly_floor_of_the_easiest(random_case, shape, k):
     logits, target = random_case(shape, seed=1)
     probs = logits.softmax(1)
     excluded = topk_exclusion_mask(probs, target, k)
@@ -70,7 +67,7 @@ def test_exact_count_when_all_probabilities_tie(k):
             assert int((excluded[b, 0] & (target[b, 0] == c)).sum()) == (100 - k) * n // 100
 
 
-def test_exact_with_saturated_probabilities_and_tie_break_disabled():
+def test_exact_with_saturated_probabilities_and_tie_break_disabled(random_case):
     # q == 1.0 exactly for most voxels and no perturbation: only the index can break the ties
     logits, target = random_case((2, 3, 20, 30), seed=2)
     logits = torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1).float() * 60
@@ -82,24 +79,79 @@ def test_exact_with_saturated_probabilities_and_tie_break_disabled():
     assert torch.equal(got[:, 1:], expected_counts[:, 1:])
 
 
-@pytest.mark.parametrize(
-    ("sort_at_most", "min_bucket_bits"),
-    [(10**6, 8), (300, 8), (4, 2)],
-    ids=["one-sort", "histogram", "histogram+radix"],
-)
-@pytest.mark.parametrize("scale", [1.0, 5.0, 40.0], ids=["soft", "confident", "saturated"])
-def test_every_selection_path_matches_reference(monkeypatch, scale, sort_at_most, min_bucket_bits):
-    # small inputs are sorted whole; larger ones go through the histogram, and many candidates in a cut
-    # bucket through the radix refinement: force each path on the same input
-    monkeypatch.setattr(topk_module, "_SORT_AT_MOST", sort_at_most)
-    monkeypatch.setattr(topk_module, "_MIN_BUCKET_BITS", min_bucket_bits)
-    logits, target = random_case((2, 3, 24, 20), seed=3, scale=scale)
+# --- every selection path against the reference ------------------------------------------------------
+
+PATH_SHAPES = [(2, 3, 24, 20), (2, 3, 6, 8, 10)]  # 960 voxels: small enough to force any path cheaply
+KINDS = ["soft", "confident", "saturated", "tied"]
+
+
+def _case_of_kind(random_case, shape, kind):
+    """Logits whose true-class probabilities are spread (soft), near 1 (confident), exactly 1 for most voxels
+    (saturated, where only the tie-break map and the index order them) or all equal (tied, with the
+    tie-break map switched off: only the index orders them). Returns logits, target, tie-break scale."""
+    scale = {"soft": 1.0, "confident": 5.0, "saturated": 40.0, "tied": 0.0}[kind]
+    logits, target = random_case(shape, seed=3, scale=scale)
+    return logits, target, 0.0 if kind == "tied" else 1e-6
+
+
+@pytest.mark.parametrize("shape", PATH_SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_selection_path_matches_reference(random_case, selection_path, shape, kind):
+    logits, target, scale = _case_of_kind(random_case, shape, kind)
     probs = logits.softmax(1)
-    mask = torch.rand(2, 1, 24, 20, generator=torch.Generator().manual_seed(4)) > 0.2
+    mask = torch.rand(shape[0], 1, *shape[2:], generator=torch.Generator().manual_seed(4)) > 0.2
     for k in (10, 50, 90):
         for do_bg in (False, True):
-            got = topk_exclusion_mask(probs, target, k, mask, do_bg=do_bg)
-            assert torch.equal(got, reference_exclusion(probs, target, k, mask, do_bg))
+            for loss_mask in (None, mask):
+                got = topk_exclusion_mask(probs, target, k, loss_mask, do_bg=do_bg, tie_break_scale=scale)
+                want = reference_exclusion(probs, target, k, loss_mask, do_bg, tie_break_scale=scale)
+                assert torch.equal(got, want), (k, do_bg, loss_mask is not None)
+
+
+@pytest.mark.parametrize("shape", PATH_SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("kind", ["soft", "tied"])
+@pytest.mark.parametrize("batch_dice", [False, True], ids=["per-image", "batch"])
+def test_every_selection_path_gives_the_reference_loss(random_case, selection_path, shape, kind, batch_dice):
+    logits, target, scale = _case_of_kind(random_case, shape, kind)
+    mask = torch.rand(shape[0], 1, *shape[2:], generator=torch.Generator().manual_seed(5)) > 0.2
+    for loss_mask in (None, mask):
+        ours_in = logits.clone().requires_grad_(True)
+        ref_in = logits.double().clone().requires_grad_(True)
+        ours = topk_dice_loss(ours_in, target, 30, loss_mask=loss_mask, batch_dice=batch_dice, tie_break_scale=scale)
+        ref = reference_topk_dice(ref_in, target, 30, loss_mask, batch_dice=batch_dice, tie_break_scale=scale)
+        ours.backward()
+        ref.backward()
+        assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
+        torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_every_selection_path_on_images_smaller_than_the_class_count(random_case, selection_path):
+    # 2 x 3 voxels per image and 5 classes: more (image, class) segments than voxels
+    logits, target = random_case((2, 5, 2, 3), seed=7, all_present=False)
+    probs = logits.softmax(1)
+    for k in (10, 50):
+        assert torch.equal(topk_exclusion_mask(probs, target, k), reference_exclusion(probs, target, k))
+
+
+def test_path_follows_device_and_size():
+    # the data-dependent histogram path only runs eagerly on the CPU, for inputs above the sort threshold
+    large = selection_module.SORT_INPUT_AT_MOST + 1
+    assert selection_module._path(torch.device("cpu"), large) == "histogram"
+    assert selection_module._path(torch.device("cpu"), large - 1) == "sort"
+    assert selection_module._path(torch.device("cuda"), large) == "sort"
+    assert selection_module._path(torch.device("meta"), large) == "sort"
+
+
+@pytest.mark.parametrize("with_ignore", [False, True], ids=["plain", "ignore-label"])
+def test_sort_path_has_only_fixed_shapes(with_ignore):
+    # meta tensors carry no data: an operation whose output shape depends on values (nonzero, boolean
+    # indexing, .item(), bincount) fails on them, so this runs the whole GPU path without a GPU
+    loss = CE_and_TopKDice_loss({"k": 50, "batch_dice": True}, {}, ignore_label=3 if with_ignore else None)
+    logits = torch.empty(2, 3, 40, 50, device="meta", requires_grad=True)
+    target = torch.empty(2, 1, 40, 50, dtype=torch.int16, device="meta")
+    value = loss(logits, target)
+    value.backward()
+    assert value.shape == () and logits.grad.shape == logits.shape
 
 
 def test_n_excluded_voxels_is_exact_integer_arithmetic():
@@ -113,7 +165,7 @@ def test_n_excluded_voxels_is_exact_integer_arithmetic():
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize(("do_bg", "batch_dice"), [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("k", [100, 50, 10])
-def test_value_and_gradient_match_dense_reference(shape, do_bg, batch_dice, k):
+def test_value_and_gradient_match_dense_reference(random_case, shape, do_bg, batch_dice, k):
     logits, target = random_case(shape, seed=5, all_present=False)
     ours_in = logits.clone().requires_grad_(True)
     ref_in = logits.double().clone().requires_grad_(True)
@@ -125,7 +177,7 @@ def test_value_and_gradient_match_dense_reference(shape, do_bg, batch_dice, k):
     torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, atol=1e-6, rtol=1e-4)
 
 
-def test_absent_classes_are_skipped():
+def test_absent_classes_are_skipped(random_case):
     logits, target = random_case((1, 4, 8, 8), seed=6, all_present=False)
     target[target == 3] = 1  # class 3 absent: its false positives must not count
     loss = topk_dice_loss(logits, target, 50)
@@ -149,7 +201,7 @@ def test_no_foreground_gives_zero_with_finite_zero_gradient(batch_dice):
     assert torch.isfinite(logits.grad).all() and (logits.grad == 0).all()
 
 
-def test_images_without_foreground_are_left_out_of_the_mean():
+def test_images_without_foreground_are_left_out_of_the_mean(random_case):
     logits, target = random_case((2, 3, 6, 6), seed=7)
     target[1] = 0
     both = topk_dice_loss(logits, target, 50)
@@ -158,7 +210,7 @@ def test_images_without_foreground_are_left_out_of_the_mean():
 
 
 @pytest.mark.parametrize("batch_dice", [False, True], ids=["per-image", "batch"])
-def test_masked_voxels_change_nothing_and_get_no_gradient(batch_dice):
+def test_masked_voxels_change_nothing_and_get_no_gradient(random_case, batch_dice):
     logits, target = random_case((2, 4, 10, 10), seed=8)
     mask = torch.ones(2, 1, 10, 10, dtype=torch.bool)
     mask[:, :, :4] = False
@@ -175,13 +227,13 @@ def test_masked_voxels_change_nothing_and_get_no_gradient(batch_dice):
     assert loss_a.item() == pytest.approx(loss_b.item(), abs=1e-7)
     assert (b.grad[:, :, :4] == 0).all()
     torch.testing.assert_close(a.grad[:, :, 4:], b.grad[:, :, 4:])
-    ref = reference_topk_dice(logits, target, 50, mask=mask, batch_dice=batch_dice)
+    ref = reference_topk_dice(logits, target, 50, loss_mask=mask, batch_dice=batch_dice)
     assert loss_a.item() == pytest.approx(ref.item(), abs=1e-6)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_low_precision_logits_give_finite_float32(shape, dtype):
+def test_low_precision_logits_give_finite_float32(random_case, shape, dtype):
     logits, target = random_case(shape, seed=9)
     low = logits.to(dtype).requires_grad_(True)
     loss = topk_dice_loss(low, target, 50, batch_dice=True)
@@ -192,28 +244,30 @@ def test_low_precision_logits_give_finite_float32(shape, dtype):
     assert loss.item() == pytest.approx(full.item(), abs=1e-6)
 
 
-def test_target_dtypes_from_nnunet_are_accepted():
+def test_target_dtypes_from_nnunet_are_accepted(random_case):
     logits, target = random_case((2, 3, 6, 6), seed=10)
     values = {topk_dice_loss(logits, target.to(dtype), 50).item() for dtype in (torch.int16, torch.int32, torch.uint8)}
     assert len(values) == 1
 
 
-def test_tie_break_map_is_fixed_by_seed_across_processes():
+def test_tie_break_map_is_seeded_and_its_cache_bounded(monkeypatch):
+    # identity across processes and resumed trainings: tests/test_trainers_e2e.py (resume end to end)
     first = tie_break_map((5, 7), seed=3)
     assert first.dtype == torch.float32 and first.shape == (5, 7)
     assert 0 <= first.min() and first.max() < 1e-6
-    topk_module._tie_break_cache.clear()
-    assert torch.equal(first, tie_break_map((5, 7), seed=3))
+    tie_break_module._cache.clear()
+    assert torch.equal(first, tie_break_map((5, 7), seed=3))  # drawn again, not only cached
     assert not torch.equal(first, tie_break_map((5, 7), seed=4))
-    code = "from nnunet_topkdice.losses import tie_break_map; print(repr(tie_break_map((5, 7), seed=3).sum().item()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert float(out) == first.sum().item()
-    # two loss instances use the same map, so they agree voxel for voxel
-    logits, target = random_case((1, 3, 5, 7), seed=11)
-    assert TopKDiceLoss(k=50)(logits, target).item() == TopKDiceLoss(k=50)(logits, target).item()
+    # a bounded LRU: many shapes keep at most CACHE_ENTRIES maps, the most recently used ones
+    monkeypatch.setattr(tie_break_module, "CACHE_ENTRIES", 4)
+    tie_break_module._cache.clear()
+    for n in range(1, 7):
+        tie_break_map((n, 3))
+        tie_break_map((1, 3))  # used again and again: stays
+    assert [key[0] for key in tie_break_module._cache] == [(4, 3), (5, 3), (6, 3), (1, 3)]
 
 
-def test_gradcheck_float64():
+def test_gradcheck_float64(random_case):
     logits, target = random_case((2, 3, 5, 4), seed=12)
     logits = logits.double().requires_grad_(True)
     mask = torch.ones(2, 1, 5, 4, dtype=torch.bool)
@@ -287,30 +341,14 @@ def test_checks_read_only_metadata():
         )
 
 
-def test_function_equals_module():
+def test_function_equals_module(random_case):
     logits, target = random_case((2, 3, 7, 5), seed=13)
     module = TopKDiceLoss(k=30, do_bg=True, batch_dice=True, smooth=1e-3)
     function = topk_dice_loss(logits, target, 30, do_bg=True, batch_dice=True, smooth=1e-3)
     assert module(logits, target).item() == function.item()
-    assert "k=30.0" in repr(module)
 
 
-@pytest.mark.slow
-def test_torch_compile_matches_eager():
-    logits, target = random_case((2, 3, 16, 16), seed=14)
-    loss = TopKDiceLoss(k=50, batch_dice=True)
-    compiled = torch.compile(loss)
-    a = logits.clone().requires_grad_(True)
-    b = logits.clone().requires_grad_(True)
-    eager_value = loss(a, target)
-    compiled_value = compiled(b, target)
-    eager_value.backward()
-    compiled_value.backward()
-    assert compiled_value.item() == pytest.approx(eager_value.item(), abs=1e-6)
-    torch.testing.assert_close(a.grad, b.grad)
-
-
-def test_autocast_does_not_lower_the_precision():
+def test_autocast_does_not_lower_the_precision(random_case):
     logits, target = random_case((2, 3, 12, 10), seed=15)
     mask = torch.rand(2, 1, 12, 10, generator=torch.Generator().manual_seed(16)) > 0.3
     full = topk_dice_loss(logits, target, 50, loss_mask=mask, batch_dice=True)
@@ -318,3 +356,110 @@ def test_autocast_does_not_lower_the_precision():
         under_autocast = topk_dice_loss(logits, target, 50, loss_mask=mask, batch_dice=True)
     assert under_autocast.dtype == torch.float32
     assert under_autocast.item() == pytest.approx(full.item(), abs=1e-6)
+
+
+# --- torch.compile and CUDA ------------------------------------------------------------------------------
+
+
+def _compound_case(random_case, shape, device="cpu"):
+    logits, target = random_case(shape, seed=14)
+    target[:, :, :2] = 3  # ignore label
+    return logits.to(device), target.to(device=device, dtype=torch.int16)
+
+
+def test_full_graph_compile_equals_eager(random_case):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    tie_break_module._cache.clear()  # the map is drawn inside the compiled region (custom operator)
+    loss = CE_and_TopKDice_loss({"k": 50, "batch_dice": True}, {"weight": [0.5, 1.0, 2.0]}, ignore_label=3)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(loss, fullgraph=True, backend=counter)
+    # 9600 voxels: eager runs the CPU histogram path, compiled the fixed-shape sort
+    logits, target = _compound_case(random_case, (2, 3, 60, 80))
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    compiled_value = compiled(b, target)
+    eager_value = loss(a, target)
+    compiled_value.backward()
+    eager_value.backward()
+    assert counter.frame_count == 1  # one graph (fullgraph=True would raise on a break)
+    assert compiled_value.item() == pytest.approx(eager_value.item(), abs=1e-6)
+    torch.testing.assert_close(b.grad, a.grad)
+    assert len(tie_break_module._cache) == 1  # the map drawn under compile was cached
+    compiled(b, target)  # the cache filled since compiling is no reason to recompile
+    assert counter.frame_count == 1
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", [(2, 4, 64, 80), (2, 3, 16, 24, 20)], ids=SHAPE_IDS)
+@pytest.mark.parametrize("with_ignore", [False, True], ids=["plain", "ignore-label"])
+def test_cuda_call_does_not_synchronise_with_the_host(random_case, shape, with_ignore):
+    loss = CE_and_TopKDice_loss({"k": 50, "batch_dice": True}, {}, ignore_label=3 if with_ignore else None)
+    logits, target = _compound_case(random_case, shape, "cuda")
+    loss(logits, target)  # the first call per shape copies the tie-break map to the device
+    x = logits.clone().requires_grad_(True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss(x, target).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(x.grad).all()
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", [(2, 4, 96, 80), (2, 3, 16, 24, 20)], ids=SHAPE_IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_selection_is_exact_against_the_cpu_reference(random_case, shape, kind):
+    logits, target, scale = _case_of_kind(random_case, shape, kind)
+    probs = logits.softmax(1)
+    mask = torch.rand(shape[0], 1, *shape[2:], generator=torch.Generator().manual_seed(6)) > 0.2
+    for k in (10, 50, 90):
+        got = topk_exclusion_mask(probs.cuda(), target.cuda(), k, mask.cuda(), tie_break_scale=scale)
+        assert torch.equal(got.cpu(), reference_exclusion(probs, target, k, mask, tie_break_scale=scale))
+
+
+@needs_cuda
+@pytest.mark.parametrize("batch_dice", [False, True], ids=["per-image", "batch"])
+def test_cuda_loss_and_gradient_match_the_cpu_reference(random_case, batch_dice):
+    logits, target = random_case((2, 4, 48, 40), seed=17, scale=2.0)
+    ours_in = logits.cuda().requires_grad_(True)
+    ref_in = logits.double().requires_grad_(True)
+    ours = topk_dice_loss(ours_in, target.cuda(), 30, batch_dice=batch_dice)
+    ref = reference_topk_dice(ref_in, target, 30, batch_dice=batch_dice)
+    ours.backward()
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
+    torch.testing.assert_close(ours_in.grad.cpu().double(), ref_in.grad, atol=1e-6, rtol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_cuda_autocast_keeps_float32(random_case, dtype):
+    logits, target = _compound_case(random_case, (2, 3, 32, 40), "cuda")
+    loss = CE_and_TopKDice_loss({"k": 50, "batch_dice": True}, {}, ignore_label=3)
+    conv = torch.nn.Conv2d(3, 3, 1).cuda()
+    with torch.autocast("cuda", dtype=dtype):
+        low = conv(logits)  # half-precision logits from the network
+        value = loss(low, target)
+    value.backward()
+    assert low.dtype == dtype and value.dtype == torch.float32 and torch.isfinite(value)
+    assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
+    full = loss(low.detach().float(), target)  # the same logits, no autocast: computed alike in float32
+    assert value.item() == pytest.approx(full.item(), abs=1e-6)
+
+
+@needs_cuda
+def test_cuda_full_graph_compile_equals_eager(random_case):
+    torch._dynamo.reset()
+    loss = CE_and_TopKDice_loss({"k": 50, "batch_dice": True}, {}, ignore_label=3)
+    compiled = torch.compile(loss, fullgraph=True)  # inductor, as nnU-Net compiles on a GPU
+    logits, target = _compound_case(random_case, (2, 3, 64, 80), "cuda")
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    eager_value, compiled_value = loss(a, target), compiled(b, target)
+    eager_value.backward()
+    compiled_value.backward()
+    assert compiled_value.item() == pytest.approx(eager_value.item(), abs=1e-5)
+    torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4)

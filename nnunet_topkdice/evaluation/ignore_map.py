@@ -75,23 +75,23 @@ def topk_dice_loss_value(
     """The TopK-Dice loss (eq. 7) of one image given its ignore map: ``1 - mean`` squared Dice over the
     foreground classes present, with the excluded voxels removed from their own class in Y and P.
 
+    Computed by the loss's definition, :func:`nnunet_topkdice.losses.reference.kept_dice_loss`.
+
     Shape:
         probabilities: (C, *spatial) float.  label: (*spatial) int.  excluded: (*spatial) bool.
         returns: float in [0, 1]; 0 when no foreground class is present.
     """
+    import torch
+
+    from nnunet_topkdice.losses.reference import kept_dice_loss
+
+    label = np.asarray(label)
     valid = np.ones(label.shape, dtype=bool) if ignore_label is None else label != ignore_label
-    dice = []
-    for c in range(1, probabilities.shape[0]):
-        foreground = (label == c) & valid
-        if not foreground.any():
-            continue
-        dropped = foreground & excluded
-        kept_gt = foreground & ~dropped
-        kept_pred = np.where(dropped | ~valid, 0.0, probabilities[c].astype(np.float64))
-        intersection = float((kept_pred * kept_gt).sum())
-        denominator = float(kept_gt.sum()) + float((kept_pred**2).sum())
-        dice.append((2 * intersection + smooth) / max(denominator + smooth, 1e-8))
-    return 1.0 - float(np.mean(dice)) if dice else 0.0
+    target = torch.from_numpy(np.where(valid, label, 0).astype(np.int64))[None, None]
+    probs = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))[None]
+    loss_mask = None if ignore_label is None else torch.from_numpy(valid)[None, None]
+    excluded_map = torch.from_numpy(np.asarray(excluded, dtype=bool))[None, None]
+    return float(kept_dice_loss(probs, target, excluded_map, loss_mask, smooth=smooth))
 
 
 def pick_slice(label: np.ndarray, axis: int) -> int:

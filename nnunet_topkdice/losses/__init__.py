@@ -1,6 +1,7 @@
 """Losses: TopK-Dice (pure PyTorch), softmax focal loss, and compound losses for nnU-Net trainers.
 
-``topk_dice`` and ``focal`` import nothing from nnU-Net; the compound baselines build nnU-Net's own soft
+``topk_dice`` (the public TopK-Dice API over ``reference``, the definition, ``selection``, ``fused`` and
+``tie_break``) and ``focal`` import nothing from nnU-Net; the compound baselines build nnU-Net's own soft
 Dice, cross entropy and TopK cross entropy when they are constructed.
 Region-based (sigmoid) datasets: ``sigmoid_topk_dice`` and ``region_terms`` are pure PyTorch as well.
 """
@@ -18,6 +19,7 @@ from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss
 from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss, sigmoid_topk_dice_loss
 from nnunet_topkdice.losses.topk_dice import (
     TopKDiceLoss,
+    ce_and_topk_dice_loss,
     channel_exclusion_mask,
     n_excluded_voxels,
     tie_break_map,
@@ -37,6 +39,7 @@ __all__ = [
     "SigmoidTopKDiceLoss",
     "TopKBCELoss",
     "TopKDiceLoss",
+    "ce_and_topk_dice_loss",
     "channel_exclusion_mask",
     "focal_loss",
     "n_excluded_voxels",

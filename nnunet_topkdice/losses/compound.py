@@ -16,12 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_topkdice.losses.focal import FocalLoss
-from nnunet_topkdice.losses.topk_dice import (
-    TopKDiceLoss,
-    _LossConfig,
-    _prepare,
-    _topk_dice_ce,
-)
+from nnunet_topkdice.losses.topk_dice import TopKDiceLoss, ce_and_topk_dice_loss
 
 __all__ = ["CE_and_TopKDice_loss", "DC_and_Focal_loss", "DC_and_TopKCE_loss"]
 
@@ -76,7 +71,7 @@ class CE_and_TopKDice_loss(nn.Module):
 
     One float32 softmax serves both terms: the cross entropy is ``-log`` of its true-class probability
     (``torch.nn.CrossEntropyLoss``'s mean, with class weights and ignore index), and the whole loss is one
-    autograd node with a closed-form backward (see ``nnunet_topkdice.losses.topk_dice``).
+    autograd node with a closed-form backward (see ``nnunet_topkdice.losses.fused``).
 
     Args:
         topk_dice_kwargs: arguments of :class:`TopKDiceLoss` (``k``, ``batch_dice``, ``do_bg``, ``smooth``, ``ddp``).
@@ -119,12 +114,22 @@ class CE_and_TopKDice_loss(nn.Module):
         """
         dc = self.dc
         loss_mask = None if self.ignore_label is None else target != self.ignore_label
-        flat_logits, labels, mask, tie_break = _prepare(
-            net_output, target, loss_mask, dc.tie_break_seed, dc.tie_break_scale
+        # one autograd node computes the softmax once for both terms (nnunet_topkdice.losses.fused)
+        return ce_and_topk_dice_loss(
+            net_output,
+            target,
+            dc.k,
+            loss_mask=loss_mask,
+            ce_weight=self.ce_weight,
+            weight_ce=self.weight_ce,
+            weight_dice=self.weight_dice,
+            do_bg=dc.do_bg,
+            batch_dice=dc.batch_dice,
+            smooth=dc.smooth,
+            ddp=dc.ddp,
+            tie_break_seed=dc.tie_break_seed,
+            tie_break_scale=dc.tie_break_scale,
         )
-        # one node computes the softmax once for both terms (see _TopKDiceCE)
-        config = _LossConfig(dc.k, dc.do_bg, dc.batch_dice, dc.smooth, dc.ddp, self.weight_dice, self.weight_ce)
-        return _topk_dice_ce(flat_logits, labels, mask, tie_break, config, ce_weight=self.ce_weight)
 
 
 class DC_and_Focal_loss(_RegionAndPixelLoss):
