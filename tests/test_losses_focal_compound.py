@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_reference import reference_topk_dice
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss, TopKLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
@@ -24,6 +23,7 @@ from nnunet_topkdice.losses import (
     TopKDiceLoss,
     focal_loss,
 )
+from nnunet_topkdice.losses.reference import reference_topk_dice
 
 IGNORE = 3
 DICE_KWARGS = {"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}

@@ -16,9 +16,18 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_topkdice.losses.focal import FocalLoss
+from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss
+from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss
 from nnunet_topkdice.losses.topk_dice import TopKDiceLoss, ce_and_topk_dice_loss
 
-__all__ = ["CE_and_TopKDice_loss", "DC_and_Focal_loss", "DC_and_TopKCE_loss"]
+__all__ = [
+    "BCE_and_TopKDice_loss",
+    "CE_and_TopKDice_loss",
+    "DC_and_Focal_loss",
+    "DC_and_SigmoidFocal_loss",
+    "DC_and_TopKBCE_loss",
+    "DC_and_TopKCE_loss",
+]
 
 
 def _nnunet_soft_dice(soft_dice_kwargs: dict) -> nn.Module:
@@ -194,11 +203,6 @@ class DC_and_TopKCE_loss(_RegionAndPixelLoss):
 
 
 # --- region-based (sigmoid) datasets ----------------------------------------------------------------
-
-from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss  # noqa: E402
-from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss  # noqa: E402
-
-__all__ += ["BCE_and_TopKDice_loss", "DC_and_SigmoidFocal_loss", "DC_and_TopKBCE_loss"]
 
 
 def _split_region_target(net_output: Tensor, target: Tensor, use_ignore_label: bool) -> tuple[Tensor, Tensor | None]:
