@@ -15,17 +15,22 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
-from torch import Tensor, nn
+from torch import Tensor
 
-from nnunet_topkdice.losses.topk_dice import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED, channel_exclusion_mask
+from nnunet_topkdice.losses.reference import check_k
+from nnunet_topkdice.losses.topk_dice import (
+    DEFAULT_TIE_BREAK_SCALE,
+    DEFAULT_TIE_BREAK_SEED,
+    _TopKDiceModule,
+    channel_exclusion_mask,
+)
 
 __all__ = ["SigmoidTopKDiceLoss", "sigmoid_topk_dice_loss"]
 
 
 def _check_k(k: object) -> float:
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
-        raise ValueError(f"k must be a number in (0, 100] (percent of each region's voxels kept), got {k!r}")
-    return float(k)
+    """``k`` as a float; the rule of the softmax loss, the message speaks of regions."""
+    return check_k(k, "each region's voxels")
 
 
 def _check_region_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | None) -> None:
@@ -156,7 +161,7 @@ def sigmoid_topk_dice_loss(
         return _present_regions_dice_loss(intersect, sum_pred_sq, sum_gt, present, do_bg, batch_dice, smooth, ddp)
 
 
-class SigmoidTopKDiceLoss(nn.Module):
+class SigmoidTopKDiceLoss(_TopKDiceModule):
     """TopK-Dice for region-based (sigmoid) training; see :func:`sigmoid_topk_dice_loss`.
 
     Args:
@@ -176,6 +181,8 @@ class SigmoidTopKDiceLoss(nn.Module):
         (torch.Size([]), torch.float32)
     """
 
+    _loss_function = staticmethod(sigmoid_topk_dice_loss)
+
     def __init__(
         self,
         k: float = 50.0,
@@ -186,31 +193,8 @@ class SigmoidTopKDiceLoss(nn.Module):
         tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
         tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
     ) -> None:
-        super().__init__()
-        self.k = _check_k(k)
+        k = _check_k(k)
         for name, value in (("smooth", smooth), ("tie_break_scale", tie_break_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        self.do_bg = bool(do_bg)
-        self.batch_dice = bool(batch_dice)
-        self.smooth = float(smooth)
-        self.ddp = bool(ddp)
-        self.tie_break_seed = int(tie_break_seed)
-        self.tie_break_scale = float(tie_break_scale)
-
-    def forward(self, logits: Tensor, target: Tensor, loss_mask: Tensor | None = None) -> Tensor:
-        return sigmoid_topk_dice_loss(
-            logits,
-            target,
-            self.k,
-            loss_mask=loss_mask,
-            do_bg=self.do_bg,
-            batch_dice=self.batch_dice,
-            smooth=self.smooth,
-            ddp=self.ddp,
-            tie_break_seed=self.tie_break_seed,
-            tie_break_scale=self.tie_break_scale,
-        )
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, do_bg={self.do_bg}, batch_dice={self.batch_dice}, smooth={self.smooth}, ddp={self.ddp}"
+        super().__init__(k, do_bg, batch_dice, smooth, ddp, tie_break_seed, tie_break_scale)

@@ -17,6 +17,8 @@ is cached (the first call per shape copies it to the device; not yet run on a GP
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -249,7 +251,53 @@ def ce_and_topk_dice_loss(
     return fused_topk_dice_ce(flat_logits, labels, mask, tie_break, config, ce_weight=ce_weight)
 
 
-class TopKDiceLoss(nn.Module):
+class _TopKDiceModule(nn.Module):
+    """What the softmax and sigmoid TopK-Dice modules share: the hyper-parameters as attributes, and a
+    ``forward`` that calls the functional loss ``_loss_function`` with them.
+
+    A subclass validates its arguments (its own rules and messages) before calling this ``__init__``.
+    """
+
+    _loss_function: Callable[..., Tensor]  # staticmethod(topk_dice_loss) or the sigmoid one
+
+    def __init__(
+        self,
+        k: float,
+        do_bg: bool,
+        batch_dice: bool,
+        smooth: float,
+        ddp: bool,
+        tie_break_seed: int,
+        tie_break_scale: float,
+    ) -> None:
+        super().__init__()
+        self.k = float(k)
+        self.do_bg = bool(do_bg)
+        self.batch_dice = bool(batch_dice)
+        self.smooth = float(smooth)
+        self.ddp = bool(ddp)
+        self.tie_break_seed = int(tie_break_seed)
+        self.tie_break_scale = float(tie_break_scale)
+
+    def forward(self, logits: Tensor, target: Tensor, loss_mask: Tensor | None = None) -> Tensor:
+        return self._loss_function(
+            logits,
+            target,
+            self.k,
+            loss_mask=loss_mask,
+            do_bg=self.do_bg,
+            batch_dice=self.batch_dice,
+            smooth=self.smooth,
+            ddp=self.ddp,
+            tie_break_seed=self.tie_break_seed,
+            tie_break_scale=self.tie_break_scale,
+        )
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, do_bg={self.do_bg}, batch_dice={self.batch_dice}, smooth={self.smooth}, ddp={self.ddp}"
+
+
+class TopKDiceLoss(_TopKDiceModule):
     """TopK-Dice loss as a module; see :func:`topk_dice_loss` for shapes and semantics.
 
     Args:
@@ -269,6 +317,8 @@ class TopKDiceLoss(nn.Module):
         (torch.Size([]), torch.float32)
     """
 
+    _loss_function = staticmethod(topk_dice_loss)
+
     def __init__(
         self,
         k: float = 50.0,
@@ -279,33 +329,9 @@ class TopKDiceLoss(nn.Module):
         tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
         tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
     ) -> None:
-        super().__init__()
         drop_fraction(k)
         if not smooth >= 0:
             raise ValueError(f"smooth must be >= 0, got {smooth!r}")
         if not tie_break_scale >= 0:
             raise ValueError(f"tie_break_scale must be >= 0, got {tie_break_scale!r}")
-        self.k = float(k)
-        self.do_bg = bool(do_bg)
-        self.batch_dice = bool(batch_dice)
-        self.smooth = float(smooth)
-        self.ddp = bool(ddp)
-        self.tie_break_seed = int(tie_break_seed)
-        self.tie_break_scale = float(tie_break_scale)
-
-    def forward(self, logits: Tensor, target: Tensor, loss_mask: Tensor | None = None) -> Tensor:
-        return topk_dice_loss(
-            logits,
-            target,
-            self.k,
-            loss_mask=loss_mask,
-            do_bg=self.do_bg,
-            batch_dice=self.batch_dice,
-            smooth=self.smooth,
-            ddp=self.ddp,
-            tie_break_seed=self.tie_break_seed,
-            tie_break_scale=self.tie_break_scale,
-        )
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, do_bg={self.do_bg}, batch_dice={self.batch_dice}, smooth={self.smooth}, ddp={self.ddp}"
+        super().__init__(k, do_bg, batch_dice, smooth, ddp, tie_break_seed, tie_break_scale)
