@@ -4,6 +4,7 @@
 ``tie_break``) and ``focal`` import nothing from nnU-Net; the compound baselines build nnU-Net's own soft
 Dice, cross entropy and TopK cross entropy when they are constructed.
 Region-based (sigmoid) datasets: ``sigmoid_topk_dice`` and ``region_terms`` are pure PyTorch as well.
+``arguments`` holds the hyper-parameter checks they share.
 """
 
 from nnunet_topkdice.losses.compound import (

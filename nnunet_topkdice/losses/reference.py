@@ -26,10 +26,10 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from nnunet_topkdice.losses.arguments import check_k
 from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED, tie_break_map
 
 __all__ = [
-    "check_k",
     "drop_fraction",
     "kept_dice_loss",
     "n_excluded_voxels",
@@ -39,18 +39,6 @@ __all__ = [
 ]
 
 _drop_fractions: dict[float, tuple[int, int]] = {}
-
-
-def check_k(k: object, kept: str = "foreground voxels") -> float:
-    """``k`` as a float, once it is a number (int or float, not bool) in (0, 100].
-
-    ``kept`` names what ``k`` is the percent of, in the error message.
-    Raises:
-        ValueError: ``k`` is not a number in (0, 100].
-    """
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
-        raise ValueError(f"k must be a number in (0, 100] (percent of {kept} kept), got {k!r}")
-    return float(k)
 
 
 def drop_fraction(k: float) -> tuple[int, int]:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nnunet_topkdice.losses.arguments import check_k, check_non_negative
+
 __all__ = ["SigmoidFocalLoss", "TopKBCELoss"]
 
 
@@ -56,9 +58,7 @@ class SigmoidFocalLoss(nn.Module):
 
     def __init__(self, gamma: float = 2.0) -> None:
         super().__init__()
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
-            raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = check_non_negative("gamma", gamma)
 
     def forward(self, logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         _check(logits, target, mask)
@@ -89,9 +89,7 @@ class TopKBCELoss(nn.Module):
 
     def __init__(self, k: float = 10.0) -> None:
         super().__init__()
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
-            raise ValueError(f"k must be a number in (0, 100] (percent of the highest BCE values kept), got {k!r}")
-        self.k = float(k)
+        self.k = check_k(k, "the highest BCE values")
 
     def forward(self, logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         _check(logits, target, mask)

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
-from nnunet_topkdice.losses.reference import check_k
+from nnunet_topkdice.losses.arguments import check_k, check_non_negative
 from nnunet_topkdice.losses.topk_dice import (
     DEFAULT_TIE_BREAK_SCALE,
     DEFAULT_TIE_BREAK_SEED,
@@ -194,7 +194,6 @@ class SigmoidTopKDiceLoss(_TopKDiceModule):
         tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
     ) -> None:
         k = _check_k(k)
-        for name, value in (("smooth", smooth), ("tie_break_scale", tie_break_scale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        check_non_negative("smooth", smooth)
+        check_non_negative("tie_break_scale", tie_break_scale)
         super().__init__(k, do_bg, batch_dice, smooth, ddp, tie_break_seed, tie_break_scale)
