@@ -37,13 +37,25 @@ def _nnunet_soft_dice(soft_dice_kwargs: dict) -> nn.Module:
     return MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **soft_dice_kwargs)
 
 
+def _nnunet_topk_ce(**topk_ce_kwargs: object) -> nn.Module:
+    from nnunetv2.training.loss.robust_ce_loss import TopKLoss
+
+    return TopKLoss(**topk_ce_kwargs)
+
+
 class _RegionAndPixelLoss(nn.Module):
-    """``weight_pixel * pixel_term(x, target) + weight_region * region_term(x, target, loss_mask)``."""
+    """``weight_pixel * pixel_term(x, target) + weight_region * soft_dice(x, target, loss_mask)``.
+
+    ``soft_dice`` is nnU-Net's ``MemoryEfficientSoftDiceLoss`` (softmax) built from a copy of
+    ``soft_dice_kwargs``; the pixel term is ``pixel_term(**pixel_kwargs)`` on a copy of ``pixel_kwargs``,
+    with nnU-Net's ignore label as its ``ignore_index`` when there is one.
+    """
 
     def __init__(
         self,
-        region_term: Callable[[], nn.Module],
-        pixel_term: Callable[[int | None], nn.Module],
+        soft_dice_kwargs: dict,
+        pixel_term: Callable[..., nn.Module],
+        pixel_kwargs: dict,
         weight_pixel: float,
         weight_region: float,
         ignore_label: int | None,
@@ -53,8 +65,13 @@ class _RegionAndPixelLoss(nn.Module):
         self.weight_region = float(weight_region)
         self.ignore_label = ignore_label
         # nnU-Net's names, so that its trainers' ``loss.dc = torch.compile(loss.dc)`` works here too
-        self.dc = region_term() if self.weight_region != 0 else None
-        self.ce = pixel_term(ignore_label) if self.weight_pixel != 0 else None
+        self.dc = _nnunet_soft_dice(dict(soft_dice_kwargs)) if self.weight_region != 0 else None
+        self.ce = None
+        if self.weight_pixel != 0:
+            pixel_kwargs = dict(pixel_kwargs)
+            if ignore_label is not None:
+                pixel_kwargs["ignore_index"] = ignore_label
+            self.ce = pixel_term(**pixel_kwargs)
 
     def _split_target(self, target: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.ignore_label is None:
@@ -160,15 +177,7 @@ class DC_and_Focal_loss(_RegionAndPixelLoss):
         weight_dice: float = 1,
         ignore_label: int | None = None,
     ) -> None:
-        def focal(ignore: int | None) -> nn.Module:
-            kwargs = dict(focal_kwargs)
-            if ignore is not None:
-                kwargs["ignore_index"] = ignore
-            return FocalLoss(**kwargs)
-
-        super().__init__(
-            lambda: _nnunet_soft_dice(dict(soft_dice_kwargs)), focal, weight_focal, weight_dice, ignore_label
-        )
+        super().__init__(soft_dice_kwargs, FocalLoss, focal_kwargs, weight_focal, weight_dice, ignore_label)
 
 
 class DC_and_TopKCE_loss(_RegionAndPixelLoss):
@@ -189,17 +198,7 @@ class DC_and_TopKCE_loss(_RegionAndPixelLoss):
         weight_dice: float = 1,
         ignore_label: int | None = None,
     ) -> None:
-        def topk_ce(ignore: int | None) -> nn.Module:
-            from nnunetv2.training.loss.robust_ce_loss import TopKLoss
-
-            kwargs = dict(topk_ce_kwargs)
-            if ignore is not None:
-                kwargs["ignore_index"] = ignore
-            return TopKLoss(**kwargs)
-
-        super().__init__(
-            lambda: _nnunet_soft_dice(dict(soft_dice_kwargs)), topk_ce, weight_ce, weight_dice, ignore_label
-        )
+        super().__init__(soft_dice_kwargs, _nnunet_topk_ce, topk_ce_kwargs, weight_ce, weight_dice, ignore_label)
 
 
 # --- region-based (sigmoid) datasets ----------------------------------------------------------------
@@ -301,13 +300,15 @@ class BCE_and_TopKDice_loss(nn.Module):
 class _SigmoidBaselineLoss(nn.Module):
     """nnU-Net's soft Dice on sigmoid outputs (as in ``DC_and_BCE_loss``) + a pixel-wise sigmoid term.
 
-    The pixel term is called ``term(net_output, regions, mask)`` and reduces itself (see ``region_terms``).
+    The pixel term, ``pixel_term(**pixel_kwargs)`` on a copy of ``pixel_kwargs``, is called
+    ``term(net_output, regions, mask)`` and reduces itself (see ``region_terms``).
     """
 
     def __init__(
         self,
         soft_dice_kwargs: dict,
-        pixel_term: Callable[[], nn.Module],
+        pixel_term: Callable[..., nn.Module],
+        pixel_kwargs: dict,
         weight_pixel: float,
         weight_dice: float,
         use_ignore_label: bool,
@@ -317,7 +318,7 @@ class _SigmoidBaselineLoss(nn.Module):
         self.weight_dice = float(weight_dice)
         self.use_ignore_label = bool(use_ignore_label)
         self.dc = _nnunet_sigmoid_soft_dice(dict(soft_dice_kwargs)) if self.weight_dice != 0 else None
-        self.ce = pixel_term() if self.weight_pixel != 0 else None
+        self.ce = pixel_term(**dict(pixel_kwargs)) if self.weight_pixel != 0 else None
 
     def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
         """Shape: net_output (B, R, *spatial) float; target (B, R [+ 1], *spatial) 0/1. Returns a scalar.
@@ -358,13 +359,7 @@ class DC_and_SigmoidFocal_loss(_SigmoidBaselineLoss):
         weight_dice: float = 1,
         use_ignore_label: bool = False,
     ) -> None:
-        super().__init__(
-            soft_dice_kwargs,
-            lambda: SigmoidFocalLoss(**dict(focal_kwargs)),
-            weight_focal,
-            weight_dice,
-            use_ignore_label,
-        )
+        super().__init__(soft_dice_kwargs, SigmoidFocalLoss, focal_kwargs, weight_focal, weight_dice, use_ignore_label)
 
 
 class DC_and_TopKBCE_loss(_SigmoidBaselineLoss):
@@ -390,6 +385,4 @@ class DC_and_TopKBCE_loss(_SigmoidBaselineLoss):
         weight_dice: float = 1,
         use_ignore_label: bool = False,
     ) -> None:
-        super().__init__(
-            soft_dice_kwargs, lambda: TopKBCELoss(**dict(topk_bce_kwargs)), weight_ce, weight_dice, use_ignore_label
-        )
+        super().__init__(soft_dice_kwargs, TopKBCELoss, topk_bce_kwargs, weight_ce, weight_dice, use_ignore_label)
