@@ -138,23 +138,17 @@ class CE_and_TopKDice_loss(nn.Module):
         Raises:
             ValueError: shapes or dtypes as in :func:`~nnunet_topkdice.losses.topk_dice_loss`.
         """
-        dc = self.dc
         loss_mask = None if self.ignore_label is None else target != self.ignore_label
         # one autograd node computes the softmax once for both terms (nnunet_topkdice.losses.fused)
         return ce_and_topk_dice_loss(
             net_output,
             target,
-            dc.k,
+            self.dc.k,
             loss_mask=loss_mask,
             ce_weight=self.ce_weight,
             weight_ce=self.weight_ce,
             weight_dice=self.weight_dice,
-            do_bg=dc.do_bg,
-            batch_dice=dc.batch_dice,
-            smooth=dc.smooth,
-            ddp=dc.ddp,
-            tie_break_seed=dc.tie_break_seed,
-            tie_break_scale=dc.tie_break_scale,
+            **self.dc._options(),  # the TopK-Dice module's hyper-parameters
         )
 
 

@@ -279,19 +279,19 @@ class _TopKDiceModule(nn.Module):
         self.tie_break_seed = int(tie_break_seed)
         self.tie_break_scale = float(tie_break_scale)
 
+    def _options(self) -> dict[str, bool | float | int]:
+        """The keyword arguments of the functional loss that this module fixes (all but ``k`` and ``loss_mask``)."""
+        return {
+            "do_bg": self.do_bg,
+            "batch_dice": self.batch_dice,
+            "smooth": self.smooth,
+            "ddp": self.ddp,
+            "tie_break_seed": self.tie_break_seed,
+            "tie_break_scale": self.tie_break_scale,
+        }
+
     def forward(self, logits: Tensor, target: Tensor, loss_mask: Tensor | None = None) -> Tensor:
-        return self._loss_function(
-            logits,
-            target,
-            self.k,
-            loss_mask=loss_mask,
-            do_bg=self.do_bg,
-            batch_dice=self.batch_dice,
-            smooth=self.smooth,
-            ddp=self.ddp,
-            tie_break_seed=self.tie_break_seed,
-            tie_break_scale=self.tie_break_scale,
-        )
+        return self._loss_function(logits, target, self.k, loss_mask=loss_mask, **self._options())
 
     def extra_repr(self) -> str:
         return f"k={self.k}, do_bg={self.do_bg}, batch_dice={self.batch_dice}, smooth={self.smooth}, ddp={self.ddp}"
