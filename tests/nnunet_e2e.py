@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,18 +64,27 @@ def nnunet_env(root: Path, test_ext_module: str, module_name: str) -> dict[str, 
     return env
 
 
-def make_dataset(raw: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
-    """1x32x32 images: a 10x10 square (label 1, brighter) and a 6x6 square (label 2, brightest) in noise."""
-    root = raw / DATASET_NAME
+def write_dataset(
+    root: Path,
+    draw_label: Callable[[np.random.Generator], np.ndarray],
+    labels: dict,
+    *,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    **dataset_json_extra: object,
+) -> Path:
+    """A raw nnU-Net dataset at ``root`` of synthetic one-channel cases ``case000``, ``case001``, ...
+
+    Each label is ``draw_label(rng)`` and its image the label plus N(0, 0.3) noise, both from one
+    ``np.random.default_rng(seed)``; the first ``n_train`` cases go to imagesTr/labelsTr, the others to
+    imagesTs/labelsTs. ``dataset.json`` gets ``labels`` and ``dataset_json_extra`` (e.g. ``regions_class_order``).
+    """
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (root / sub).mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for i in range(n_train + n_test):
-        label = np.zeros((1, 32, 32), np.uint8)
-        r, c = rng.integers(1, 14, 2)
-        label[0, r : r + 10, c : c + 10] = 1
-        r, c = rng.integers(17, 26, 2)
-        label[0, r : r + 6, c : c + 6] = 2
+        label = draw_label(rng)
         image = rng.normal(0.0, 0.3, label.shape).astype(np.float32) + label.astype(np.float32)
         split = "Tr" if i < n_train else "Ts"
         case = f"case{i:03d}"
@@ -86,12 +96,28 @@ def make_dataset(raw: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -
         )
     dataset_json = {
         "channel_names": {"0": "synthetic"},
-        "labels": {"background": 0, "square": 1, "small_square": 2},
+        "labels": labels,
+        **dataset_json_extra,
         "numTraining": n_train,
         "file_ending": ".nii.gz",
     }
     (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return root
+
+
+def make_dataset(raw: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
+    """1x32x32 images: a 10x10 square (label 1, brighter) and a 6x6 square (label 2, brightest) in noise."""
+
+    def two_squares(rng: np.random.Generator) -> np.ndarray:
+        label = np.zeros((1, 32, 32), np.uint8)
+        r, c = rng.integers(1, 14, 2)
+        label[0, r : r + 10, c : c + 10] = 1
+        r, c = rng.integers(17, 26, 2)
+        label[0, r : r + 6, c : c + 6] = 2
+        return label
+
+    labels = {"background": 0, "square": 1, "small_square": 2}
+    return write_dataset(raw / DATASET_NAME, two_squares, labels, n_train=n_train, n_test=n_test, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from nnunet_e2e import BIN, nnunet_env, run, write_case
+from nnunet_e2e import BIN, nnunet_env, run, write_dataset
 
 DATASET_ID = 988
 DATASET_NAME = f"Dataset{DATASET_ID}_TopKDiceRegionsE2E"
@@ -55,30 +55,24 @@ class {TRAINER}(nnUNetTrainerTopKDiceDemo):
 
 def make_region_dataset(raw: Path, n_train: int = 8, n_test: int = 2, seed: int = 0) -> Path:
     """1x32x32 images with nested squares: 14x14 label 1 holding 8x8 label 2 holding 4x4 label 3."""
-    root = raw / DATASET_NAME
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (root / sub).mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n_train + n_test):
+
+    def nested_squares(rng: np.random.Generator) -> np.ndarray:
         label = np.zeros((1, 32, 32), np.uint8)
         r, c = rng.integers(1, 17, 2)
         label[0, r : r + 14, c : c + 14] = 1
         label[0, r + 3 : r + 11, c + 3 : c + 11] = 2
         label[0, r + 5 : r + 9, c + 5 : c + 9] = 3
-        image = rng.normal(0.0, 0.3, label.shape).astype(np.float32) + label.astype(np.float32)
-        split = "Tr" if i < n_train else "Ts"
-        case = f"case{i:03d}"
-        image_path = root / f"images{split}" / f"{case}_0000.nii.gz"
-        write_case(image, label, image_path, root / f"labels{split}" / f"{case}.nii.gz")
-    dataset_json = {
-        "channel_names": {"0": "synthetic"},
-        "labels": REGION_LABELS,
-        "regions_class_order": REGIONS_CLASS_ORDER,
-        "numTraining": n_train,
-        "file_ending": ".nii.gz",
-    }
-    (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    return root
+        return label
+
+    return write_dataset(
+        raw / DATASET_NAME,
+        nested_squares,
+        REGION_LABELS,
+        n_train=n_train,
+        n_test=n_test,
+        seed=seed,
+        regions_class_order=REGIONS_CLASS_ORDER,
+    )
 
 
 @pytest.mark.slow
