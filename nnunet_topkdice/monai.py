@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_topkdice.losses import channel_exclusion_mask
+from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED
 
 _INSTALL_HINT = "nnunet_topkdice.monai needs MONAI (>= 1.3); install it with: pip install 'nnunet-topkdice[monai]'"
 
@@ -37,8 +38,6 @@ except ImportError as error:  # MONAI is an optional extra
 
 __all__ = ["TopKDiceCELoss", "TopKDiceLoss", "topk_dice_loss"]
 
-DEFAULT_TIE_BREAK_SEED = 0
-DEFAULT_TIE_BREAK_SCALE = 1e-6
 _REDUCTIONS = ("none", "mean", "sum")
 
 
