@@ -36,6 +36,23 @@ def run(args: list, env: dict[str, str], expect: int = 0, timeout: int = 600) ->
     return proc
 
 
+def nnunet_environment(raw: Path, preprocessed: Path, results: Path) -> dict[str, str]:
+    """``os.environ`` with nnU-Net's three folders set, the settings below, and no ``nnUNet_n_proc_DA``."""
+    env = {
+        **os.environ,
+        "nnUNet_raw": str(raw),
+        "nnUNet_preprocessed": str(preprocessed),
+        "nnUNet_results": str(results),
+        # nnU-Net runs 2 threads on a 2-core CPU; with other jobs on the cores, OpenMP's spin-waiting
+        # threads make every step many times slower. Passive waiting costs nothing on an idle machine.
+        "OMP_WAIT_POLICY": "PASSIVE",
+        # nnU-Net's final validation and evaluation start 8 worker processes by default: 1 is plenty here
+        "nnUNet_def_n_proc": "1",
+    }
+    env.pop("nnUNet_n_proc_DA", None)  # 0 breaks planning: training sets it
+    return env
+
+
 def nnunet_env(root: Path, test_ext_module: str, module_name: str) -> dict[str, str]:
     """The environment of the README's set-up under ``root`` (raw, preprocessed, results), whose
     ``nnUNet_extTrainer`` lists ``topkdice trainer-dir`` and a test-only folder holding ``test_ext_module``.
@@ -48,19 +65,8 @@ def nnunet_env(root: Path, test_ext_module: str, module_name: str) -> dict[str, 
     trainer_dir = subprocess.run(
         [BIN / "topkdice", "trainer-dir"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    env = {
-        **os.environ,
-        "nnUNet_raw": str(root / "raw"),
-        "nnUNet_preprocessed": str(root / "preprocessed"),
-        "nnUNet_results": str(root / "results"),
-        "nnUNet_extTrainer": os.pathsep.join([trainer_dir, str(test_ext)]),
-        # nnU-Net runs 2 threads on a 2-core CPU; with other jobs on the cores, OpenMP's spin-waiting
-        # threads make every step many times slower. Passive waiting costs nothing on an idle machine.
-        "OMP_WAIT_POLICY": "PASSIVE",
-        # nnU-Net's final validation and evaluation start 8 worker processes by default: 1 is plenty here
-        "nnUNet_def_n_proc": "1",
-    }
-    env.pop("nnUNet_n_proc_DA", None)
+    env = nnunet_environment(root / "raw", root / "preprocessed", root / "results")
+    env["nnUNet_extTrainer"] = os.pathsep.join([trainer_dir, str(test_ext)])
     return env
 
 
@@ -131,14 +137,4 @@ class TinyDataset:
 
     def environment(self, results: Path) -> dict[str, str]:
         """``os.environ`` with the nnU-Net folders set, ``nnUNet_results=results`` and no DA worker count."""
-        env = {
-            **os.environ,
-            "nnUNet_raw": str(self.raw),
-            "nnUNet_preprocessed": str(self.preprocessed),
-            "nnUNet_results": str(results),
-            # see nnunet_env
-            "OMP_WAIT_POLICY": "PASSIVE",
-            "nnUNet_def_n_proc": "1",
-        }
-        env.pop("nnUNet_n_proc_DA", None)
-        return env
+        return nnunet_environment(self.raw, self.preprocessed, results)
