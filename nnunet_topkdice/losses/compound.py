@@ -30,11 +30,13 @@ __all__ = [
 ]
 
 
-def _nnunet_soft_dice(soft_dice_kwargs: dict) -> nn.Module:
+def _nnunet_soft_dice(soft_dice_kwargs: dict, *, sigmoid: bool = False) -> nn.Module:
+    """nnU-Net's ``MemoryEfficientSoftDiceLoss`` on softmax outputs, or on sigmoid outputs (regions)."""
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
     from nnunetv2.utilities.helpers import softmax_helper_dim1
 
-    return MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **soft_dice_kwargs)
+    nonlin = torch.sigmoid if sigmoid else softmax_helper_dim1
+    return MemoryEfficientSoftDiceLoss(apply_nonlin=nonlin, **soft_dice_kwargs)
 
 
 def _nnunet_topk_ce(**topk_ce_kwargs: object) -> nn.Module:
@@ -217,12 +219,6 @@ def _split_region_target(net_output: Tensor, target: Tensor, use_ignore_label: b
     return target[:, :-1], target[:, -1:] == 0
 
 
-def _nnunet_sigmoid_soft_dice(soft_dice_kwargs: dict) -> nn.Module:
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-
-    return MemoryEfficientSoftDiceLoss(apply_nonlin=torch.sigmoid, **soft_dice_kwargs)
-
-
 class BCE_and_TopKDice_loss(nn.Module):
     """BCE + TopK-Dice for region-based (sigmoid) training, called like nnU-Net's ``DC_and_BCE_loss``.
 
@@ -311,7 +307,7 @@ class _SigmoidBaselineLoss(nn.Module):
         self.weight_pixel = float(weight_pixel)
         self.weight_dice = float(weight_dice)
         self.use_ignore_label = bool(use_ignore_label)
-        self.dc = _nnunet_sigmoid_soft_dice(dict(soft_dice_kwargs)) if self.weight_dice != 0 else None
+        self.dc = _nnunet_soft_dice(dict(soft_dice_kwargs), sigmoid=True) if self.weight_dice != 0 else None
         self.ce = pixel_term(**dict(pixel_kwargs)) if self.weight_pixel != 0 else None
 
     def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
