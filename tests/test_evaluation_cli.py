@@ -141,6 +141,7 @@ def test_show_ignore_map_command(tmp_path: Path) -> None:
         ["evaluate", "-r", "r", "-p", "a=b", "-d", "1", "-o", "o", "--paper", "brats"],
         ["evaluate", "-r", "r", "-p", "=b", "-d", "1", "-o", "o"],
         ["evaluate", "-r", "r", "-d", "1", "-o", "o"],
+        ["evaluate", "-r", "r", "-p", "a=b", "-d", "1", "-o", "o", "--hd95-missing", "zero"],
         ["show-ignore-map", "-i", "i", "-l", "l", "--probabilities", "p", "-o", "o", "--k", "0"],
         ["show-ignore-map", "-i", "i", "-l", "l", "--probabilities", "p", "-o", "o", "--k", "101"],
         ["show-ignore-map", "-i", "i", "-l", "l", "--probabilities", "p", "-m", "m", "-o", "o"],
@@ -152,6 +153,7 @@ def test_show_ignore_map_command(tmp_path: Path) -> None:
         "paper-choice",
         "empty-name",
         "no-predictions",
+        "hd95-choice",
         "k-zero",
         "k-above-100",
         "two-sources",
@@ -166,7 +168,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture) -> 
     assert "error:" in capsys.readouterr().err
 
 
-def test_duplicate_run_names_exit_2(acdc_like: dict, capsys: pytest.CaptureFixture) -> None:
+def test_same_folder_twice_for_one_name_exits_2(acdc_like: dict, capsys: pytest.CaptureFixture) -> None:
     folder = str(acdc_like["runs"]["A"])
     code = main(
         [
@@ -183,7 +185,38 @@ def test_duplicate_run_names_exit_2(acdc_like: dict, capsys: pytest.CaptureFixtu
         ]
     )
     assert code == 2
-    assert "run name 'A' is given twice" in capsys.readouterr().err
+    assert f"run 'A': prediction folder {folder} is given twice" in capsys.readouterr().err
+
+
+def test_repeated_name_is_one_method_and_baseline_is_chosen(acdc_like: dict) -> None:
+    """B twice (two repeats: B itself and a copy of A), --baseline B: A is compared with B."""
+    runs = acdc_like["runs"]
+    out = acdc_like["root"] / "out"
+    argv = ["evaluate", "-r", str(acdc_like["labels"]), "-p", f"B={runs['B']}", f"A={runs['A']}"]
+    argv += ["-p", f"B={runs['A']}", "-d", "902", "-o", str(out), "--baseline", "B"]
+    result = _run(argv, acdc_like["root"])
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["runs"]) == ["B", "A"] and results["baseline"] == "B"
+    assert results["runs"]["B"]["n_repeats"] == 2
+    # B's repeats: LV missed (case score 2/3) and perfect (1): mean 5/6 per case; A is 1 everywhere
+    [comparison] = results["comparisons"]
+    assert comparison["method"] == "A" and comparison["mean_difference"] == pytest.approx(1 / 6)
+    # mDice over B's repeats: 66.67 and 100.00, sd 23.57
+    assert "| evaluated | B | 83.33 ± 23.57 |" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1] == (
+        "A vs B: +16.67 mDice (95% CI +16.67 to +16.67), Wilcoxon p = 0.50 over 2 cases x 1 repeat "
+        "(baseline: 2): too few cases for the Wilcoxon test to reach 0.05"
+    )
+
+
+def test_unknown_baseline_exits_2(acdc_like: dict, capsys: pytest.CaptureFixture) -> None:
+    code = main(
+        ["evaluate", "-r", str(acdc_like["labels"]), "-p", f"A={acdc_like['runs']['A']}", "-d", "x.json",
+         "-o", "o", "--baseline", "Z"]
+    )
+    assert code == 2
+    assert "baseline 'Z' is not one of the evaluated names: ['A']" in capsys.readouterr().err
 
 
 def test_missing_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

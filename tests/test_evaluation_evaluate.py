@@ -41,9 +41,19 @@ GOOD_MEANS = {
 }
 
 
-def _write(path: Path, array, spacing: tuple[float, ...] = SPACING_XYZ) -> None:
+def _write(
+    path: Path,
+    array,
+    spacing: tuple[float, ...] = SPACING_XYZ,
+    origin: tuple[float, ...] | None = None,
+    direction: tuple[float, ...] | None = None,
+) -> None:
     image = sitk.GetImageFromArray(np.asarray(array, dtype=np.uint8))
     image.SetSpacing(spacing)
+    if origin is not None:
+        image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
     sitk.WriteImage(image, str(path))
 
 
@@ -105,8 +115,11 @@ def test_evaluate_runs_matches_hand_computation(tiny: dict) -> None:
     }
     empty = results["runs"]["empty"]
     assert empty["mean"]["Dice"] == 0.0 and empty["mean"]["Recall"] == 0.0
-    assert empty["mean"]["Precision"] is None and empty["mean"]["HD95"] is None
-    assert empty["n_hd95_undefined"] == 3  # liver in both cases, tumour in case B
+    assert empty["mean"]["Precision"] is None
+    # a missed class gets the image diagonal: extent (z, y, x) = (1 * 3.0, 2 * 1.0, 6 * 0.5) mm
+    assert empty["mean"]["HD95"] == pytest.approx(math.sqrt(3.0**2 + 2.0**2 + 3.0**2))
+    assert empty["n_hd95_one_empty"] == 3  # liver in both cases, tumour in case B
+    assert results["hd95_missing"] == "diagonal"
     assert results["cases"] == ["caseA", "caseB"]
     assert [c["column"] for c in results["classes"]] == ["liver", "tumour"]
     assert results["dataset"]["name"] == "Dataset999_Tiny"
@@ -129,14 +142,16 @@ def test_table_markdown_content(tiny: dict) -> None:
     assert lines[0] == "## Paper-style evaluation: Dataset999_Tiny (2 test cases)"
     assert "| Source | Name | mDice | mIoU | mPrec. | mRec. | mHD95 (mm) | liver | tumour |" in lines
     rows = [line for line in lines if line.startswith("| evaluated")]
-    # three runs: best bold, second best italic; mHD95 lower is better; n/a is never ranked
+    # three runs: best bold, second best italic; mHD95 lower is better; n/a is never ranked;
+    # good and perfect tie at 100.00 mPrec., so neither is best there
     assert rows == [
-        "| evaluated | good | _79.76_ | _68.75_ | **100.00** | _68.75_ | _0.34_ | _92.86_ | _66.67_ |",
-        "| evaluated | perfect | **100.00** | **100.00** | **100.00** | **100.00** | **0.00** | **100.00** "
+        "| evaluated | good | _79.76_ | _68.75_ | 100.00 | _68.75_ | _0.34_ | _92.86_ | _66.67_ |",
+        "| evaluated | perfect | **100.00** | **100.00** | 100.00 | **100.00** | **0.00** | **100.00** "
         "| **100.00** |",
-        "| evaluated | empty | 0.00 | 0.00 | n/a | 0.00 | n/a | 0.00 | 0.00 |",
+        "| evaluated | empty | 0.00 | 0.00 | n/a | 0.00 | 4.69 | 0.00 | 0.00 |",
     ]
-    assert any("class-case pairs per run: empty: 3" in line for line in lines)
+    assert any("HD95 is the image diagonal (--hd95-missing diagonal)" in line for line in lines)
+    assert any("class-case pairs per method, all repeats: empty: 3" in line for line in lines)
 
 
 def test_table_csv_content(tiny: dict) -> None:
@@ -145,7 +160,7 @@ def test_table_csv_content(tiny: dict) -> None:
         "source,name,mDice,mIoU,mPrec.,mRec.,mHD95 (mm),liver,tumour",
         "evaluated,good,79.76,68.75,100.00,68.75,0.34,92.86,66.67",
         "evaluated,perfect,100.00,100.00,100.00,100.00,0.00,100.00,100.00",
-        "evaluated,empty,0.00,0.00,,0.00,,0.00,0.00",
+        "evaluated,empty,0.00,0.00,,0.00,4.69,0.00,0.00",
     ]
 
 
@@ -183,6 +198,15 @@ def _wrong_spacing(tiny: dict) -> None:
     _write(tiny["runs"]["good"] / "caseB.nii.gz", GOOD["caseB"], spacing=(0.5, 1.0, 5.0))
 
 
+def _wrong_origin(tiny: dict) -> None:
+    _write(tiny["runs"]["good"] / "caseB.nii.gz", GOOD["caseB"], origin=(0.0, 2.0, 0.0))
+
+
+def _wrong_direction(tiny: dict) -> None:
+    flipped_y = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    _write(tiny["runs"]["good"] / "caseB.nii.gz", GOOD["caseB"], direction=flipped_y)
+
+
 def _bad_prediction_label(tiny: dict) -> None:
     _write(tiny["runs"]["good"] / "caseB.nii.gz", [[[1, 1, 0, 0, 0, 7], [0] * 6]])
 
@@ -197,14 +221,33 @@ def _bad_reference_label(tiny: dict) -> None:
         (_remove, r"run 'good' .* no prediction for 1 reference case\(s\): caseB"),
         (_add_extra, r"run 'good' .* 1 case\(s\) not in the reference folder: caseC"),
         (_wrong_shape, r"shape mismatch for case 'caseB'.*\(1, 2, 5\).*\(1, 2, 6\)"),
-        (_wrong_spacing, r"spacing mismatch for case 'caseB'.*\(5\.0, 1\.0, 0\.5\)"),
+        (
+            _wrong_spacing,
+            r"geometry mismatch for case 'caseB': prediction .*good/caseB.* vs reference .*labelsTs/caseB.*: "
+            r"spacing \(z, y, x\) \(5, 1, 0\.5\) vs \(3, 1, 0\.5\) \(the same",
+        ),
+        (_wrong_origin, r"geometry mismatch for case 'caseB'.*: origin \(x, y, z\) \(0, 2, 0\) vs \(0, 0, 0\) \("),
+        (
+            _wrong_direction,
+            r"geometry mismatch for case 'caseB'.*: direction \(row-major\) \(1, 0, 0, 0, -1, 0, 0, 0, 1\) vs "
+            r"\(1, 0, 0, 0, 1, 0, 0, 0, 1\)",
+        ),
         (
             _bad_prediction_label,
             r"good/caseB\.nii\.gz contains label value\(s\) \[7\] that are not in the dataset",
         ),
         (_bad_reference_label, r"labelsTs/caseA\.nii\.gz contains label value\(s\) \[3\]"),
     ],
-    ids=["missing-case", "extra-case", "shape", "spacing", "prediction-label", "reference-label"],
+    ids=[
+        "missing-case",
+        "extra-case",
+        "shape",
+        "spacing",
+        "origin",
+        "direction",
+        "prediction-label",
+        "reference-label",
+    ],
 )
 def test_input_errors_name_the_problem(tiny: dict, break_it, message: str) -> None:
     break_it(tiny)
@@ -400,3 +443,155 @@ def test_paper_rows_msseg_single_class(tmp_path: Path) -> None:
 def test_json_nan_is_null_not_nan(tiny: dict) -> None:
     results = _evaluate(tiny)
     assert not any(isinstance(v, float) and math.isnan(v) for v in results["runs"]["empty"]["mean"].values())
+
+
+def test_hd95_exclude_policy_leaves_a_miss_out(tiny: dict) -> None:
+    results = _evaluate(tiny, hd95_missing="exclude")
+    assert results["hd95_missing"] == "exclude"
+    assert results["runs"]["empty"]["mean"]["HD95"] is None
+    assert results["runs"]["empty"]["n_hd95_one_empty"] == 3
+    assert results["runs"]["good"]["mean"]["HD95"] == pytest.approx(GOOD_MEANS["HD95"])  # not affected
+    markdown = (tiny["root"] / "out" / "table.md").read_text()
+    assert "HD95 is undefined and left out (--hd95-missing exclude)" in markdown
+
+
+def test_hd95_diagonal_policy_scores_a_false_positive_too(tmp_path: Path) -> None:
+    # the class only in the prediction: as bad as a miss, the image diagonal
+    dataset = {"labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz"}
+    reference = _folder(tmp_path, "ref", {"c": [[[0, 0, 0, 0]]]})
+    prediction = _folder(tmp_path, "pred", {"c": [[[0, 1, 0, 0]]]})
+    results = evaluate_runs(reference, {"p": prediction}, dataset, tmp_path / "out")
+    # extent (z, y, x) = (1 * 3.0, 1 * 1.0, 4 * 0.5) mm
+    assert results["runs"]["p"]["per_case"]["c"]["a"]["HD95"] == pytest.approx(math.sqrt(9 + 1 + 4))
+
+
+COMPARISON_KEYS = {
+    "method",
+    "baseline",
+    "metric",
+    "n_cases",
+    "n_nonzero_differences",
+    "n_repeats",
+    "n_baseline_repeats",
+    "mean_difference",
+    "ci95",
+    "p_value",
+    "n_boot",
+    "seed",
+    "per_class",
+}
+
+
+def test_repeats_baseline_and_comparisons(tiny: dict) -> None:
+    from scipy import stats
+
+    runs = [("A", tiny["runs"]["good"]), ("B", tiny["runs"]["empty"]), ("A", tiny["runs"]["perfect"])]
+    results = evaluate_runs(tiny["reference"], runs, tiny["dataset_json"], tiny["root"] / "out", baseline="B")
+    assert list(results["runs"]) == ["A", "B"]  # order of first appearance
+    a = results["runs"]["A"]
+    assert a["n_repeats"] == 2 and a["prediction_dir"] is None
+    assert a["prediction_dirs"] == [str(tiny["runs"]["good"].resolve()), str(tiny["runs"]["perfect"].resolve())]
+    assert [r["prediction_dir"] for r in a["repeats"]] == a["prediction_dirs"]
+    assert a["mean"]["Dice"] == pytest.approx((GOOD_MEANS["Dice"] + 1) / 2)
+    assert a["sd"]["Dice"] == pytest.approx(np.std([GOOD_MEANS["Dice"], 1.0], ddof=1))
+    assert a["per_case"]["caseA"]["liver"]["Dice"] == pytest.approx((6 / 7 + 1) / 2)
+    assert results["runs"]["B"]["sd"]["Dice"] is None  # one repeat
+    assert results["baseline"] == "B"
+
+    [comparison] = results["comparisons"]
+    assert set(comparison) == COMPARISON_KEYS
+    assert (comparison["method"], comparison["baseline"]) == ("A", "B")
+    assert (comparison["n_repeats"], comparison["n_baseline_repeats"], comparison["n_cases"]) == (2, 1, 2)
+    # case scores (mean Dice over the defined classes), A averaged over its repeats; B (empty) scores 0:
+    # caseA: good 6/7 (tumour undefined), perfect 1; caseB: good (1 + 2/3) / 2, perfect 1
+    differences = np.array([(6 / 7 + 1) / 2, (5 / 6 + 1) / 2])
+    assert comparison["mean_difference"] == pytest.approx(differences.mean())
+    assert comparison["p_value"] == pytest.approx(stats.wilcoxon(differences).pvalue)
+    assert comparison["n_boot"] >= 2000
+    rows = np.random.default_rng(comparison["seed"]).integers(0, 2, size=(comparison["n_boot"], 2))
+    assert comparison["ci95"] == pytest.approx(np.percentile(differences[rows].mean(axis=1), [2.5, 97.5]))
+    # per class: tumour is undefined in caseA for both methods, so it is paired over caseB only
+    tumour = comparison["per_class"]["tumour"]
+    assert tumour["n_cases"] == 1 and tumour["mean_difference"] == pytest.approx((2 / 3 + 1) / 2)
+    assert set(tumour) == {"n_cases", "n_nonzero_differences", "mean_difference", "ci95", "p_value"}
+    assert comparison["per_class"]["liver"]["n_cases"] == 2
+
+    markdown = (tiny["root"] / "out" / "table.md").read_text()
+    assert "| evaluated | A | **89.88 ± 14.31** |" in markdown
+    assert "repeats: A: 2" in markdown
+    assert markdown.rstrip().endswith("over 2 cases x 2 repeats (baseline: 1): too few cases for the Wilcoxon test "
+                                      "to reach 0.05")
+    csv_lines = (tiny["root"] / "out" / "table.csv").read_text().splitlines()
+    assert csv_lines[0].endswith(",n_repeats,mDice sd,mIoU sd,mPrec. sd,mRec. sd,mHD95 (mm) sd,liver sd,tumour sd")
+    assert csv_lines[1].startswith("evaluated,A,89.88,")
+    assert ",2,14.31," in csv_lines[1]
+
+
+def test_default_baseline_is_the_first_name(tiny: dict) -> None:
+    results = _evaluate(tiny)
+    assert results["baseline"] == "good"
+    assert [(c["method"], c["baseline"]) for c in results["comparisons"]] == [
+        ("perfect", "good"),
+        ("empty", "good"),
+    ]
+    # one repeat each: the old single-run layout is kept
+    good = results["runs"]["good"]
+    assert good["n_repeats"] == 1 and good["prediction_dir"] == str(tiny["runs"]["good"].resolve())
+    assert good["repeats"][0]["per_case"] == good["per_case"]
+
+
+def test_identical_predictions_have_no_p_value(tiny: dict) -> None:
+    runs = {"A": tiny["runs"]["perfect"], "B": tiny["reference"]}
+    results = evaluate_runs(tiny["reference"], runs, tiny["dataset_json"], tiny["root"] / "out")
+    [comparison] = results["comparisons"]
+    assert comparison["mean_difference"] == 0.0 and comparison["p_value"] is None
+    markdown = (tiny["root"] / "out" / "table.md").read_text()
+    assert "B vs A: +0.00 mDice (95% CI +0.00 to +0.00), Wilcoxon p undefined over 2 cases" in markdown
+
+
+@pytest.mark.parametrize(
+    ("runs", "kwargs", "message"),
+    [
+        (lambda t: {"A": t["runs"]["good"]}, {"baseline": "C"}, r"baseline 'C' is not one of .*\['A'\]"),
+        (lambda t: [("A", t["runs"]["good"]), ("A", t["runs"]["good"])], {}, "is given twice"),
+        (lambda t: {"A": []}, {}, "run 'A' has no prediction folder"),
+        (lambda t: {"A": t["runs"]["good"]}, {"hd95_missing": "zero"}, "hd95_missing must be one of"),
+    ],
+    ids=["unknown-baseline", "same-folder-twice", "no-folder", "hd95-policy"],
+)
+def test_repeat_and_baseline_errors(tiny: dict, runs, kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        evaluate_runs(tiny["reference"], runs(tiny), tiny["dataset_json"], tiny["root"] / "out", **kwargs)
+
+
+def _flipped_same_anatomy(path: Path, array, spacing=SPACING_XYZ) -> None:
+    """The same anatomy stored the other way along x: array reversed, x axis pointing the other way and
+    the origin at the former last voxel. Physically identical; voxel for voxel different."""
+    flipped = np.asarray(array, dtype=np.uint8)[:, :, ::-1]
+    image = sitk.GetImageFromArray(flipped)
+    image.SetSpacing(spacing)
+    image.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    image.SetOrigin(((flipped.shape[2] - 1) * spacing[0], 0.0, 0.0))
+    sitk.WriteImage(image, str(path))
+
+
+def test_flipped_direction_and_shifted_origin_is_refused(tiny: dict) -> None:
+    _flipped_same_anatomy(tiny["runs"]["perfect"] / "caseA.nii.gz", REFERENCE["caseA"])
+    message = (
+        r"geometry mismatch for case 'caseA': prediction .*perfect/caseA\.nii\.gz vs reference .*: "
+        r"origin \(x, y, z\) \(2\.5, 0, 0\) vs \(0, 0, 0\); direction \(row-major\) \(-1, 0, 0, 0, 1, 0, 0, 0, 1\)"
+    )
+    with pytest.raises(InputError, match=message):
+        _evaluate(tiny)
+
+
+def test_geometry_within_the_converters_tolerance_is_accepted(tiny: dict) -> None:
+    # float32 header round-off: origin off by 1e-5 mm, direction cosine by 1e-6 (tolerance 1e-4 * 0.5 mm)
+    _write(
+        tiny["runs"]["perfect"] / "caseA.nii.gz",
+        REFERENCE["caseA"],
+        origin=(1e-5, -1e-5, 0.0),
+        direction=(1.0, 1e-6, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    )
+    results = _evaluate(tiny)
+    assert results["runs"]["perfect"]["mean"]["Dice"] == 1.0

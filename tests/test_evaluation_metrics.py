@@ -11,6 +11,7 @@ from nnunet_topkdice.evaluation.metrics import (
     case_metrics,
     class_metrics,
     hausdorff_95,
+    image_diagonal,
     overlap_metrics,
     paper_means,
     surface_voxels,
@@ -182,3 +183,33 @@ def test_paper_means_of_nothing_is_nan() -> None:
     per_class, overall, n_cases = paper_means({"c": {"a": {"HD95": NAN}}}, ["a"], ["HD95"])
     assert math.isnan(per_class["a"]["HD95"]) and math.isnan(overall["HD95"])
     assert n_cases["a"]["HD95"] == 0
+
+
+def test_image_diagonal_is_the_extent_of_the_grid() -> None:
+    assert image_diagonal((2, 3, 4), (3.0, 1.0, 0.5)) == pytest.approx(math.sqrt(6.0**2 + 3.0**2 + 2.0**2))
+    assert image_diagonal((3, 4)) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="spacing must hold 2 values"):
+        image_diagonal((3, 4), (1.0,))
+
+
+@pytest.mark.parametrize(
+    ("policy", "missed", "false_positive"),
+    [("diagonal", 5.0, 5.0), ("exclude", NAN, NAN)],
+    ids=["diagonal", "exclude"],
+)
+def test_case_metrics_hd95_policy(policy: str, missed: float, false_positive: float) -> None:
+    # (3, 4) image, spacing 1: diagonal 5 mm. Class 1 missed, class 2 only predicted, class 3 perfect,
+    # class 4 in neither (always NaN)
+    reference = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 3, 3]])
+    prediction = np.array([[0, 0, 0, 0], [0, 2, 0, 0], [0, 0, 3, 3]])
+    classes = {"missed": 1, "false_positive": 2, "perfect": 3, "absent": 4}
+    metrics = case_metrics(reference, prediction, classes, (1.0, 1.0), hd95_missing=policy)
+    _assert_metrics(
+        {name: m["HD95"] for name, m in metrics.items()},
+        {"missed": missed, "false_positive": false_positive, "perfect": 0.0, "absent": NAN},
+    )
+
+
+def test_case_metrics_rejects_unknown_hd95_policy() -> None:
+    with pytest.raises(ValueError, match="hd95_missing must be one of"):
+        case_metrics(np.zeros((2, 2), int), np.zeros((2, 2), int), {"a": 1}, hd95_missing="zero")

@@ -10,26 +10,108 @@ from nnunet_topkdice.evaluation.tables import (
     SOURCE_PAPER,
     SOURCE_RUN,
     TableRow,
+    comparison_sentence,
+    comparison_sentences,
     rank_marks,
 )
 
 
-def test_rank_marks_best_second_ties_and_lower_is_better() -> None:
+def _comparison(**changes) -> dict:
+    entry = {
+        "method": "CE + topK-Dice",
+        "baseline": "CE + Dice",
+        "n_cases": 12,
+        "n_nonzero_differences": 12,
+        "n_repeats": 3,
+        "n_baseline_repeats": 3,
+        "mean_difference": 0.0121,
+        "ci95": [-0.0034, 0.026],
+        "p_value": 0.1123,
+    }
+    return {**entry, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {},
+            "CE + topK-Dice vs CE + Dice: +1.21 mDice (95% CI -0.34 to +2.60), Wilcoxon p = 0.11 over 12 cases "
+            "x 3 repeats: not significant at 0.05",
+        ),
+        (
+            {"p_value": 0.0049, "n_repeats": 1, "n_baseline_repeats": 1, "ci95": [0.004, 0.02]},
+            "CE + topK-Dice vs CE + Dice: +1.21 mDice (95% CI +0.40 to +2.00), Wilcoxon p = 0.0049 over 12 "
+            "cases: significant at 0.05",
+        ),
+        ({"p_value": 0.00002}, "Wilcoxon p < 0.001 over 12 cases x 3 repeats: significant at 0.05"),
+        ({"p_value": 1.0}, "Wilcoxon p = 1.0 over"),
+        (
+            {"n_cases": 4, "n_nonzero_differences": 4, "p_value": 0.125, "n_repeats": 1, "n_baseline_repeats": 1},
+            "Wilcoxon p = 0.12 over 4 cases: too few cases for the Wilcoxon test to reach 0.05",
+        ),
+        (
+            {"n_nonzero_differences": 3, "p_value": 0.25},
+            "Wilcoxon p = 0.25 over 12 cases x 3 repeats: only 3 differ, too few for the Wilcoxon test to "
+            "reach 0.05",
+        ),
+        (
+            {"mean_difference": 0.0, "ci95": [0.0, 0.0], "p_value": None, "n_nonzero_differences": 0},
+            "CE + topK-Dice vs CE + Dice: +0.00 mDice (95% CI +0.00 to +0.00), Wilcoxon p undefined over 12 "
+            "cases x 3 repeats: every case scores the same for both",
+        ),
+        (
+            {"n_repeats": 2, "n_baseline_repeats": 1},
+            "over 12 cases x 2 repeats (baseline: 1): not significant",
+        ),
+        (
+            {"n_cases": 0, "mean_difference": None, "ci95": None, "p_value": None},
+            "CE + topK-Dice vs CE + Dice: no case has a defined score for both, nothing to compare",
+        ),
+    ],
+    ids=["issue-example", "significant", "tiny-p", "p-one", "few-cases", "few-differ", "all-zero",
+         "unequal-repeats", "no-pairs"],
+)
+def test_comparison_sentence(changes: dict, expected: str) -> None:
+    sentence = comparison_sentence(_comparison(**changes))
+    assert expected in sentence
+    assert sentence.startswith("CE + topK-Dice vs CE + Dice: ")
+
+
+def test_comparison_sentences_in_order() -> None:
+    results = {"comparisons": [_comparison(method="A"), _comparison(method="B")]}
+    assert [s.split(" vs ")[0] for s in comparison_sentences(results)] == ["A", "B"]
+    assert comparison_sentences({"runs": {}}) == []
+
+
+def test_rank_marks_best_second_and_lower_is_better() -> None:
     rows = [
         TableRow(SOURCE_RUN, "a", {"mDice": 80.0, "mHD95 (mm)": 3.0}),
-        TableRow(SOURCE_RUN, "b", {"mDice": 80.004, "mHD95 (mm)": 5.0}),  # ties with a at two decimals
-        TableRow(SOURCE_RUN, "c", {"mDice": 70.0, "mHD95 (mm)": None}),  # undefined: never ranked
+        TableRow(SOURCE_RUN, "b", {"mDice": 70.0, "mHD95 (mm)": 5.0}),
+        TableRow(SOURCE_RUN, "c", {"mDice": 75.0, "mHD95 (mm)": None}),  # undefined: never ranked
         TableRow(SOURCE_RUN, "d", {"mDice": 60.0, "mHD95 (mm)": 4.0}),
         TableRow(SOURCE_DIFFERENCE, "a vs. paper", {"mDice": 99.0}),  # differences are not ranked
     ]
     marks = rank_marks(rows, ["mDice", "mHD95 (mm)"])
     assert marks == {
         (0, "mDice"): "best",
-        (1, "mDice"): "best",
         (2, "mDice"): "second",
         (0, "mHD95 (mm)"): "best",
         (3, "mHD95 (mm)"): "second",
     }
+
+
+def test_equal_values_make_no_winner() -> None:
+    rows = [
+        TableRow(SOURCE_RUN, "a", {"mDice": 0.0, "mIoU": 80.0, "mPrec.": 90.0}),
+        TableRow(SOURCE_RUN, "b", {"mDice": 0.0, "mIoU": 80.004, "mPrec.": 80.0}),  # ties a when displayed
+        TableRow(SOURCE_RUN, "c", {"mDice": -0.001, "mIoU": 70.0, "mPrec.": 80.0}),  # -0.00 displays as 0.00
+        TableRow(SOURCE_RUN, "d", {"mDice": 0.0, "mIoU": 60.0, "mPrec.": 70.0}),
+    ]
+    marks = rank_marks(rows, ["mDice", "mIoU", "mPrec."])
+    # mDice: four 0.00, no mark; mIoU: a and b tie for best, so no best and no second (two rows are better
+    # than c); mPrec.: a best, b and c tie for second, so no second
+    assert marks == {(0, "mPrec."): "best"}
 
 
 def test_rank_marks_groups_are_separate_and_small_groups_get_fewer_marks() -> None:

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from nnunet_topkdice.argtypes import k_percent, non_negative_int, positive_int
-from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS as PAPER_CHOICES
+
+# the same as metrics.HD95_MISSING_POLICIES (kept here so that `topkdice --help` does not import numpy)
+HD95_MISSING_CHOICES = ("diagonal", "exclude")
 
 
 def _run_spec(text: str) -> tuple[str, Path]:
@@ -24,13 +26,16 @@ def _run_spec(text: str) -> tuple[str, Path]:
 def _evaluate_command(args: argparse.Namespace) -> int:
     from nnunet_topkdice.evaluation.evaluate import evaluate_runs
 
-    runs: dict[str, Path] = {}
-    for name, folder in args.predictions:
-        if name in runs:
-            raise InputError(f"run name {name!r} is given twice; use NAME=PRED_DIR with distinct names")
-        runs[name] = folder
+    # a NAME given several times is one method over several repeats, in the order given
     evaluate_runs(
-        args.reference, runs, args.dataset, args.output, num_processes=args.num_processes, paper=args.paper
+        args.reference,
+        args.predictions,
+        args.dataset,
+        args.output,
+        baseline=args.baseline,
+        num_processes=args.num_processes,
+        paper=args.paper,
+        hd95_missing=args.hd95_missing,
     )
     print((args.output / "table.md").read_text(), end="")
     print(f"wrote results.json, table.md, table.csv, figure.png to {args.output}", file=sys.stderr)
@@ -67,15 +72,17 @@ def _show_ignore_map_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``evaluate`` and ``show-ignore-map`` on the ``topkdice`` parser."""
+def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="paper-style metrics and comparison table for several prediction folders",
-        description="Compare prediction folders (one per trained model) with reference labels: Dice, IoU, "
-        "precision, recall and HD95 (mm) per case and class, averaged like the paper (each class over the "
-        "test cases, then over the classes). Writes results.json, table.md, table.csv and figure.png to "
-        "OUT_DIR and prints the markdown table.",
+        help="paper-style metrics, comparison table and paired statistics for several prediction folders",
+        description="Compare prediction folders (one per trained model, or several per model: seeds or folds) "
+        "with reference labels: Dice, IoU, precision, recall and HD95 (mm) per case and class, averaged like "
+        "the paper (each class over the test cases, then over the classes), mean ± sd over the repeats, and "
+        "a paired comparison of every method with the baseline (mean difference of the per-case Dice, "
+        "bootstrap 95%% interval, Wilcoxon signed-rank p). Writes results.json, table.md, table.csv and "
+        "figure.png to OUT_DIR and prints the markdown table. Refuses a prediction whose size, spacing, "
+        "origin or direction differ from its reference.",
     )
     p.add_argument(
         "-r",
@@ -93,8 +100,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         action="extend",  # a repeated -p adds runs instead of replacing the earlier ones
         type=_run_spec,
         metavar="NAME=PRED_DIR",
-        help="one or more prediction folders (nnUNetv2_predict output), each named NAME=; the "
-        "order is the table's row order",
+        help="one or more prediction folders (nnUNetv2_predict output), each named NAME=; a NAME given "
+        "several times is one method over several repeats (seeds or folds); the order of the names is "
+        "the table's row order",
     )
     p.add_argument(
         "-d",
@@ -108,6 +116,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "-o", "--output", required=True, type=Path, metavar="OUT_DIR", help="output folder (created)"
     )
     p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="NAME",
+        help="the method every other one is compared with (default: the first NAME)",
+    )
+    p.add_argument(
         "-np",
         "--num-processes",
         type=positive_int,
@@ -119,11 +133,44 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--paper",
         choices=PAPER_CHOICES,
         default=None,
-        help="add the paper's reported rows (Table 1 synapse, 2 acdc, 3 msseg) and each run's "
+        help="add the paper's reported rows (Table 1 synapse, 2 acdc, 3 msseg) and each method's "
         "difference to the paper's CE + topK-Dice row",
+    )
+    p.add_argument(
+        "--hd95-missing",
+        choices=HD95_MISSING_CHOICES,
+        default="diagonal",
+        help="HD95 of a class found in only one of reference and prediction: 'diagonal' (default) scores it "
+        "with the image diagonal in mm, so a missed organ never improves mHD95; 'exclude' leaves it out of "
+        "the means (what earlier versions did)",
     )
     p.set_defaults(func=_evaluate_command)
 
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``show-ignore-map -m`` (prediction with a trained model folder)."""
+    p.add_argument(
+        "-f",
+        "--folds",
+        nargs="+",
+        default=None,
+        metavar="FOLD",
+        help="with -m: folds to ensemble (default: every fold with a checkpoint)",
+    )
+    p.add_argument(
+        "-chk",
+        "--checkpoint",
+        default="checkpoint_final.pth",
+        metavar="NAME",
+        help="with -m: checkpoint file name (default checkpoint_final.pth)",
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda", "mps"), default="cpu", help="with -m: device (default cpu)"
+    )
+    p.add_argument("--disable-tta", action="store_true", help="with -m: no mirroring test-time augmentation")
+
+
+def _add_show_ignore_map_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "show-ignore-map",
         help="draw the TopK-Dice ignore map of one case and slice (paper Figures 1 and 2)",
@@ -204,23 +251,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="dataset.json (or id/name) for the label names; default: the dataset.json beside the "
         ".npz or in the model folder",
     )
-    p.add_argument(
-        "-f",
-        "--folds",
-        nargs="+",
-        default=None,
-        metavar="FOLD",
-        help="with -m: folds to ensemble (default: every fold with a checkpoint)",
-    )
-    p.add_argument(
-        "-chk",
-        "--checkpoint",
-        default="checkpoint_final.pth",
-        metavar="NAME",
-        help="with -m: checkpoint file name (default checkpoint_final.pth)",
-    )
-    p.add_argument(
-        "--device", choices=("cpu", "cuda", "mps"), default="cpu", help="with -m: device (default cpu)"
-    )
-    p.add_argument("--disable-tta", action="store_true", help="with -m: no mirroring test-time augmentation")
+    _add_model_options(p)
     p.set_defaults(func=_show_ignore_map_command)
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``evaluate`` and ``show-ignore-map`` on the ``topkdice`` parser."""
+    _add_evaluate_parser(subparsers)
+    _add_show_ignore_map_parser(subparsers)

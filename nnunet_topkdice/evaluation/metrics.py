@@ -12,7 +12,10 @@ Conventions (also in the README and in ``results.json["conventions"]``), for one
 * ``HD95`` (mm): the larger of the two directed 95th-percentile distances between the surface voxels of
   the reference and of the prediction (as MONAI's ``compute_hausdorff_distance(percentile=95)``).
   Surface voxels are the mask voxels with a 6-neighbour (4 in 2D) outside the mask or outside the image.
-  A surface distance needs two surfaces, hence NaN when either mask is empty.
+  A surface distance needs two surfaces, so :func:`hausdorff_95` is NaN when either mask is empty;
+  :func:`case_metrics` then applies the ``hd95_missing`` policy: ``"diagonal"`` (default) scores a class
+  found in only one of reference and prediction with the image diagonal in mm (the largest error
+  possible, so a missed organ never improves mHD95), ``"exclude"`` leaves it NaN (out of the means).
 
 Means (paper section 3.2): each class over the test cases where its value is defined, then the class
 means over the classes that have one (``mDice``, ``mIoU``, ``mPrec.``, ``mRec.``, ``mHD95``).
@@ -28,11 +31,13 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 __all__ = [
+    "HD95_MISSING_POLICIES",
     "METRICS",
     "OVERLAP_METRICS",
     "case_metrics",
     "class_metrics",
     "hausdorff_95",
+    "image_diagonal",
     "overlap_metrics",
     "paper_means",
     "surface_voxels",
@@ -40,8 +45,8 @@ __all__ = [
 
 OVERLAP_METRICS = ("Dice", "IoU", "Precision", "Recall")
 METRICS = (*OVERLAP_METRICS, "HD95")
-# Metrics where a lower value is better (used for ranking in tables).
-LOWER_IS_BETTER = frozenset({"HD95"})
+# What HD95 is where exactly one of reference and prediction contains the class (see the module docstring).
+HD95_MISSING_POLICIES = ("diagonal", "exclude")
 
 ClassValue = int | tuple[int, ...]
 
@@ -127,6 +132,22 @@ def hausdorff_95(
     return float(max(np.percentile(pred_to_ref, percentile), np.percentile(ref_to_pred, percentile)))
 
 
+def image_diagonal(shape: Sequence[int], spacing: Sequence[float] | None = None) -> float:
+    """Length in mm of the image's diagonal, ``sqrt(sum((shape * spacing) ** 2))`` (the extent of the grid).
+
+    Shape:
+        shape: the array shape.  spacing: voxel size per array axis (default 1).  returns: float > 0.
+    Raises:
+        ValueError: ``spacing`` has the wrong length.
+    """
+    extent = np.asarray(shape, dtype=np.float64)
+    if spacing is not None:
+        if len(spacing) != len(shape):
+            raise ValueError(f"spacing must hold {len(shape)} values, got {spacing!r}")
+        extent = extent * np.asarray(spacing, dtype=np.float64)
+    return float(np.sqrt(np.sum(extent**2)))
+
+
 def class_metrics(
     reference: np.ndarray,
     prediction: np.ndarray,
@@ -173,6 +194,7 @@ def case_metrics(
     classes: Mapping[str, ClassValue],
     spacing: Sequence[float] | None = None,
     ignore_label: int | None = None,
+    hd95_missing: str = "diagonal",
 ) -> dict[str, dict[str, float | int]]:
     """Metrics of every class of one case.
 
@@ -180,18 +202,25 @@ def case_metrics(
         reference, prediction: (*spatial) integer label maps of the same shape.
         classes: class name -> label value (or tuple of label values for a region).
         spacing: voxel size per array axis in mm.  ignore_label: reference voxels with this value are
-        left out of every metric.
+        left out of every metric.  hd95_missing: ``"diagonal"`` or ``"exclude"``, HD95 of a class that
+        only one of reference and prediction contains (the image diagonal in mm, or NaN).
         returns: class name -> :func:`class_metrics` result.
     Raises:
-        ValueError: shapes differ.
+        ValueError: shapes differ; unknown ``hd95_missing``.
     """
     if reference.shape != prediction.shape:
         raise ValueError(f"reference {reference.shape} and prediction {prediction.shape} differ in shape")
+    if hd95_missing not in HD95_MISSING_POLICIES:
+        raise ValueError(f"hd95_missing must be one of {HD95_MISSING_POLICIES}, got {hd95_missing!r}")
     valid = None if ignore_label is None else reference != ignore_label
-    return {
-        name: class_metrics(_class_mask(reference, value), _class_mask(prediction, value), spacing, valid)
-        for name, value in classes.items()
-    }
+    diagonal = image_diagonal(reference.shape, spacing)
+    result = {}
+    for name, value in classes.items():
+        metrics = class_metrics(_class_mask(reference, value), _class_mask(prediction, value), spacing, valid)
+        if hd95_missing == "diagonal" and (metrics["n_reference"] == 0) != (metrics["n_prediction"] == 0):
+            metrics["HD95"] = diagonal
+        result[name] = metrics
+    return result
 
 
 def _nanmean(values: Sequence[float]) -> tuple[float, int]:

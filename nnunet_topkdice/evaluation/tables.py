@@ -1,7 +1,9 @@
-"""Paper-style comparison tables (markdown and CSV) from the dict that ``evaluate_runs`` returns.
+"""Paper-style comparison tables (markdown and CSV) and the comparison sentences, from the dict that
+``evaluate_runs`` returns.
 
-One row per evaluated run (percent, two decimals; mHD95 in mm), then, with ``--paper``, the paper's
-reported rows and the difference of every run to the paper's CE + topK-Dice row.
+One row per evaluated method (percent, two decimals, mean ± sd over its repeats; mHD95 in mm), then, with
+``--paper``, the paper's reported rows and the difference of every method to the paper's CE + topK-Dice row.
+The markdown ends with one sentence per paired comparison with the baseline (:func:`comparison_sentences`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from nnunet_topkdice.evaluation.statistics import MIN_CASES_FOR_005
+
 __all__ = [
     "MEAN_COLUMNS",
     "SOURCE_DIFFERENCE",
     "SOURCE_PAPER",
     "SOURCE_RUN",
     "TableRow",
+    "comparison_sentence",
+    "comparison_sentences",
     "rank_marks",
     "table_columns",
     "table_rows",
@@ -47,12 +53,14 @@ UNDEFINED = "n/a"  # the metric is undefined for every case (see the conventions
 class TableRow:
     """One table row: ``values`` maps a column to its display value (percent, mm or difference).
 
-    A column missing from ``values`` is not reported for this row; a None value is undefined.
+    A column missing from ``values`` is not reported for this row; a None value is undefined. ``sd``: the
+    standard deviation over the repeats in the same units, for a method with several repeats.
     """
 
     source: str
     name: str
     values: dict[str, float | None] = field(default_factory=dict)
+    sd: dict[str, float | None] = field(default_factory=dict)
 
 
 def table_columns(results: dict) -> list[str]:
@@ -67,23 +75,34 @@ def _percent(value: float | None, scale: float) -> float | None:
     return None if value is None else value * scale
 
 
-def table_rows(results: dict) -> list[TableRow]:
-    """The rows in display units: evaluated runs, then the paper's rows, then the differences."""
-    columns = table_columns(results)
-    rows: list[TableRow] = []
+def _display(means: dict, per_class: dict, classes: list[dict]) -> dict[str, float | None]:
+    """Column -> display value of a method's means (percent; mm for HD95) and per-class Dice."""
+    values = {
+        col: _percent(means[metric], 1 if metric == "HD95" else 100) for metric, col in MEAN_COLUMNS.items()
+    }
+    if len(classes) > 1:
+        values.update({c["column"]: _percent(per_class[c["name"]]["Dice"], 100) for c in classes})
+    return values
+
+
+def _method_rows(results: dict) -> list[TableRow]:
+    rows = []
     for name, run in results["runs"].items():
-        values = {
-            col: _percent(run["mean"][metric], 1 if metric == "HD95" else 100)
-            for metric, col in MEAN_COLUMNS.items()
-        }
-        if len(results["classes"]) > 1:
-            values.update(
-                {c["column"]: _percent(run["per_class"][c["name"]]["Dice"], 100) for c in results["classes"]}
-            )
-        rows.append(TableRow(SOURCE_RUN, name, values))
+        values = _display(run["mean"], run["per_class"], results["classes"])
+        sd = {}
+        if run.get("n_repeats", 1) > 1:
+            sd = _display(run["sd"], run["per_class_sd"], results["classes"])
+        rows.append(TableRow(SOURCE_RUN, name, values, sd))
+    return rows
+
+
+def _paper_rows(results: dict, method_rows: list[TableRow]) -> list[TableRow]:
+    """The paper's reported rows, then each method minus the paper's reference row."""
     paper = results.get("paper")
     if not paper:
-        return rows
+        return []
+    columns = table_columns(results)
+    rows = []
     reported = {
         row: {col: value * 100 for col, value in values.items() if col in columns}
         for row, values in paper["reported"].items()
@@ -91,7 +110,7 @@ def table_rows(results: dict) -> list[TableRow]:
     for row, values in reported.items():
         rows.append(TableRow(SOURCE_PAPER, f"{row} [Table {paper['table']}]", dict(values)))
     reference = reported[paper["reference_row"]]
-    for run_row in [r for r in rows if r.source == SOURCE_RUN]:
+    for run_row in method_rows:
         diff = {
             col: (None if run_row.values.get(col) is None else run_row.values[col] - ref)
             for col, ref in reference.items()
@@ -100,12 +119,20 @@ def table_rows(results: dict) -> list[TableRow]:
     return rows
 
 
+def table_rows(results: dict) -> list[TableRow]:
+    """The rows in display units: evaluated methods, then the paper's rows, then the differences."""
+    method_rows = _method_rows(results)
+    return method_rows + _paper_rows(results, method_rows)
+
+
 def rank_marks(rows: Sequence[TableRow], columns: Sequence[str]) -> dict[tuple[int, str], str]:
     """Best and second best per column, ranked on the displayed (two-decimal) values.
 
-    Ranked separately among the evaluated runs and among the paper's rows (difference rows are not
-    ranked). Higher is better except for mHD95. ``best`` needs two rows in the group, ``second`` three;
-    ties share the mark. Returns ``{(row index, column): "best" | "second"}``.
+    Ranked separately among the evaluated methods (on their means) and among the paper's rows (difference
+    rows are not ranked). Higher is better except for mHD95. A row is ``best`` when its value is strictly
+    better than every other row's, ``second`` when exactly one row is strictly better and no other row
+    equals it: equal values make no winner (two 0.00 are not "best"). ``best`` needs two ranked rows in
+    the group, ``second`` three. Returns ``{(row index, column): "best" | "second"}``.
     """
     marks: dict[tuple[int, str], str] = {}
     for source in (SOURCE_RUN, SOURCE_PAPER):
@@ -114,50 +141,146 @@ def rank_marks(rows: Sequence[TableRow], columns: Sequence[str]) -> dict[tuple[i
             continue
         for col in columns:
             scored = {i: round(rows[i].values[col], 2) for i in group if rows[i].values.get(col) is not None}
-            distinct = sorted(set(scored.values()), reverse=col not in LOWER_IS_BETTER_COLUMNS)
-            for rank, label in enumerate(("best", "second")[: 1 if len(group) < 3 else 2]):
-                if rank < len(distinct):
-                    marks.update({(i, col): label for i, v in scored.items() if v == distinct[rank]})
+            sign = -1 if col in LOWER_IS_BETTER_COLUMNS else 1
+            for i, value in scored.items():
+                n_better = sum(sign * other > sign * value for other in scored.values())
+                n_equal = sum(other == value for other in scored.values()) - 1
+                if n_equal:
+                    continue
+                if n_better == 0:
+                    marks[(i, col)] = "best"
+                elif n_better == 1 and len(group) >= 3:
+                    marks[(i, col)] = "second"
     return marks
 
 
-def _format(row: TableRow, col: str) -> str:
+def _format(row: TableRow, col: str, *, with_sd: bool = True) -> str:
     if col not in row.values:
         return MISSING
     value = row.values[col]
     if value is None or math.isnan(value):
         return UNDEFINED
-    return f"{value:+.2f}" if row.source == SOURCE_DIFFERENCE else f"{value:.2f}"
+    if row.source == SOURCE_DIFFERENCE:
+        return f"{value:+.2f}"
+    sd = row.sd.get(col)
+    return f"{value:.2f} ± {sd:.2f}" if with_sd and sd is not None else f"{value:.2f}"
 
 
 def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def to_markdown(results: dict) -> str:
-    """The comparison table as markdown, with a legend and the notes that the numbers need."""
-    columns = table_columns(results)
-    rows = table_rows(results)
-    marks = rank_marks(rows, columns)
-    dataset = results["dataset"].get("name") or "dataset"
-    n_cases = len(results["cases"])
-    lines = [
-        f"## Paper-style evaluation: {dataset} ({n_cases} test case{'s' if n_cases != 1 else ''})",
-        "",
+def _p_text(p_value: float) -> str:
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:#.2g}"
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def comparison_sentence(comparison: dict) -> str:
+    """One plain sentence for one entry of ``results["comparisons"]``, for example
+    ``A vs B: +1.21 mDice (95% CI -0.34 to +2.60), Wilcoxon p = 0.11 over 12 cases x 3 repeats: not
+    significant at 0.05``. Differences in percentage points of mean Dice, signed, two decimals; p with two
+    significant digits. With fewer than 6 (differing) cases it says that the test cannot reach 0.05."""
+    method, baseline = comparison["method"], comparison["baseline"]
+    n_cases = comparison["n_cases"]
+    head = f"{method} vs {baseline}"
+    if n_cases == 0 or comparison["mean_difference"] is None:
+        return f"{head}: no case has a defined score for both, nothing to compare"
+    low, high = comparison["ci95"]
+    estimate = f"{_points(comparison['mean_difference'])} mDice (95% CI {_points(low)} to {_points(high)})"
+    over = f"over {n_cases} case{'s' if n_cases != 1 else ''}"
+    n_repeats, n_baseline = comparison["n_repeats"], comparison["n_baseline_repeats"]
+    if n_repeats != n_baseline:
+        over += f" x {n_repeats} repeat{'s' if n_repeats != 1 else ''} (baseline: {n_baseline})"
+    elif n_repeats > 1:
+        over += f" x {n_repeats} repeats"
+    p_value = comparison["p_value"]
+    if p_value is None:
+        return f"{head}: {estimate}, Wilcoxon p undefined {over}: every case scores the same for both"
+    test = f"Wilcoxon {_p_text(p_value)} {over}"
+    n_nonzero = comparison.get("n_nonzero_differences", n_cases)
+    if n_cases < MIN_CASES_FOR_005:
+        verdict = "too few cases for the Wilcoxon test to reach 0.05"
+    elif n_nonzero < MIN_CASES_FOR_005:
+        verdict = f"only {n_nonzero} differ, too few for the Wilcoxon test to reach 0.05"
+    else:
+        verdict = "significant at 0.05" if p_value < 0.05 else "not significant at 0.05"
+    return f"{head}: {estimate}, {test}: {verdict}"
+
+
+def comparison_sentences(results: dict) -> list[str]:
+    """:func:`comparison_sentence` of every entry of ``results["comparisons"]``, in order."""
+    return [comparison_sentence(c) for c in results.get("comparisons", [])]
+
+
+def _legend(results: dict) -> list[str]:
+    repeated = {name: run["n_repeats"] for name, run in results["runs"].items() if run.get("n_repeats", 1) > 1}
+    legend = (
         "Percent with two decimals: each class averaged over the test cases, then over the classes "
         "(the paper's section 3.2); mHD95 in mm. "
         + ("Class columns are the Dice of each class. " if len(results["classes"]) > 1 else "")
-        + "Best in **bold**, second best in _italics_ (lower is better for mHD95), ranked among the "
-        "evaluated runs" + (" and, separately, among the paper's rows." if results.get("paper") else "."),
-    ]
+        + ("Mean ± sd over the repeats of a method. " if repeated else "")
+        + "Best in **bold**, second best in _italics_ (lower is better for mHD95; equal values get no mark), "
+        "ranked among the evaluated methods"
+        + (" and, separately, among the paper's rows." if results.get("paper") else ".")
+    )
+    lines = [legend]
     paper = results.get("paper")
     if paper:
         lines.append(
             f"Rows '{SOURCE_PAPER}' are the numbers published in the paper's Table {paper['table']} "
             f"({paper['dataset']}; its own network and training), not computed here. Rows "
-            f"'{SOURCE_DIFFERENCE}' are run minus the paper's '{paper['reference_row']}' row, in "
+            f"'{SOURCE_DIFFERENCE}' are method minus the paper's '{paper['reference_row']}' row, in "
             "percentage points."
         )
+    return lines
+
+
+def _notes(results: dict) -> list[str]:
+    notes = [f"{MISSING}: not reported", f"{UNDEFINED}: undefined in every case"]
+    repeated = {name: run["n_repeats"] for name, run in results["runs"].items() if run.get("n_repeats", 1) > 1}
+    if repeated:
+        notes.append("repeats: " + ", ".join(f"{_escape(name)}: {n}" for name, n in repeated.items()))
+    one_empty = {name: run["n_hd95_one_empty"] for name, run in results["runs"].items() if run["n_hd95_one_empty"]}
+    if one_empty:
+        counts = ", ".join(f"{_escape(name)}: {n}" for name, n in one_empty.items())
+        if results.get("hd95_missing", "diagonal") == "diagonal":
+            what = "HD95 is the image diagonal (--hd95-missing diagonal)"
+        else:
+            what = "HD95 is undefined and left out (--hd95-missing exclude)"
+        notes.append(
+            f"{what} where only one of reference and prediction contains the class (class-case pairs per "
+            f"method, all repeats: {counts})"
+        )
+    return notes
+
+
+def _comparison_block(results: dict) -> list[str]:
+    sentences = comparison_sentences(results)
+    if not sentences:
+        return []
+    lines = [
+        f"Paired comparison with the baseline {results['baseline']!r} (case score: mean Dice over the "
+        "classes, averaged over repeats; difference in percentage points; 95% percentile-bootstrap interval "
+        "over cases; two-sided Wilcoxon signed-rank test):",
+        "",
+    ]
+    for sentence in sentences:
+        lines += [_escape(sentence), ""]
+    return lines
+
+
+def to_markdown(results: dict) -> str:
+    """The comparison table as markdown: a legend, the table, its notes, then one sentence per comparison."""
+    columns = table_columns(results)
+    rows = table_rows(results)
+    marks = rank_marks(rows, columns)
+    dataset = results["dataset"].get("name") or "dataset"
+    n_cases = len(results["cases"])
+    lines = [f"## Paper-style evaluation: {dataset} ({n_cases} test case{'s' if n_cases != 1 else ''})", ""]
+    lines += _legend(results)
     lines += ["", "| Source | Name | " + " | ".join(columns) + " |", "|:--|:--|" + "--:|" * len(columns)]
     for i, row in enumerate(rows):
         cells = []
@@ -166,28 +289,32 @@ def to_markdown(results: dict) -> str:
             mark = marks.get((i, col))
             cells.append(f"**{text}**" if mark == "best" else f"_{text}_" if mark == "second" else text)
         lines.append(f"| {row.source} | {_escape(row.name)} | " + " | ".join(cells) + " |")
-    notes = [f"{MISSING}: not reported", f"{UNDEFINED}: undefined in every case"]
-    undefined = {
-        name: run["n_hd95_undefined"] for name, run in results["runs"].items() if run["n_hd95_undefined"]
-    }
-    if undefined:
-        counts = ", ".join(f"{_escape(name)}: {n}" for name, n in undefined.items())
-        notes.append(
-            "HD95 is undefined and left out where only one of reference and prediction contains the class "
-            f"(class-case pairs per run: {counts})"
-        )
-    lines += ["", "Notes: " + "; ".join(notes) + ".", ""]
+    lines += ["", "Notes: " + "; ".join(_notes(results)) + ".", ""]
+    lines += _comparison_block(results)
     return "\n".join(lines)
 
 
 def to_csv(results: dict) -> str:
     """The same rows as CSV: ``source, name, <columns>``; plain numbers (two decimals), empty when not
-    reported or undefined, differences signed."""
+    reported or undefined, differences signed. When a method has several repeats, ``n_repeats`` and one
+    ``<column> sd`` column per value column follow."""
     columns = table_columns(results)
+    with_repeats = any(run.get("n_repeats", 1) > 1 for run in results["runs"].values())
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["source", "name", *columns])
+    header = ["source", "name", *columns]
+    if with_repeats:
+        header += ["n_repeats", *(f"{col} sd" for col in columns)]
+    writer.writerow(header)
+
+    def plain(text: str) -> str:
+        return "" if text in (MISSING, UNDEFINED) else text
+
     for row in table_rows(results):
-        cells = [_format(row, col) for col in columns]
-        writer.writerow([row.source, row.name, *("" if c in (MISSING, UNDEFINED) else c for c in cells)])
+        cells = [plain(_format(row, col, with_sd=False)) for col in columns]
+        if with_repeats:
+            run = results["runs"].get(row.name) if row.source == SOURCE_RUN else None
+            cells.append(str(run["n_repeats"]) if run else "")
+            cells += ["" if row.sd.get(col) is None else f"{row.sd[col]:.2f}" for col in columns]
+        writer.writerow([row.source, row.name, *cells])
     return buffer.getvalue()

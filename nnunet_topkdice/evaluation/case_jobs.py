@@ -1,0 +1,90 @@
+"""Metrics of every case, one job per case (the reference is read once for all prediction folders), in a
+pool of spawned worker processes or in this process, with a progress bar."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from nnunet_topkdice.evaluation.dataset import DatasetInfo
+from nnunet_topkdice.evaluation.label_io import check_label_values, check_same_geometry, read_label_image
+from nnunet_topkdice.evaluation.metrics import case_metrics
+
+__all__ = ["CaseJob", "evaluate_case", "run_case_jobs"]
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """One reference case and its prediction in every evaluated folder.
+
+    Attributes:
+        case: the case id.  reference: its reference label file.
+        predictions: folder index (the position in the list of evaluated folders) -> prediction file.
+        info: the dataset's classes, ignore label and allowed values.
+        hd95_missing: the HD95 policy of :func:`~nnunet_topkdice.evaluation.metrics.case_metrics`.
+    """
+
+    case: str
+    reference: Path
+    predictions: Mapping[int, Path]
+    info: DatasetInfo
+    hd95_missing: str
+
+
+def evaluate_case(job: CaseJob) -> tuple[str, dict[int, dict[str, dict]]]:
+    """Metrics of one case for every folder: ``(case, {folder index: class -> metrics})``.
+
+    Raises:
+        InputError: unreadable file, label values outside the dataset, a prediction not on the
+        reference's image grid (size, spacing, origin, direction).
+    """
+    reference = read_label_image(job.reference)
+    check_label_values(reference.array, job.reference, job.info.allowed_values)
+    out: dict[int, dict[str, dict]] = {}
+    for index, path in job.predictions.items():
+        prediction = read_label_image(path)
+        check_same_geometry(job.case, reference, job.reference, prediction, path)
+        check_label_values(prediction.array, path, job.info.allowed_values)
+        out[index] = case_metrics(
+            reference.array,
+            prediction.array,
+            job.info.classes,
+            reference.spacing,
+            job.info.ignore_label,
+            hd95_missing=job.hd95_missing,
+        )
+    return job.case, out
+
+
+def run_case_jobs(jobs: Sequence[CaseJob], num_processes: int) -> dict[str, dict[int, dict[str, dict]]]:
+    """Run :func:`evaluate_case` for every job; case -> folder index -> class -> metrics.
+
+    ``num_processes > 1`` uses spawned workers (like nnU-Net: safe with torch and threads); the first error
+    cancels the jobs not yet started and is raised.
+    """
+    results: dict[str, dict[int, dict[str, dict]]] = {}
+    progress = tqdm(total=len(jobs), desc="evaluating cases", unit="case")
+    try:
+        if num_processes == 1 or len(jobs) == 1:
+            for job in jobs:
+                case, out = evaluate_case(job)
+                results[case] = out
+                progress.update()
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=context) as pool:
+                try:
+                    for case, out in pool.map(evaluate_case, jobs):
+                        results[case] = out
+                        progress.update()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    finally:
+        progress.close()
+    return results

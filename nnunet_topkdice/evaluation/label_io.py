@@ -1,0 +1,191 @@
+"""Reading and checking label files: the case files of a folder, one label map with its geometry, and the
+checks that a prediction is the same image grid as its reference (size, spacing, origin, direction) and
+holds only the dataset's label values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_topkdice.errors import InputError
+
+__all__ = [
+    "GEOMETRY_TOLERANCE",
+    "LabelImage",
+    "check_label_values",
+    "check_same_cases",
+    "check_same_geometry",
+    "find_cases",
+    "read_label_file",
+    "read_label_image",
+]
+
+# The converters' tolerance (dataset_conversion.common.GEOMETRY_TOLERANCE): NIfTI stores the header in
+# float32, so writers round differently; spacing and origin may differ by this fraction of the reference's
+# smallest voxel size, direction cosines by this much. Anything larger is a different image grid.
+GEOMETRY_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class LabelImage:
+    """A label map and where it lies in space.
+
+    Attributes:
+        array: integer labels in SimpleITK's array order (z, y, x).
+        spacing: voxel size per array axis (z, y, x), mm.
+        origin: physical position of the first voxel, SimpleITK's order (x, y, z), mm.
+        direction: direction cosines, SimpleITK's row-major 3x3 (or 2x2) matrix as a flat tuple.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+def find_cases(folder: Path, file_ending: str) -> dict[str, Path]:
+    """Case id -> file for every ``<case><file_ending>`` in ``folder`` (other files are ignored).
+
+    Raises:
+        InputError: the folder does not exist or holds no such file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"folder not found: {folder}")
+    cases = {
+        p.name.removesuffix(file_ending): p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")
+    }
+    if not cases:
+        raise InputError(f"no '*{file_ending}' files in {folder}")
+    return cases
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_same_cases(
+    reference: Mapping[str, Path], prediction: Mapping[str, Path], run: str, folder: Path
+) -> None:
+    """Raise unless the prediction folder holds exactly the reference's cases.
+
+    Raises:
+        InputError: naming the run, its folder, the missing and the extra cases.
+    """
+    missing = sorted(set(reference) - set(prediction))
+    extra = sorted(set(prediction) - set(reference))
+    if not missing and not extra:
+        return
+    problems = []
+    if missing:
+        problems.append(f"no prediction for {len(missing)} reference case(s): {_listing(missing)}")
+    if extra:
+        problems.append(f"{len(extra)} case(s) not in the reference folder: {_listing(extra)}")
+    hint = ""
+    if all(name.endswith("_0000") for name in reference):
+        hint = " (the reference folder looks like imagesTs; pass labelsTs)"
+    raise InputError(
+        f"run {run!r} ({folder}) does not match the reference cases: {'; '.join(problems)}{hint}"
+    )
+
+
+def read_label_image(path: Path) -> LabelImage:
+    """Read an nnU-Net label file with SimpleITK, with its spacing, origin and direction.
+
+    Raises:
+        InputError: the file cannot be read, has several components per pixel or non-integer values.
+    """
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from e
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected a label map"
+        )
+    array = sitk.GetArrayFromImage(image)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.array_equal(array, np.round(array)):
+            raise InputError(f"{path} holds non-integer values; expected a label map")
+        array = array.astype(np.int64)
+    return LabelImage(
+        array=array,
+        spacing=tuple(float(s) for s in reversed(image.GetSpacing())),
+        origin=tuple(float(v) for v in image.GetOrigin()),
+        direction=tuple(float(v) for v in image.GetDirection()),
+    )
+
+
+def read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """``(labels, spacing)`` of a label file, both in array order (z, y, x); see :func:`read_label_image`.
+
+    Raises:
+        InputError: as :func:`read_label_image`.
+    """
+    image = read_label_image(path)
+    return image.array, image.spacing
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def check_same_geometry(
+    case: str, reference: LabelImage, reference_path: Path, prediction: LabelImage, prediction_path: Path
+) -> None:
+    """Refuse a prediction that is not on its reference's image grid: the same voxels must mean the same
+    anatomy, so size, spacing, origin and direction must agree (within :data:`GEOMETRY_TOLERANCE`).
+
+    Raises:
+        InputError: a different shape, or naming the case, both files and every differing property with
+        both values (prediction first).
+    """
+    if prediction.array.shape != reference.array.shape:
+        raise InputError(
+            f"shape mismatch for case {case!r}: prediction {prediction_path} has shape "
+            f"{prediction.array.shape}, reference {reference_path} has {reference.array.shape}"
+        )
+    length_tolerance = GEOMETRY_TOLERANCE * min(reference.spacing)
+    checks = (
+        ("spacing", "(z, y, x)", length_tolerance),
+        ("origin", "(x, y, z)", length_tolerance),
+        ("direction", "(row-major)", GEOMETRY_TOLERANCE),
+    )
+    differences = []
+    for name, order, tolerance in checks:
+        expected, got = getattr(reference, name), getattr(prediction, name)
+        if len(expected) != len(got) or np.max(np.abs(np.subtract(expected, got))) > tolerance:
+            differences.append(f"{name} {order} {_fmt(got)} vs {_fmt(expected)}")
+    if differences:
+        raise InputError(
+            f"geometry mismatch for case {case!r}: prediction {prediction_path} vs reference {reference_path}: "
+            + "; ".join(differences)
+            + " (the same voxel must be the same anatomy; resample or re-export the prediction)"
+        )
+
+
+def _present_values(array: np.ndarray) -> np.ndarray:
+    if array.size and array.min() >= 0 and array.max() < 1 << 16:
+        return np.flatnonzero(np.bincount(array.ravel().astype(np.intp, copy=False)))  # faster than unique
+    return np.unique(array)
+
+
+def check_label_values(array: np.ndarray, path: Path, allowed_values: frozenset[int]) -> None:
+    """Raise if ``array`` holds a value outside ``allowed_values``.
+
+    Raises:
+        InputError: naming the file, the unexpected values and the allowed ones.
+    """
+    bad = sorted(set(_present_values(array).tolist()) - allowed_values)
+    if bad:
+        raise InputError(
+            f"{path} contains label value(s) {bad} that are not in the dataset's labels "
+            f"(allowed: {sorted(allowed_values)})"
+        )
