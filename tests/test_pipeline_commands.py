@@ -97,9 +97,13 @@ def test_shell_line_quotes_and_shows_environment() -> None:
 
 @pytest.mark.parametrize(
     ("gpus", "per_training", "expected"),
-    [(("0", "1", "2", "3"), 1, ("0", "1", "2", "3")), (("0", "1", "2", "3"), 2, ("0,1", "2,3")), (("4", "5", "6"), 2, ("4,5",))],
+    [
+        (("0", "1", "2", "3"), 1, ("0", "1", "2", "3")),
+        (("0", "1", "2", "3"), 2, ("0,1", "2,3")),
+        (("4", "5", "6"), 2, ("4,5",)),
+    ],
     ids=["one-each", "pairs", "leftover-unused"],
-)  # fmt: skip
+)
 def test_gpu_slots(gpus: tuple, per_training: int, expected: tuple) -> None:
     assert pipeline_cli.gpu_slots(gpus, per_training) == expected
 
@@ -218,7 +222,9 @@ def test_nnunet_split_is_nnunets_own(tmp_path: Path) -> None:
     cases = [f"case{i:02d}" for i in range(10)]
     state.write_nnunet_splits(tmp_path, reversed(cases))
     assert state.read_splits(tmp_path) == json.loads(json.dumps(generate_crossval_split(cases, seed=12345, n_splits=5)))
-    assert state.validation_cases(state.read_splits(tmp_path), ["0"])["0"] == sorted(state.read_splits(tmp_path)[0]["val"])
+    assert state.validation_cases(state.read_splits(tmp_path), ["0"])["0"] == sorted(
+        state.read_splits(tmp_path)[0]["val"]
+    )
     with pytest.raises(InputError, match="fold 5 is not in the dataset's splits_final.json"):
         state.validation_cases(state.read_splits(tmp_path), ["5"])
 
@@ -288,7 +294,9 @@ def test_crossval_steps_in_order(tmp_path: Path) -> None:
 def test_test_set_steps_train_fold_all_and_predict_per_seed(tmp_path: Path) -> None:
     config = _config(tmp_path, test_set=True, baseline="B")
     lines = describe_steps(compare_steps(config))
-    assert lines[0] == "[1/10] $ nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres -np 1 -npfp 1 --verify_dataset_integrity"
+    assert (
+        lines[0] == "[1/10] $ nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres -np 1 -npfp 1 --verify_dataset_integrity"
+    )
     assert lines[1] == "[2/10] $ topkdice train --seed 0 4 3d_fullres all -tr TrainerA -device cpu"
     seed_root = tmp_path.resolve() / "nnUNet_results" / "seed_1"
     assert lines[7].startswith(f"[8/10] $ nnUNet_results={seed_root} nnUNetv2_predict -i ")
@@ -489,7 +497,8 @@ def test_dry_run_lists_every_command_and_runs_nothing(
     config = _config(tmp_path)
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnUNet_raw"))
     argv = ["compare", "-d", "Dataset004_Hippo", "-c", "3d_fullres", "--trainers", "TrainerA", "TrainerB",
-            "--seeds", "0", "1", "--folds", "0", "1", "--device", "cpu", "-w", str(config.workdir), "--dry-run"]  # fmt: skip
+            "--seeds", "0", "1", "--folds", "0", "1", "--device", "cpu", "-w", str(config.workdir),
+            "--dry-run"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 16 and sum("$ topkdice train --seed" in line for line in out) == 8
