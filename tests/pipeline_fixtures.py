@@ -49,11 +49,11 @@ class _Recorded:
             raise SystemExit(75)
 
 
-class {first}(_Tiny, _Recorded, nnUNetTrainerDiceCEDemo):
+class FIRST_NAME(_Tiny, _Recorded, nnUNetTrainerDiceCEDemo):
     pass
 
 
-class {second}(_Tiny, _Recorded, nnUNetTrainerTopKDiceDemo):
+class SECOND_NAME(_Tiny, _Recorded, nnUNetTrainerTopKDiceDemo):
     pass
 """
 
@@ -61,7 +61,7 @@ class {second}(_Tiny, _Recorded, nnUNetTrainerTopKDiceDemo):
 def write_user_trainers(folder: Path, first: str, second: str) -> Path:
     """A user's ``nnUNet_extTrainer`` folder with two tiny trainers (CE + Dice, CE + topK-Dice)."""
     folder.mkdir(parents=True, exist_ok=True)
-    text = USER_TRAINERS.replace("CRASH_VAR", CRASH_VAR).format(first=first, second=second)
+    text = USER_TRAINERS.replace("CRASH_VAR", CRASH_VAR).replace("FIRST_NAME", first).replace("SECOND_NAME", second)
     (folder / "my_pipeline_test_trainers.py").write_text(text)
     return folder
 

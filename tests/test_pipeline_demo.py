@@ -75,4 +75,4 @@ def test_demo_twice_gives_identical_results_and_a_short_terminal(tmp_path: Path)
     assert one.stdout.count("| CE + topK-Dice ") == 1
     assert one.stdout.strip().splitlines()[-1].startswith("CE + topK-Dice vs CE + Dice: ")
     assert "Please cite" not in one.stderr + one.stdout
-    assert "Please cite" in (first / "logs" / "preprocess.log").read_text()
+    assert "Please cite" in (first / "logs" / "train_nnUNetTrainerTopKDiceDemo_seed1_foldall.log").read_text()

@@ -118,7 +118,7 @@ def test_compare_sweep_on_slurm_then_resume_then_test_set(data: dict, configurat
     # a quiet terminal: one line per step (and the resumed training's), nnU-Net's output only in the logs
     assert len((err + out).splitlines()) < 45
     assert NNUNET_BANNER not in err + out and "Epoch 0" not in err + out
-    assert NNUNET_BANNER in (work / "logs" / "preprocess.log").read_text()
+    assert NNUNET_BANNER in (work / "logs" / f"train_{SECOND}_seed1_fold1.log").read_text()
     results = json.loads((work / "evaluation" / "crossval" / "results.json").read_text())
     assert results["comparisons"][0]["n_cases"] == 4 and results["comparisons"][0]["n_repeats"] == 2
     for seed in (0, 1):  # every training case once per seed, hard links to nnU-Net's validation output

@@ -66,7 +66,7 @@ def same_call(prog: str, parser: argparse.ArgumentParser, args: argparse.Namespa
         value = getattr(args, action.dest, None)
         if value is None or value is False or value == action.default:
             continue
-        option = max(action.option_strings, key=len)
+        option = action.option_strings[0]  # as declared: the short alias where there is one
         if isinstance(action, argparse._StoreTrueAction):
             argv.append(option)
         elif isinstance(value, (list, tuple)) and action.dest != "gpus":
@@ -89,7 +89,7 @@ def _invocation(prog: str, args: argparse.Namespace):
 
 
 def _compare_command(args: argparse.Namespace) -> int:
-    from nnunet_topkdice.pipeline.compare import CompareConfig, validate_folds
+    from nnunet_topkdice.pipeline.compare import CompareConfig, default_train_env, validate_folds
     from nnunet_topkdice.pipeline.session import run_session
     from nnunet_topkdice.pipeline.state import NnunetFolders, find_dataset, parse_dataset
 
@@ -120,12 +120,14 @@ def _compare_command(args: argparse.Namespace) -> int:
         device=device,
         num_processes=args.num_processes,
         num_gpus=args.num_gpus,
+        train_env=default_train_env(device),
     )
     validate_folds(config)
     return run_session(config, _invocation("compare", args))
 
 
 def _reproduce_command(args: argparse.Namespace) -> int:
+    from nnunet_topkdice.pipeline.compare import default_train_env
     from nnunet_topkdice.pipeline.reproduce import (
         check_source,
         convert_step,
@@ -151,6 +153,7 @@ def _reproduce_command(args: argparse.Namespace) -> int:
         device=device,
         num_processes=args.num_processes,
         num_gpus=args.num_gpus,
+        train_env=default_train_env(device),
     )
     check_source(args.input, config)
     return run_session(config, _invocation("reproduce", args), before=[convert_step(args.dataset, args.input, config)])

@@ -20,6 +20,7 @@ it stopped and finishes in seconds once everything is done.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,6 +401,14 @@ def evaluation_step(config: CompareConfig) -> Step:
 
     what = "the test set" if config.test_set else "the cross-validation"
     return Step("evaluate", f"Evaluating {what}", done, lambda: Command(tuple(argv())), after=after)
+
+
+def default_train_env(device: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Variables for the trainings that the user has not set: on the CPU no data augmentation worker
+    processes (``nnUNet_n_proc_DA=0``), which makes seeded training repeatable there and, on a small
+    CPU, is faster than workers competing with the network for the cores."""
+    environ = os.environ if environ is None else environ
+    return {"nnUNet_n_proc_DA": "0"} if device == "cpu" and "nnUNet_n_proc_DA" not in environ else {}
 
 
 def child_environment(config: CompareConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -43,13 +43,13 @@ def paper_trainers(dataset: str, schedule: str, rows: Sequence[str] | None = Non
 def every_row_trainer(dataset: str, schedule: str) -> dict[str, str]:
     """``{row: trainer}`` for every row of ``PAPER_ROWS`` that has a trainer for the dataset's k and the
     schedule: the paper's rows plus any control rows (such as k=100)."""
-    from nnunet_topkdice.trainers import PAPER_ROWS, paper_trainer
+    from nnunet_topkdice import trainers
 
     k = paper_dataset(dataset).topk_k
     rows = {}
-    for row in PAPER_ROWS:
+    for row in getattr(trainers, "ALL_ROWS", trainers.PAPER_ROWS):  # ALL_ROWS: the paper's and the controls
         try:
-            rows[row] = paper_trainer(row, schedule, k)
+            rows[row] = trainers.paper_trainer(row, schedule, k)
         except ValueError:
             continue  # no trainer of this row for this k and schedule
     return rows

@@ -183,9 +183,9 @@ def _execute(
         with open(log_file, "a", encoding="utf-8") as log:
             log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} $ {command.shell()}\n")
             log.flush()
-            process = subprocess.Popen(
-                argv, env={**env, **command.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
+            # Unbuffered, so that the log and the progress bar follow the command as it runs.
+            child_env = {"PYTHONUNBUFFERED": "1", **env, **command.env}
+            process = subprocess.Popen(argv, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             with _RUNNING_LOCK:
                 _RUNNING.add(process)
             try:
