@@ -41,6 +41,12 @@ TEST_PATIENTS: tuple[str, ...] = tuple(
 )
 TRAIN_PATIENTS: tuple[str, ...] = tuple(p for p in ALL_PATIENTS if p not in VAL_PATIENTS + TEST_PATIENTS)
 
+DESCRIPTION = common.DatasetDescription(
+    DATASET_NAME, CHANNEL_NAMES, LABELS,
+    reference="https://www.creatis.insa-lyon.fr/Challenge/acdc/",
+    license="see the ACDC challenge terms of use",
+)
+
 SPLITS_FILE = "splits_final.json"
 
 
@@ -179,23 +185,14 @@ def convert(
         _check_preprocessed_splits(preprocessed_splits, splits, overwrite=overwrite)
     test_cases = [case for case in cases if patient_of(case) in TEST_PATIENTS]
     jobs = common.make_jobs(cases, test_cases, common.label_mapping_transform(ORIGINAL_TO_NEW))
-    folder = common.build_dataset(
-        jobs,
-        raw_root,
-        folder_name,
-        channel_names=CHANNEL_NAMES,
-        labels=LABELS,
-        overwrite=overwrite,
-        num_processes=num_processes,
-        extra_json={SPLITS_FILE: splits},
-        dataset_json_extra={
-            "numTest": len(test_cases),
-            "reference": "https://www.creatis.insa-lyon.fr/Challenge/acdc/",
-            "description": "ACDC cine-MRI, ED and ES frames of the 100 training patients, "
-            "MT-UNet 70/10/20 split by patient (fold 0 of splits_final.json = train/val)",
-            "license": "see the ACDC challenge terms of use",
-        },
+    summary = (
+        "ACDC cine-MRI, ED and ES frames of the 100 training patients, MT-UNet 70/10/20 split by patient "
+        "(fold 0 of splits_final.json = train/val)"
     )
+    folder = common.build_dataset(
+        jobs, raw_root, dataset_id, DESCRIPTION, summary=summary, overwrite=overwrite,
+        num_processes=num_processes, extra_json={SPLITS_FILE: splits},
+    )  # fmt: skip
     if preprocessed_splits is not None:
         preprocessed_splits.parent.mkdir(parents=True, exist_ok=True)
         common.write_json(preprocessed_splits, splits)

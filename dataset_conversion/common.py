@@ -58,26 +58,20 @@ LabelTransform = Callable[..., np.ndarray]
 # ----------------------------------------------------------------------------------------------------------
 
 
-def require_file(path: Path, what: str) -> Path:
-    """Return ``path`` if it is a file.
+def require_file(path: Path, what: str, *, kind: str = "file") -> Path:
+    """Return ``path`` if it is a file (``kind="folder"``: a folder).
 
     Raises:
         InputError: naming ``what`` and the expected path.
     """
-    if not path.is_file():
-        raise InputError(f"missing {what}: expected the file {path}")
+    if not (path.is_dir() if kind == "folder" else path.is_file()):
+        raise InputError(f"missing {what}: expected the {kind} {path}")
     return path
 
 
 def require_dir(path: Path, what: str) -> Path:
-    """Return ``path`` if it is a folder.
-
-    Raises:
-        InputError: naming ``what`` and the expected path.
-    """
-    if not path.is_dir():
-        raise InputError(f"missing {what}: expected the folder {path}")
-    return path
+    """Return ``path`` if it is a folder; see :func:`require_file`."""
+    return require_file(path, what, kind="folder")
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -452,38 +446,58 @@ def staging(raw_root: Path, folder_name: str, *, overwrite: bool) -> Iterator[Pa
         raise
 
 
+@dataclass(frozen=True)
+class DatasetDescription:
+    """What a converter writes into ``dataset.json`` besides the cases.
+
+    Attributes:
+        name: the dataset name in ``Dataset<id>_<name>``.
+        channel_names: channel index -> name, in channel order.
+        labels: label name -> value, background 0 first.
+        reference, license: where the data comes from and under which terms.
+    """
+
+    name: str
+    channel_names: Mapping[int, str]
+    labels: Mapping[str, int]
+    reference: str
+    license: str
+
+
 def build_dataset(
     jobs: Sequence[CaseJob],
     raw_root: Path,
-    folder_name: str,
+    dataset_id: int,
+    dataset: DatasetDescription,
     *,
-    channel_names: Mapping[int, str],
-    labels: Mapping[str, int],
+    summary: str,
     overwrite: bool,
     num_processes: int,
     extra_json: Mapping[str, Any] | None = None,
-    dataset_json_extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Convert ``jobs`` and publish ``raw_root/folder_name`` atomically; returns the dataset folder.
+    """Convert ``jobs`` and publish ``raw_root/Dataset<id>_<name>`` atomically; returns the dataset folder.
 
     Args:
+        summary: ``dataset.json``'s ``description`` (what was converted, which split).
         extra_json: file name -> JSON content written into the dataset folder (e.g. ``splits_final.json``).
-        dataset_json_extra: additional keys for ``dataset.json``.
     Raises:
-        InputError: from :func:`check_target` or :func:`convert_case`; nothing is left behind.
+        InputError: a bad id, from :func:`check_target` or :func:`convert_case`; nothing is left behind.
     """
+    folder_name = dataset_folder_name(dataset_id, dataset.name)
     check_target(raw_root, folder_name, overwrite=overwrite)
     _check_num_processes(num_processes)
-    num_training = sum(job.subset == "train" for job in jobs)
     with staging(raw_root, folder_name, overwrite=overwrite) as tmp:
         run_jobs(jobs, tmp, num_processes=num_processes, desc=f"converting {folder_name}")
         write_dataset_json(
             tmp,
-            channel_names=channel_names,
-            labels=labels,
-            num_training_cases=num_training,
+            channel_names=dataset.channel_names,
+            labels=dataset.labels,
+            num_training_cases=sum(job.subset == "train" for job in jobs),
             dataset_name=folder_name,
-            **(dataset_json_extra or {}),
+            numTest=sum(job.subset == "test" for job in jobs),
+            reference=dataset.reference,
+            description=summary,
+            license=dataset.license,
         )
         for name, data in (extra_json or {}).items():
             write_json(tmp / name, data)

@@ -47,6 +47,12 @@ EXPECTED_CENTRES: tuple[str, ...] = ("01", "07", "08")
 PATIENTS_PER_CENTRE = 5
 TEST_PER_CENTRE = 2  # paper: 9 train / 6 test; stratified: 3 train + 2 test per centre
 
+DESCRIPTION = common.DatasetDescription(
+    DATASET_NAME, CHANNEL_NAMES, LABELS,
+    reference="https://portal.fli-iam.irisa.fr/msseg-challenge/",
+    license="see the MSSEG-2016 (FLI-IAM / Shanoir) terms of use",
+)
+
 SPLIT_FILE = "split.json"
 LAYOUT_PREPROCESSED = "Pre-processed"
 LAYOUT_TRAINING = "Training"
@@ -192,32 +198,20 @@ def convert(
             (naming both files), NaN or negative consensus values, existing target without ``overwrite``.
             Nothing is left behind.
     """
-    src, raw_root = Path(src), Path(raw_root)
-    folder_name = common.dataset_folder_name(dataset_id, DATASET_NAME)
-    layout, patients = collect_patients(src)
+    layout, patients = collect_patients(Path(src))
     centres = {case_id: centre for case_id, (centre, _, _) in patients.items()}
     split = make_split(centres, seed)
-    common.check_target(raw_root, folder_name, overwrite=overwrite)
     cases = {case_id: (images, consensus) for case_id, (_, images, consensus) in patients.items()}
     jobs = common.make_jobs(cases, split["test"], common.binarize_labels)
     split_record = {"seed": seed, "layout": layout, **split, "centres": dict(sorted(centres.items()))}
-    return common.build_dataset(
-        jobs,
-        raw_root,
-        folder_name,
-        channel_names=CHANNEL_NAMES,
-        labels=LABELS,
-        overwrite=overwrite,
-        num_processes=num_processes,
-        extra_json={SPLIT_FILE: split_record},
-        dataset_json_extra={
-            "numTest": len(split["test"]),
-            "reference": "https://portal.fli-iam.irisa.fr/msseg-challenge/",
-            "description": f"MSSEG-2016 MS lesions, 5 modalities, consensus > 0 as lesion; 9 train / 6 test "
-            f"stratified by centre, seed {seed} (see {SPLIT_FILE})",
-            "license": "see the MSSEG-2016 (FLI-IAM / Shanoir) terms of use",
-        },
+    summary = (
+        f"MSSEG-2016 MS lesions, 5 modalities, consensus > 0 as lesion; 9 train / 6 test stratified by centre, "
+        f"seed {seed} (see {SPLIT_FILE})"
     )
+    return common.build_dataset(
+        jobs, Path(raw_root), dataset_id, DESCRIPTION, summary=summary, overwrite=overwrite,
+        num_processes=num_processes, extra_json={SPLIT_FILE: split_record},
+    )  # fmt: skip
 
 
 def command_options(args: argparse.Namespace) -> dict:

@@ -55,6 +55,12 @@ ORIGINAL_TO_NEW: dict[int, int] = {
     **{ORIGINAL_VALUES[name]: LABELS[name] for name in PAPER.label_names},
 }
 
+DESCRIPTION = common.DatasetDescription(
+    DATASET_NAME, CHANNEL_NAMES, LABELS,
+    reference="https://www.synapse.org/#!Synapse:syn3193805/wiki/217789",
+    license="see the Synapse syn3193805 terms of use",
+)
+
 
 def case_number(case_id: str) -> str:
     """The 4-digit number of a case id: ``case_number("case0005") == "0005"``."""
@@ -110,26 +116,12 @@ def convert(
         InputError: missing or unreadable input file, geometry mismatch between an image and its label,
             label values outside 0..13, existing target without ``overwrite``. Nothing is left behind.
     """
-    src, raw_root = Path(src), Path(raw_root)
-    folder_name = common.dataset_folder_name(dataset_id, DATASET_NAME)
-    cases = collect_cases(src)
-    common.check_target(raw_root, folder_name, overwrite=overwrite)
-    jobs = common.make_jobs(cases, TEST_CASES, common.label_mapping_transform(ORIGINAL_TO_NEW))
+    jobs = common.make_jobs(collect_cases(Path(src)), TEST_CASES, common.label_mapping_transform(ORIGINAL_TO_NEW))
+    summary = "Synapse multi-organ CT, 8 organs, TransUNet split (18 train / 12 test)"
     return common.build_dataset(
-        jobs,
-        raw_root,
-        folder_name,
-        channel_names=CHANNEL_NAMES,
-        labels=LABELS,
-        overwrite=overwrite,
+        jobs, Path(raw_root), dataset_id, DESCRIPTION, summary=summary, overwrite=overwrite,
         num_processes=num_processes,
-        dataset_json_extra={
-            "numTest": len(TEST_CASES),
-            "reference": "https://www.synapse.org/#!Synapse:syn3193805/wiki/217789",
-            "description": "Synapse multi-organ CT, 8 organs, TransUNet split (18 train / 12 test)",
-            "license": "see the Synapse syn3193805 terms of use",
-        },
-    )
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

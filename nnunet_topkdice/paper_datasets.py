@@ -136,11 +136,7 @@ class PaperDataset:
 
 
 _SYNAPSE = PaperDataset(
-    key="synapse",
-    name="Synapse",
-    dataset_id=201,
-    default_fold="all",
-    topk_k=50,
+    key="synapse", name="Synapse", dataset_id=201, default_fold="all", topk_k=50,
     # The paper's 8 organs, renumbered in their original BTCV order (dataset_conversion.synapse).
     label_names=(
         "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas",
@@ -171,11 +167,7 @@ _SYNAPSE = PaperDataset(
 )
 
 _ACDC = PaperDataset(
-    key="acdc",
-    name="ACDC",
-    dataset_id=202,
-    default_fold="0",
-    topk_k=50,
+    key="acdc", name="ACDC", dataset_id=202, default_fold="0", topk_k=50,
     label_names=("RV", "MYO", "LV"),
     paper_columns={"RV": "RV", "MYO": "MYO", "LV": "LV"},
     table_number=2,
@@ -191,11 +183,7 @@ _ACDC = PaperDataset(
 )
 
 _MSSEG = PaperDataset(
-    key="msseg",
-    name="MSSEG",
-    dataset_id=203,
-    default_fold="all",
-    topk_k=30,
+    key="msseg", name="MSSEG", dataset_id=203, default_fold="all", topk_k=30,
     label_names=("lesion",),
     # Binary task: the table has no per-class column; the lesion class is the whole mean.
     paper_columns={"lesion": "lesion"},

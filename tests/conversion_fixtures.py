@@ -7,6 +7,8 @@ volumes contain every original label value so that remapping can be checked voxe
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,9 @@ def geometry(index: int) -> dict:
 
 
 def write_image(path: Path, array: np.ndarray, geom: dict) -> Path:
-    """Write ``array`` (numpy z, y, x order) with the given geometry as NIfTI."""
+    """Write ``array`` (numpy z, y, x order) with the given geometry as NIfTI (a new file, see :func:`linked_copy`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(geom["spacing"])
     image.SetOrigin(geom["origin"])
@@ -99,11 +102,17 @@ def make_acdc(root: Path, shape: tuple[int, ...] = (4, 12, 12)) -> Path:
     return root
 
 
-def msseg_cases(layout: str) -> dict[str, str]:
-    """The fixture's case ids -> centre for a layout (``"Pre-processed"`` or ``"Training"``)."""
+MSSEG_PATIENT_FOLDERS = ("01", "02", "03", "04", "05")  # Training/Center_XX/Patient_<name>, as published
+
+
+def msseg_cases(layout: str, patient_names: tuple[str, ...] = MSSEG_PATIENT_FOLDERS) -> dict[str, str]:
+    """The fixture's case ids -> centre for a layout (``"Pre-processed"`` or ``"Training"``).
+
+    ``patient_names``: the five ``Patient_<name>`` folders of each centre in the ``Training`` layout.
+    """
     if layout == msseg.LAYOUT_PREPROCESSED:
         return {code: code[:2] for code in MSSEG_CODES}
-    return {f"center{c}_patient{p:02d}": c for c in msseg.EXPECTED_CENTRES for p in range(1, 6)}
+    return {f"center{c}_patient{name}": c for c in msseg.EXPECTED_CENTRES for name in patient_names}
 
 
 def msseg_consensus(index: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
@@ -111,16 +120,21 @@ def msseg_consensus(index: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
     return (cycling_labels(index, 5, shape) == 0).astype(np.float32)
 
 
-def make_msseg(root: Path, layout: str, shape: tuple[int, ...] = SHAPE) -> dict[str, tuple[Path, ...]]:
+def make_msseg(
+    root: Path,
+    layout: str,
+    shape: tuple[int, ...] = SHAPE,
+    patient_names: tuple[str, ...] = MSSEG_PATIENT_FOLDERS,
+) -> dict[str, tuple[Path, ...]]:
     """MSSEG-2016 in one layout under ``root``; returns case id -> (5 modality files, consensus)."""
     files = {}
-    for index, (case_id, centre) in enumerate(msseg_cases(layout).items()):
+    for index, (case_id, centre) in enumerate(msseg_cases(layout, patient_names).items()):
         geom = geometry(index)
         if layout == msseg.LAYOUT_PREPROCESSED:
             image_dir = root / "Pre-processed" / case_id
             consensus = root / "ManualSegmentation" / case_id / "Consensus.nii.gz"
         else:
-            patient_dir = root / "Training" / f"Center_{centre}" / f"Patient_{case_id[-2:]}"
+            patient_dir = root / "Training" / f"Center_{centre}" / f"Patient_{case_id.split('_patient', 1)[1]}"
             image_dir = patient_dir / "Preprocessed_Data"
             consensus = patient_dir / "Masks" / "Consensus.nii.gz"
         images = tuple(
@@ -132,6 +146,24 @@ def make_msseg(root: Path, layout: str, shape: tuple[int, ...] = SHAPE) -> dict[
         write_image(consensus, msseg_consensus(index, shape), geom)
         files[case_id] = (*images, consensus)
     return files
+
+
+def linked_copy(src: Path, dst: Path) -> Path:
+    """A copy of the tree ``src`` at ``dst`` whose files are hard links: fast, and safe for a test that
+    replaces or deletes files (:func:`write_image`, :func:`truncate`, ``unlink``) but never writes into one."""
+    return Path(shutil.copytree(src, dst, copy_function=os.link))
+
+
+def truncate(path: Path, n_bytes: int) -> None:
+    """Replace ``path`` by its first ``n_bytes`` bytes (a broken download)."""
+    data = path.read_bytes()[:n_bytes]
+    path.unlink()
+    path.write_bytes(data)
+
+
+def stems(folder: Path, suffix: str) -> list[str]:
+    """The sorted names of the files in ``folder`` up to ``suffix`` (each name once)."""
+    return sorted({p.name.split(suffix)[0] for p in folder.iterdir()})
 
 
 def read_geometry(path: Path) -> tuple:

@@ -243,7 +243,7 @@ def test_convert_case_aligns_channels_within_tolerance(tmp_path: Path) -> None:
 def test_build_dataset_rejects_bad_num_processes(tmp_path: Path, num_processes: object) -> None:
     with pytest.raises(InputError, match=r"num_processes must be a positive integer"):
         common.build_dataset(
-            [], tmp_path / "raw", "Dataset001_X", channel_names={0: "CT"}, labels={"background": 0},
-            overwrite=False, num_processes=num_processes,  # type: ignore[arg-type]
+            [], tmp_path / "raw", 1, common.DatasetDescription("X", {0: "CT"}, {"background": 0}, "", ""),
+            summary="", overwrite=False, num_processes=num_processes,  # type: ignore[arg-type]
         )  # fmt: skip
     assert not (tmp_path / "raw").exists()

@@ -12,11 +12,13 @@ from conversion_fixtures import (
     MSSEG_CONSTANTS,
     assert_geometry_close,
     geometry,
+    linked_copy,
     make_msseg,
     msseg_cases,
     msseg_consensus,
     read_array,
     read_geometry,
+    stems,
     write_image,
 )
 
@@ -37,14 +39,18 @@ def converted(
     return layout, files, msseg.convert(root, tmp_path_factory.mktemp("raw"))
 
 
+@pytest.fixture(scope="module")
+def preprocessed_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("msseg_pre")
+    return root, make_msseg(root, msseg.LAYOUT_PREPROCESSED)
+
+
 @pytest.fixture()
-def src_copy(tmp_path: Path) -> tuple[Path, dict]:
-    files = make_msseg(tmp_path / "src", msseg.LAYOUT_PREPROCESSED)
-    return tmp_path / "src", files
-
-
-def _stems(folder: Path, suffix: str) -> list[str]:
-    return sorted({p.name.split(suffix)[0] for p in folder.iterdir()})
+def src_copy(preprocessed_source: tuple[Path, dict], tmp_path: Path) -> tuple[Path, dict]:
+    """A private copy (Pre-processed layout) that a test may damage, and its case id -> files."""
+    source, files = preprocessed_source
+    root = linked_copy(source, tmp_path / "src")
+    return root, {case: tuple(root / p.relative_to(source) for p in paths) for case, paths in files.items()}
 
 
 # ---- the split ----------------------------------------------------------------------------------------
@@ -78,10 +84,10 @@ def test_case_lists_and_split_json(converted: tuple[str, dict, Path]) -> None:
         0, layout, expected["train"], expected["test"]
     )  # fmt: skip
     assert record["centres"] == msseg_cases(layout)
-    assert _stems(folder / "imagesTr", "_000") == expected["train"]
-    assert _stems(folder / "labelsTr", ".nii.gz") == expected["train"]
-    assert _stems(folder / "imagesTs", "_000") == expected["test"]
-    assert _stems(folder / "labelsTs", ".nii.gz") == expected["test"]
+    assert stems(folder / "imagesTr", "_000") == expected["train"]
+    assert stems(folder / "labelsTr", ".nii.gz") == expected["train"]
+    assert stems(folder / "imagesTs", "_000") == expected["test"]
+    assert stems(folder / "labelsTs", ".nii.gz") == expected["test"]
 
 
 def test_channel_order_labels_and_geometry(converted: tuple[str, dict, Path]) -> None:
@@ -131,6 +137,26 @@ def test_training_folder_itself_accepted(tmp_path: Path) -> None:
         msseg.LAYOUT_TRAINING,
         tmp_path / "src" / "Training",
     )
+
+
+def test_training_layout_accepts_any_patient_folder_name(tmp_path: Path) -> None:
+    names = ("1", "2", "10", "A12", "05-b")  # Patient_1 ... Patient_05-b in every centre
+    make_msseg(tmp_path / "src", msseg.LAYOUT_TRAINING, shape=(2, 2, 2), patient_names=names)
+    layout, patients = msseg.collect_patients(tmp_path / "src")
+    expected = msseg_cases(msseg.LAYOUT_TRAINING, names)
+    assert layout == msseg.LAYOUT_TRAINING
+    assert {case_id: centre for case_id, (centre, _, _) in patients.items()} == expected
+    split = msseg.make_split(expected, seed=0)  # still 3 train + 2 test per centre
+    for centre in msseg.EXPECTED_CENTRES:
+        assert [sum(expected[c] == centre for c in split[part]) for part in ("train", "test")] == [3, 2]
+
+
+def test_training_layout_refuses_a_patient_name_unfit_for_a_case_id(tmp_path: Path) -> None:
+    make_msseg(tmp_path / "src", msseg.LAYOUT_TRAINING, shape=(2, 2, 2))
+    bad = tmp_path / "src" / "Training" / "Center_07" / "Patient_0 3"
+    (tmp_path / "src" / "Training" / "Center_07" / "Patient_03").rename(bad)
+    with pytest.raises(InputError, match=rf"cannot make a case id from the patient folder {bad}: after 'Patient_'"):
+        msseg.collect_patients(tmp_path / "src")
 
 
 # ---- bad input ----------------------------------------------------------------------------------------

@@ -340,6 +340,8 @@ def test_ignore_label_from_dataset_json(tmp_path: Path) -> None:
     results = evaluate_runs(reference, {"p": prediction}, dataset, tmp_path / "out")
     assert results["runs"]["p"]["per_case"]["c"]["a"]["Dice"] == pytest.approx(2 / 3)
     assert results["runs"]["p"]["per_case"]["c"]["a"]["Precision"] == pytest.approx(1.0)
+    assert results["baseline"] == "p" and results["comparisons"] == []  # one method: nothing to compare
+    assert "Paired comparison" not in (tmp_path / "out" / "table.md").read_text()
 
 
 SYNAPSE_LABELS = (
@@ -595,3 +597,19 @@ def test_geometry_within_the_converters_tolerance_is_accepted(tiny: dict) -> Non
     )
     results = _evaluate(tiny)
     assert results["runs"]["perfect"]["mean"]["Dice"] == 1.0
+
+
+def test_a_failure_while_writing_leaves_the_previous_outputs(tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nnunet_topkdice.evaluation.plots as plots
+
+    _evaluate(tiny)
+    out = tiny["root"] / "out"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(results: dict, out_png: Path) -> Path:
+        raise RuntimeError("no space left on device")
+
+    monkeypatch.setattr(plots, "plot_results", broken)
+    with pytest.raises(RuntimeError, match="no space left"):
+        _evaluate(tiny, hd95_missing="exclude")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no mix, no partial files

@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.evaluation.ignore_map import (
+    check_request,
     compute_ignore_map,
-    load_probabilities,
+    compute_ignore_maps,
     pick_slice,
     show_ignore_map,
     topk_dice_loss_value,
 )
+from nnunet_topkdice.evaluation.ignore_map_io import load_probabilities
 
 # (2, 4) image, 3 classes. Row 0: class 1 with true-class probabilities 0.9 0.6 0.8 0.7;
 # row 1: class 2 with 0.5 0.95 0.7, then one background voxel (never excluded).
 LABEL = np.array([[1, 1, 1, 1], [2, 2, 2, 0]])
 TRUE_PROB = np.array([[0.9, 0.6, 0.8, 0.7], [0.5, 0.95, 0.7, 0.99]])
 
-
-def _probabilities(label: np.ndarray, true_prob: np.ndarray, n_classes: int = 3) -> np.ndarray:
-    """(C, *spatial): the true class gets ``true_prob``, the rest is shared by the other classes."""
-    probs = np.repeat(((1 - true_prob) / (n_classes - 1))[None], n_classes, axis=0)
-    for c in range(n_classes):
-        probs[c][label == c] = true_prob[label == c]
-    return probs.astype(np.float32)
+Probabilities = Callable[..., np.ndarray]
 
 
 @pytest.mark.parametrize(
@@ -44,24 +40,24 @@ def _probabilities(label: np.ndarray, true_prob: np.ndarray, n_classes: int = 3)
     ],
     ids=["k50", "k10", "k100"],
 )
-def test_ignore_map_hand_computed(k: float, expected: list) -> None:
-    excluded = compute_ignore_map(_probabilities(LABEL, TRUE_PROB), LABEL, k)
+def test_ignore_map_hand_computed(k: float, expected: list, true_class_probabilities: Probabilities) -> None:
+    excluded = compute_ignore_map(true_class_probabilities(LABEL, TRUE_PROB), LABEL, k)
     assert excluded.dtype == bool
     np.testing.assert_array_equal(excluded, np.array(expected, dtype=bool))
 
 
-def test_ignore_map_leaves_out_the_ignore_label() -> None:
+def test_ignore_map_leaves_out_the_ignore_label(true_class_probabilities: Probabilities) -> None:
     label = np.array([[1, 1, 1, 9, 9]])  # 9: ignore label, outside the 2 probability channels
     true_prob = np.array([[0.6, 0.9, 0.7, 0.99, 0.99]])
-    probs = _probabilities(np.where(label == 9, 1, label), true_prob, n_classes=2)
+    probs = true_class_probabilities(np.where(label == 9, 1, label), true_prob, n_classes=2)
     # 3 valid voxels of class 1: D = floor(0.5 * 3) = 1 -> the 0.9 voxel; the ignored voxels never count
     excluded = compute_ignore_map(probs, label, 50, ignore_label=9)
     np.testing.assert_array_equal(excluded, [[False, True, False, False, False]])
 
 
-def test_ignore_map_rejects_bad_k() -> None:
+def test_ignore_map_rejects_bad_k(true_class_probabilities: Probabilities) -> None:
     with pytest.raises(ValueError, match="k must be a number in"):
-        compute_ignore_map(_probabilities(LABEL, TRUE_PROB), LABEL, 0)
+        compute_ignore_map(true_class_probabilities(LABEL, TRUE_PROB), LABEL, 0)
 
 
 @pytest.mark.parametrize("k", [100, 50, 10], ids=["k100", "k50", "k10"])
@@ -86,6 +82,59 @@ def test_loss_value_at_k100_is_squared_soft_dice_by_hand() -> None:
     assert value == pytest.approx(1 - 1.6 / 1.8, abs=1e-6)
 
 
+# (2, 1, 4) volume, all class 1; true-class probabilities 0.9 0.8 0.7 0.6 in slice 0, 0.5 0.4 0.3 0.2 in slice 1.
+VOLUME_LABEL = np.ones((2, 1, 4), dtype=np.uint8)
+VOLUME_TRUE_PROB = np.array([[[0.9, 0.8, 0.7, 0.6]], [[0.5, 0.4, 0.3, 0.2]]])
+
+
+@pytest.mark.parametrize(
+    ("scope", "slice_index", "expected_map", "n_foreground", "n_excluded"),
+    [
+        # per slice: D = floor(0.5 * 4) = 2, the two most confident voxels of the slice
+        ("slice", None, [[1, 1, 0, 0]], 4, 2),  # default: slices tie, the first is shown
+        ("slice", 1, [[1, 1, 0, 0]], 4, 2),
+        # whole volume: D = floor(0.5 * 8) = 4, all of them in slice 0
+        ("volume", 0, [[1, 1, 1, 1]], 8, 4),
+        ("volume", 1, [[0, 0, 0, 0]], 8, 4),
+    ],
+    ids=["slice-default", "slice-1", "volume-slice-0", "volume-slice-1"],
+)
+def test_compute_ignore_maps_by_scope(
+    true_class_probabilities: Probabilities,
+    scope: str,
+    slice_index: int | None,
+    expected_map: list,
+    n_foreground: int,
+    n_excluded: int,
+) -> None:
+    probs = true_class_probabilities(VOLUME_LABEL, VOLUME_TRUE_PROB, n_classes=2)
+    result = compute_ignore_maps(
+        probs, VOLUME_LABEL, [50.0], ["background", "organ"], slice_index=slice_index, scope=scope
+    )
+    assert result.slice_index == (slice_index or 0)
+    np.testing.assert_array_equal(result.maps[50.0], np.array(expected_map, dtype=bool))
+    assert result.summary[50.0]["n_foreground"] == {"organ": n_foreground}
+    assert result.summary[50.0]["n_excluded"] == {"organ": n_excluded}
+
+
+def test_compute_ignore_maps_loss_of_the_slice_by_hand(true_class_probabilities: Probabilities) -> None:
+    probs = true_class_probabilities(VOLUME_LABEL, VOLUME_TRUE_PROB, n_classes=2)
+    result = compute_ignore_maps(probs, VOLUME_LABEL, [50.0], ["background", "organ"], slice_index=0)
+    # kept: 0.7 and 0.6; Dice = 2 * 1.3 / (2 + 0.49 + 0.36) (excluded voxels gone from Y and P)
+    assert result.summary[50.0]["loss"] == pytest.approx(1 - 2.6 / 2.85, abs=1e-5)
+
+
+def test_compute_ignore_maps_rejects_a_slice_outside(true_class_probabilities: Probabilities) -> None:
+    probs = true_class_probabilities(VOLUME_LABEL, VOLUME_TRUE_PROB, n_classes=2)
+    with pytest.raises(InputError, match=r"slice 2 is outside 0\.\.0 along axis 1"):
+        compute_ignore_maps(probs, VOLUME_LABEL, [50.0], ["background", "organ"], axis=1, slice_index=2)
+
+
+def test_check_request_keeps_distinct_k_in_order() -> None:
+    ks = check_request([50, 30, 50.0, 90], [Path("a_0000.nii.gz")], channel=0, axis=0, scope="slice", n_sources=1)
+    assert ks == [50.0, 30.0, 90.0]
+
+
 def test_pick_slice_takes_the_most_foreground() -> None:
     label = np.zeros((3, 4, 4), dtype=np.uint8)
     label[0, 0, :2] = 1
@@ -95,37 +144,11 @@ def test_pick_slice_takes_the_most_foreground() -> None:
     assert pick_slice(np.zeros((5, 2, 2)), 0) == 2  # empty: the middle
 
 
-def _write(path: Path, array: np.ndarray) -> Path:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((1.0, 1.0, 2.0))
-    sitk.WriteImage(image, str(path))
-    return path
-
-
-@pytest.fixture
-def case(tmp_path: Path) -> dict:
-    """A (2, 8, 8) case: class 1 in both slices (bigger in slice 1), class 2 in slice 1 only."""
-    label = np.zeros((2, 8, 8), dtype=np.uint8)
-    label[0, 2:4, 2:4] = 1  # 4 voxels
-    label[1, 1:5, 1:6] = 1  # 20 voxels
-    label[1, 6:8, 2:7] = 2  # 10 voxels
-    rng = np.random.default_rng(0)
-    true_prob = rng.uniform(0.3, 0.99, label.shape)
-    np.savez_compressed(tmp_path / "case.npz", probabilities=_probabilities(label, true_prob))
-    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1, "tumour": 2}}))
-    return {
-        "root": tmp_path,
-        "image": _write(
-            tmp_path / "case_0000.nii.gz", (label * 50 + rng.normal(0, 5, label.shape)).astype(np.float32)
-        ),
-        "label": _write(tmp_path / "case.nii.gz", label),
-        "npz": tmp_path / "case.npz",
-    }
-
-
-def test_show_ignore_map_one_k(case: dict) -> None:
-    out = case["root"] / "fig1.png"
-    summary = show_ignore_map([case["image"]], case["label"], out, ks=[50], probabilities_file=case["npz"])
+def test_show_ignore_map_one_k(ignore_map_case: dict) -> None:
+    out = ignore_map_case["root"] / "fig1.png"
+    summary = show_ignore_map(
+        [ignore_map_case["image"]], ignore_map_case["label"], out, ks=[50], probabilities_file=ignore_map_case["npz"]
+    )
     assert summary["slice"] == 1  # the slice with the most foreground
     assert summary["classes"] == ["background", "organ", "tumour"]  # from the dataset.json beside the npz
     assert summary["k"][50.0]["n_foreground"] == {"organ": 20, "tumour": 10}
@@ -134,14 +157,20 @@ def test_show_ignore_map_one_k(case: dict) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
-def test_show_ignore_map_several_k_side_by_side(case: dict) -> None:
+def test_show_ignore_map_several_k_side_by_side(ignore_map_case: dict) -> None:
     import matplotlib.image
 
-    one = case["root"] / "one.png"
-    several = case["root"] / "several.png"
-    show_ignore_map([case["image"]], case["label"], one, ks=[50], probabilities_file=case["npz"])
+    one = ignore_map_case["root"] / "one.png"
+    several = ignore_map_case["root"] / "several.png"
+    show_ignore_map(
+        [ignore_map_case["image"]], ignore_map_case["label"], one, ks=[50], probabilities_file=ignore_map_case["npz"]
+    )
     summary = show_ignore_map(
-        [case["image"]], case["label"], several, ks=[90, 50, 30, 10], probabilities_file=case["npz"]
+        [ignore_map_case["image"]],
+        ignore_map_case["label"],
+        several,
+        ks=[90, 50, 30, 10],
+        probabilities_file=ignore_map_case["npz"],
     )
     # D = floor((100 - k) / 100 * 20) excluded organ voxels: 2, 10, 14, 18
     assert [v["n_excluded"]["organ"] for v in summary["k"].values()] == [2, 10, 14, 18]
@@ -150,13 +179,13 @@ def test_show_ignore_map_several_k_side_by_side(case: dict) -> None:
     assert matplotlib.image.imread(several).shape[0] > matplotlib.image.imread(one).shape[0]  # two rows
 
 
-def test_show_ignore_map_volume_scope_counts_the_whole_case(case: dict) -> None:
+def test_show_ignore_map_volume_scope_counts_the_whole_case(ignore_map_case: dict) -> None:
     summary = show_ignore_map(
-        [case["image"]],
-        case["label"],
-        case["root"] / "v.png",
+        [ignore_map_case["image"]],
+        ignore_map_case["label"],
+        ignore_map_case["root"] / "v.png",
         ks=[50],
-        probabilities_file=case["npz"],
+        probabilities_file=ignore_map_case["npz"],
         scope="volume",
         slice_index=0,
     )
@@ -186,23 +215,31 @@ def test_load_probabilities_needs_the_key(tmp_path: Path) -> None:
     ],
     ids=["no-source", "two-sources", "k-zero", "no-k", "slice", "axis", "scope", "channel", "missing-npz"],
 )
-def test_show_ignore_map_argument_errors(case: dict, change: dict, message: str) -> None:
-    kwargs = {"ks": [50], "probabilities_file": case["npz"], **change}
+def test_show_ignore_map_argument_errors(ignore_map_case: dict, change: dict, message: str) -> None:
+    kwargs = {"ks": [50], "probabilities_file": ignore_map_case["npz"], **change}
     with pytest.raises(InputError, match=message):
-        show_ignore_map([case["image"]], case["label"], case["root"] / "x.png", **kwargs)
+        show_ignore_map(
+            [ignore_map_case["image"]], ignore_map_case["label"], ignore_map_case["root"] / "x.png", **kwargs
+        )
 
 
-def test_show_ignore_map_shape_and_label_errors(case: dict) -> None:
-    root = case["root"]
+def test_show_ignore_map_shape_and_label_errors(ignore_map_case: dict, write_image: Callable[..., Path]) -> None:
+    root = ignore_map_case["root"]
     np.savez(root / "small.npz", probabilities=np.zeros((3, 2, 4, 4), dtype=np.float32))
     with pytest.raises(InputError, match=r"probabilities have spatial shape \(2, 4, 4\)"):
-        show_ignore_map([case["image"]], case["label"], root / "x.png", probabilities_file=root / "small.npz")
+        show_ignore_map(
+            [ignore_map_case["image"]], ignore_map_case["label"], root / "x.png", probabilities_file=root / "small.npz"
+        )
     np.savez(root / "two.npz", probabilities=np.zeros((2, 2, 8, 8), dtype=np.float32))
     with pytest.raises(InputError, match=r"label value\(s\) \[2\] outside the 2 probability channels"):
-        show_ignore_map([case["image"]], case["label"], root / "x.png", probabilities_file=root / "two.npz")
-    small_image = _write(root / "small_0000.nii.gz", np.zeros((2, 4, 4), dtype=np.float32))
+        show_ignore_map(
+            [ignore_map_case["image"]], ignore_map_case["label"], root / "x.png", probabilities_file=root / "two.npz"
+        )
+    small_image = write_image(root / "small_0000.nii.gz", np.zeros((2, 4, 4), dtype=np.float32))
     with pytest.raises(InputError, match=r"image .*small_0000\.nii\.gz has shape \(2, 4, 4\)"):
-        show_ignore_map([small_image], case["label"], root / "x.png", probabilities_file=case["npz"])
+        show_ignore_map(
+            [small_image], ignore_map_case["label"], root / "x.png", probabilities_file=ignore_map_case["npz"]
+        )
 
 
 def _tiny_model(folder: Path) -> Path:
@@ -296,25 +333,38 @@ def _tiny_model(folder: Path) -> Path:
     return folder
 
 
-def test_show_ignore_map_from_a_model_folder(case: dict, capsys: pytest.CaptureFixture) -> None:
-    model = _tiny_model(case["root"] / "model")
-    out = case["root"] / "model.png"
-    summary = show_ignore_map([case["image"]], case["label"], out, ks=[50, 30], model_dir=model, folds=["0"])
+def test_show_ignore_map_from_a_model_folder(ignore_map_case: dict, capsys: pytest.CaptureFixture) -> None:
+    model = _tiny_model(ignore_map_case["root"] / "model")
+    out = ignore_map_case["root"] / "model.png"
+    summary = show_ignore_map(
+        [ignore_map_case["image"]], ignore_map_case["label"], out, ks=[50, 30], model_dir=model, folds=["0"]
+    )
     assert summary["classes"] == ["background", "organ", "tumour"]  # from the model's dataset.json
     assert summary["k"][30.0]["n_excluded"] == {"organ": 14, "tumour": 7}
     assert out.stat().st_size > 10_000
     assert capsys.readouterr().out == ""  # nnU-Net's chatter goes to stderr
 
 
-def test_model_folder_errors(case: dict) -> None:
-    empty = case["root"] / "empty"
+def test_model_folder_errors(ignore_map_case: dict) -> None:
+    empty = ignore_map_case["root"] / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="not an nnU-Net model folder: dataset.json is missing"):
-        show_ignore_map([case["image"]], case["label"], case["root"] / "x.png", model_dir=empty)
-    model = _tiny_model(case["root"] / "model")
+        show_ignore_map(
+            [ignore_map_case["image"]], ignore_map_case["label"], ignore_map_case["root"] / "x.png", model_dir=empty
+        )
+    model = _tiny_model(ignore_map_case["root"] / "model")
     with pytest.raises(InputError, match=r"checkpoint not found: .*fold_3/checkpoint_final\.pth"):
-        show_ignore_map([case["image"]], case["label"], case["root"] / "x.png", model_dir=model, folds=["3"])
+        show_ignore_map(
+            [ignore_map_case["image"]],
+            ignore_map_case["label"],
+            ignore_map_case["root"] / "x.png",
+            model_dir=model,
+            folds=["3"],
+        )
     with pytest.raises(InputError, match="the model expects 1 input channel file"):
         show_ignore_map(
-            [case["image"], case["image"]], case["label"], case["root"] / "x.png", model_dir=model
+            [ignore_map_case["image"], ignore_map_case["image"]],
+            ignore_map_case["label"],
+            ignore_map_case["root"] / "x.png",
+            model_dir=model,
         )

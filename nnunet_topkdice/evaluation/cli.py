@@ -80,7 +80,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "with reference labels: Dice, IoU, precision, recall and HD95 (mm) per case and class, averaged like "
         "the paper (each class over the test cases, then over the classes), mean ± sd over the repeats, and "
         "a paired comparison of every method with the baseline (mean difference of the per-case Dice, "
-        "bootstrap 95%% interval, Wilcoxon signed-rank p). Writes results.json, table.md, table.csv and "
+        "bootstrap 95% interval, Wilcoxon signed-rank p). Writes results.json, table.md, table.csv and "
         "figure.png to OUT_DIR and prints the markdown table. Refuses a prediction whose size, spacing, "
         "origin or direction differ from its reference.",
     )

@@ -44,7 +44,8 @@ __all__ = [
 
 OUTPUT_FILES = ("results.json", "table.md", "table.csv", "figure.png")
 
-Runs = Mapping[str, "Path | str | Sequence[Path | str]"] | Sequence[tuple[str, "Path | str"]]
+# name -> folder, name -> folders, or (name, folder) pairs with repeated names
+Runs = Mapping[str, Path | str | Sequence[Path | str]] | Sequence[tuple[str, Path | str]]
 
 
 def normalise_runs(runs: Runs) -> dict[str, list[Path]]:

@@ -1,11 +1,11 @@
-"""Figures: per-class Dice of several runs (``figure.png``) and the paper's ignore-map pictures.
+"""Figures: per-class Dice of several methods with their paired differences (``figure.png``). The
+ignore-map pictures are in :mod:`nnunet_topkdice.evaluation.ignore_map_plot`.
 
 Matplotlib with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,10 +14,9 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-__all__ = ["label_colours", "plot_ignore_maps", "plot_results"]
+__all__ = ["plot_results"]
 
 MEAN_METRICS = (("Dice", "mDice"), ("IoU", "mIoU"), ("Precision", "mPrec."), ("Recall", "mRec."))
 
@@ -27,97 +26,116 @@ def _run_colours(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def plot_results(results: dict, out_png: Path) -> Path:
-    """Per-class Dice per run (box over the cases, dots per case, diamond = mean) and the mean metrics.
+def _class_values(per_case: dict, class_name: str) -> list[float]:
+    """Dice in percent of one class over the cases where it is defined."""
+    values = [case[class_name]["Dice"] for case in per_case.values()]
+    return [100 * v for v in values if v is not None]
 
-    With the paper's rows in ``results``, its CE + topK-Dice values are drawn as black crosses.
-    Returns ``out_png``.
-    """
-    runs = list(results["runs"])
-    classes = results["classes"]
-    colours = _run_colours(len(runs))
-    paper = results.get("paper")
-    reference = paper["reported"][paper["reference_row"]] if paper else {}
 
-    n_classes = len(classes)
-    fig_width = min(max(9.0, 0.9 * n_classes * max(1, len(runs)) ** 0.5 + 5), 24.0)
-    fig, (ax_cls, ax_mean) = plt.subplots(
-        1,
-        2,
-        figsize=(fig_width, 6.0),
-        gridspec_kw={"width_ratios": [max(2.0, 0.9 * n_classes), 2.2]},
-        layout="constrained",
-    )
+def _draw_class_dice(ax, results: dict, colours: list, reference: dict) -> None:
+    """Per class and method: a box over the cases, one dot per case, a diamond for the mean."""
+    runs, classes = list(results["runs"]), results["classes"]
     width = 0.8 / len(runs)
     rng = np.random.default_rng(0)  # jitter of the case dots, fixed so that the figure is reproducible
     for j, run in enumerate(runs):
-        per_case = results["runs"][run]["per_case"]
         positions, data = [], []
         for i, c in enumerate(classes):
-            values = [case[c["name"]]["Dice"] for case in per_case.values()]
-            values = [100 * v for v in values if v is not None]
+            values = _class_values(results["runs"][run]["per_case"], c["name"])
             x = i - 0.4 + width * (j + 0.5)
             if values:
                 positions.append(x)
                 data.append(values)
-                ax_cls.scatter(
-                    x + rng.uniform(-0.25, 0.25, len(values)) * width,
-                    values,
-                    s=9,
-                    color="black",
-                    alpha=0.5,
-                    zorder=3,
-                    linewidths=0,
-                )
+                jitter = rng.uniform(-0.25, 0.25, len(values)) * width
+                ax.scatter(x + jitter, values, s=9, color="black", alpha=0.5, zorder=3, linewidths=0)
             mean = results["runs"][run]["per_class"][c["name"]]["Dice"]
             if mean is not None:
-                ax_cls.scatter(x, 100 * mean, marker="D", s=28, color="white", edgecolor="black", zorder=4)
+                ax.scatter(x, 100 * mean, marker="D", s=28, color="white", edgecolor="black", zorder=4)
         if data:
-            box = ax_cls.boxplot(
-                data,
-                positions=positions,
-                widths=width * 0.8,
-                patch_artist=True,
-                showfliers=False,
+            box = ax.boxplot(
+                data, positions=positions, widths=width * 0.8, patch_artist=True, showfliers=False,
                 manage_ticks=False,
             )
             for patch in box["boxes"]:
                 patch.set(facecolor=colours[j], alpha=0.75)
             for median in box["medians"]:
                 median.set(color="black")
+    n_classes = len(classes)
     for i, c in enumerate(classes):
         value = reference.get(c["column"]) if n_classes > 1 else reference.get("mDice")
         if value is not None:
-            ax_cls.scatter(i, 100 * value, marker="x", s=60, color="black", zorder=5)
-    ax_cls.set_xticks(range(n_classes))
-    ax_cls.set_xticklabels(
-        [c["column"] for c in classes],
-        rotation=30 if n_classes > 4 else 0,
-        ha="right" if n_classes > 4 else "center",
-    )
-    ax_cls.set_xlim(-0.6, n_classes - 0.4)
-    ax_cls.set_ylim(0, 102)
-    ax_cls.set_ylabel("Dice (%)")
-    ax_cls.set_xlabel("class")
-    ax_cls.set_title(f"Dice per class over {len(results['cases'])} test cases")
-    ax_cls.grid(axis="y", alpha=0.3)
+            ax.scatter(i, 100 * value, marker="x", s=60, color="black", zorder=5)
+    _class_axis(ax, classes)
+    ax.set_ylim(0, 102)
+    ax.set_ylabel("Dice (%)")
+    ax.set_title(f"Dice per class over {len(results['cases'])} test cases")
+    ax.grid(axis="y", alpha=0.3)
 
+
+def _class_axis(ax, classes: list[dict], extra: tuple[str, ...] = ()) -> None:
+    labels = [*extra, *(c["column"] for c in classes)]
+    rotate = len(labels) > 4
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xlabel("class")
+
+
+def _draw_means(ax, results: dict, colours: list, reference: dict) -> None:
+    """Bars of the mean metrics per method (the mean over its repeats, with the sd as an error bar)."""
+    runs = list(results["runs"])
+    width = 0.8 / len(runs)
     x = np.arange(len(MEAN_METRICS))
     for j, run in enumerate(runs):
         means = [results["runs"][run]["mean"][m] for m, _ in MEAN_METRICS]
-        ax_mean.bar(
-            x - 0.4 + width * (j + 0.5), [0 if v is None else 100 * v for v in means], width, color=colours[j]
+        sds = [results["runs"][run].get("sd", {}).get(m) for m, _ in MEAN_METRICS]
+        ax.bar(
+            x - 0.4 + width * (j + 0.5),
+            [0 if v is None else 100 * v for v in means],
+            width,
+            yerr=[0 if v is None else 100 * v for v in sds] if any(v is not None for v in sds) else None,
+            color=colours[j],
+            capsize=2,
         )
     for i, (_, col) in enumerate(MEAN_METRICS):
         if reference.get(col) is not None:
-            ax_mean.scatter(i, 100 * reference[col], marker="x", s=60, color="black", zorder=5)
-    ax_mean.set_xticks(x)
-    ax_mean.set_xticklabels([col for _, col in MEAN_METRICS])
-    ax_mean.set_ylim(0, 102)
-    ax_mean.set_ylabel("percent")
-    ax_mean.set_title("Means over classes")
-    ax_mean.grid(axis="y", alpha=0.3)
+            ax.scatter(i, 100 * reference[col], marker="x", s=60, color="black", zorder=5)
+    ax.set_xticks(x)
+    ax.set_xticklabels([col for _, col in MEAN_METRICS])
+    ax.set_ylim(0, 102)
+    ax.set_ylabel("percent")
+    ax.set_title("Means over classes")
+    ax.grid(axis="y", alpha=0.3)
 
+
+def _draw_differences(ax, results: dict, colours: dict) -> None:
+    """Paired differences with the baseline, percentage points with the 95% bootstrap interval: the case
+    score (mean Dice over classes) first, then each class's Dice."""
+    comparisons, classes = results["comparisons"], results["classes"]
+    width = 0.8 / len(comparisons)
+    for j, comparison in enumerate(comparisons):
+        entries = [comparison, *(comparison["per_class"][c["name"]] for c in classes)]
+        for i, entry in enumerate(entries):
+            if entry["mean_difference"] is None:
+                continue
+            low, high = entry["ci95"]
+            mean = 100 * entry["mean_difference"]
+            ax.errorbar(
+                i - 0.4 + width * (j + 0.5),
+                mean,
+                yerr=[[mean - 100 * low], [100 * high - mean]],
+                fmt="o",
+                color=colours[comparison["method"]],
+                capsize=3,
+                markersize=5,
+            )
+    ax.axhline(0, color="black", linewidth=0.8)
+    _class_axis(ax, classes, extra=("case score\n(all classes)",))
+    ax.set_ylabel("difference (percentage points)")
+    ax.set_title(f"Paired Dice difference with the baseline {results['baseline']!r} (mean, 95% bootstrap CI)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _legend_handles(runs: list[str], colours: list, paper: dict | None) -> list:
     handles = [Patch(facecolor=colours[j], alpha=0.75, label=run) for j, run in enumerate(runs)]
     handles.append(
         plt.Line2D([], [], marker="D", linestyle="", color="white", markeredgecolor="black", label="mean")
@@ -125,17 +143,41 @@ def plot_results(results: dict, out_png: Path) -> Path:
     handles.append(
         plt.Line2D([], [], marker="o", linestyle="", color="black", alpha=0.5, markersize=4, label="one case")
     )
-    if reference:
-        handles.append(
-            plt.Line2D(
-                [],
-                [],
-                marker="x",
-                linestyle="",
-                color="black",
-                label=f"paper {paper['reference_row']} (reported)",
-            )
-        )
+    if paper:
+        label = f"paper {paper['reference_row']} (reported)"
+        handles.append(plt.Line2D([], [], marker="x", linestyle="", color="black", label=label))
+    return handles
+
+
+def plot_results(results: dict, out_png: Path) -> Path:
+    """Per-class Dice per method (box over the cases, dots per case, diamond = mean), the mean metrics and,
+    with two or more methods, the paired differences with the baseline and their 95% intervals.
+
+    With the paper's rows in ``results``, its CE + topK-Dice values are drawn as black crosses.
+    Returns ``out_png``.
+    """
+    runs = list(results["runs"])
+    colours = _run_colours(len(runs))
+    paper = results.get("paper")
+    reference = paper["reported"][paper["reference_row"]] if paper else {}
+    n_classes = len(results["classes"])
+    comparisons = results.get("comparisons") or []
+
+    fig_width = min(max(9.0, 0.9 * n_classes * max(1, len(runs)) ** 0.5 + 5), 24.0)
+    mosaic = [["classes", "means"]] + ([["differences", "differences"]] if comparisons else [])
+    fig, axes = plt.subplot_mosaic(
+        mosaic,
+        figsize=(fig_width, 6.0 + (4.0 if comparisons else 0.0)),
+        width_ratios=[max(2.0, 0.9 * n_classes), 2.2],
+        height_ratios=[6.0, 4.0] if comparisons else [1.0],
+        layout="constrained",
+    )
+    _draw_class_dice(axes["classes"], results, colours, reference)
+    _draw_means(axes["means"], results, colours, reference)
+    if comparisons:
+        _draw_differences(axes["differences"], results, dict(zip(runs, colours, strict=True)))
+
+    handles = _legend_handles(runs, colours, paper)
     # as many legend columns as fit the width (long run names take about 2.5 inches)
     n_columns = max(2, min(len(handles), int(fig_width // 2.5)))
     fig.legend(handles=handles, loc="outside lower center", ncol=n_columns, frameon=False)
@@ -143,138 +185,5 @@ def plot_results(results: dict, out_png: Path) -> Path:
     fig.suptitle(f"{name}: paper-style evaluation")
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
-
-
-def label_colours(n_labels: int) -> ListedColormap:
-    """Colour map for label maps 0..n_labels-1: background transparent black, classes from tab10/tab20."""
-    base = plt.get_cmap("tab10" if n_labels <= 11 else "tab20")
-    colours = [(0.0, 0.0, 0.0, 0.0)] + [base(i % base.N) for i in range(max(n_labels - 1, 1))]
-    return ListedColormap(colours[: max(n_labels, 2)])
-
-
-def _show_labels(ax, labels: np.ndarray, cmap: ListedColormap, aspect: float) -> None:
-    ax.imshow(
-        np.ma.masked_equal(labels, 0),
-        cmap=cmap,
-        vmin=0,
-        vmax=cmap.N - 1,
-        interpolation="nearest",
-        aspect=aspect,
-    )
-
-
-def plot_ignore_maps(
-    image: np.ndarray,
-    label: np.ndarray,
-    maps: Mapping[float, np.ndarray],
-    out_png: Path,
-    *,
-    class_names: Sequence[str],
-    aspect: float = 1.0,
-    losses: Mapping[float, float] | None = None,
-    title: str = "",
-) -> Path:
-    """The paper's Figure 1 (one k) or Figure 2 idea (several k) for one 2-D slice.
-
-    One k: a row of four panels, (a) input, (b) ground truth, (c) ignore map, (d) modified ground truth.
-    Several k: input and ground truth in the first column, then per k a column with the ignore map (top)
-    and the modified ground truth (bottom).
-
-    Shape:
-        image: (H, W) float.  label: (H, W) int in [0, len(class_names)).  maps: k -> (H, W) bool,
-        True where the voxel is excluded as easy.  class_names: one per label value, background first.
-        aspect: pixel height / width (from the spacing).  losses: optional k -> TopK-Dice loss of the slice.
-    Returns:
-        ``out_png``.
-    """
-    cmap = label_colours(len(class_names))
-    lo, hi = np.percentile(image, [1, 99]) if image.size else (0, 1)
-    ks = list(maps)
-
-    def show_image(ax, dim: float = 1.0) -> None:
-        ax.imshow(
-            np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1) * dim,
-            cmap="gray",
-            vmin=0,
-            vmax=1,
-            aspect=aspect,
-        )
-
-    def show_ignore(ax, k: float) -> None:
-        excluded = maps[k]
-        # white: excluded (easy) voxels; the class colours of the kept (hard) foreground, dimmed
-        ax.imshow(np.zeros_like(image), cmap="gray", vmin=0, vmax=1, aspect=aspect)
-        kept = np.where(excluded, 0, label)
-        ax.imshow(
-            np.ma.masked_equal(kept, 0),
-            cmap=cmap,
-            vmin=0,
-            vmax=cmap.N - 1,
-            alpha=0.35,
-            interpolation="nearest",
-            aspect=aspect,
-        )
-        ax.imshow(
-            np.ma.masked_equal(excluded.astype(np.uint8), 0),
-            cmap=ListedColormap(["white", "white"]),
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-            aspect=aspect,
-        )
-
-    def show_modified(ax, k: float) -> None:
-        ax.imshow(np.zeros_like(image), cmap="gray", vmin=0, vmax=1, aspect=aspect)
-        _show_labels(ax, np.where(maps[k], 0, label), cmap, aspect)
-
-    def k_title(k: float, what: str) -> str:
-        n_fg = int(np.count_nonzero(label))
-        n_kept = int(np.count_nonzero((label > 0) & ~maps[k]))
-        text = f"{what}, k = {k:g}%\nkept {n_kept} of {n_fg} fg px"
-        if losses and k in losses:
-            text += f", loss {losses[k]:.3f}"
-        return text
-
-    if len(ks) == 1:
-        k = ks[0]
-        fig, axes = plt.subplots(1, 4, figsize=(15, 5.2), layout="constrained")
-        show_image(axes[0])
-        axes[0].set_title("(a) input image")
-        show_image(axes[1], 0.6)
-        _show_labels(axes[1], label, cmap, aspect)
-        axes[1].set_title("(b) ground truth")
-        show_ignore(axes[2], k)
-        axes[2].set_title(k_title(k, "(c) ignore map"))
-        show_modified(axes[3], k)
-        axes[3].set_title("(d) modified ground truth")
-    else:
-        fig, axes = plt.subplots(
-            2, len(ks) + 1, figsize=(3.4 * (len(ks) + 1), 8.0), squeeze=False, layout="constrained"
-        )
-        show_image(axes[0, 0])
-        axes[0, 0].set_title("input image")
-        show_image(axes[1, 0], 0.6)
-        _show_labels(axes[1, 0], label, cmap, aspect)
-        axes[1, 0].set_title("ground truth")
-        for j, k in enumerate(ks, start=1):
-            show_ignore(axes[0, j], k)
-            axes[0, j].set_title(k_title(k, "ignore map"))
-            show_modified(axes[1, j], k)
-            axes[1, j].set_title(f"modified ground truth\nk = {k:g}%")
-    for ax in np.ravel(axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    handles = [Patch(facecolor=cmap(i), label=name) for i, name in enumerate(class_names) if i > 0]
-    handles.append(Patch(facecolor="white", edgecolor="black", label="ignore map: excluded (easy) voxels"))
-    handles.append(
-        Patch(facecolor=(0.35, 0.35, 0.35), label="ignore map: kept (hard) voxels, dimmed class colour")
-    )
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), frameon=False)
-    if title:
-        fig.suptitle(title)
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png

@@ -1,0 +1,482 @@
+"""Seeded, paired training of any nnU-Net trainer, without forking nnU-Net.
+
+:func:`seeded_trainer_class` derives from a trainer class (nnU-Net's, ours or a user's) a subclass of the
+same name in which every random draw of the training is a function of the seed and a counter:
+
+* the initial weights: the global generators are seeded from ``(seed, WEIGHTS_STREAM)`` right before
+  ``initialize()`` builds the network, so trainers of the same architecture start from the same weights;
+* training batch ``i`` (counted over the whole training: resumed at ``current_epoch *
+  num_iterations_per_epoch``): numpy's, torch's and Python's global generators are seeded from
+  ``(seed, TRAIN_BATCH_STREAM, rank, i)`` right before the loader makes it, in whichever process makes
+  it (patch sampling and the batchgeneratorsv2 transforms draw from those global generators);
+  validation batches get their own stream;
+* the training step ``i`` (dropout, if a network has it) is seeded from ``(seed, TRAIN_STEP_STREAM,
+  rank, i)``.
+
+Batches are served by batchgenerators' ``MultiThreadedAugmenter`` (one queue per worker, read in a fixed
+round-robin order; worker ``t`` of ``n`` makes batches ``t, t + n, ...``) instead of nnU-Net's
+``NonDetMultiThreadedAugmenter``, or in the main process with ``nnUNet_n_proc_DA=0``. The stream is
+then the same for every loss, every number of workers, and across ``--c``.
+
+:func:`train_seeded` runs the steps of nnU-Net's ``run_training`` (its own checkpoint loading and
+validation) with the seeded class, in the per-seed results root of :mod:`.layout`, and records the seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.ext import environment_with_trainers
+from nnunet_topkdice.training.layout import (
+    check_seed,
+    fold_folder,
+    read_recorded_seed,
+    seed_results_root,
+    write_seed_record,
+)
+
+__all__ = [
+    "SeededBatches",
+    "SeededTrainerMixin",
+    "run_environment",
+    "seed_global_rngs",
+    "seeded_trainer_class",
+    "torch_device",
+    "train_seeded",
+]
+
+# Independent random streams of one seed (the second word of the SeedSequence key).
+WEIGHTS_STREAM, TRAIN_BATCH_STREAM, VAL_BATCH_STREAM, TRAIN_STEP_STREAM = 0, 1, 2, 3
+SCHEME = "nnunet_topkdice seeded training v1"  # changes if the derivation of the streams ever changes
+
+
+def seed_global_rngs(seed: int, stream: int, rank: int = 0, index: int = 0) -> None:
+    """Seed numpy's legacy global generator, torch's generators (CPU and CUDA) and ``random``.
+
+    The state comes from ``np.random.SeedSequence((seed, stream, rank, index))``, so different keys give
+    unrelated streams. All arguments are integers >= 0 (``SeedSequence`` raises ValueError otherwise).
+    nnU-Net's loaders and batchgeneratorsv2's transforms draw from these global generators only.
+    """
+    words = np.random.SeedSequence((seed, stream, rank, index)).generate_state(2)  # 2 x uint32
+    np.random.seed(words)
+    combined = int(words[0]) << 32 | int(words[1])
+    torch.manual_seed(combined)
+    random.seed(combined)
+
+
+class SeededBatches:
+    """Batch iterator: batch ``i`` of ``loader`` is made right after seeding the global RNGs from
+    ``(seed, stream, rank, i)``.
+
+    Inside a ``MultiThreadedAugmenter`` worker ``t`` (told by ``set_thread_id``) of ``n_workers`` makes
+    batches ``first_index + t, first_index + t + n_workers, ...``, which is exactly the round-robin order
+    in which the augmenter hands them out. ``loader`` is any iterator of batch dicts (nnU-Net's
+    ``nnUNetDataLoader``); this object is copied into each worker process, where it counts on its own.
+    """
+
+    def __init__(self, loader: Any, seed: int, stream: int, rank: int, first_index: int, n_workers: int = 1):
+        if first_index < 0 or n_workers < 1:
+            raise ValueError(f"need first_index >= 0 and n_workers >= 1, got {first_index!r} and {n_workers!r}")
+        self.loader = loader
+        self.seed, self.stream, self.rank = check_seed(seed), stream, rank
+        self.first_index, self.n_workers = first_index, n_workers
+        self.thread_id = 0
+        self.n_made = 0
+
+    def set_thread_id(self, thread_id: int) -> None:
+        self.thread_id = thread_id
+        if hasattr(self.loader, "set_thread_id"):
+            self.loader.set_thread_id(thread_id)
+
+    def next_index(self) -> int:
+        """The index of the batch the next ``next()`` makes."""
+        return self.first_index + self.thread_id + self.n_made * self.n_workers
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        seed_global_rngs(self.seed, self.stream, self.rank, self.next_index())
+        self.n_made += 1
+        return next(self.loader)
+
+
+@contextlib.contextmanager
+def _environment(updates: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore the previous values."""
+    saved = {key: os.environ.get(key) for key in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _loader_and_transform(augmenter: Any) -> tuple[Any, Any]:
+    """The data loader and transform inside one of batchgenerators' augmenters (others: TypeError)."""
+    if isinstance(augmenter, SingleThreadedAugmenter):
+        return augmenter.data_loader, augmenter.transform
+    if isinstance(augmenter, (MultiThreadedAugmenter, NonDetMultiThreadedAugmenter)):
+        augmenter._finish()  # its workers would draw unseeded batches
+        return augmenter.generator, augmenter.transform
+    raise TypeError(
+        f"get_dataloaders returned a {type(augmenter).__name__}; seeded training needs one of batchgenerators' "
+        "augmenters (SingleThreadedAugmenter, MultiThreadedAugmenter, NonDetMultiThreadedAugmenter)"
+    )
+
+
+class SeededTrainerMixin:
+    """Makes an ``nnUNetTrainer`` subclass seeded (put it first in the bases; see :func:`seeded_trainer_class`).
+
+    Adds nothing to the constructor, so nnU-Net's ``init_args`` in the checkpoint stay the trainer's own.
+    """
+
+    topkdice_seed: int = 0  # set by seeded_trainer_class
+    topkdice_step: int = 0  # index of the next training step over the whole training (set each epoch)
+
+    def initialize(self) -> None:
+        if not self.was_initialized:
+            # the network is the first thing initialize() builds: its weights are a function of the seed
+            seed_global_rngs(self.topkdice_seed, WEIGHTS_STREAM)
+        super().initialize()
+
+    def get_dataloaders(self):
+        # The trainer (or an override of it) builds its loaders and transforms as usual; its augmenters are
+        # then replaced by seeded ones. They are not built in the main process (nnUNet_n_proc_DA=0) on purpose:
+        # their warm-up batch would run OpenMP work there, and forked workers then hang in libgomp.
+        n_workers = get_allowed_n_proc_DA()
+        train, val = super().get_dataloaders()
+        first_train = self.current_epoch * self.num_iterations_per_epoch
+        first_val = self.current_epoch * self.num_val_iterations_per_epoch
+        # nnU-Net gives validation half the workers
+        return (
+            self._seeded_augmenter(train, TRAIN_BATCH_STREAM, first_train, n_workers),
+            self._seeded_augmenter(val, VAL_BATCH_STREAM, first_val, max(1, n_workers // 2) if n_workers else 0),
+        )
+
+    def _seeded_augmenter(self, augmenter: Any, stream: int, first_index: int, n_workers: int):
+        loader, transform = _loader_and_transform(augmenter)
+        batches = SeededBatches(loader, self.topkdice_seed, stream, self.local_rank, first_index, max(1, n_workers))
+        if n_workers == 0:
+            return SingleThreadedAugmenter(batches, transform)
+        augmenter = MultiThreadedAugmenter(
+            batches, transform, n_workers, num_cached_per_queue=2, pin_memory=self.device.type == "cuda"
+        )
+        # fork the workers now, as nnU-Net's warm-up batch does: the rest of on_train_start may run OpenMP work
+        # in this process (a network plot on the CPU), after which forked workers can hang in libgomp
+        augmenter.restart()
+        return augmenter
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.topkdice_step = self.current_epoch * self.num_iterations_per_epoch
+
+    def train_step(self, batch: dict) -> dict:
+        # randomness of the step itself (dropout) does not depend on how many batches workers drew before
+        seed_global_rngs(self.topkdice_seed, TRAIN_STEP_STREAM, self.local_rank, self.topkdice_step)
+        self.topkdice_step += 1
+        return super().train_step(batch)
+
+
+def seeded_trainer_class(trainer_class: type, seed: int) -> type:
+    """A subclass of ``trainer_class`` with :class:`SeededTrainerMixin` first, of the same name and module.
+
+    The name stays, so the output folder, the checkpoint's ``trainer_name`` and ``nnUNetv2_predict -tr NAME``
+    are those of the original trainer (nnU-Net finds the original class, which predicts identically).
+
+    Raises:
+        TypeError: ``trainer_class`` is not a subclass of ``nnUNetTrainer``.
+        ValueError: ``seed`` is not an integer >= 0.
+    """
+    if not (isinstance(trainer_class, type) and issubclass(trainer_class, nnUNetTrainer)):
+        raise TypeError(f"expected a subclass of nnUNetTrainer, got {trainer_class!r}")
+    namespace = {
+        "topkdice_seed": check_seed(seed),
+        "__module__": trainer_class.__module__,
+        "__qualname__": trainer_class.__qualname__,
+        "__doc__": trainer_class.__doc__,
+    }
+    return type(trainer_class.__name__, (SeededTrainerMixin, trainer_class), namespace)
+
+
+def torch_device(name: str) -> torch.device:
+    """``-device`` as ``nnUNetv2_train`` sets it up: all CPU threads for ``cpu``, one thread for ``cuda``."""
+    if name == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+        return torch.device("cpu")
+    if name == "cuda":
+        torch.set_num_threads(1)
+        with contextlib.suppress(RuntimeError):  # refused once parallel work has started in this process
+            torch.set_num_interop_threads(1)
+        return torch.device("cuda")
+    if name == "mps":
+        return torch.device("mps")
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'mps', got {name!r}")
+
+
+def _required_folder(variable: str) -> Path:
+    value = os.environ.get(variable)
+    if not value:
+        raise InputError(f"{variable} is not set: seeded training needs nnU-Net's {variable} folder")
+    return Path(value)
+
+
+def _parse_fold(fold: int | str) -> int | str:
+    if fold == "all":
+        return fold
+    try:
+        value = int(fold)
+    except (TypeError, ValueError):
+        raise InputError(f"fold must be 'all' or an integer >= 0, got {fold!r}") from None
+    if value < 0:
+        raise InputError(f"fold must be 'all' or an integer >= 0, got {fold!r}")
+    return value
+
+
+def _find_trainer_class(trainer_name: str) -> type:
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        return recursive_find_trainer_class_by_name(trainer_name)
+    except (RuntimeError, AssertionError) as e:
+        raise InputError(f"trainer {trainer_name!r}: {e}") from None
+
+
+def _dataset_name(dataset_name_or_id: int | str) -> str:
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    if isinstance(dataset_name_or_id, str) and not dataset_name_or_id.startswith("Dataset"):
+        try:
+            dataset_name_or_id = int(dataset_name_or_id)
+        except ValueError:
+            raise InputError(
+                f"DATASET must be an integer id or a name like Dataset123_Name, got {dataset_name_or_id!r}"
+            ) from None
+    try:
+        return maybe_convert_to_dataset_name(dataset_name_or_id)
+    except RuntimeError as e:
+        raise InputError(str(e)) from None
+
+
+def _plans_and_dataset_json(dataset_name: str, plans_identifier: str, configuration: str) -> tuple[dict, dict]:
+    """The plans and dataset.json of the preprocessed dataset, as ``get_trainer_from_args`` reads them.
+
+    Raises:
+        InputError: a file is missing or the plans have no such configuration (names the file).
+    """
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    folder = _required_folder("nnUNet_preprocessed") / dataset_name
+    plans_file, dataset_file = folder / f"{plans_identifier}.json", folder / "dataset.json"
+    for path in (plans_file, dataset_file):
+        if not path.is_file():
+            raise InputError(f"{path} does not exist (is the dataset preprocessed with -p {plans_identifier}?)")
+    plans = load_json(str(plans_file))
+    if configuration not in plans.get("configurations", {}):
+        known = ", ".join(plans.get("configurations", {}))
+        raise InputError(f"configuration {configuration!r} is not in {plans_file} (it has: {known})")
+    return plans, load_json(str(dataset_file))
+
+
+def _build_trainer(
+    trainer_class: type,
+    dataset_name: str,
+    configuration: str,
+    fold: int | str,
+    plans_identifier: str,
+    continue_training: bool,
+    device: torch.device,
+) -> nnUNetTrainer:
+    """Instantiate the trainer as nnU-Net's ``get_trainer_from_args`` does."""
+    plans, dataset_json = _plans_and_dataset_json(dataset_name, plans_identifier, configuration)
+    plans["continue_training"] = continue_training
+    return trainer_class(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json, device=device)
+
+
+def run_environment(results_root: Path, deterministic: bool = False) -> dict[str, str]:
+    """The environment variables a seeded run sets while it runs (the rest of ``os.environ`` stays).
+
+    ``nnUNet_results`` is the per-seed root; ``nnUNet_extTrainer`` lists the user's folders, then this
+    package's trainer folder; ``deterministic`` adds cuBLAS's deterministic workspace setting.
+    """
+    updates = {
+        "nnUNet_results": str(results_root),
+        "nnUNet_extTrainer": environment_with_trainers()["nnUNet_extTrainer"],
+    }
+    if deterministic:
+        updates["CUBLAS_WORKSPACE_CONFIG"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return updates
+
+
+def _configure_cudnn(deterministic: bool) -> None:
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        # nnU-Net's own choice (benchmark: fastest kernels, chosen by timing) unless determinism is asked for
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+
+
+def _train_and_validate(
+    trainer: nnUNetTrainer,
+    *,
+    continue_training: bool,
+    only_run_validation: bool,
+    pretrained_weights: str | None,
+    disable_checkpointing: bool,
+    val_with_best: bool,
+    export_validation_probabilities: bool,
+    deterministic: bool,
+) -> None:
+    """The part of nnU-Net's ``run_training`` after the trainer exists, with nnU-Net's own functions."""
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    if disable_checkpointing:
+        trainer.disable_checkpointing = True
+    maybe_load_checkpoint(trainer, continue_training, only_run_validation, pretrained_weights)
+    _configure_cudnn(deterministic)
+    if not only_run_validation:
+        trainer.run_training()
+    if val_with_best:
+        trainer.load_checkpoint(os.path.join(trainer.output_folder, "checkpoint_best.pth"))
+    trainer.perform_actual_validation(export_validation_probabilities)
+
+
+def _ddp_rank(
+    rank: int,
+    world_size: int,
+    trainer_name: str,
+    seed: int,
+    build_args: tuple,
+    options: dict,
+) -> None:
+    """One DDP process (``torch.multiprocessing.spawn`` target), like nnU-Net's ``run_ddp``."""
+    import torch.distributed as dist
+    from nnunetv2.run.run_training import cleanup_ddp, setup_ddp
+
+    setup_ddp(rank, world_size)
+    torch.cuda.set_device(torch.device("cuda", dist.get_rank()))
+    trainer_class = seeded_trainer_class(_find_trainer_class(trainer_name), seed)
+    trainer = _build_trainer(trainer_class, *build_args, device=torch.device("cuda"))
+    _train_and_validate(trainer, **options)
+    cleanup_ddp()
+
+
+def train_seeded(
+    dataset_name_or_id: int | str,
+    configuration: str,
+    fold: int | str,
+    *,
+    seed: int,
+    trainer_name: str = "nnUNetTrainer",
+    plans_identifier: str = "nnUNetPlans",
+    pretrained_weights: str | None = None,
+    num_gpus: int = 1,
+    export_validation_probabilities: bool = False,
+    continue_training: bool = False,
+    only_run_validation: bool = False,
+    disable_checkpointing: bool = False,
+    val_with_best: bool = False,
+    device: torch.device | str = "cuda",
+    deterministic: bool = False,
+) -> Path:
+    """Train (and validate) like nnU-Net's ``run_training`` with the seeded trainer; returns the fold folder.
+
+    The arguments are ``run_training``'s, plus ``seed`` and ``deterministic`` (cuDNN's deterministic
+    kernels and ``torch.use_deterministic_algorithms(warn_only=True)``). The run goes to
+    ``seed_results_root($nnUNet_results, seed)``; the trainer is looked up like ``nnUNetv2_train`` does, with
+    this package's trainer folder added to ``nnUNet_extTrainer``. The seed is written to ``seed.json`` in
+    the fold folder before training starts.
+
+    Raises:
+        InputError: a bad or contradictory argument, nnU-Net folders not set, an unknown trainer or dataset,
+            a missing plans file, or a fold folder that holds a run of another seed (or an unseeded run, for
+            ``continue_training`` / ``only_run_validation``). Nothing is written in these cases.
+    """
+    seed = check_seed(seed)
+    fold = _parse_fold(fold)
+    device = torch.device(device) if isinstance(device, str) else device
+    if continue_training and only_run_validation:
+        raise InputError("--c and --val cannot be combined")
+    if continue_training and pretrained_weights is not None:
+        raise InputError("--c and -pretrained_weights cannot be combined (pretrained weights start a training)")
+    if val_with_best and disable_checkpointing:
+        raise InputError("--val_best needs checkpoints, it cannot be combined with --disable_checkpointing")
+    if num_gpus < 1:
+        raise InputError(f"-num_gpus must be >= 1, got {num_gpus}")
+    if num_gpus > 1 and device.type != "cuda":
+        raise InputError(f"-num_gpus {num_gpus} (DDP) needs -device cuda, got -device {device.type}")
+    results_root = seed_results_root(_required_folder("nnUNet_results"), seed)
+    _required_folder("nnUNet_preprocessed")
+
+    with _environment(run_environment(results_root, deterministic)):
+        trainer_class = _find_trainer_class(trainer_name)
+        dataset_name = _dataset_name(dataset_name_or_id)
+        name = trainer_class.__name__  # the name asked for (nnU-Net matches class names exactly)
+        fold_dir = fold_folder(results_root, dataset_name, name, plans_identifier, configuration, fold)
+        recorded = read_recorded_seed(fold_dir)
+        has_checkpoint = any(fold_dir.glob("checkpoint_*.pth"))
+        if recorded is not None and recorded != seed:
+            raise InputError(f"{fold_dir} holds a run of seed {recorded}, not of --seed {seed}")
+        if recorded is None and has_checkpoint and (continue_training or only_run_validation):
+            raise InputError(f"{fold_dir} holds checkpoints but no {fold_dir / 'seed.json'}: not a seeded run")
+
+        options = {
+            "continue_training": continue_training,
+            "only_run_validation": only_run_validation,
+            "pretrained_weights": pretrained_weights,
+            "disable_checkpointing": disable_checkpointing,
+            "val_with_best": val_with_best,
+            "export_validation_probabilities": export_validation_probabilities,
+            "deterministic": deterministic,
+        }
+        _plans_and_dataset_json(dataset_name, plans_identifier, configuration)  # checked before writing anything
+        build_args = (dataset_name, configuration, fold, plans_identifier, continue_training)
+        if not only_run_validation:
+            record = {
+                "seed": seed,
+                "trainer": name,
+                "plans": plans_identifier,
+                "configuration": configuration,
+                "fold": fold,
+                "deterministic": deterministic,
+                "scheme": SCHEME,
+            }
+            if recorded is None or not continue_training:
+                write_seed_record(fold_dir, record)
+        if num_gpus > 1:
+            import torch.multiprocessing as mp
+            from nnunetv2.run.run_training import find_free_network_port
+
+            os.environ["MASTER_ADDR"] = "localhost"
+            os.environ.setdefault("MASTER_PORT", str(find_free_network_port()))
+            mp.spawn(
+                _ddp_rank,
+                args=(num_gpus, name, seed, build_args, options),
+                nprocs=num_gpus,
+                join=True,
+            )
+        else:
+            trainer = _build_trainer(seeded_trainer_class(trainer_class, seed), *build_args, device=device)
+            if Path(trainer.output_folder) != fold_dir:
+                raise RuntimeError(f"nnU-Net trains into {trainer.output_folder}, expected {fold_dir}")
+            _train_and_validate(trainer, **options)
+    return fold_dir

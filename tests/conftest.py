@@ -1,0 +1,104 @@
+"""Fixtures shared by several test files (pytest finds them by name; no import needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nnunet_e2e import BIN, DATASET_ID, TinyDataset, make_dataset, run
+
+# ---- conversion and ignore-map tests ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bin_dir() -> Path:
+    """The folder of this Python's console scripts (``topkdice``, ``nnUNetv2_*``), as a user's PATH has it."""
+    return Path(sys.executable).parent
+
+
+@pytest.fixture
+def nnunet_env(tmp_path: Path) -> dict[str, str]:
+    """The environment with nnU-Net's three folders under ``tmp_path`` (``raw``, ``preprocessed``,
+    ``results``, not created) and without ``nnUNet_n_proc_DA``, which breaks ``nnUNetv2_plan_and_preprocess``."""
+    env = dict(os.environ)
+    env.pop("nnUNet_n_proc_DA", None)
+    for name in ("raw", "preprocessed", "results"):
+        env[f"nnUNet_{name}"] = str(tmp_path / name)
+    return env
+
+
+def _true_class_probabilities(label: np.ndarray, true_prob: np.ndarray, n_classes: int = 3) -> np.ndarray:
+    """(C, *spatial) float32: the true class of each voxel gets ``true_prob``, the others share the rest."""
+    probs = np.repeat(((1 - true_prob) / (n_classes - 1))[None], n_classes, axis=0)
+    for c in range(n_classes):
+        probs[c][label == c] = true_prob[label == c]
+    return probs.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def true_class_probabilities() -> Callable[..., np.ndarray]:
+    """``f(label, true_prob, n_classes=3)``: softmax-like probabilities with a chosen true-class value."""
+    return _true_class_probabilities
+
+
+def _write_image(path: Path, array: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 2.0)) -> Path:
+    """Write ``array`` (numpy z, y, x order) as an image with the given spacing (x, y, z); returns ``path``."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_image() -> Callable[..., Path]:
+    """``f(path, array, spacing=(1, 1, 2)) -> path``: write a numpy (z, y, x) array as an image file."""
+    return _write_image
+
+
+@pytest.fixture
+def ignore_map_case(tmp_path: Path) -> dict:
+    """A (2, 8, 8) case for ``show-ignore-map``: class 1 in both slices (bigger in slice 1), class 2 in
+    slice 1 only, probabilities in ``case.npz`` and label names in the dataset.json beside it.
+
+    Returns ``{"root", "image", "label", "npz"}`` (paths; the folder is ``tmp_path``).
+    """
+    label = np.zeros((2, 8, 8), dtype=np.uint8)
+    label[0, 2:4, 2:4] = 1  # 4 voxels
+    label[1, 1:5, 1:6] = 1  # 20 voxels
+    label[1, 6:8, 2:7] = 2  # 10 voxels
+    rng = np.random.default_rng(0)
+    true_prob = rng.uniform(0.3, 0.99, label.shape)
+    np.savez_compressed(tmp_path / "case.npz", probabilities=_true_class_probabilities(label, true_prob))
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1, "tumour": 2}}))
+    image = (label * 50 + rng.normal(0, 5, label.shape)).astype(np.float32)
+    return {
+        "root": tmp_path,
+        "image": _write_image(tmp_path / "case_0000.nii.gz", image),
+        "label": _write_image(tmp_path / "case.nii.gz", label),
+        "npz": tmp_path / "case.npz",
+    }
+
+
+# ---- end of the conversion and ignore-map block -----------------------------------------------------
+
+
+# ---- nnU-Net end to end (trainers, seeded training) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
+    """The tiny 2D dataset of ``nnunet_e2e.make_dataset`` (12 training, 4 test cases), planned and
+    preprocessed for ``2d`` once per test session; the tests only read it."""
+    base = tmp_path_factory.mktemp("tiny_nnunet")
+    dataset = TinyDataset(base / "raw", base / "preprocessed", make_dataset(base / "raw"), DATASET_ID)
+    # no nnUNet_n_proc_DA here: 0 breaks planning
+    env = dataset.environment(base / "unused_results")
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1"], env)
+    return dataset

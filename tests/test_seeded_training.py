@@ -1,0 +1,428 @@
+"""``topkdice train --seed``: seeded, paired training of any nnU-Net trainer.
+
+The end-to-end tests train probe trainers (a test-only ``nnUNet_extTrainer`` folder) that hash every batch
+``train_step`` receives and the weights at the start of training, on the session's tiny 2D dataset: 2 epochs
+of 3 iterations, no final validation. Most runs are in-process (``main([...])``); the worker runs are
+subprocesses, because forking data-augmentation workers from a process that has already run OpenMP work
+(this test process) can hang in libgomp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nnunet_e2e import BIN, DATASET_ID, DATASET_NAME, TinyDataset, run
+
+from nnunet_topkdice.cli import build_parser, main
+from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.training.layout import (
+    SEED_RECORD,
+    check_seed,
+    fold_folder,
+    read_recorded_seed,
+    seed_results_root,
+    train_argv,
+    write_seed_record,
+)
+
+PROBE = "nnUNetTrainerSeedProbe"
+TOPK_PROBE = "nnUNetTrainerTopKDiceSeedProbe"
+N_EPOCHS, N_ITERATIONS = 2, 3
+
+PROBE_MODULE = f"""
+import hashlib
+import os
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_topkdice.trainers import DemoSchedule, nnUNetTrainerTopKDice
+
+
+class _SeedProbe(DemoSchedule):
+    demo_num_epochs = {N_EPOCHS}
+    demo_num_iterations_per_epoch = {N_ITERATIONS}
+    demo_num_val_iterations_per_epoch = 1
+
+    def _log(self, text):
+        with open(os.environ["TOPKDICE_TEST_BATCH_LOG"], "a") as f:
+            f.write(text + "\\n")
+
+    def on_train_start(self):
+        super().on_train_start()
+        digest = hashlib.sha256()
+        for value in self.network.state_dict().values():
+            digest.update(value.cpu().numpy().tobytes())
+        self._log(f"weights {{self.current_epoch}} {{digest.hexdigest()}}")
+
+    def train_step(self, batch):
+        target = batch["target"]
+        digest = hashlib.sha256()
+        for tensor in [batch["data"], *(target if isinstance(target, list) else [target])]:
+            digest.update(tensor.numpy().tobytes())
+        self._log(f"batch {{digest.hexdigest()}}")
+        return super().train_step(batch)
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        stop = os.environ.get("TOPKDICE_TEST_STOP_AFTER_EPOCH")
+        if stop is not None and self.current_epoch == int(stop):
+            raise SystemExit(75)
+
+    def perform_actual_validation(self, save_probabilities=False):
+        pass  # keeps the tests short; nnU-Net's validation is not what is tested here
+
+
+class {PROBE}(_SeedProbe, nnUNetTrainer):
+    pass
+
+
+class {TOPK_PROBE}(_SeedProbe, nnUNetTrainerTopKDice):
+    pass
+"""
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_seed_results_root_and_fold_folder() -> None:
+    root = seed_results_root(Path("/r"), 7)
+    assert root == Path("/r/seed_7")
+    assert fold_folder(root, "Dataset001_X", "T", "nnUNetPlans", "2d", 0) == Path(
+        "/r/seed_7/Dataset001_X/T__nnUNetPlans__2d/fold_0"
+    )
+
+
+@pytest.mark.parametrize("seed", [-1, True, 1.5, "3"], ids=["negative", "bool", "float", "str"])
+def test_check_seed_refuses(seed: object) -> None:
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        check_seed(seed)  # type: ignore[arg-type]
+
+
+def test_seed_record_round_trip_and_bad_record(tmp_path: Path) -> None:
+    assert read_recorded_seed(tmp_path) is None
+    write_seed_record(tmp_path / "fold_0", {"seed": 12, "trainer": "T"})
+    assert read_recorded_seed(tmp_path / "fold_0") == 12
+    assert sorted(p.name for p in (tmp_path / "fold_0").iterdir()) == [SEED_RECORD]  # no partial file left
+    (tmp_path / SEED_RECORD).write_text('{"seed": "twelve"}')
+    with pytest.raises(InputError, match="seed.json is not a valid seed record"):
+        read_recorded_seed(tmp_path)
+    with pytest.raises(ValueError, match="seed must be"):
+        write_seed_record(tmp_path, {"trainer": "T"})
+
+
+def test_train_argv_parses_back() -> None:
+    argv = train_argv(987, "2d", 1, "nnUNetTrainerTopKDice", 3, plans="nnUNetResEncUNetMPlans", device="cpu",
+                      continue_training=True, extra=["--npz"])  # fmt: skip
+    assert argv[:2] == ["topkdice", "train"]
+    args = build_parser().parse_args(argv[1:])
+    assert (args.seed, args.dataset_name_or_id, args.configuration, args.fold) == (3, "987", "2d", "1")
+    assert (args.tr, args.p, args.device, args.c, args.npz) == (
+        "nnUNetTrainerTopKDice", "nnUNetResEncUNetMPlans", "cpu", True, True,
+    )  # fmt: skip
+    assert "-p" not in train_argv(1, "2d", 0, "nnUNetTrainer", 0)  # nnU-Net's default plans
+
+
+@pytest.mark.parametrize("argv", [["1", "2d", "0"], ["1", "2d", "0", "--seed", "-2"]], ids=["missing", "negative"])
+def test_cli_refuses_bad_seed(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", *argv])
+    assert exit_info.value.code == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the mechanism, without nnU-Net training
+
+
+class _DrawingLoader:
+    """Stands in for nnU-Net's loader: a 'batch' is what the three global generators give next."""
+
+    def __next__(self) -> tuple:
+        return (np.random.randint(1 << 30), int(torch.randint(1 << 30, (1,))), random.getrandbits(30))
+
+
+def test_seeded_batches_same_stream_for_any_worker_count_and_resume() -> None:
+    from nnunet_topkdice.training.seeded import TRAIN_BATCH_STREAM, SeededBatches
+
+    single = SeededBatches(_DrawingLoader(), 5, TRAIN_BATCH_STREAM, 0, first_index=0)
+    expected = [next(single) for _ in range(6)]
+    assert len(set(expected)) == 6
+
+    # two workers, read round-robin as batchgenerators' MultiThreadedAugmenter reads them
+    workers = [SeededBatches(_DrawingLoader(), 5, TRAIN_BATCH_STREAM, 0, first_index=0, n_workers=2) for _ in "ab"]
+    for thread_id, worker in enumerate(workers):
+        worker.set_thread_id(thread_id)
+    assert [next(workers[i % 2]) for i in range(6)] == expected
+
+    resumed = SeededBatches(_DrawingLoader(), 5, TRAIN_BATCH_STREAM, 0, first_index=3)
+    assert [next(resumed) for _ in range(3)] == expected[3:]
+    other_seed = SeededBatches(_DrawingLoader(), 6, TRAIN_BATCH_STREAM, 0, first_index=0)
+    assert next(other_seed) != expected[0]
+    validation = SeededBatches(_DrawingLoader(), 5, TRAIN_BATCH_STREAM + 1, 0, first_index=0)
+    assert next(validation) != expected[0]
+
+
+def test_seeded_trainer_class_keeps_name_and_signature() -> None:
+    import inspect
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_topkdice.trainers import nnUNetTrainerTopKDice
+    from nnunet_topkdice.training.seeded import SeededTrainerMixin, seeded_trainer_class
+
+    for cls in (nnUNetTrainer, nnUNetTrainerTopKDice):
+        seeded = seeded_trainer_class(cls, 4)
+        assert (seeded.__name__, seeded.__module__, seeded.topkdice_seed) == (cls.__name__, cls.__module__, 4)
+        assert seeded.__mro__[1:3] == (SeededTrainerMixin, cls)
+        assert inspect.signature(seeded.__init__) == inspect.signature(cls.__init__)
+    with pytest.raises(TypeError, match="expected a subclass of nnUNetTrainer"):
+        seeded_trainer_class(dict, 0)
+    with pytest.raises(ValueError, match="seed must be"):
+        seeded_trainer_class(nnUNetTrainer, -1)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"continue_training": True, "only_run_validation": True}, "--c and --val"),
+        ({"continue_training": True, "pretrained_weights": "w.pth"}, "--c and -pretrained_weights"),
+        ({"val_with_best": True, "disable_checkpointing": True}, "--val_best"),
+        ({"num_gpus": 2, "device": "cpu"}, "needs -device cuda"),
+        ({"fold": "x"}, "fold must be 'all' or an integer"),
+    ],
+    ids=["c-and-val", "c-and-pretrained", "val-best-no-checkpoints", "ddp-on-cpu", "bad-fold"],
+)
+def test_train_seeded_refuses_contradictions(options: dict, message: str) -> None:
+    from nnunet_topkdice.training.seeded import train_seeded
+
+    fold = options.pop("fold", 0)
+    with pytest.raises(InputError, match=message):
+        train_seeded(1, "2d", fold, seed=0, **options)
+
+
+def test_train_seeded_needs_results_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunet_topkdice.training.seeded import train_seeded
+
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    with pytest.raises(InputError, match="nnUNet_results is not set"):
+        train_seeded(1, "2d", 0, seed=0, device="cpu")
+
+
+def test_train_seeded_checks_the_plans_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunet_topkdice.training.seeded import train_seeded
+
+    (tmp_path / "preprocessed" / "Dataset999_Empty").mkdir(parents=True)
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    with pytest.raises(InputError, match=r"Dataset999_Empty/nnUNetPlans.json does not exist"):
+        train_seeded("Dataset999_Empty", "2d", 0, seed=3, device="cpu")
+    assert not (tmp_path / "results").exists()
+
+
+def test_run_environment_adds_our_trainers_after_the_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunet_topkdice.ext import trainer_dir
+    from nnunet_topkdice.trainers import nnUNetTrainerTopKDice
+    from nnunet_topkdice.training.seeded import _environment, _find_trainer_class, run_environment
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    env = run_environment(tmp_path / "seed_2")
+    assert env == {"nnUNet_results": str(tmp_path / "seed_2"), "nnUNet_extTrainer": str(trainer_dir())}
+    before = os.environ.get("nnUNet_results")
+    with _environment(env):
+        assert os.environ["nnUNet_results"] == str(tmp_path / "seed_2")
+        found = _find_trainer_class("nnUNetTrainerTopKDice")
+    assert os.environ.get("nnUNet_results") == before and "nnUNet_extTrainer" not in os.environ  # restored
+    assert found is nnUNetTrainerTopKDice  # through the shim in our folder: the same class object
+    monkeypatch.setenv("nnUNet_extTrainer", str(tmp_path))
+    assert run_environment(tmp_path, deterministic=True) == {
+        "nnUNet_results": str(tmp_path),
+        "nnUNet_extTrainer": os.pathsep.join([str(tmp_path), str(trainer_dir())]),
+        "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8"),
+    }
+    with pytest.raises(InputError, match="trainer 'nnUNetTrainerNoSuchThing'"):
+        _find_trainer_class("nnUNetTrainerNoSuchThing")
+
+
+def test_seeded_augmenters_need_batchgenerators_ones() -> None:
+    from nnunet_topkdice.training.seeded import _loader_and_transform
+
+    with pytest.raises(TypeError, match="get_dataloaders returned a list"):
+        _loader_and_transform([])
+
+
+# ---------------------------------------------------------------- end to end
+
+
+class SeededRuns:
+    """Runs ``topkdice train`` on the tiny dataset with the probe trainers; remembers the batch logs."""
+
+    def __init__(self, dataset: TinyDataset, base: Path) -> None:
+        self.dataset, self.base = dataset, base
+        ext = base / "probe_ext"
+        ext.mkdir()
+        (ext / "topkdice_seed_probe_trainers.py").write_text(textwrap.dedent(PROBE_MODULE))
+        self.ext = str(ext)
+
+    def environment(self, results: Path, log: Path, n_proc_da: int = 0) -> dict[str, str]:
+        env = self.dataset.environment(results)
+        env.update({
+            "nnUNet_extTrainer": self.ext,
+            "nnUNet_n_proc_DA": str(n_proc_da),
+            "TOPKDICE_TEST_BATCH_LOG": str(log),
+        })  # fmt: skip
+        return env
+
+    def train_in_process(
+        self,
+        name: str,
+        seed: int,
+        trainer: str = PROBE,
+        *,
+        results: str | None = None,
+        extra: tuple[str, ...] = (),
+        stop_after: int | None = None,
+    ) -> tuple[list[str], Path]:
+        """Train in this process; returns (the probe's log lines, the fold folder)."""
+        results_root, log = self.base / (results or name), self.base / f"{name}.log"
+        env = self.environment(results_root, log)
+        if stop_after is not None:
+            env["TOPKDICE_TEST_STOP_AFTER_EPOCH"] = str(stop_after)
+        argv = train_argv(DATASET_ID, "2d", 0, trainer, seed, device="cpu", extra=extra)
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            if stop_after is None:
+                assert main(argv[1:]) == 0
+            else:
+                with pytest.raises(SystemExit, match="75"):
+                    main(argv[1:])
+        fold = fold_folder(seed_results_root(results_root, seed), DATASET_NAME, trainer, "nnUNetPlans", "2d", 0)
+        return log.read_text().splitlines(), fold
+
+
+def _weights(fold: Path) -> dict[str, torch.Tensor]:
+    return torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dataset: TinyDataset, tmp_path_factory: pytest.TempPathFactory) -> SeededRuns:
+    return SeededRuns(tiny_dataset, tmp_path_factory.mktemp("seeded"))
+
+
+@pytest.fixture(scope="module")
+def reference(runs: SeededRuns) -> tuple[list[str], Path]:
+    """nnUNetTrainer's probe, seed 0, no workers, trained in one go."""
+    return runs.train_in_process("reference", 0)
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights_other_seed_differs(runs: SeededRuns, reference: tuple[list[str], Path]) -> None:
+    log, fold = reference
+    assert len([line for line in log if line.startswith("batch")]) == N_EPOCHS * N_ITERATIONS
+    record = json.loads((fold / SEED_RECORD).read_text())
+    assert (record["seed"], record["trainer"], record["fold"]) == (0, PROBE, 0)
+
+    # same seed, another results root: bit for bit the same batches and weights
+    again_log, again_fold = runs.train_in_process("again", 0)
+    assert again_log == log
+    assert _same_weights(_weights(again_fold), _weights(fold))
+
+    # another seed, the same results root: its own folder, other weights and batches, seed 0's run intact
+    other_log, other_fold = runs.train_in_process("other", 1, results="reference")
+    assert other_fold == fold_folder(runs.base / "reference" / "seed_1", DATASET_NAME, PROBE, "nnUNetPlans", "2d", 0)
+    assert read_recorded_seed(other_fold) == 1 and read_recorded_seed(fold) == 0
+    assert other_log[0] != log[0]  # initial weights
+    assert not set(other_log[1:]) & set(log[1:])  # batches
+    assert not _same_weights(_weights(other_fold), _weights(fold))
+
+
+@pytest.mark.slow
+def test_same_seed_same_start_and_batches_for_two_losses(runs: SeededRuns, reference: tuple[list[str], Path]) -> None:
+    log, fold = reference
+    topk_log, topk_fold = runs.train_in_process("topk", 0, TOPK_PROBE)
+    # the same initial weights and the same batches, consumed by train_step; only the loss differs
+    assert topk_log == log
+    assert not _same_weights(_weights(topk_fold), _weights(fold))
+
+
+@pytest.mark.slow
+def test_continue_resumes_the_same_stream(runs: SeededRuns, reference: tuple[list[str], Path]) -> None:
+    log, fold = reference
+    first_log, resumed_fold = runs.train_in_process("resumed", 0, stop_after=1)
+    assert (resumed_fold / "checkpoint_latest.pth").is_file()
+    assert first_log == log[: 1 + N_ITERATIONS]  # weights line and the first epoch's batches
+    full_log, resumed_fold = runs.train_in_process("resumed", 0, extra=("--c",))
+    # the resumed part starts from the checkpoint (other weights line), then the same batches as in one go
+    assert full_log[1 + N_ITERATIONS].startswith("weights 1 ")
+    assert full_log[: 1 + N_ITERATIONS] + full_log[2 + N_ITERATIONS :] == log
+    assert _same_weights(_weights(resumed_fold), _weights(fold))
+
+
+@pytest.mark.slow
+def test_checkpoint_is_nnunets_and_predicts(runs: SeededRuns, reference: tuple[list[str], Path]) -> None:
+    import inspect
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    _, fold = reference
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == PROBE
+    assert list(checkpoint["init_args"]) == list(inspect.signature(nnUNetTrainer.__init__).parameters)[1:]
+    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, verbose=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("nnUNet_extTrainer", runs.ext)
+        predictor.initialize_from_trained_model_folder(str(fold.parent), use_folds=(0,))
+    image = np.zeros((1, 1, 32, 32), np.float32)
+    segmentation = predictor.predict_single_npy_array(image, {"spacing": [5.0, 1.0, 1.0]})
+    assert segmentation.shape == (1, 32, 32)
+
+
+@pytest.mark.slow
+def test_continue_refuses_another_recorded_seed(runs: SeededRuns, reference: tuple[list[str], Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    _, fold = reference
+    # a copy of seed 0's run where seed 5's would be (for example moved by hand)
+    copied = fold_folder(seed_results_root(runs.base / "copied", 5), DATASET_NAME, PROBE, "nnUNetPlans", "2d", 0)
+    shutil.copytree(fold, copied)
+    env = runs.environment(runs.base / "copied", runs.base / "copied.log")
+    argv = train_argv(DATASET_ID, "2d", 0, PROBE, 5, device="cpu", continue_training=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        assert main(argv[1:]) == 2
+        assert "holds a run of seed 0, not of --seed 5" in capsys.readouterr().err
+        (copied / SEED_RECORD).unlink()  # checkpoints without a record: not a seeded run
+        assert main(argv[1:]) == 2
+        assert "not a seeded run" in capsys.readouterr().err
+    assert not (runs.base / "copied.log").exists()  # refused before anything was trained
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_proc_da", [2, 3], ids=["2-workers", "3-workers"])
+def test_workers_give_the_same_stream(runs: SeededRuns, reference: tuple[list[str], Path], n_proc_da: int) -> None:
+    log, fold = reference
+    name = f"workers{n_proc_da}"
+    env = runs.environment(runs.base / name, runs.base / f"{name}.log", n_proc_da=n_proc_da)
+    run(train_argv(DATASET_ID, "2d", 0, PROBE, 0, device="cpu", executable=str(BIN / "topkdice")), env)
+    # batchgenerators' MultiThreadedAugmenter: the same batches as without workers, in the same order
+    assert (runs.base / f"{name}.log").read_text().splitlines() == log
+    worker_fold = fold_folder(seed_results_root(runs.base / name, 0), DATASET_NAME, PROBE, "nnUNetPlans", "2d", 0)
+    assert _same_weights(_weights(worker_fold), _weights(fold))
+
+
+def test_train_is_registered() -> None:
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert "train" in subcommands.choices
