@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from nnunet_e2e import BIN, run
 
-BIN = Path(sys.executable).parent
+__all__ = ["BIN", "CRASH_VAR", "TOPKDICE", "clean_environment", "make_tiny_dataset", "run", "snapshot",
+           "write_two_fold_split", "write_user_trainers"]  # fmt: skip
+
 TOPKDICE = BIN / "topkdice"
 
 #: Makes the user trainer stop (exit code 75) after its first epoch, once that epoch's checkpoint is
@@ -117,16 +118,6 @@ def clean_environment(**extra: str) -> dict[str, str]:
     env.update(nnUNet_def_n_proc="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     env.update(extra)
     return env
-
-
-def run(args: list, env: dict[str, str], expect: int | None = 0, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run a command; assert its exit code unless ``expect`` is None (the output's tail is in the message)."""
-    proc = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, timeout=timeout)
-    if expect is not None:
-        assert proc.returncode == expect, (
-            f"{args[:2]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        )
-    return proc
 
 
 def snapshot(folder: Path) -> dict[str, float]:

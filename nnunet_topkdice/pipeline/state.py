@@ -49,11 +49,9 @@ class NnunetFolders:
 
 def seed_results_root(results_root: Path, seed: int) -> Path:
     """Where ``topkdice train --seed S`` keeps its models: one nnU-Net results folder per seed."""
-    try:
-        from nnunet_topkdice.training.layout import seed_results_root as of_train
-    except ImportError:  # before `topkdice train --seed` is installed: its documented layout
-        return Path(results_root) / f"seed_{seed}"
-    return Path(of_train(results_root, seed))
+    from nnunet_topkdice.training.layout import seed_results_root as of_training
+
+    return Path(of_training(results_root, seed))
 
 
 # --- datasets ---------------------------------------------------------------------------------------
