@@ -501,6 +501,6 @@ def test_dry_run_lists_every_command_and_runs_nothing(
             "--dry-run"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 16 and sum("$ topkdice train --seed" in line for line in out) == 8
+    assert len(out) == 16 and sum("$ nnUNet_n_proc_DA=0 topkdice train --seed" in line for line in out) == 8
     assert out[-1].startswith("[16/16] $ topkdice evaluate -r ") and "--baseline TrainerA" in out[-1]
     assert not config.workdir.exists()
