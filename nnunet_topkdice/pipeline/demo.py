@@ -86,7 +86,7 @@ def generate_step(config: CompareConfig) -> Step:
     def action(log_file: Path) -> None:
         from nnunet_topkdice.pipeline.synthetic import generate_synapse_like
 
-        generate_synapse_like(source)
+        generate_synapse_like(source, progress=False)
         log_file.write_text(f"wrote {source}\n")
 
     return Step("generate", "Generating the synthetic Synapse-like dataset", done, action=action)

@@ -154,6 +154,7 @@ def generate_synapse_like(
     num_slices: tuple[int, int] = DEFAULT_SLICES,
     seed: int = 0,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Write the 30-case synthetic dataset in Synapse's raw layout (see the module docstring).
 
@@ -167,6 +168,7 @@ def generate_synapse_like(
         num_slices: (min, max) number of slices per case.
         seed: the dataset is a pure function of the seed and the sizes.
         overwrite: replace an existing ``out_dir``.
+        progress: show a progress bar on stderr.
 
     Returns:
         ``out_dir``.
@@ -191,7 +193,7 @@ def generate_synapse_like(
         (tmp_dir / "Training" / "img").mkdir(parents=True)
         (tmp_dir / "Training" / "label").mkdir(parents=True)
         cases = list(zip(SYNAPSE_CASE_IDS, slices_per_case, strict=True))
-        for case_id, n_slices in tqdm(cases, desc="Generating synthetic cases", unit="case"):
+        for case_id, n_slices in tqdm(cases, desc="Generating synthetic cases", unit="case", disable=not progress):
             image, label = generate_case(case_id, in_plane=in_plane, num_slices=int(n_slices), seed=seed)
             _write_nifti(image, tmp_dir / "Training" / "img" / f"img{case_id:04d}.nii.gz")
             _write_nifti(label, tmp_dir / "Training" / "label" / f"label{case_id:04d}.nii.gz")
