@@ -504,3 +504,33 @@ def test_dry_run_lists_every_command_and_runs_nothing(
     assert len(out) == 16 and sum("$ nnUNet_n_proc_DA=0 topkdice train --seed" in line for line in out) == 8
     assert out[-1].startswith("[16/16] $ topkdice evaluate -r ") and "--baseline TrainerA" in out[-1]
     assert not config.workdir.exists()
+
+
+def test_reproduce_dry_run_is_the_papers_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in state.NNUNET_FOLDER_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    source = tmp_path / "RawData"
+    source.mkdir()
+    argv = ["reproduce", "--dataset", "acdc", "-i", str(source), "--seeds", "0", "1", "--device", "cpu",
+            "-w", str(tmp_path / "w"), "--dry-run"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    # convert, preprocess, 5 rows x 2 seeds of fold 0, 10 predictions, evaluate
+    assert len(out) == 23 and out[0].startswith("[1/23] $ topkdice convert acdc -i ")
+    assert "topkdice train --seed 1 202 2d 0 -tr nnUNetTrainerTopKDice -device cpu" in out[11]
+    assert "-f 0 -tr nnUNetTrainerCELoss" in out[12]
+    assert out[-1].endswith("--baseline 'CE + Dice' -d 202 -o " + str(tmp_path / "w" / "evaluation" / "fold_0")
+                            + " -np " + str(pipeline_cli.DEFAULT_NUM_PROCESSES) + " --paper acdc")  # fmt: skip
+
+
+def test_the_collect_command_is_the_same_call_without_the_mode(tmp_path: Path) -> None:
+    from nnunet_topkdice.cli import build_parser
+
+    argv = ["compare", "-d", "4", "-c", "2d", "--trainers", "A", "B", "--seeds", "0", "2", "--test-set",
+            "--device", "cpu", "--emit-slurm", "x.sh", "--verbose"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    assert pipeline_cli.same_call("compare", args.parser, args) == (
+        "topkdice compare -d 4 -c 2d --trainers A B --test-set --seeds 0 2 --device cpu"
+    )

@@ -18,6 +18,7 @@ from nnunet_topkdice.pipeline.compare import CompareConfig
 from nnunet_topkdice.pipeline.steps import Command, Step
 
 CONFIGURATION = "2d"  # the paper trains 2D networks on slices
+BASELINE_ROW = "CE + Dice"  # nnU-Net's default loss: what every other row is compared with
 #: The rows of the paper's Tables 1-3, in its order (``PAPER_ROWS`` may hold more, e.g. controls).
 PAPER_TABLE_ROWS: tuple[str, ...] = ("CE", "CE + Dice", "focal + Dice", "topK + Dice", "CE + topK-Dice")
 
@@ -112,8 +113,9 @@ def reproduce_config(
     train_env: dict[str, str] | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> CompareConfig:
-    """The comparison of the paper's protocol on one of its datasets (``paper=""``: the dataset's own rows;
-    None: no reported rows)."""
+    """The comparison of the paper's protocol on one of its datasets: the test set of the paper's fold,
+    CE + Dice as the baseline when it is one of ``trainers`` (else the first), the paper's reported rows
+    of the dataset (``paper=""``) or none (``paper=None``)."""
     info = PAPER_DATASETS[dataset]
     dataset_id = dataset_id or info.dataset_id
     return CompareConfig(
@@ -123,6 +125,7 @@ def reproduce_config(
         trainers=trainers,
         workdir=workdir,
         folders=folders,
+        baseline=BASELINE_ROW if BASELINE_ROW in trainers else None,
         seeds=seeds,
         folds=(fold or info.default_fold,),
         test_set=True,
