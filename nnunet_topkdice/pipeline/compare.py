@@ -435,7 +435,9 @@ def validate_folds(config: CompareConfig) -> None:
         InputError: such a fold.
     """
     splits = state.read_splits(config.preprocessed_dataset)
-    if splits is not None and not config.test_set:
+    if not config.test_set:
+        # without a split file, nnU-Net's own 5 folds (a fold beyond them would be a random 80:20 split)
+        splits = splits or [{"train": [], "val": []}] * state.NNUNET_NUM_FOLDS
         state.validation_cases(splits, config.resolved_folds())
     for fold in config.resolved_folds():
         if fold != "all" and not fold.isdigit():

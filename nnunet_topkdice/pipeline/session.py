@@ -107,22 +107,37 @@ def comparison_sentences(results: dict) -> list[str]:
     return list(sentences(results))
 
 
+def split_table(table_md: str, sentences: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``table.md`` as (the table and its notes, the paired comparison: its heading and sentences).
+
+    The comparison is what ``topkdice evaluate`` writes after the table: a line starting with "Paired
+    comparison", then one sentence per trainer. Without that heading, only the sentences are moved."""
+    lines = table_md.rstrip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Paired comparison")), None)
+    if start is None:
+        table = [line for line in lines if line not in sentences]
+        verdict = list(sentences)
+    else:
+        table, verdict = lines[:start], [line for line in lines[start:] if line.strip()]
+    while table and not table[-1].strip():
+        table.pop()
+    return table, verdict
+
+
 def print_summary(config: CompareConfig) -> None:
     """The table (once), where the files are, and the verdict last, on stdout."""
     out = config.evaluation_dir
     results = json.loads((out / "results.json").read_text())
-    verdict = comparison_sentences(results) if len(config.trainers) > 1 else []
-    table = [line for line in (out / "table.md").read_text().rstrip().splitlines() if line not in verdict]
-    while table and not table[-1].strip():
-        table.pop()
+    table, verdict = split_table((out / "table.md").read_text(), comparison_sentences(results))
     print("\n".join(table))
     print()
     print(f"Figure:      {out / 'figure.png'}")
     print(f"Tables:      {out / 'table.md'}, {out / 'table.csv'}, {out / 'results.json'}")
-    where = "predictions" if config.test_set else "validation predictions"
-    print(f"Predictions: {config.workdir}/{'predictions/fold_' + config.fold_tag if config.test_set else 'crossval'}"
-          f"/<trainer>/seed_<S> ({where})")  # fmt: skip
-    print(f"Models:      {state.seed_results_root(config.folders.results, 0).parent}/seed_<S>/{config.name}/"
+    if config.test_set:
+        print(f"Predictions: {config.workdir}/predictions/fold_{config.fold_tag}/<trainer>/seed_<S>")
+    else:
+        print(f"Predictions: {config.workdir}/crossval/<trainer>/seed_<S> (nnU-Net's validation predictions)")
+    print(f"Models:      {config.folders.results}/seed_<S>/{config.name}/"
           f"<trainer>__{config.plans}__{config.configuration}")  # fmt: skip
     print(f"Logs:        {config.log_dir}")
     if verdict:
