@@ -539,7 +539,10 @@ def test_the_collect_command_is_the_same_call_without_the_mode(tmp_path: Path) -
 def test_summary_moves_the_paired_comparison_after_the_table() -> None:
     from nnunet_topkdice.pipeline.session import split_table
 
-    table_md = "## Title\n\n| a |\n|---|\n| 1 |\n\nLegend.\n\nPaired comparison with the baseline 'A' (...):\n\nB vs A: +1.00 mDice\n"
+    table_md = (
+        "## Title\n\n| a |\n|---|\n| 1 |\n\nLegend.\n\n"
+        "Paired comparison with the baseline 'A' (...):\n\nB vs A: +1.00 mDice\n"
+    )
     assert split_table(table_md, ["B vs A: +1.00 mDice"]) == (
         ["## Title", "", "| a |", "|---|", "| 1 |", "", "Legend."],
         ["Paired comparison with the baseline 'A' (...):", "B vs A: +1.00 mDice"],
