@@ -11,6 +11,7 @@ Steps that share a ``parallel`` key and stand next to each other run concurrentl
 from __future__ import annotations
 
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -92,6 +93,7 @@ def run_steps(
     """
     terminal = _Terminal(stream or sys.stderr)
     log_dir = Path(log_dir)
+    _stop_children_on_sigterm()
     report = RunReport()
     total = len(steps)
     index = 0
@@ -142,11 +144,17 @@ def _run_concurrently(
     failures: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         futures = [pool.submit(work, number, step) for number, step in todo]
-        for future in futures:
-            try:
-                future.result()
-            except Exception as e:  # the others keep running; the first failure is raised at the end
-                failures.append(e)
+        try:
+            for future in futures:
+                try:
+                    future.result()
+                except Exception as e:  # the others keep running; the first failure is raised at the end
+                    failures.append(e)
+        except BaseException:  # Ctrl-C or SIGTERM: stop the commands so that the threads can end
+            for future in futures:
+                future.cancel()
+            _stop_all()
+            raise
     if failures:
         raise failures[0]
 
@@ -216,6 +224,17 @@ def _execute(
             raise subprocess.CalledProcessError(returncode, command.shell())
     if step.after is not None:
         step.after()
+
+
+def _stop_children_on_sigterm() -> None:
+    """A SIGTERM (``kill``, a scheduler's time limit) stops the running commands too, like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _stop_all() -> None:
