@@ -188,7 +188,7 @@ def _execute(
         argv = resolve_executable(command.argv[0]) + list(command.argv[1:])
         bar = TrainingBar(step.title, step.training_dir, stream=terminal.stream, position=position)
         bar_used = step.training_dir is not None and not verbose
-        with open(log_file, "a", encoding="utf-8") as log:
+        with open(log_file, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: follow it live
             log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} $ {command.shell()}\n")
             log.flush()
             # Unbuffered, so that the log and the progress bar follow the command as it runs.
