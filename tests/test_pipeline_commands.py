@@ -548,3 +548,33 @@ def test_summary_moves_the_paired_comparison_after_the_table() -> None:
         ["Paired comparison with the baseline 'A' (...):", "B vs A: +1.00 mDice"],
     )
     assert split_table("| a |\n\nB vs A: x\n", ["B vs A: x"]) == (["| a |"], ["B vs A: x"])
+
+
+class _Terminal(__import__("io").StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("interactive", [True, False], ids=["terminal", "file"])
+def test_training_bar_shows_epochs_of_the_planned_total(tmp_path: Path, interactive: bool) -> None:
+    import io
+
+    from nnunet_topkdice.pipeline.progress import TrainingBar
+
+    (tmp_path / "debug.json").write_text(json.dumps({"num_epochs": "4"}))  # nnU-Net writes values as text
+    stream = _Terminal() if interactive else io.StringIO()
+    bar = TrainingBar("A, seed 0, fold 1", tmp_path, stream=stream)
+    for epoch in (2, 3):  # resumed at epoch 2
+        for line in (
+            f"t: Epoch {epoch}",
+            "t: train_loss -0.25",
+            "t: Pseudo dice [np.float32(0.5)]",
+            "t: Epoch time: 1.0 s",
+        ):
+            bar.feed(line)
+    bar.close(True)
+    text = stream.getvalue()
+    if interactive:
+        assert "4/4" in text and "loss -0.2500, pseudo Dice 0.5000" in text
+    else:
+        assert text.startswith("  A, seed 0, fold 1: done at epoch 4 of 4 after ") and text.count("\n") == 1
