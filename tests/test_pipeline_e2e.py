@@ -9,7 +9,8 @@ from a user's own ``nnUNet_extTrainer`` folder, two seeds. Per configuration:
 3. the printed collect command (the same ``compare`` call) resumes that training with ``--c``, collects
    the validation predictions and ends with the verdict; the terminal shows steps, not nnU-Net's output;
 4. the same call again has nothing to do and changes no file;
-5. ``--test-set`` trains fold ``all`` per trainer and seed, predicts ``imagesTs`` and evaluates it.
+5. ``--test-set``: fold ``all`` per trainer and seed (a second job array), then ``imagesTs`` predicted
+   with each seed's models and evaluated.
 """
 
 from __future__ import annotations
@@ -132,9 +133,13 @@ def test_compare_sweep_on_slurm_then_resume_then_test_set(data: dict, configurat
     assert "Nothing left to do" in again.stderr and "] $ " not in again.stderr
     assert again.stdout == out and snapshot(work) == before
 
-    # 5. The test set: fold all per trainer and seed, nnUNetv2_predict with each seed's models.
-    tested = run(_compare(data, configuration, work, "--test-set"), data["env"])
-    assert tested.stderr.count(f"{configuration} all -tr ") == 4
+    # 5. The test set: fold all per trainer and seed (an array of 4 tasks, run here two at a time), then
+    #    nnUNetv2_predict with each seed's models.
+    test_set = _compare(data, configuration, work, "--test-set")
+    run([*test_set, "--emit-slurm", work / "test_set.sh"], data["env"])
+    assert _run_array_locally(work / "test_set.sh", 4, data["env"]) == [0, 0, 0, 0]
+    tested = run(test_set, data["env"])
+    assert tested.stderr.count("skipped (already trained)") == 4
     seed_root = data["results"] / "seed_1"
     assert f"$ nnUNet_results={seed_root} nnUNetv2_predict -i {data['dataset'] / 'imagesTs'}" in tested.stderr
     verdict = tested.stdout.strip().splitlines()[-1]
