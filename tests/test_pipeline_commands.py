@@ -1,7 +1,8 @@
-"""Fast tests of ``topkdice reproduce``/``demo``: command builders, on-disk state, runner, CLI errors."""
+"""Fast tests of the pipeline: command builders, on-disk state, steps of a comparison, runner, SLURM, CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,30 +14,23 @@ import pytest
 from nnunet_topkdice.cli import main
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.ext import trainer_dir
+from nnunet_topkdice.paper_datasets import PAPER_DATASETS
 from nnunet_topkdice.pipeline import cli as pipeline_cli
-from nnunet_topkdice.pipeline.demo import DEMO_DATASET_ID, demo_config
-from nnunet_topkdice.pipeline.reproduce import (
-    PAPER_DATASETS,
-    Command,
-    NnunetFolders,
-    PipelineConfig,
-    TrainingStatus,
+from nnunet_topkdice.pipeline import commands, state
+from nnunet_topkdice.pipeline.compare import (
+    CompareConfig,
     child_environment,
-    convert_command,
-    evaluate_command,
-    find_dataset,
-    gpu_slots,
-    list_case_ids,
-    missing_predictions,
-    paper_trainers,
-    plan_command,
-    predict_command,
-    preprocessing_complete,
-    run_commands,
-    train_command,
-    training_dir,
-    training_status,
+    compare_steps,
+    evaluation_runs,
+    reference_dir,
+    training_jobs,
 )
+from nnunet_topkdice.pipeline.demo import DEMO_DATASET_ID, DEMO_SEEDS, demo_config
+from nnunet_topkdice.pipeline.progress import TrainingProgress
+from nnunet_topkdice.pipeline.reproduce import paper_trainers, table_names
+from nnunet_topkdice.pipeline.runner import describe_steps, run_steps
+from nnunet_topkdice.pipeline.slurm import slurm_script
+from nnunet_topkdice.pipeline.steps import Command, Step
 
 # --- command builders ------------------------------------------------------------------------------
 
@@ -44,64 +38,56 @@ from nnunet_topkdice.pipeline.reproduce import (
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({}, "nnUNetv2_train 201 2d all -tr nnUNetTrainerTopKDice -device cuda"),
-        ({"resume": True}, "nnUNetv2_train 201 2d all -tr nnUNetTrainerTopKDice -device cuda --c"),
+        ({}, "topkdice train --seed 0 201 2d all -tr T -device cuda"),
+        ({"resume": True, "seed": 3}, "topkdice train --seed 3 201 2d all -tr T -device cuda --c"),
+        ({"validation_only": True}, "topkdice train --seed 0 201 2d all -tr T -device cuda --val"),
         (
-            {"num_gpus": 4, "resume": True},
-            "nnUNetv2_train 201 2d all -tr nnUNetTrainerTopKDice -device cuda -num_gpus 4 --c",
+            {"num_gpus": 4, "plans": "nnUNetResEncUNetMPlans"},
+            "topkdice train --seed 0 201 2d all -tr T -p nnUNetResEncUNetMPlans -device cuda -num_gpus 4",
         ),
-        ({"num_gpus": 1}, "nnUNetv2_train 201 2d all -tr nnUNetTrainerTopKDice -device cuda"),
     ],
-    ids=["new", "resume", "ddp-resume", "one-gpu-no-flag"],
+    ids=["new", "resume", "validation", "ddp-resenc"],
 )
 def test_train_command(kwargs: dict, expected: str) -> None:
-    assert " ".join(train_command(201, "all", "nnUNetTrainerTopKDice", "cuda", **kwargs)) == expected
+    kwargs = {"seed": 0, **kwargs}
+    assert " ".join(commands.train_command(201, "2d", "all", "T", device="cuda", **kwargs)) == expected
 
 
-@pytest.mark.parametrize(
-    ("resume", "tail"), [(False, []), (True, ["--continue_prediction"])], ids=["fresh", "continue"]
-)
-def test_predict_command(resume: bool, tail: list[str]) -> None:
-    argv = predict_command(
-        Path("/raw/D/imagesTs"), Path("/w/pred/T"), 202, "0", "T", "cpu", num_processes=3, resume=resume
-    )
+def test_predict_command_ensembles_folds_and_resumes() -> None:
+    argv = commands.predict_command(
+        Path("/raw/D/imagesTs"), Path("/w/p"), 4, "3d_fullres", ["0", "1"], "T", plans="P", device="cpu",
+        num_processes=3, resume=True,
+    )  # fmt: skip
     assert argv == [
-        "nnUNetv2_predict", "-i", "/raw/D/imagesTs", "-o", "/w/pred/T", "-d", "202", "-c", "2d",
-        "-f", "0", "-tr", "T", "-device", "cpu", "-npp", "3", "-nps", "3", *tail,
+        "nnUNetv2_predict", "-i", "/raw/D/imagesTs", "-o", "/w/p", "-d", "4", "-c", "3d_fullres", "-f", "0", "1",
+        "-tr", "T", "-p", "P", "-device", "cpu", "-npp", "3", "-nps", "3", "--continue_prediction",
     ]  # fmt: skip
 
 
-def test_plan_and_convert_commands() -> None:
-    assert plan_command(203, 2) == [
+def test_plan_commands_pick_nnunets_planner() -> None:
+    assert commands.plan_command(203, "2d", "nnUNetPlans", 2) == [
         "nnUNetv2_plan_and_preprocess", "-d", "203", "-c", "2d", "-np", "2", "-npfp", "2",
         "--verify_dataset_integrity",
     ]  # fmt: skip
-    assert convert_command("msseg", Path("/data/ms"), Path("/raw"), 203, 4) == [
-        "topkdice", "convert", "msseg", "-i", "/data/ms", "-o", "/raw", "-d", "203", "-np", "4",
+    assert "-pl nnUNetPlannerResEncM" in " ".join(commands.plan_command(4, "3d_fullres", "nnUNetResEncUNetMPlans", 1))
+    with pytest.raises(ValueError, match="plans 'MyPlans' not found and no nnU-Net planner"):
+        commands.plan_command(4, "2d", "MyPlans", 1)
+    assert commands.preprocess_command(4, "3d_lowres", "MyPlans", 2) == [
+        "nnUNetv2_preprocess", "-d", "4", "-plans_name", "MyPlans", "-c", "3d_lowres", "-np", "2",
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("paper", "tail"), [(None, []), ("synapse", ["--paper", "synapse"])], ids=["no-paper", "paper"]
-)
-def test_evaluate_command_keeps_run_order_and_names(paper: str | None, tail: list[str]) -> None:
-    runs = {"CE + Dice": Path("/p/a"), "CE + topK-Dice": Path("/p/b")}
-    argv = evaluate_command(Path("/labelsTs"), runs, 201, Path("/out"), paper=paper, num_processes=2)
-    assert argv == [
-        "topkdice", "evaluate", "-r", "/labelsTs", "-p", "CE + Dice=/p/a", "CE + topK-Dice=/p/b",
-        "-d", "201", "-o", "/out", "-np", "2", *tail,
-    ]  # fmt: skip
-
-
-def test_evaluate_command_parses_back_with_the_evaluate_cli() -> None:
-    # The argv we build is accepted by the real `topkdice evaluate` parser, names with spaces included.
+def test_evaluate_command_repeats_a_name_per_seed_and_parses_back() -> None:
     from nnunet_topkdice.cli import build_parser
 
-    runs = {"CE + Dice": Path("/p/a"), "nnUNetTrainerX": Path("/p/b")}
-    argv = evaluate_command(Path("/labelsTs"), runs, 201, Path("/out"), paper="synapse", num_processes=2)
+    runs = [("CE + Dice", Path("/p/a0")), ("CE + Dice", Path("/p/a1")), ("X", Path("/p/b0"))]
+    argv = commands.evaluate_command(Path("/labels"), runs, 201, Path("/out"), baseline="CE + Dice", paper="synapse")
+    assert argv == [
+        "topkdice", "evaluate", "-r", "/labels", "-p", "CE + Dice=/p/a0", "CE + Dice=/p/a1", "X=/p/b0",
+        "--baseline", "CE + Dice", "-d", "201", "-o", "/out", "-np", "1", "--paper", "synapse",
+    ]  # fmt: skip
     args = build_parser().parse_args(argv[1:])
-    assert args.predictions == [("CE + Dice", Path("/p/a")), ("nnUNetTrainerX", Path("/p/b"))]
-    assert (args.dataset, args.paper, args.num_processes) == ("201", "synapse", 2)
+    assert args.predictions == [(n, p) for n, p in runs]
 
 
 def test_shell_line_quotes_and_shows_environment() -> None:
@@ -112,22 +98,22 @@ def test_shell_line_quotes_and_shows_environment() -> None:
 @pytest.mark.parametrize(
     ("gpus", "per_training", "expected"),
     [
-        (["0", "1", "2", "3"], 1, ["0", "1", "2", "3"]),
-        (["0", "1", "2", "3"], 2, ["0,1", "2,3"]),
-        (["4", "5", "6"], 2, ["4,5"]),
+        (("0", "1", "2", "3"), 1, ("0", "1", "2", "3")),
+        (("0", "1", "2", "3"), 2, ("0,1", "2,3")),
+        (("4", "5", "6"), 2, ("4,5",)),
     ],
     ids=["one-each", "pairs", "leftover-unused"],
 )
-def test_gpu_slots(gpus: list[str], per_training: int, expected: list[str]) -> None:
-    assert gpu_slots(gpus, per_training) == expected
+def test_gpu_slots(gpus: tuple, per_training: int, expected: tuple) -> None:
+    assert pipeline_cli.gpu_slots(gpus, per_training) == expected
 
 
 def test_gpu_slots_rejects_too_few_gpus() -> None:
     with pytest.raises(InputError, match="lists 1 GPU.*asks for 2"):
-        gpu_slots(["0"], 2)
+        pipeline_cli.gpu_slots(("0",), 2)
 
 
-# --- trainers of the paper's table ------------------------------------------------------------------
+# --- the paper's presets ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -136,15 +122,20 @@ def test_gpu_slots_rejects_too_few_gpus() -> None:
         ("synapse", "nnunet", "nnUNetTrainerTopKDice", "nnUNetTrainerTopKCEDice"),
         ("acdc", "paper", "nnUNetTrainerTopKDicePaper", "nnUNetTrainerTopKCEDicePaper"),
         ("msseg", "nnunet", "nnUNetTrainerTopKDice30", "nnUNetTrainerTopKCEDice30"),
-        ("msseg", "paper", "nnUNetTrainerTopKDice30Paper", "nnUNetTrainerTopKCEDice30Paper"),
     ],
-    ids=["synapse-k50", "acdc-paper-k50", "msseg-k30", "msseg-paper-k30"],
+    ids=["synapse-k50", "acdc-paper-k50", "msseg-k30"],
 )
 def test_paper_trainers_use_the_papers_k(dataset: str, schedule: str, topk_dice: str, topk_ce: str) -> None:
     rows = paper_trainers(dataset, schedule)
     assert list(rows) == ["CE", "CE + Dice", "focal + Dice", "topK + Dice", "CE + topK-Dice"]
-    assert rows["CE + topK-Dice"] == topk_dice
-    assert rows["topK + Dice"] == topk_ce
+    assert (rows["CE + topK-Dice"], rows["topK + Dice"]) == (topk_dice, topk_ce)
+
+
+def test_trainers_of_a_row_keep_the_rows_name() -> None:
+    assert table_names("synapse", "nnunet", ["nnUNetTrainerTopKDice", "MyTrainer", "MyTrainer"]) == {
+        "CE + topK-Dice": "nnUNetTrainerTopKDice",
+        "MyTrainer": "MyTrainer",
+    }
 
 
 def test_paper_trainers_rejects_unknown_schedule() -> None:
@@ -152,13 +143,21 @@ def test_paper_trainers_rejects_unknown_schedule() -> None:
         paper_trainers("synapse", "fast")
 
 
-def test_cli_choices_match_the_pipeline() -> None:
-    assert pipeline_cli.DATASET_CHOICES == tuple(PAPER_DATASETS)
+def test_default_folds_follow_the_papers_protocol() -> None:
+    assert {k: d.default_fold for k, d in PAPER_DATASETS.items()} == {"synapse": "all", "acdc": "0", "msseg": "all"}
     assert {d.default_fold for d in PAPER_DATASETS.values()} <= set(pipeline_cli.FOLD_CHOICES)
 
 
-def test_default_folds_follow_the_papers_protocol() -> None:
-    assert {k: d.default_fold for k, d in PAPER_DATASETS.items()} == {"synapse": "all", "acdc": "0", "msseg": "all"}
+def test_demo_config(tmp_path: Path) -> None:
+    config = demo_config(tmp_path, device="cpu", environ={"nnUNet_n_proc_DA": "3"})
+    assert config.trainers == {"CE + Dice": "nnUNetTrainerDiceCEDemo", "CE + topK-Dice": "nnUNetTrainerTopKDiceDemo"}
+    assert (config.dataset_id, config.folds, config.test_set, config.paper) == (DEMO_DATASET_ID, ("all",), True, None)
+    assert (config.seeds, config.baseline_name) == (DEMO_SEEDS, "CE + Dice")
+    assert config.folders.raw == tmp_path.resolve() / "nnUNet_raw"
+    assert config.train_env == {}  # the user's nnUNet_n_proc_DA wins
+    assert config.extra_env == {"nnUNet_def_n_proc": "2"}
+    every_row = demo_config(tmp_path, device="cpu", all_rows=True, environ={})
+    assert len(every_row.trainers) >= 5 and every_row.train_env == {"nnUNet_n_proc_DA": "0"}
 
 
 # --- state on disk ----------------------------------------------------------------------------------
@@ -167,102 +166,181 @@ def test_default_folds_follow_the_papers_protocol() -> None:
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
-        ([], TrainingStatus.NEW),
-        (["checkpoint_latest.pth"], TrainingStatus.INTERRUPTED),
-        (["checkpoint_best.pth"], TrainingStatus.INTERRUPTED),
-        (["checkpoint_latest.pth", "checkpoint_final.pth"], TrainingStatus.DONE),
+        ([], state.TrainingStatus.NEW),
+        (["checkpoint_latest.pth"], state.TrainingStatus.INTERRUPTED),
+        (["checkpoint_best.pth"], state.TrainingStatus.INTERRUPTED),
+        (["checkpoint_latest.pth", "checkpoint_final.pth"], state.TrainingStatus.DONE),
     ],
     ids=["nothing", "latest", "best-only", "final"],
 )
-def test_training_status(tmp_path: Path, files: list[str], expected: TrainingStatus) -> None:
-    run_dir = training_dir(tmp_path, "T", "all")
-    assert run_dir == tmp_path / "T__nnUNetPlans__2d" / "fold_all"
+def test_training_status(tmp_path: Path, files: list[str], expected: state.TrainingStatus) -> None:
+    run_dir = state.training_dir(tmp_path, "T", "P", "3d_fullres", "1")
+    assert run_dir == tmp_path / "T__P__3d_fullres" / "fold_1"
     run_dir.mkdir(parents=True)
     for name in files:
         (run_dir / name).touch()
-    assert training_status(run_dir) is expected
+    assert state.training_status(run_dir) is expected
 
 
-def test_preprocessing_complete_counts_cases(tmp_path: Path) -> None:
-    assert not preprocessing_complete(tmp_path, 2)
-    (tmp_path / "nnUNetPlans.json").write_text("{}")
-    (tmp_path / "nnUNetPlans_2d").mkdir()
-    (tmp_path / "nnUNetPlans_2d" / "case1.pkl").touch()
-    assert not preprocessing_complete(tmp_path, 2)  # interrupted after one case
-    (tmp_path / "nnUNetPlans_2d" / "case2.pkl").touch()
-    assert preprocessing_complete(tmp_path, 2)
+def _plans(folder: Path, plans: str = "nnUNetPlans") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    configurations = {
+        "2d": {"data_identifier": f"{plans}_2d"},
+        "3d_fullres": {"data_identifier": f"{plans}_3d_fullres"},
+        "3d_cascade_fullres": {"inherits_from": "3d_fullres"},
+    }
+    (folder / f"{plans}.json").write_text(json.dumps({"configurations": configurations}))
 
 
-def test_missing_predictions_include_stale_ones(tmp_path: Path) -> None:
-    images = tmp_path / "imagesTs"
-    images.mkdir()
-    for case in ("case0001", "case0002", "case0003"):
-        (images / f"{case}_0000.nii.gz").touch()
-    assert list_case_ids(images, ".nii.gz") == ["case0001", "case0002", "case0003"]
-    pred, checkpoint = tmp_path / "pred", tmp_path / "checkpoint_final.pth"
-    pred.mkdir()
+def test_preprocessing_complete_reads_the_plans_and_counts_cases(tmp_path: Path) -> None:
+    assert not state.preprocessing_complete(tmp_path, "nnUNetPlans", "2d", 2)
+    _plans(tmp_path)
+    assert state.plans_configurations(tmp_path / "nnUNetPlans.json")["3d_cascade_fullres"] == "nnUNetPlans_3d_fullres"
+    (tmp_path / "nnUNetPlans_3d_fullres").mkdir()
+    (tmp_path / "nnUNetPlans_3d_fullres" / "case1.pkl").touch()
+    assert not state.preprocessing_complete(tmp_path, "nnUNetPlans", "3d_fullres", 2)  # interrupted after one case
+    (tmp_path / "nnUNetPlans_3d_fullres" / "case2.pkl").touch()
+    assert state.preprocessing_complete(tmp_path, "nnUNetPlans", "3d_fullres", 2)
+    with pytest.raises(InputError, match="configuration '3d_lowres' is not in"):
+        state.preprocessing_complete(tmp_path, "nnUNetPlans", "3d_lowres", 2)
+
+
+def test_missing_files_include_stale_ones(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint_final.pth"
     checkpoint.touch()
     os.utime(checkpoint, (1000, 1000))
-    (pred / "case0001.nii.gz").touch()  # newer than the checkpoint: current
-    (pred / "case0002.nii.gz").touch()
-    os.utime(pred / "case0002.nii.gz", (500, 500))  # predicted by an older model: stale
-    assert missing_predictions(["case0001", "case0002", "case0003"], pred, ".nii.gz", checkpoint) == [
-        "case0002",
-        "case0003",
-    ]
+    (tmp_path / "case0001.nii.gz").touch()  # newer than the checkpoint: current
+    (tmp_path / "case0002.nii.gz").touch()
+    os.utime(tmp_path / "case0002.nii.gz", (500, 500))  # predicted by an older model: stale
+    cases = ["case0001", "case0002", "case0003"]
+    assert state.missing_files(cases, tmp_path, ".nii.gz", checkpoint) == ["case0002", "case0003"]
+
+
+def test_nnunet_split_is_nnunets_own(tmp_path: Path) -> None:
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    cases = [f"case{i:02d}" for i in range(10)]
+    state.write_nnunet_splits(tmp_path, reversed(cases))
+    assert state.read_splits(tmp_path) == json.loads(json.dumps(generate_crossval_split(cases, seed=12345, n_splits=5)))
+    assert state.validation_cases(state.read_splits(tmp_path), ["0"])["0"] == sorted(
+        state.read_splits(tmp_path)[0]["val"]
+    )
+    with pytest.raises(InputError, match="fold 5 is not in the dataset's splits_final.json"):
+        state.validation_cases(state.read_splits(tmp_path), ["5"])
+
+
+def test_link_files_links_once_and_replaces_stale(tmp_path: Path) -> None:
+    source = tmp_path / "a.nii.gz"
+    source.write_text("x")
+    out = tmp_path / "out"
+    assert not state.files_linked({"a.nii.gz": source}, out)
+    state.link_files({"a.nii.gz": source}, out)
+    assert os.path.samefile(source, out / "a.nii.gz") and state.files_linked({"a.nii.gz": source}, out)
+    source.unlink()
+    source.write_text("retrained")  # a new file (a new inode), as nnU-Net writes after retraining
+    assert not state.files_linked({"a.nii.gz": source}, out)
+    state.link_files({"a.nii.gz": source}, out)
+    assert (out / "a.nii.gz").read_text() == "retrained"
+
+
+def test_parse_dataset() -> None:
+    assert state.parse_dataset("4") == (4, None)
+    assert state.parse_dataset("Dataset004_Hippocampus") == (4, "Dataset004_Hippocampus")
+    with pytest.raises(InputError, match="expected a dataset id"):
+        state.parse_dataset("Hippocampus")
 
 
 def test_find_dataset(tmp_path: Path) -> None:
-    assert find_dataset(tmp_path, 201) is None
+    assert state.find_dataset(tmp_path, 201) is None
     (tmp_path / "Dataset201_Synapse").mkdir()
-    (tmp_path / "Dataset020_Other").mkdir()
-    assert find_dataset(tmp_path, 201) == tmp_path / "Dataset201_Synapse"
+    assert state.find_dataset(tmp_path, 201) == tmp_path / "Dataset201_Synapse"
     (tmp_path / "Dataset201_Copy").mkdir()
     with pytest.raises(InputError, match="several datasets with id 201"):
-        find_dataset(tmp_path, 201)
-
-
-# --- environment ------------------------------------------------------------------------------------
+        state.find_dataset(tmp_path, 201)
 
 
 def test_folders_come_from_the_environment_or_the_workdir(tmp_path: Path) -> None:
-    folders = NnunetFolders.resolve(tmp_path, {"nnUNet_results": "/res"})
-    assert folders.raw == tmp_path / "nnUNet_raw"
-    assert folders.preprocessed == tmp_path / "nnUNet_preprocessed"
-    assert folders.results == Path("/res")
+    folders = state.NnunetFolders.resolve(tmp_path, {"nnUNet_results": "/res"})
+    assert (folders.raw, folders.results) == (tmp_path.resolve() / "nnUNet_raw", Path("/res"))
     assert folders.from_environment == ("nnUNet_results",)
 
 
-def _config(tmp_path: Path, **kwargs) -> PipelineConfig:
+# --- the steps of a comparison ------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, **kwargs) -> CompareConfig:
+    raw = tmp_path / "nnUNet_raw" / "Dataset004_Hippo"
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 4}))
     defaults = dict(
-        dataset="synapse",
-        dataset_id=201,
-        trainers={"CE + Dice": "nnUNetTrainer"},
-        fold="all",
-        device="cpu",
-        workdir=tmp_path,
-        folders=NnunetFolders.resolve(tmp_path, {}),
+        dataset_id=4, raw_dataset=raw, configuration="3d_fullres", trainers={"A": "TrainerA", "B": "TrainerB"},
+        workdir=tmp_path / "work", folders=state.NnunetFolders.resolve(tmp_path, {}), seeds=(0, 1), device="cpu",
+    )  # fmt: skip
+    return CompareConfig(**{**defaults, **kwargs})
+
+
+def test_crossval_steps_in_order(tmp_path: Path) -> None:
+    config = _config(tmp_path, folds=("0", "1"))
+    names = [step.name for step in compare_steps(config)]
+    trainings = [f"train_Trainer{t}_seed{s}_fold{f}" for s in (0, 1) for t in "AB" for f in (0, 1)]
+    collects = [f"collect_Trainer{t}_seed{s}" for s in (0, 1) for t in "AB"]
+    # folds 0 1 of nnU-Net's 5: only their cases are the reference
+    assert names == ["preprocess", "split", *trainings, "collect_reference", *collects, "evaluate"]
+    assert reference_dir(config) == config.workdir / "crossval" / "reference"
+    assert evaluation_runs(config)[:2] == [("A", config.workdir / "crossval" / "TrainerA" / "seed_0"),
+                                           ("A", config.workdir / "crossval" / "TrainerA" / "seed_1")]  # fmt: skip
+
+
+def test_test_set_steps_train_fold_all_and_predict_per_seed(tmp_path: Path) -> None:
+    config = _config(tmp_path, test_set=True, baseline="B")
+    lines = describe_steps(compare_steps(config))
+    assert (
+        lines[0] == "[1/10] $ nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres -np 1 -npfp 1 --verify_dataset_integrity"
     )
-    return PipelineConfig(**{**defaults, **kwargs})
+    assert lines[1] == "[2/10] $ topkdice train --seed 0 4 3d_fullres all -tr TrainerA -device cpu"
+    seed_root = tmp_path.resolve() / "nnUNet_results" / "seed_1"
+    assert lines[7].startswith(f"[8/10] $ nnUNet_results={seed_root} nnUNetv2_predict -i ")
+    assert lines[7].endswith("-f all -tr TrainerA -device cpu -npp 1 -nps 1")
+    assert "--baseline B -d 4 -o" in lines[9] and f"-r {config.raw_dataset / 'labelsTs'}" in lines[9]
+
+
+def test_training_step_resumes_and_revalidates(tmp_path: Path) -> None:
+    config = _config(tmp_path, folds=("0",), seeds=(0,))
+    job = training_jobs(config)[0]
+    assert job.run_dir == tmp_path.resolve() / "nnUNet_results" / "seed_0" / "Dataset004_Hippo" / (
+        "TrainerA__nnUNetPlans__3d_fullres") / "fold_0"  # fmt: skip
+    assert job.remaining() == "new" and job.command().argv[-1] == "cpu"
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "checkpoint_latest.pth").touch()
+    assert job.command().argv[-1] == "--c"
+    (job.run_dir / "checkpoint_final.pth").touch()
+    assert job.command().argv[-1] == "--val"  # final validation missing: cross-validation needs it
+    (job.run_dir / "validation").mkdir()
+    (job.run_dir / "validation" / "summary.json").write_text("{}")
+    assert job.remaining() is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"baseline": "C"}, "--baseline 'C' is not one of the trainers"),
+        ({"seeds": (0, 0)}, "--seeds must be distinct"),
+        ({"folds": ("all",)}, "fold all trains on every case"),
+        ({"configuration": "3d_cascade_fullres"}, "cascades are not supported"),
+    ],
+    ids=["baseline", "seeds", "all-in-crossval", "cascade"],
+)
+def test_compare_config_errors(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        _config(tmp_path, **kwargs)
 
 
 def test_child_environment_keeps_the_users_trainers_first(tmp_path: Path) -> None:
     user = {"PATH": "/bin", "nnUNet_extTrainer": "/mine"}
     env = child_environment(_config(tmp_path, extra_env={"nnUNet_def_n_proc": "2"}), user)
     assert env["nnUNet_extTrainer"] == os.pathsep.join(["/mine", str(trainer_dir())])
-    assert env["nnUNet_raw"] == str(tmp_path / "nnUNet_raw")
+    assert env["nnUNet_raw"] == str(tmp_path.resolve() / "nnUNet_raw")
     assert (env["PATH"], env["nnUNet_def_n_proc"]) == ("/bin", "2")
-
-
-def test_demo_config(tmp_path: Path) -> None:
-    config = demo_config(tmp_path, device="cpu", environ={"nnUNet_n_proc_DA": "3"})
-    assert config.trainers == {"CE + Dice": "nnUNetTrainerDiceCEDemo", "CE + topK-Dice": "nnUNetTrainerTopKDiceDemo"}
-    assert (config.dataset_id, config.fold, config.paper) == (DEMO_DATASET_ID, "all", None)
-    assert config.folders.raw == tmp_path.resolve() / "nnUNet_raw"
-    assert config.train_env == {}  # the user's nnUNet_n_proc_DA wins
-    assert config.extra_env == {"nnUNet_def_n_proc": "2"}
-    every_row = demo_config(tmp_path, device="cpu", all_rows=True, environ={})
-    assert len(every_row.trainers) == 5 and every_row.train_env == {"nnUNet_n_proc_DA": "0"}
 
 
 # --- runner -----------------------------------------------------------------------------------------
@@ -270,33 +348,102 @@ def test_demo_config(tmp_path: Path) -> None:
 _WRITE_GPU = "import os, sys; open(sys.argv[1], 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', '-'))"
 
 
-def test_run_commands_concurrently_one_slot_each(tmp_path: Path) -> None:
-    commands = [
-        Command((sys.executable, "-c", _WRITE_GPU, str(tmp_path / f"{i}.txt")), name=f"job{i}") for i in range(3)
+def _command_step(name: str, code: str, *args: str, done: str | None = None, parallel: str | None = None) -> Step:
+    return Step(name, name, lambda: done, lambda: Command((sys.executable, "-c", code, *args)), parallel=parallel)
+
+
+def test_runner_logs_each_step_and_skips_done_ones(tmp_path: Path) -> None:
+    import io
+
+    stream = io.StringIO()
+    steps = [
+        _command_step("skipped", "raise SystemExit(9)", done="already there"),
+        _command_step("talk", "print('BANNER from the tool')"),
     ]
+    report = run_steps(steps, dict(os.environ), log_dir=tmp_path, stream=stream)
+    assert (report.ran, report.skipped) == (["talk"], ["skipped"])
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[1/2] skipped (already there): skipped"
+    assert lines[1].startswith("[2/2] $ ") and len(lines) == 2
+    assert "BANNER from the tool" in (tmp_path / "talk.log").read_text()
+
+
+def test_runner_failure_shows_the_logs_tail(tmp_path: Path) -> None:
+    import io
+
+    stream = io.StringIO()
+    step = _command_step("fails", "import sys; print('\\n'.join(f'line {i}' for i in range(30))); sys.exit(4)")
+    after = _command_step("never", "open('never', 'w')")
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        run_steps([step, after], dict(os.environ), log_dir=tmp_path, stream=stream)
+    assert info.value.returncode == 4
+    text = stream.getvalue()
+    assert "FAILED (exit code 4): fails" in text and "line 29" in text and "line 9\n" not in text
+    assert f"whole log: {tmp_path / 'fails.log'}" in text and "never" not in text
+
+
+def test_runner_runs_parallel_steps_one_per_slot(tmp_path: Path) -> None:
+    import io
+
+    steps = [_command_step(f"job{i}", _WRITE_GPU, str(tmp_path / f"{i}.txt"), parallel="train") for i in range(3)]
     slots = [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
-    run_commands(commands, dict(os.environ), slots=slots, log_dir=tmp_path / "logs")
+    run_steps(steps, dict(os.environ), log_dir=tmp_path / "logs", slots=slots, stream=io.StringIO())
     seen = [(tmp_path / f"{i}.txt").read_text() for i in range(3)]
-    assert sorted(seen[:2]) == ["0", "1"] and seen[2] in ("0", "1")
+    assert set(seen) <= {"0", "1"} and len(set(seen)) == 2
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["job0.log", "job1.log", "job2.log"]
 
 
-def test_run_commands_concurrent_failure_is_raised_after_the_others(tmp_path: Path) -> None:
-    fail = Command((sys.executable, "-c", "raise SystemExit(3)"), name="fail")
-    ok = Command((sys.executable, "-c", _WRITE_GPU, str(tmp_path / "ok.txt")), name="ok")
+def test_runner_concurrent_failure_is_raised_after_the_others(tmp_path: Path) -> None:
+    import io
+
+    fail = _command_step("fail", "raise SystemExit(3)", parallel="train")
+    ok = _command_step("ok", _WRITE_GPU, str(tmp_path / "ok.txt"), parallel="train")
     slots = [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
     with pytest.raises(subprocess.CalledProcessError) as info:
-        run_commands([fail, ok], dict(os.environ), slots=slots, log_dir=tmp_path)
-    assert info.value.returncode == 3
-    assert (tmp_path / "ok.txt").read_text() == "1"
+        run_steps([fail, ok], dict(os.environ), log_dir=tmp_path, slots=slots, stream=io.StringIO())
+    assert info.value.returncode == 3 and (tmp_path / "ok.txt").read_text() in ("0", "1")
 
 
-def test_run_commands_sequential_stops_at_a_failure(tmp_path: Path) -> None:
-    fail = Command((sys.executable, "-c", "raise SystemExit(4)"))
-    ok = Command((sys.executable, "-c", _WRITE_GPU, str(tmp_path / "ok.txt")))
-    with pytest.raises(subprocess.CalledProcessError):
-        run_commands([fail, ok], dict(os.environ))
-    assert not (tmp_path / "ok.txt").exists()
+def test_step_needs_one_way_to_run() -> None:
+    with pytest.raises(ValueError, match="exactly one of command and action"):
+        Step("x", "x", lambda: None)
+
+
+# --- progress ---------------------------------------------------------------------------------------
+
+
+def test_training_progress_reads_nnunets_lines() -> None:
+    progress = TrainingProgress()
+    lines = [
+        "2026-01-01 10:00:00.000: Epoch 3",  # resumed at epoch 3
+        "2026-01-01 10:00:00.000: Current learning rate: 0.0097",
+        "2026-01-01 10:00:09.000: train_loss -0.4123",
+        "2026-01-01 10:00:09.000: val_loss -0.38",
+        "2026-01-01 10:00:09.000: Pseudo dice [np.float32(0.5), np.float32(nan), np.float32(0.7)]",
+    ]
+    for line in lines:
+        progress.feed(line)
+    assert (progress.first_epoch, progress.epochs_done, progress.train_loss) == (3, 3, -0.4123)
+    assert progress.pseudo_dice == pytest.approx(0.6)
+    assert progress.feed("2026-01-01 10:00:09.000: Epoch time: 9.1 s") and progress.epochs_done == 4
+    assert progress.postfix() == "loss -0.4123, pseudo Dice 0.6000"
+    assert not progress.feed("{'configurations': {'2d': {'batch_size': 12}}}")
+
+
+# --- SLURM ------------------------------------------------------------------------------------------
+
+
+def test_slurm_script_one_task_per_training(tmp_path: Path) -> None:
+    config = _config(tmp_path, folds=("0", "1"), device="cuda", train_env={"nnUNet_n_proc_DA": "0"})
+    jobs = training_jobs(config)
+    text = slurm_script(jobs, {"nnUNet_raw": "/r a"}, topkdice=["/venv/bin/topkdice"], log_dir=tmp_path,
+                        collect_command="topkdice compare -d 4", gpus_per_task=1)  # fmt: skip
+    assert "#SBATCH --array=0-7" in text and "#SBATCH --gres=gpu:1" in text
+    assert "export nnUNet_raw='/r a'" in text and "#   topkdice compare -d 4" in text
+    assert text.count(" export nnUNet_n_proc_DA=0;") == 8
+    assert "    args=(train --seed 1 4 3d_fullres 1 -tr TrainerB -device cuda) ;;" in text
+    with pytest.raises(ValueError, match="no training left"):
+        slurm_script([], {}, topkdice=["t"], log_dir=tmp_path, collect_command="")
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -305,37 +452,129 @@ def test_run_commands_sequential_stops_at_a_failure(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--device", "cpu", "--gpus", "0,1"], "--gpus and --num-gpus need --device cuda"),
-        (["--device", "cpu"], "is not in .* yet: give its source with -i"),
-        (["--device", "cpu", "-i", "does-not-exist"], "does-not-exist: not a folder"),
+        (["reproduce", "--dataset", "synapse", "--device", "cpu", "--gpus", "0,1"], "--gpus and --num-gpus need"),
+        (["reproduce", "--dataset", "synapse", "--device", "cpu"], "is not in .* yet: give its source with -i"),
+        (["reproduce", "--dataset", "synapse", "--device", "cpu", "-i", "nope"], "nope: not a folder"),
+        (["compare", "-d", "7", "-c", "2d", "--trainers", "T", "--device", "cpu"], "no such dataset"),
     ],
-    ids=["gpus-on-cpu", "no-input", "missing-input"],
+    ids=["gpus-on-cpu", "no-input", "missing-input", "no-dataset"],
 )
-def test_reproduce_input_errors_exit_2(
+def test_input_errors_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, argv: list[str], message: str
 ) -> None:
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    for var in state.NNUNET_FOLDER_VARIABLES:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
-    assert main(["reproduce", "--dataset", "synapse", "-w", str(tmp_path), *argv]) == 2
+    assert main([*argv, "-w", str(tmp_path)]) == 2
     last_line = capsys.readouterr().err.splitlines()[-1]
-    assert last_line.startswith("topkdice reproduce: error:")
+    assert last_line.startswith(f"topkdice {argv[0]}: error:")
     assert re.search(message, last_line)
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--gpus", "0,a"], "expected distinct GPU ids"),
-        (["--gpus", "1,1"], "expected distinct GPU ids"),
-        (["--num-gpus", "0"], "expected a positive integer"),
-        (["--fold", "7"], "invalid choice: '7'"),
-        (["--schedule", "demo"], "invalid choice: 'demo'"),
+        (["reproduce", "--dataset", "synapse", "--gpus", "0,a"], "expected distinct GPU ids"),
+        (["reproduce", "--dataset", "synapse", "--num-gpus", "0"], "expected a positive integer"),
+        (["reproduce", "--dataset", "synapse", "--fold", "7"], "invalid choice: '7'"),
+        (["reproduce", "--dataset", "synapse", "--schedule", "demo"], "invalid choice: 'demo'"),
+        (["compare", "-d", "4", "-c", "2d", "--trainers", "T", "--folds", "0", "--test-set"], "not allowed with"),
+        (["compare", "-d", "4", "-c", "2d", "--trainers", "T", "--dry-run", "--emit-slurm", "f"], "not allowed with"),
+        (["compare", "-d", "4", "-c", "2d", "--trainers", "T", "--seeds", "-1"], "expected an integer >= 0"),
     ],
-    ids=["gpu-not-int", "gpu-twice", "num-gpus-0", "fold", "schedule"],
+    ids=["gpu-not-int", "num-gpus-0", "fold", "schedule", "folds-and-test-set", "dry-run-and-slurm", "seed"],
 )
-def test_reproduce_usage_errors(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+def test_usage_errors(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["reproduce", "--dataset", "synapse", *argv])
+        main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_dry_run_lists_every_command_and_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnUNet_raw"))
+    argv = ["compare", "-d", "Dataset004_Hippo", "-c", "3d_fullres", "--trainers", "TrainerA", "TrainerB",
+            "--seeds", "0", "1", "--folds", "0", "1", "--device", "cpu", "-w", str(config.workdir),
+            "--dry-run"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 16 and sum("$ nnUNet_n_proc_DA=0 topkdice train --seed" in line for line in out) == 8
+    assert out[-1].startswith("[16/16] $ topkdice evaluate -r ") and "--baseline TrainerA" in out[-1]
+    assert not config.workdir.exists()
+
+
+def test_reproduce_dry_run_is_the_papers_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in state.NNUNET_FOLDER_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    source = tmp_path / "RawData"
+    source.mkdir()
+    argv = ["reproduce", "--dataset", "acdc", "-i", str(source), "--seeds", "0", "1", "--device", "cpu",
+            "-w", str(tmp_path / "w"), "--dry-run"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    # convert, preprocess, 5 rows x 2 seeds of fold 0, 10 predictions, evaluate
+    assert len(out) == 23 and out[0].startswith("[1/23] $ topkdice convert acdc -i ")
+    assert "topkdice train --seed 1 202 2d 0 -tr nnUNetTrainerTopKDice -device cpu" in out[11]
+    assert "-f 0 -tr nnUNetTrainerCELoss" in out[12]
+    assert out[-1].endswith("--baseline 'CE + Dice' -d 202 -o " + str(tmp_path / "w" / "evaluation" / "fold_0")
+                            + " -np " + str(pipeline_cli.DEFAULT_NUM_PROCESSES) + " --paper acdc")  # fmt: skip
+
+
+def test_the_collect_command_is_the_same_call_without_the_mode(tmp_path: Path) -> None:
+    from nnunet_topkdice.cli import build_parser
+
+    argv = ["compare", "-d", "4", "-c", "2d", "--trainers", "A", "B", "--seeds", "0", "2", "--test-set",
+            "--device", "cpu", "--emit-slurm", "x.sh", "--verbose"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    assert pipeline_cli.same_call("compare", args.parser, args) == (
+        "topkdice compare -d 4 -c 2d --trainers A B --test-set --seeds 0 2 --device cpu"
+    )
+
+
+def test_summary_moves_the_paired_comparison_after_the_table() -> None:
+    from nnunet_topkdice.pipeline.session import split_table
+
+    table_md = (
+        "## Title\n\n| a |\n|---|\n| 1 |\n\nLegend.\n\n"
+        "Paired comparison with the baseline 'A' (...):\n\nB vs A: +1.00 mDice\n"
+    )
+    assert split_table(table_md, ["B vs A: +1.00 mDice"]) == (
+        ["## Title", "", "| a |", "|---|", "| 1 |", "", "Legend."],
+        ["Paired comparison with the baseline 'A' (...):", "B vs A: +1.00 mDice"],
+    )
+    assert split_table("| a |\n\nB vs A: x\n", ["B vs A: x"]) == (["| a |"], ["B vs A: x"])
+
+
+class _Terminal(__import__("io").StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("interactive", [True, False], ids=["terminal", "file"])
+def test_training_bar_shows_epochs_of_the_planned_total(tmp_path: Path, interactive: bool) -> None:
+    import io
+
+    from nnunet_topkdice.pipeline.progress import TrainingBar
+
+    (tmp_path / "debug.json").write_text(json.dumps({"num_epochs": "4"}))  # nnU-Net writes values as text
+    stream = _Terminal() if interactive else io.StringIO()
+    bar = TrainingBar("A, seed 0, fold 1", tmp_path, stream=stream)
+    for epoch in (2, 3):  # resumed at epoch 2
+        for line in (
+            f"t: Epoch {epoch}",
+            "t: train_loss -0.25",
+            "t: Pseudo dice [np.float32(0.5)]",
+            "t: Epoch time: 1.0 s",
+        ):
+            bar.feed(line)
+    bar.close(True)
+    text = stream.getvalue()
+    if interactive:
+        assert "4/4" in text and "loss -0.2500, pseudo Dice 0.5000" in text
+    else:
+        assert text.startswith("  A, seed 0, fold 1: done at epoch 4 of 4 after ") and text.count("\n") == 1

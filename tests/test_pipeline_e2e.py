@@ -1,134 +1,149 @@
-"""``topkdice reproduce`` end to end on CPU, as a user runs it: interrupted, resumed, then run again.
+"""``topkdice compare`` end to end through the real command line, in 2d and in 3d_fullres.
 
-A tiny synthetic dataset in Synapse's raw layout (30 cases of 5-7 slices of 32x32) goes through the real
-converter, nnU-Net's planning, training and prediction, and ``topkdice evaluate``. Two test-only trainers
-(a tiny version of the demo schedule, in an ``nnUNet_extTrainer`` folder of their own) keep it to minutes;
-one of them can crash after its first epoch, like a killed job.
+One tiny 3D dataset (4 training and 2 test cases, a 2-fold ``splits_final.json``) and two tiny trainers
+from a user's own ``nnUNet_extTrainer`` folder, two seeds. Per configuration:
+
+1. ``--emit-slurm`` prepares the data and writes the job array of the 8 cross-validation trainings;
+2. its tasks run here (``SLURM_ARRAY_TASK_ID=i bash FILE``, two at a time, as a cluster would run them),
+   one of them stopping after its first epoch like a killed job;
+3. the printed collect command (the same ``compare`` call) resumes that training with ``--c``, collects
+   the validation predictions and ends with the verdict; the terminal shows steps, not nnU-Net's output;
+4. the same call again has nothing to do and changes no file;
+5. ``--test-set``: fold ``all`` per trainer and seed (a second job array), then ``imagesTs`` predicted
+   with each seed's models and evaluated.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import re
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from pipeline_fixtures import (
+    CRASH_VAR,
+    TOPKDICE,
+    clean_environment,
+    make_tiny_dataset,
+    run,
+    snapshot,
+    write_two_fold_split,
+    write_user_trainers,
+)
 
-from nnunet_topkdice.pipeline.synthetic import generate_synapse_like
-
-BIN = Path(sys.executable).parent
-DATASET_ID = 989
+DATASET_ID = 986
 FIRST, SECOND = "nnUNetTrainerPipelineTestDiceCE", "nnUNetTrainerPipelineTestTopKDice"
-CRASH_VAR = "TOPKDICE_PIPELINE_TEST_CRASH_AFTER_EPOCH"
-
-TEST_EXT_MODULE = f"""
-import os
-
-from nnunet_topkdice.trainers import nnUNetTrainerDiceCEDemo, nnUNetTrainerTopKDiceDemo
-
-
-class _Tiny:
-    demo_num_epochs = 3
-    demo_num_iterations_per_epoch = 2
-    demo_num_val_iterations_per_epoch = 1
-
-
-class {FIRST}(_Tiny, nnUNetTrainerDiceCEDemo):
-    pass
-
-
-class {SECOND}(_Tiny, nnUNetTrainerTopKDiceDemo):
-    # Records each epoch it starts; {CRASH_VAR}=E exits after epoch E, once its checkpoint is written.
-    def on_epoch_start(self):
-        with open(os.path.join(self.output_folder, "epochs_started.txt"), "a") as f:
-            f.write(f"{{self.current_epoch}}\\n")
-        super().on_epoch_start()
-
-    def on_epoch_end(self):
-        super().on_epoch_end()  # saves checkpoint_latest.pth and advances current_epoch
-        if os.environ.get("{CRASH_VAR}") == str(self.current_epoch - 1):
-            raise SystemExit(75)
-"""
+NNUNET_BANNER = "Please cite the following paper"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("pipeline")
-    source = generate_synapse_like(root / "source", in_plane=32, num_slices=(5, 7))
-    ext = root / "ext"
-    ext.mkdir()
-    (ext / "topkdice_pipeline_test_trainers.py").write_text(TEST_EXT_MODULE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}  # no nnU-Net folders set
-    env.update(nnUNet_extTrainer=str(ext), nnUNet_def_n_proc="1", OMP_NUM_THREADS="1")
-    return {"source": source, "work": root / "work", "env": env}
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("compare")
+    raw, preprocessed, results = root / "raw", root / "preprocessed", root / "results"
+    dataset = make_tiny_dataset(raw, DATASET_ID)
+    cases = sorted(p.name.removesuffix(".nii.gz") for p in (dataset / "labelsTr").iterdir())
+    write_two_fold_split(preprocessed / dataset.name, cases)
+    user_ext = write_user_trainers(root / "my_trainers", FIRST, SECOND)
+    env = clean_environment(
+        nnUNet_raw=str(raw), nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(results),
+        nnUNet_extTrainer=str(user_ext),
+    )  # fmt: skip
+    return {"root": root, "dataset": dataset, "results": results, "env": env, "cases": cases}
 
 
-def _reproduce(setup: dict, **extra_env: str) -> tuple[subprocess.CompletedProcess, float]:
-    argv = [
-        str(BIN / "topkdice"), "reproduce", "--dataset", "synapse", "-i", str(setup["source"]),
-        "-d", str(DATASET_ID), "--trainers", FIRST, SECOND, "--device", "cpu", "-w", str(setup["work"]),
-        "-np", "1",
+def _compare(data: dict, configuration: str, workdir: Path, *extra: str) -> list[str]:
+    return [
+        TOPKDICE, "compare", "-d", str(DATASET_ID), "-c", configuration, "--trainers", FIRST, SECOND,
+        "--seeds", "0", "1", "--device", "cpu", "-np", "1", "-w", str(workdir), *extra,
     ]  # fmt: skip
-    start = time.monotonic()
-    result = subprocess.run(argv, env={**setup["env"], **extra_env}, capture_output=True, text=True, timeout=900)
-    return result, time.monotonic() - start
 
 
-def _run_dir(work: Path, trainer: str) -> Path:
-    return work / "nnUNet_results" / f"Dataset{DATASET_ID}_Synapse" / f"{trainer}__nnUNetPlans__2d" / "fold_all"
+def _run_dir(data: dict, configuration: str, trainer: str, seed: int, fold: str) -> Path:
+    name = data["dataset"].name
+    return data["results"] / f"seed_{seed}" / name / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
 
 
-def _snapshot(folder: Path) -> dict[str, float]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()}
+def _run_array_locally(script: Path, n_tasks: int, env: dict[str, str]) -> list[int]:
+    """Every task of the job array, two at a time; their exit codes."""
+    codes: list[int] = []
+    for start in range(0, n_tasks, 2):
+        procs = [
+            subprocess.Popen(
+                ["bash", str(script)],
+                env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            for i in range(start, min(start + 2, n_tasks))
+        ]
+        codes += [p.wait(timeout=600) for p in procs]
+    return codes
 
 
 @pytest.mark.slow
-def test_interrupted_then_resumed_then_nothing_to_do(setup: dict) -> None:
-    work = setup["work"]
+@pytest.mark.parametrize(
+    ("configuration", "folds"), [("2d", ["--folds", "0", "1"]), ("3d_fullres", [])], ids=["2d", "3d_fullres"]
+)
+def test_compare_sweep_on_slurm_then_resume_then_test_set(data: dict, configuration: str, folds: list[str]) -> None:
+    work = data["root"] / f"work_{configuration}"
+    crossval = _compare(data, configuration, work, *folds)
 
-    # 1. The second training "crashes" after its first epoch: the run fails with that exit code.
-    first, _ = _reproduce(setup, **{CRASH_VAR: "0"})
-    assert first.returncode == 1, first.stderr[-3000:]
-    assert "command failed with exit code 75" in first.stderr
-    for step in ("[1/5] Converting", "[2/5] Planning", "[3/5] Training"):
-        assert step in first.stderr
-    assert "$ topkdice convert synapse -i" in first.stderr
-    assert "$ nnUNetv2_plan_and_preprocess -d 989 -c 2d" in first.stderr
-    assert (_run_dir(work, FIRST) / "checkpoint_final.pth").is_file()
-    assert (_run_dir(work, SECOND) / "checkpoint_latest.pth").is_file()
-    assert not (_run_dir(work, SECOND) / "checkpoint_final.pth").exists()
-    first_model = (_run_dir(work, FIRST) / "checkpoint_final.pth").stat().st_mtime
+    # 1. The job array: the data is prepared here, every training is one task.
+    script = work / "sweep.sh"
+    emitted = run([*crossval, "--emit-slurm", script], data["env"])
+    assert "Wrote" in emitted.stdout and "8 array task(s)" in emitted.stdout
+    collect = emitted.stdout.splitlines()[-1].removeprefix("Then collect: ")
+    assert collect.startswith("topkdice compare -d 986 -c") and "--emit-slurm" not in collect
+    assert "#SBATCH --array=0-7" in script.read_text()
 
-    # 2. Run again: finished steps are skipped, the interrupted training resumes with --c at epoch 1.
-    second, _ = _reproduce(setup)
-    assert second.returncode == 0, second.stderr[-3000:]
-    for skipped in ("already converted", "already preprocessed", f"already trained: {FIRST}"):
-        assert f"skipped: {skipped}" in second.stderr
-    assert f"$ nnUNetv2_train {DATASET_ID} 2d all -tr {SECOND} -device cpu --c" in second.stderr
-    assert (_run_dir(work, SECOND) / "epochs_started.txt").read_text().split() == ["0", "1", "2"]
-    assert (_run_dir(work, FIRST) / "checkpoint_final.pth").stat().st_mtime == first_model
-    assert f"$ nnUNetv2_predict -i {work / 'nnUNet_raw'}" in second.stderr
-    assert "$ topkdice evaluate -r" in second.stderr
-    # stdout holds the table and where the files are, nothing of nnU-Net's chatter.
-    assert second.stdout.startswith("## Paper-style evaluation: Dataset989_Synapse (12 test cases)")
-    for trainer in (FIRST, SECOND):
-        assert f"| evaluated | {trainer} |" in second.stdout
-    assert "nnUNet_n_proc_DA" not in second.stdout and "Epoch" not in second.stdout
-    evaluation = work / "evaluation" / "fold_all"
-    assert f"Figure:      {evaluation / 'figure.png'}" in second.stdout
-    for name in ("results.json", "table.md", "table.csv", "figure.png"):
-        assert (evaluation / name).is_file()
-    for trainer in (FIRST, SECOND):
-        assert len(list((work / "predictions" / "fold_all" / trainer).glob("*.nii.gz"))) == 12
+    # 2. The tasks, run here; the one of SECOND, seed 1, fold 1 is killed after its first epoch.
+    crash_in = f"seed_1/{data['dataset'].name}/{SECOND}__nnUNetPlans__{configuration}/fold_1"
+    codes = _run_array_locally(script, 8, {**data["env"], CRASH_VAR: crash_in})
+    assert codes == [0, 0, 0, 0, 0, 0, 0, 75]  # task order: seed, trainer, fold
+    interrupted = _run_dir(data, configuration, SECOND, 1, "1")
+    assert (interrupted / "checkpoint_latest.pth").is_file() and not (interrupted / "checkpoint_final.pth").exists()
+    untouched = (_run_dir(data, configuration, FIRST, 0, "0") / "checkpoint_final.pth").stat().st_mtime
 
-    # 3. A third run has nothing left to do and changes no file.
-    before = _snapshot(work)
-    third, seconds = _reproduce(setup)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert "\n$ " not in third.stderr
-    assert "Nothing left to do" in third.stderr
-    assert third.stdout == second.stdout
-    assert _snapshot(work) == before
-    assert seconds < 60  # seconds on an idle machine; generous for a loaded CI runner
+    # 3. The collect command resumes the interrupted training and ends with the verdict.
+    collected = run(crossval, data["env"])
+    err, out = collected.stderr, collected.stdout
+    assert err.count("skipped (already trained)") == 7
+    assert f"topkdice train --seed 1 {DATASET_ID} {configuration} 1 -tr {SECOND} -device cpu --c" in err
+    assert (interrupted / "epochs_started.txt").read_text().split() == ["0", "1"]
+    assert (_run_dir(data, configuration, FIRST, 0, "0") / "checkpoint_final.pth").stat().st_mtime == untouched
+    verdict = out.strip().splitlines()[-1]
+    assert re.match(
+        rf"{SECOND} vs {FIRST}: [+-]\d+\.\d\d mDice \(95% CI .*\), Wilcoxon .* over 4 cases x 2 repeats", verdict
+    )
+    # a quiet terminal: one line per step (and the resumed training's), nnU-Net's output only in the logs
+    assert len((err + out).splitlines()) < 45
+    assert NNUNET_BANNER not in err + out and "Epoch 0" not in err + out
+    assert NNUNET_BANNER in (work / "logs" / f"train_{SECOND}_seed1_fold1.log").read_text()
+    results = json.loads((work / "evaluation" / "crossval" / "results.json").read_text())
+    assert results["comparisons"][0]["n_cases"] == 4 and results["comparisons"][0]["n_repeats"] == 2
+    for seed in (0, 1):  # every training case once per seed, hard links to nnU-Net's validation output
+        assert sorted(p.name for p in (work / "crossval" / SECOND / f"seed_{seed}").iterdir()) == [
+            f"{case}.nii.gz" for case in data["cases"]
+        ]
+
+    # 4. Again: nothing to do, no file changes.
+    before = snapshot(work)
+    again = run(crossval, data["env"])
+    assert "Nothing left to do" in again.stderr and "] $ " not in again.stderr
+    assert again.stdout == out and snapshot(work) == before
+
+    # 5. The test set: fold all per trainer and seed (an array of 4 tasks, run here two at a time), then
+    #    nnUNetv2_predict with each seed's models.
+    test_set = _compare(data, configuration, work, "--test-set")
+    run([*test_set, "--emit-slurm", work / "test_set.sh"], data["env"])
+    assert _run_array_locally(work / "test_set.sh", 4, data["env"]) == [0, 0, 0, 0]
+    tested = run(test_set, data["env"])
+    assert tested.stderr.count("skipped (already trained)") == 4
+    seed_root = data["results"] / "seed_1"
+    assert f"$ nnUNet_results={seed_root} nnUNetv2_predict -i {data['dataset'] / 'imagesTs'}" in tested.stderr
+    verdict = tested.stdout.strip().splitlines()[-1]
+    assert verdict.startswith(f"{SECOND} vs {FIRST}: ") and "over 2 cases x 2 repeats" in verdict
+    for seed in (0, 1):
+        folder = work / "predictions" / "fold_all" / FIRST / f"seed_{seed}"
+        assert sorted(p.name for p in folder.glob("*.nii.gz")) == ["case004.nii.gz", "case005.nii.gz"]

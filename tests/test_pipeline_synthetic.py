@@ -27,7 +27,7 @@ def test_case_ids_are_synapses() -> None:
 
 
 def test_every_original_label_is_drawn_at_demo_size() -> None:
-    # (12, 48, 48) volume: all 13 BTCV labels present, so the converter's relabelling is exercised.
+    # (6, 40, 40) volume: all 13 BTCV labels present, so the converter's relabelling is exercised.
     image, label = generate_case(1, in_plane=DEFAULT_IN_PLANE, num_slices=DEFAULT_SLICES[1])
     assert image.shape == label.shape == (DEFAULT_SLICES[1], DEFAULT_IN_PLANE, DEFAULT_IN_PLANE)
     assert (image.dtype, label.dtype) == (np.int16, np.uint8)

@@ -1,34 +1,34 @@
-"""``topkdice demo``: the reproduce pipeline on a built-in synthetic dataset, in minutes on a CPU.
+"""``topkdice demo``: a paired comparison on a built-in synthetic dataset, in minutes on a CPU.
 
-It generates the synthetic Synapse-like dataset (:mod:`.synthetic`), then runs exactly the steps of
-``topkdice reproduce --dataset synapse`` (conversion, nnU-Net planning and preprocessing, training,
-prediction, evaluation) with the short demo schedule (:class:`~nnunet_topkdice.trainers.DemoSchedule`).
-Without nnU-Net's folder variables it keeps everything inside the work directory.
+It generates the synthetic Synapse-like dataset (:mod:`.synthetic`), then runs the steps of
+``topkdice reproduce --dataset synapse`` on it (conversion, planning and preprocessing, seeded training
+of each trainer for each seed, prediction of the test set, evaluation) with the short demo schedule
+(:class:`~nnunet_topkdice.trainers.DemoSchedule`), and ends with the verdict of CE + topK-Dice against
+CE + Dice over the seeds. Without nnU-Net's folder variables it keeps everything in the work directory.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from nnunet_topkdice.pipeline.reproduce import (
-    NnunetFolders,
-    PipelineConfig,
-    PipelineResult,
-    paper_trainers,
-    run_pipeline,
-)
+from nnunet_topkdice.pipeline.compare import CompareConfig
+from nnunet_topkdice.pipeline.reproduce import convert_step, every_row_trainer, paper_trainers, reproduce_config
+from nnunet_topkdice.pipeline.state import NnunetFolders
+from nnunet_topkdice.pipeline.steps import Step
 
 #: Dataset id of the synthetic dataset: not the paper's 201, so that a demo run never touches a real
 #: Synapse conversion when nnUNet_raw is set.
 DEMO_DATASET_ID = 990
-#: The rows the demo compares by default: nnU-Net's default loss and the paper's loss.
+#: The rows the demo compares by default: nnU-Net's default loss (the baseline) and the paper's loss.
 DEMO_ROWS: tuple[str, ...] = ("CE + Dice", "CE + topK-Dice")
-#: Environment of the demo's training commands where the user has not set the variable: on a small CPU,
-#: data augmentation in the training process is faster than worker processes competing with the network
-#: for the cores (measured). nnU-Net's planning breaks with it, so it is given to training only.
+#: Seeds of the demo: each trainer is trained once per seed, paired across trainers.
+DEMO_SEEDS: tuple[int, ...] = (0, 1)
+#: Environment of the demo's training commands where the user has not set the variable: no data
+#: augmentation worker processes, which makes training on the CPU repeatable (and, on a small CPU,
+#: faster than workers competing with the network for the cores), also on a GPU. nnU-Net's planning
+#: breaks with it, so it is given to training only.
 DEMO_TRAIN_ENV: dict[str, str] = {"nnUNet_n_proc_DA": "0"}
 
 
@@ -41,59 +41,57 @@ def demo_config(
     *,
     device: str,
     all_rows: bool = False,
+    seeds: tuple[int, ...] = DEMO_SEEDS,
     num_processes: int = 2,
     environ: Mapping[str, str] | None = None,
-) -> PipelineConfig:
-    """The pipeline configuration of the demo (pure: reads only ``environ``, default ``os.environ``).
+) -> CompareConfig:
+    """The comparison the demo runs (pure: reads only ``environ``, default ``os.environ``).
 
-    Synapse's protocol (fold ``all``) on :data:`DEMO_DATASET_ID` with the demo-schedule trainers of
-    :data:`DEMO_ROWS` (every row of the paper's table with ``all_rows``), no ``--paper`` comparison
-    (the paper's numbers are not about this data), and two environment defaults the user may override:
-    ``nnUNet_def_n_proc`` (nnU-Net's default of 8 export workers only adds start-up time on a small
-    CPU) and :data:`DEMO_TRAIN_ENV` for training.
+    Synapse's protocol (fold ``all``, test set) on :data:`DEMO_DATASET_ID` with the demo-schedule trainers
+    of :data:`DEMO_ROWS` (every row of ``PAPER_ROWS`` with ``all_rows``), CE + Dice as the baseline, no
+    ``--paper`` rows (the paper's numbers are not about this data), and two environment defaults the user
+    may override: ``nnUNet_def_n_proc`` (nnU-Net's default of 8 export workers only adds start-up time on a
+    small CPU) and :data:`DEMO_TRAIN_ENV` for training.
     """
     environ = os.environ if environ is None else environ
     workdir = Path(workdir).resolve()
-    return PipelineConfig(
-        dataset="synapse",
-        dataset_id=DEMO_DATASET_ID,
-        trainers=paper_trainers("synapse", "demo", None if all_rows else DEMO_ROWS),
-        fold="all",
-        device=device,
+    trainers = every_row_trainer("synapse", "demo") if all_rows else paper_trainers("synapse", "demo", DEMO_ROWS)
+    config = reproduce_config(
+        "synapse",
         workdir=workdir,
         folders=NnunetFolders.resolve(workdir, environ),
-        source=workdir / "synthetic_synapse",
+        trainers=trainers,
+        dataset_id=DEMO_DATASET_ID,
+        seeds=seeds,
+        device=device,
         num_processes=num_processes,
-        extra_env=_unset_only({"nnUNet_def_n_proc": str(num_processes)}, environ),
+        paper=None,
         train_env=_unset_only(DEMO_TRAIN_ENV, environ),
+        extra_env=_unset_only({"nnUNet_def_n_proc": str(num_processes)}, environ),
     )
+    return config
 
 
-def run_demo(
-    workdir: Path, *, device: str, all_rows: bool = False, num_processes: int = 2
-) -> tuple[PipelineResult, PipelineConfig]:
-    """Generate the synthetic dataset (once) and run the pipeline on it with the demo schedule.
+def synthetic_source(config: CompareConfig) -> Path:
+    return config.workdir / "synthetic_synapse"
 
-    Args:
-        workdir: holds the synthetic source data, the predictions and the evaluation, and nnU-Net's
-            folders when ``nnUNet_raw``/``nnUNet_preprocessed``/``nnUNet_results`` are unset.
-        device: ``cpu``, ``cuda`` or ``mps``.
-        all_rows: compare every row of the paper's table instead of CE + Dice vs CE + topK-Dice.
-        num_processes: worker processes of preprocessing, prediction and evaluation.
 
-    Returns:
-        The pipeline's result and the configuration it ran with (:func:`demo_config`).
+def generate_step(config: CompareConfig) -> Step:
+    """Write the synthetic dataset in Synapse's raw layout (once: it is written atomically)."""
+    source = synthetic_source(config)
 
-    Raises:
-        subprocess.CalledProcessError: an nnU-Net command failed.
-    """
-    from nnunet_topkdice.pipeline.synthetic import generate_synapse_like
+    def done() -> str | None:
+        return "already generated" if source.is_dir() else None
 
-    config = demo_config(workdir, device=device, all_rows=all_rows, num_processes=num_processes)
-    print("\n[1/6] Generating the synthetic Synapse-like dataset", file=sys.stderr, flush=True)
-    if config.source.is_dir():  # written atomically: a folder that exists is complete
-        print(f"skipped: already generated: {config.source}", file=sys.stderr)
-    else:
-        generate_synapse_like(config.source)
-        print(f"wrote {config.source}", file=sys.stderr)
-    return run_pipeline(config, first_step=2, total_steps=6), config
+    def action(log_file: Path) -> None:
+        from nnunet_topkdice.pipeline.synthetic import generate_synapse_like
+
+        generate_synapse_like(source, progress=False)
+        log_file.write_text(f"wrote {source}\n")
+
+    return Step("generate", "Generating the synthetic Synapse-like dataset", done, action=action)
+
+
+def demo_steps_before(config: CompareConfig) -> list[Step]:
+    """The steps in front of the comparison: generate the dataset, convert it."""
+    return [generate_step(config), convert_step("synapse", synthetic_source(config), config)]

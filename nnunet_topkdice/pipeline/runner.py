@@ -1,0 +1,250 @@
+"""The runner: orders the steps of a pipeline, skips the finished ones, runs the others and reports.
+
+The terminal shows one line per step (``[3/9] $ COMMAND`` or ``[3/9] skipped (already trained): ...``)
+and a progress bar per training; each command's whole output goes to ``<log_dir>/<step>.log``. When a
+command fails, the last lines of its log and the log's path are printed and
+:class:`subprocess.CalledProcessError` is raised. ``verbose`` streams the commands' output as well.
+Steps that share a ``parallel`` key and stand next to each other run concurrently when several slots
+(``CUDA_VISIBLE_DEVICES`` groups) are given.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from nnunet_topkdice.pipeline.progress import TrainingBar
+from nnunet_topkdice.pipeline.steps import Step, resolve_executable
+
+#: Lines of a failed command's log shown on the terminal.
+FAILURE_TAIL_LINES = 20
+
+
+@dataclass
+class RunReport:
+    """How many steps ran and how many were already done."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def describe_steps(steps: Sequence[Step]) -> list[str]:
+    """One line per step, as :func:`run_steps` would print it, without running anything (a dry run)."""
+    lines = []
+    for index, step in enumerate(steps, 1):
+        reason = step.done()
+        prefix = f"[{index}/{len(steps)}]"
+        lines.append(f"{prefix} skipped ({reason}): {step.title}" if reason else f"{prefix} {step.describe()}")
+    return lines
+
+
+def log_tail(log_file: Path, n_lines: int = FAILURE_TAIL_LINES) -> list[str]:
+    """The last ``n_lines`` lines of a log file (empty if it does not exist)."""
+    try:
+        return log_file.read_text(errors="replace").splitlines()[-n_lines:]
+    except OSError:
+        return []
+
+
+class _Terminal:
+    """Serialises what the steps print (they may run in threads)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            print(text, file=self.stream, flush=True)
+
+
+def run_steps(
+    steps: Sequence[Step],
+    env: Mapping[str, str],
+    *,
+    log_dir: Path,
+    verbose: bool = False,
+    slots: Sequence[Mapping[str, str]] = (),
+    stream: TextIO | None = None,
+) -> RunReport:
+    """Run the steps in order, skipping those that are done.
+
+    Args:
+        steps: the pipeline.
+        env: the environment of every command (a command's own variables are added to it).
+        log_dir: receives ``<step name>.log`` for every step that runs.
+        verbose: also stream each command's output to ``stream``.
+        slots: per-slot environment (``{"CUDA_VISIBLE_DEVICES": "0"}``, ...); with two or more, steps
+            with the same ``parallel`` key next to each other run concurrently, one per slot.
+        stream: where the step lines go (default: stderr, so that stdout carries only results).
+
+    Raises:
+        subprocess.CalledProcessError: a command failed (concurrent steps finish first).
+        InputError: an in-process step found bad input.
+    """
+    terminal = _Terminal(stream or sys.stderr)
+    log_dir = Path(log_dir)
+    _stop_children_on_sigterm()
+    report = RunReport()
+    total = len(steps)
+    index = 0
+    while index < total:
+        batch = [steps[index]]
+        if steps[index].parallel is not None and len(slots) > 1:
+            while index + len(batch) < total and steps[index + len(batch)].parallel == steps[index].parallel:
+                batch.append(steps[index + len(batch)])
+        todo = []
+        for offset, step in enumerate(batch):
+            reason = step.done()
+            if reason:
+                terminal.line(f"[{index + offset + 1}/{total}] skipped ({reason}): {step.title}")
+                report.skipped.append(step.name)
+            else:
+                todo.append((index + offset + 1, step))
+        if len(todo) > 1 and len(slots) > 1:
+            _run_concurrently(todo, total, env, log_dir, verbose, slots, terminal)
+        else:
+            slot = dict(slots[0]) if slots else {}
+            for number, step in todo:
+                _execute(number, total, step, env, log_dir, verbose, slot, terminal, position=0)
+        report.ran += [step.name for _, step in todo]
+        index += len(batch)
+    return report
+
+
+def _run_concurrently(
+    todo: list[tuple[int, Step]],
+    total: int,
+    env: Mapping[str, str],
+    log_dir: Path,
+    verbose: bool,
+    slots: Sequence[Mapping[str, str]],
+    terminal: _Terminal,
+) -> None:
+    free: queue.Queue[int] = queue.Queue()
+    for position in range(len(slots)):
+        free.put(position)
+
+    def work(number: int, step: Step) -> None:
+        position = free.get()
+        try:
+            _execute(number, total, step, env, log_dir, verbose, dict(slots[position]), terminal, position=position)
+        finally:
+            free.put(position)
+
+    failures: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        futures = [pool.submit(work, number, step) for number, step in todo]
+        try:
+            for future in futures:
+                try:
+                    future.result()
+                except Exception as e:  # the others keep running; the first failure is raised at the end
+                    failures.append(e)
+        except BaseException:  # Ctrl-C or SIGTERM: stop the commands so that the threads can end
+            for future in futures:
+                future.cancel()
+            _stop_all()
+            raise
+    if failures:
+        raise failures[0]
+
+
+# Child processes still running, so that an interrupt (Ctrl-C) stops them too.
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _execute(
+    number: int,
+    total: int,
+    step: Step,
+    env: Mapping[str, str],
+    log_dir: Path,
+    verbose: bool,
+    slot_env: Mapping[str, str],
+    terminal: _Terminal,
+    *,
+    position: int,
+) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{step.name}.log"
+    if step.action is not None:
+        terminal.line(f"[{number}/{total}] {step.title}")
+        step.action(log_file)
+    else:
+        assert step.command is not None
+        command = step.command().with_env(slot_env)
+        terminal.line(f"[{number}/{total}] $ {command.shell()}")
+        argv = resolve_executable(command.argv[0]) + list(command.argv[1:])
+        bar = TrainingBar(step.title, step.training_dir, stream=terminal.stream, position=position)
+        bar_used = step.training_dir is not None and not verbose
+        with open(log_file, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: follow it live
+            log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} $ {command.shell()}\n")
+            log.flush()
+            # Unbuffered, so that the log and the progress bar follow the command as it runs.
+            child_env = {"PYTHONUNBUFFERED": "1", **env, **command.env}
+            process = subprocess.Popen(argv, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            with _RUNNING_LOCK:
+                _RUNNING.add(process)
+            try:
+                assert process.stdout is not None
+                for raw in process.stdout:
+                    line = raw.decode("utf-8", errors="replace")
+                    log.write(line)
+                    if verbose:
+                        with terminal.lock:
+                            terminal.stream.write(line)
+                            terminal.stream.flush()
+                    elif bar_used:
+                        with terminal.lock:
+                            bar.feed(line)
+                returncode = process.wait()
+            except BaseException:
+                _stop_all()
+                raise
+            finally:
+                with _RUNNING_LOCK:
+                    _RUNNING.discard(process)
+        if bar_used:
+            with terminal.lock:
+                bar.close(returncode == 0)
+        if returncode != 0:
+            tail = "\n".join("    " + line for line in log_tail(log_file))
+            terminal.line(f"FAILED (exit code {returncode}): {step.title}\n{tail}\n  whole log: {log_file}")
+            raise subprocess.CalledProcessError(returncode, command.shell())
+    if step.after is not None:
+        step.after()
+
+
+def _stop_children_on_sigterm() -> None:
+    """A SIGTERM (``kill``, a scheduler's time limit) stops the running commands too, like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _stop_all() -> None:
+    with _RUNNING_LOCK:
+        processes = list(_RUNNING)
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,145 @@
+"""One invocation of ``compare``, ``reproduce`` or ``demo``: list, emit a SLURM array, or run, then report.
+
+The three commands differ only in the steps they put in front of the comparison (generating or
+converting a dataset) and in their presets; they all end here.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_topkdice.pipeline import state
+from nnunet_topkdice.pipeline.compare import (
+    CompareConfig,
+    child_environment,
+    compare_steps,
+    exported_variables,
+    training_jobs,
+)
+from nnunet_topkdice.pipeline.runner import describe_steps, run_steps
+from nnunet_topkdice.pipeline.steps import Step, resolve_executable
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """How to run a comparison: list it, write a SLURM array, or run it here."""
+
+    dry_run: bool = False
+    emit_slurm: Path | None = None
+    verbose: bool = False
+    gpu_slots: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES of each concurrent training
+    collect_command: str = ""  # the command line that finishes a SLURM sweep (the same call)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_session(config: CompareConfig, invocation: Invocation, before: Sequence[Step] = ()) -> int:
+    """List, emit or run the comparison (``before`` first), then print the summary; returns the exit code.
+
+    Raises:
+        subprocess.CalledProcessError: a command failed.
+        InputError: bad input found by a step.
+    """
+    env = child_environment(config)
+    steps = [*before, *compare_steps(config)]
+    unset = [v for v in state.NNUNET_FOLDER_VARIABLES if v not in config.folders.from_environment]
+    if unset:
+        _err(f"{', '.join(unset)} not set: using folders in {config.workdir}")
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in exported_variables(config, env).items())
+    _err(f"To run a command by hand, first: export {exports}")
+
+    if invocation.dry_run:
+        for line in describe_steps(steps):
+            print(line)
+        return 0
+
+    if invocation.emit_slurm is not None:
+        return _emit_slurm(config, invocation, steps, env)
+
+    _err(f"Logs: {config.log_dir}/<step>.log")
+    slots = [{"CUDA_VISIBLE_DEVICES": ids} for ids in invocation.gpu_slots]
+    report = run_steps(steps, env, log_dir=config.log_dir, verbose=invocation.verbose, slots=slots)
+    print_summary(config)
+    if not report.ran:
+        _err("Nothing left to do: every step had already been done.")
+    return 0
+
+
+def _emit_slurm(config: CompareConfig, invocation: Invocation, steps: Sequence[Step], env: Mapping[str, str]) -> int:
+    from nnunet_topkdice.pipeline.slurm import slurm_script
+
+    jobs = training_jobs(config)
+    first_training = next(i for i, s in enumerate(steps) if s.parallel == "train")
+    # Data preparation runs here, so that every task finds the preprocessed data and the split.
+    run_steps(steps[:first_training], env, log_dir=config.log_dir, verbose=invocation.verbose)
+    left = [job for job in jobs if job.remaining() is not None]
+    if not left:
+        _err(f"Every training is done; nothing to submit. Collect the results with:\n  {invocation.collect_command}")
+        return 0
+    text = slurm_script(
+        left, exported_variables(config, env), topkdice=resolve_executable("topkdice"), log_dir=config.log_dir,
+        collect_command=invocation.collect_command, gpus_per_task=config.num_gpus if config.device == "cuda" else 0,
+        job_name=f"topkdice_{config.name}",
+    )  # fmt: skip
+    path = invocation.emit_slurm
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    done = len(jobs) - len(left)
+    print(f"Wrote {path}: {len(left)} array task(s), one training each ({done} already done).")
+    print(f"Submit it:   sbatch {shlex.quote(str(path))}")
+    print(f"Then collect: {invocation.collect_command}")
+    return 0
+
+
+def comparison_sentences(results: dict) -> list[str]:
+    """The verdict lines of ``topkdice evaluate`` (one per trainer compared with the baseline)."""
+    from nnunet_topkdice.evaluation.tables import comparison_sentences as sentences
+
+    return list(sentences(results))
+
+
+def split_table(table_md: str, sentences: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``table.md`` as (the table and its notes, the paired comparison: its heading and sentences).
+
+    The comparison is what ``topkdice evaluate`` writes after the table: a line starting with "Paired
+    comparison", then one sentence per trainer. Without that heading, only the sentences are moved."""
+    lines = table_md.rstrip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Paired comparison")), None)
+    if start is None:
+        table = [line for line in lines if line not in sentences]
+        verdict = list(sentences)
+    else:
+        table, verdict = lines[:start], [line for line in lines[start:] if line.strip()]
+    while table and not table[-1].strip():
+        table.pop()
+    return table, verdict
+
+
+def print_summary(config: CompareConfig) -> None:
+    """The table (once), where the files are, and the verdict last, on stdout."""
+    out = config.evaluation_dir
+    results = json.loads((out / "results.json").read_text())
+    table, verdict = split_table((out / "table.md").read_text(), comparison_sentences(results))
+    print("\n".join(table))
+    print()
+    print(f"Figure:      {out / 'figure.png'}")
+    print(f"Tables:      {out / 'table.md'}, {out / 'table.csv'}, {out / 'results.json'}")
+    if config.test_set:
+        print(f"Predictions: {config.workdir}/predictions/fold_{config.fold_tag}/<trainer>/seed_<S>")
+    else:
+        print(f"Predictions: {config.workdir}/crossval/<trainer>/seed_<S> (nnU-Net's validation predictions)")
+    print(f"Models:      {config.folders.results}/seed_<S>/{config.name}/"
+          f"<trainer>__{config.plans}__{config.configuration}")  # fmt: skip
+    print(f"Logs:        {config.log_dir}")
+    if verdict:
+        print()
+        print("\n".join(verdict))
