@@ -1,9 +1,10 @@
 """A region-based (sigmoid) dataset end to end through nnU-Net's own command line with a TopK-Dice trainer.
 
 BraTS-style nested regions (labels 0..3; regions whole = (1, 2, 3), core = (2, 3), enhancing = (3,) with
-``regions_class_order`` (1, 2, 3)) -> ``nnUNetv2_plan_and_preprocess`` -> a short ``nnUNetv2_train`` with a
-test-only version of ``nnUNetTrainerTopKDiceDemo`` (in its own ``nnUNet_extTrainer`` folder) ->
-``nnUNetv2_predict``. The trainer records what reached its loss, so the test sees nnU-Net's real region
+``regions_class_order`` (1, 2, 3)) -> ``nnUNetv2_plan_and_preprocess`` -> a short seeded training
+(``topkdice train --seed 0``, nnU-Net's own training loop) with a test-only version of
+``nnUNetTrainerTopKDiceDemo`` (in its own ``nnUNet_extTrainer`` folder) -> ``nnUNetv2_predict``. The trainer
+records what reached its loss, so the test sees nnU-Net's real region
 targets arrive in ``BCE_and_TopKDice_loss``.
 """
 
@@ -33,8 +34,8 @@ from nnunet_topkdice.trainers import nnUNetTrainerTopKDiceDemo
 
 
 class {TRAINER}(nnUNetTrainerTopKDiceDemo):
-    demo_num_epochs = 1
-    demo_num_iterations_per_epoch = 4
+    demo_num_epochs = 3
+    demo_num_iterations_per_epoch = 12
     demo_num_val_iterations_per_epoch = 1
 
     def train_step(self, batch):
@@ -83,8 +84,9 @@ def test_region_dataset_trains_and_predicts_with_topk_dice(tmp_path: Path) -> No
     run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"], env)
     env["nnUNet_n_proc_DA"] = "0"  # only for training: 0 breaks planning
 
-    run([BIN / "nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], env)
-    fold = tmp_path / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
+    run([BIN / "topkdice", "train", "--seed", "0", DATASET_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], env)
+    env["nnUNet_results"] = str(tmp_path / "results" / "seed_0")  # the seed's results root, for nnU-Net's predictor
+    fold = Path(env["nnUNet_results"]) / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()
     record = json.loads((fold / "region_loss.json").read_text())
     assert (record["loss"], record["dice"], record["do_bg"], record["outputs"]) == (
@@ -99,6 +101,8 @@ def test_region_dataset_trains_and_predicts_with_topk_dice(tmp_path: Path) -> No
     # nnU-Net's final validation evaluated the regions, not the labels
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"(1, 2, 3)", "(2, 3)", "3"}, summary["mean"].keys()
+    # it learned: foreground everywhere scores 2 * 196 / (196 + 1024) = 0.32 on the whole-tumour region
+    assert summary["mean"]["(1, 2, 3)"]["Dice"] > 0.6, summary["mean"]
 
     predictions = tmp_path / "predictions"
     run(
