@@ -403,12 +403,17 @@ def evaluation_step(config: CompareConfig) -> Step:
     return Step("evaluate", f"Evaluating {what}", done, lambda: Command(tuple(argv())), after=after)
 
 
+def unset_only(defaults: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The entries of ``defaults`` whose variable the user has not set in ``environ`` (a user's value wins)."""
+    return {key: value for key, value in defaults.items() if key not in environ}
+
+
 def default_train_env(device: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Variables for the trainings that the user has not set: on the CPU no data augmentation worker
     processes (``nnUNet_n_proc_DA=0``), which makes seeded training repeatable there and, on a small
     CPU, is faster than workers competing with the network for the cores."""
     environ = os.environ if environ is None else environ
-    return {"nnUNet_n_proc_DA": "0"} if device == "cpu" and "nnUNet_n_proc_DA" not in environ else {}
+    return unset_only({"nnUNet_n_proc_DA": "0"}, environ) if device == "cpu" else {}
 
 
 def child_environment(config: CompareConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:

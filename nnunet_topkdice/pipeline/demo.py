@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from nnunet_topkdice.pipeline.compare import CompareConfig
+from nnunet_topkdice.pipeline.compare import CompareConfig, unset_only
 from nnunet_topkdice.pipeline.reproduce import convert_step, every_row_trainer, paper_trainers, reproduce_config
 from nnunet_topkdice.pipeline.state import NnunetFolders
 from nnunet_topkdice.pipeline.steps import Step
@@ -30,10 +30,6 @@ DEMO_SEEDS: tuple[int, ...] = (0, 1)
 #: faster than workers competing with the network for the cores), also on a GPU. nnU-Net's planning
 #: breaks with it, so it is given to training only.
 DEMO_TRAIN_ENV: dict[str, str] = {"nnUNet_n_proc_DA": "0"}
-
-
-def _unset_only(defaults: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
-    return {key: value for key, value in defaults.items() if key not in environ}
 
 
 def demo_config(
@@ -66,8 +62,8 @@ def demo_config(
         device=device,
         num_processes=num_processes,
         paper=None,
-        train_env=_unset_only(DEMO_TRAIN_ENV, environ),
-        extra_env=_unset_only({"nnUNet_def_n_proc": str(num_processes)}, environ),
+        train_env=unset_only(DEMO_TRAIN_ENV, environ),
+        extra_env=unset_only({"nnUNet_def_n_proc": str(num_processes)}, environ),
     )
     return config
 
