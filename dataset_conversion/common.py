@@ -39,13 +39,12 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.geometry import differs
 
 FILE_ENDING = ".nii.gz"
 
 # Input images and labels may differ by float32 rounding in their headers (NIfTI stores float32);
-# anything larger is a real mismatch. Spacing and origin are compared relative to the voxel size
-# (like ITK's own coordinate tolerance), direction cosines absolutely.
-GEOMETRY_TOLERANCE = 1e-4
+# anything larger is a real mismatch: nnunet_topkdice.geometry holds the rule, shared with the evaluation.
 
 IMAGE_SUBFOLDERS = {"train": "imagesTr", "test": "imagesTs"}
 LABEL_SUBFOLDERS = {"train": "labelsTr", "test": "labelsTs"}
@@ -138,23 +137,18 @@ def read_image(path: Path) -> sitk.Image:
 def geometry_differences(reference: sitk.Image, other: sitk.Image) -> list[str]:
     """Human-readable differences in size, spacing, origin and direction (empty when they agree).
 
-    Spacing and origin agree when every coordinate differs by at most ``GEOMETRY_TOLERANCE`` times the
-    reference's smallest voxel spacing; direction cosines when they differ by at most ``GEOMETRY_TOLERANCE``.
+    The tolerance is :func:`nnunet_topkdice.geometry.differs`'s: spacing and origin may differ by
+    ``GEOMETRY_TOLERANCE`` times the reference's smallest voxel spacing, direction cosines by ``GEOMETRY_TOLERANCE``.
     """
     if reference.GetDimension() != other.GetDimension():
         return [f"dimension {reference.GetDimension()} vs {other.GetDimension()}"]
     differences = []
     if reference.GetSize() != other.GetSize():
         differences.append(f"size {reference.GetSize()} vs {other.GetSize()}")
-    length_tolerance = GEOMETRY_TOLERANCE * min(reference.GetSpacing())
-    for name, tolerance in (
-        ("spacing", length_tolerance),
-        ("origin", length_tolerance),
-        ("direction", GEOMETRY_TOLERANCE),
-    ):
+    for name in ("spacing", "origin", "direction"):
         a = np.asarray(getattr(reference, f"Get{name.capitalize()}")(), dtype=np.float64)
         b = np.asarray(getattr(other, f"Get{name.capitalize()}")(), dtype=np.float64)
-        if np.max(np.abs(a - b)) > tolerance:
+        if differs(name, a, b, reference.GetSpacing()):
             differences.append(f"{name} {_fmt(a)} vs {_fmt(b)}")
     return differences
 

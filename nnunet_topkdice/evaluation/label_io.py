@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.geometry import GEOMETRY_TOLERANCE, differs
 
 __all__ = [
     "GEOMETRY_TOLERANCE",
@@ -23,10 +24,6 @@ __all__ = [
     "read_label_image",
 ]
 
-# The converters' tolerance (dataset_conversion.common.GEOMETRY_TOLERANCE): NIfTI stores the header in
-# float32, so writers round differently; spacing and origin may differ by this fraction of the reference's
-# smallest voxel size, direction cosines by this much. Anything larger is a different image grid.
-GEOMETRY_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -152,16 +149,11 @@ def check_same_geometry(
             f"shape mismatch for case {case!r}: prediction {prediction_path} has shape "
             f"{prediction.array.shape}, reference {reference_path} has {reference.array.shape}"
         )
-    length_tolerance = GEOMETRY_TOLERANCE * min(reference.spacing)
-    checks = (
-        ("spacing", "(z, y, x)", length_tolerance),
-        ("origin", "(x, y, z)", length_tolerance),
-        ("direction", "(row-major)", GEOMETRY_TOLERANCE),
-    )
+    checks = (("spacing", "(z, y, x)"), ("origin", "(x, y, z)"), ("direction", "(row-major)"))
     differences = []
-    for name, order, tolerance in checks:
+    for name, order in checks:
         expected, got = getattr(reference, name), getattr(prediction, name)
-        if len(expected) != len(got) or np.max(np.abs(np.subtract(expected, got))) > tolerance:
+        if differs(name, expected, got, reference.spacing):
             differences.append(f"{name} {order} {_fmt(got)} vs {_fmt(expected)}")
     if differences:
         raise InputError(
