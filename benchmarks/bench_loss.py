@@ -8,7 +8,7 @@ at most 1.0x time and 0.7x peak memory on the CPU, 1.2x time on CUDA. Peak memor
 tensor memory allocated during one forward+backward: ``torch.cuda.max_memory_allocated`` on CUDA, the
 profiler's allocation trace on the CPU. ``--scaling`` times one loss call (no deep supervision) from 2D
 64x64 to 512x512 and 3D 32^3 to 192^3 (batch 2, 4 classes): a ratio that stays flat means no term of ours
-grows faster than the voxels.
+grows faster than the voxels. Each loss's fixed cost per call is timed first, on a tiny input (2, 4, 8, 8).
 
     python benchmarks/bench_loss.py                 # CPU, and CUDA when present
     python benchmarks/bench_loss.py --repeats 20 --device cpu --threads 2
@@ -32,6 +32,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import Tensor, nn
 
 from nnunet_topkdice.losses import CE_and_TopKDice_loss
+from nnunet_topkdice.trainers import TopKDiceDeepSupervision
 
 SHAPES = {
     "2D Synapse (4, 9, 320, 320)": (4, 9, 320, 320),
@@ -39,6 +40,7 @@ SHAPES = {
     "3D (2, 4, 64, 128, 128)": (2, 4, 64, 128, 128),
 }
 SCALING_SHAPES = [(2, 4, s, s) for s in (64, 128, 256, 512)] + [(2, 4, s, s, s) for s in (32, 64, 96, 128, 192)]
+FIXED_COST_SHAPE = (2, 4, 8, 8)  # 128 voxels: the time of a call that does almost no work
 BASE, TOPK, OURS = "nnU-Net DC_and_CE", "nnU-Net DC_and_topk k=10", "CE + TopK-Dice k=50"
 
 
@@ -68,11 +70,18 @@ def ce_topk_dice(k: float = 50.0, batch_dice: bool = True) -> nn.Module:
     return CE_and_TopKDice_loss({"k": k, "batch_dice": batch_dice, "do_bg": False, "smooth": 1e-5, "ddp": False}, {})
 
 
+def _losses() -> dict[str, nn.Module]:
+    """The three losses compared, fresh (no state shared between runs)."""
+    return {BASE: nnunet_default(), TOPK: nnunet_dice_topk10(), OURS: ce_topk_dice()}
+
+
 def deep_supervision(loss: nn.Module, n_scales: int) -> nn.Module:
-    """nnU-Net's weighting: 1/2^i, the last output 0, normalised."""
+    """nnU-Net's weighting (1/2^i, the last output 0, normalised), each loss wrapped as its trainer wraps it:
+    nnU-Net's ``DeepSupervisionWrapper``, or for CE + TopK-Dice the same sum as one node."""
     weights = np.array([1 / (2**i) for i in range(n_scales)])
     weights[-1] = 0
-    return DeepSupervisionWrapper(loss, weights / weights.sum())
+    wrapper = TopKDiceDeepSupervision if type(loss) is CE_and_TopKDice_loss else DeepSupervisionWrapper
+    return wrapper(loss, weights / weights.sum())
 
 
 def make_inputs(shape: tuple[int, ...], pyramid: bool, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
@@ -145,7 +154,7 @@ def run(device: torch.device, repeats: int, clock: Callable[[], float]) -> list[
     for name, shape in SHAPES.items():
         for pyramid in (False, True):
             logits, labels = make_inputs(shape, pyramid, device)
-            losses = {BASE: nnunet_default(), TOPK: nnunet_dice_topk10(), OURS: ce_topk_dice()}
+            losses = _losses()
             if pyramid:
                 losses = {n: deep_supervision(loss, len(logits)) for n, loss in losses.items()}
             fns = {n: partial(_step, loss, logits, labels, pyramid) for n, loss in losses.items()}
@@ -175,9 +184,18 @@ def run(device: torch.device, repeats: int, clock: Callable[[], float]) -> list[
 
 def run_scaling(device: torch.device, repeats: int, clock: Callable[[], float]) -> list[dict]:
     rows = []
+    logits, labels = make_inputs(FIXED_COST_SHAPE, False, device)
+    fixed = time_interleaved(
+        {n: partial(_step, loss, logits, labels, False) for n, loss in _losses().items()}, 5 * repeats, device, clock
+    )
+    print(
+        f"{device.type:4s} | fixed cost per call {FIXED_COST_SHAPE}: "
+        + "  ".join(f"{n} {1e3 * t:.2f} ms" for n, t in fixed.items()),
+        flush=True,
+    )
     for shape in SCALING_SHAPES:
         logits, labels = make_inputs(shape, False, device)
-        losses = {BASE: nnunet_default(), TOPK: nnunet_dice_topk10(), OURS: ce_topk_dice()}
+        losses = _losses()
         fns = {n: partial(_step, loss, logits, labels, False) for n, loss in losses.items()}
         times = time_interleaved(fns, repeats, device, clock)
         voxels = int(np.prod(shape[2:])) * shape[0]

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from nnunet_topkdice.losses import BCE_and_TopKDice_loss, CE_and_TopKDice_loss, SigmoidTopKDiceLoss, TopKDiceLoss
+from nnunet_topkdice.trainers import TopKDiceDeepSupervision
 
 WORLD_SIZE = 2
 
@@ -34,11 +35,28 @@ def _model() -> nn.Module:
     return nn.Conv2d(2, 3, 3, padding=1)
 
 
+class _TwoOutputs(nn.Module):
+    """Deep supervision over the output and its 2x average-pooled copy, the labels subsampled alike."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss([output, nn.functional.avg_pool2d(output, 2)], [target, target[..., ::2, ::2]])
+
+
 def _losses(ddp: bool) -> dict[str, tuple[nn.Module, str]]:
     """name -> (loss, the target it takes: "labels" or "regions")."""
     return {
         "topk_dice": (TopKDiceLoss(k=50, batch_dice=True, ddp=ddp), "labels"),
         "ce_topk_dice": (CE_and_TopKDice_loss({"k": 30, "batch_dice": True, "ddp": ddp}, {}), "labels"),
+        "ce_topk_dice_deep_supervision": (
+            _TwoOutputs(
+                TopKDiceDeepSupervision(CE_and_TopKDice_loss({"k": 30, "batch_dice": True, "ddp": ddp}, {}), (0.6, 0.4))
+            ),
+            "labels",
+        ),
         "sigmoid_topk_dice": (SigmoidTopKDiceLoss(k=50, batch_dice=True, ddp=ddp), "regions"),
         "bce_topk_dice": (BCE_and_TopKDice_loss({"k": 30, "batch_dice": True, "ddp": ddp}, {}), "regions"),
     }

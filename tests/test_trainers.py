@@ -233,7 +233,9 @@ def test_loss_is_the_row_loss_with_kwargs_from_the_trainer(name: str, batch_dice
     plans, configuration = synthetic_plans(PATCHES["2d"], base_features=4, batch_dice=batch_dice)
     trainer = setup_trainer(trainer_class, plans, configuration, synthetic_dataset_json(3, ignore_label=True), tmp_path)
     loss_class, k = LOSS_ROWS[_base_row(name)]
-    assert isinstance(trainer.loss, DeepSupervisionWrapper)
+    # CE + TopK-Dice: nnU-Net's wrapper computed as one node (tests/test_losses_deep_supervision.py)
+    wrapper = trainers.TopKDiceDeepSupervision if loss_class is CE_and_TopKDice_loss else DeepSupervisionWrapper
+    assert type(trainer.loss) is wrapper
     inner = trainer.loss.loss
     assert type(inner) is loss_class
     if loss_class is RobustCrossEntropyLoss:
@@ -286,12 +288,15 @@ def test_dice_term_is_compiled_exactly_when_nnunet_compiles(
 ) -> None:
     trainer = _make(name, tmp_path)
     monkeypatch.setattr(trainer, "_do_i_compile", lambda: compiled)
-    inner = trainer._build_loss().loss  # compilation is lazy: nothing is compiled yet
+    loss = trainer._build_loss()  # compilation is lazy: nothing is compiled yet
+    inner = loss.loss
     if not compiled:
+        assert not isinstance(loss, OptimizedModule)
         assert not isinstance(inner, OptimizedModule) and not isinstance(inner.dc, OptimizedModule)
     elif LOSS_ROWS[name][0] is CE_and_TopKDice_loss:
-        # one shared softmax: the whole CE + TopK-Dice loss is the compiled unit
-        assert isinstance(inner, OptimizedModule) and type(inner._orig_mod) is CE_and_TopKDice_loss
+        # one node for the softmax, both terms and every output: the deep-supervised loss is the compiled unit
+        assert isinstance(loss, OptimizedModule) and type(loss._orig_mod) is trainers.TopKDiceDeepSupervision
+        assert type(inner) is CE_and_TopKDice_loss
     else:
         # nnU-Net's choice: the Dice term compiled, the cross-entropy term eager
         assert isinstance(inner.dc, OptimizedModule) and not isinstance(inner.ce, OptimizedModule)

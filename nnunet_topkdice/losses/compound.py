@@ -134,24 +134,28 @@ class CE_and_TopKDice_loss(nn.Module):
         )
         self.dc = TopKDiceLoss(**dict(topk_dice_kwargs))
 
+    def loss_mask(self, target: Tensor) -> Tensor | None:
+        """Where the target is not the ignore label (None without one).  Shape: (B, 1, *spatial) bool."""
+        return None if self.ignore_label is None else target != self.ignore_label
+
+    def options(self) -> dict[str, object]:
+        """The keyword arguments of :func:`~nnunet_topkdice.losses.ce_and_topk_dice_loss` this loss fixes
+        (all but ``k`` and ``loss_mask``)."""
+        return {
+            "ce_weight": self.ce_weight,
+            "weight_ce": self.weight_ce,
+            "weight_dice": self.weight_dice,
+            **self.dc._options(),  # the TopK-Dice module's hyper-parameters
+        }
+
     def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
         """Shape: net_output (B, C, *spatial) float; target (B, 1, *spatial) integer. Returns a float32 scalar.
 
         Raises:
             ValueError: shapes or dtypes as in :func:`~nnunet_topkdice.losses.topk_dice_loss`.
         """
-        loss_mask = None if self.ignore_label is None else target != self.ignore_label
         # one autograd node computes the softmax once for both terms (nnunet_topkdice.losses.fused)
-        return ce_and_topk_dice_loss(
-            net_output,
-            target,
-            self.dc.k,
-            loss_mask=loss_mask,
-            ce_weight=self.ce_weight,
-            weight_ce=self.weight_ce,
-            weight_dice=self.weight_dice,
-            **self.dc._options(),  # the TopK-Dice module's hyper-parameters
-        )
+        return ce_and_topk_dice_loss(net_output, target, self.dc.k, loss_mask=self.loss_mask(target), **self.options())
 
 
 class DC_and_Focal_loss(_RegionAndPixelLoss):

@@ -3,11 +3,15 @@
 The maths is :mod:`nnunet_topkdice.losses.reference`; this module computes the same value from a few
 dense passes. Autograd through ``softmax -> gather -> scatter_add``, a dense ``sum P^2`` and the Dice
 arithmetic would cost about twice the dense passes of the closed form, keep more tensors alive, and add
-some fifty small operations per call, which dominate deep supervision's small outputs.
+some fifty small operations per call, which dominate deep supervision's small outputs. The node takes
+all of deep supervision's outputs at once (one output is the case ``S = 1``): their dense passes are per
+output, but the selection, the Dice arithmetic and the node itself are paid once per step, not once per
+output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -16,7 +20,7 @@ from torch import Tensor
 
 from nnunet_topkdice.losses.selection import select_easiest
 
-__all__ = ["LossConfig", "dice_loss_and_grads", "fused_topk_dice_ce"]
+__all__ = ["LossConfig", "Output", "dice_loss_and_grads", "fused_topk_dice_ce"]
 
 
 class LossConfig(NamedTuple):
@@ -32,11 +36,18 @@ class LossConfig(NamedTuple):
 
 
 def dice_loss_and_grads(
-    intersect: Tensor, sum_pred_sq: Tensor, n_foreground: Tensor, n_excluded: Tensor, config: LossConfig
+    intersect: Tensor,
+    sum_pred_sq: Tensor,
+    n_foreground: Tensor,
+    n_excluded: Tensor,
+    config: LossConfig,
+    output_weights: Sequence[float] = (1.0,),
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``1 - mean Dice`` over the present classes (eq. 7) from the per-class sums, with its gradients.
+    """``sum_s w_s (1 - mean Dice_s)`` over the present classes (eq. 7) from the per-class sums, with gradients.
 
-    With ``W[b, c] = present[b, c] / (n_present[b] * n_rows)`` (``n_rows`` the images with a present class;
+    The columns are ``S = len(output_weights)`` groups of ``C`` classes, one group per deep-supervision
+    output ``s`` of weight ``w_s`` (one output: ``S = 1``, ``w = 1``). Within an output, with
+    ``W[b, c] = w_s present[b, c] / (n_present[b] * n_rows)`` (``n_rows`` the images with a present class;
     with ``batch_dice`` one row, the batch), ``loss = sum W (1 - dice)``, so that
     ``d loss / d intersect = -2 W / den`` and ``d loss / d sum_pred_sq = W dice / den``, with
     ``dice = (2 intersect + smooth) / den`` and ``den = sum_gt + sum_pred_sq + smooth``; ``sum_gt`` is the
@@ -46,12 +57,13 @@ def dice_loss_and_grads(
     global loss; its gradients are ``world_size`` times the local ones, which DDP's averaging brings back
     to the single-process gradient (nnU-Net's ``AllGatherGrad`` convention).
 
-    Shape: intersect, sum_pred_sq (B, C) float; n_foreground, n_excluded (B, C) int64.
-    returns: loss (), d loss / d intersect (B, C), d loss / d sum_pred_sq (B, C).
+    Shape: intersect, sum_pred_sq (B, S * C) float; n_foreground, n_excluded (B, S * C) int64.
+    returns: loss (), d loss / d intersect (B, S * C), d loss / d sum_pred_sq (B, S * C).
     Raises:
         RuntimeError: ``ddp`` and ``batch_dice`` without an initialised process group.
     """
     dtype = intersect.dtype
+    n_outputs = len(output_weights)
     n_kept = n_foreground - n_excluded
     grad_scale = 1.0
     if config.batch_dice and config.ddp:
@@ -68,14 +80,19 @@ def dice_loss_and_grads(
         sum_gt, present = n_kept.sum(0, keepdim=True).to(dtype), n_foreground.sum(0, keepdim=True).to(dtype)
     else:
         sum_gt, present = n_kept.to(dtype), n_foreground.to(dtype)
-    present = present.clamp(max=1)
+    n_rows_total = present.shape[0]
+    present = present.clamp(max=1).view(n_rows_total, n_outputs, -1)  # (rows, S, C)
     if not config.do_bg:
-        present[:, 0] = 0
+        present[..., 0] = 0
     den = torch.add(sum_gt, sum_pred_sq).add_(config.smooth).clamp_min_(1e-8)
     dice = torch.add(intersect, intersect).add_(config.smooth).div_(den)
     n_present = present.sum(-1, keepdim=True)
-    n_rows = n_present.clamp(max=1).sum().clamp_min_(1)
+    n_rows = n_present.clamp(max=1).sum(0, keepdim=True).clamp_min_(1)  # per output
     weight = present.div_(n_present.clamp_min(1).mul_(n_rows))
+    for output, output_weight in enumerate(output_weights):
+        if output_weight != 1:
+            weight[:, output].mul_(output_weight)  # a Python scalar: no tensor made from host values
+    weight = weight.view(n_rows_total, -1)
     loss = torch.rsub(dice, 1).mul_(weight).sum()
     if grad_scale != 1.0:
         weight = weight * grad_scale
@@ -84,6 +101,136 @@ def dice_loss_and_grads(
     if config.batch_dice:
         grad_inter, grad_pred = grad_inter.expand(n_kept.shape), grad_pred.expand(n_kept.shape)
     return loss, grad_inter, grad_pred
+
+
+class Output(NamedTuple):
+    """One deep-supervision output, flattened and checked.
+
+    Shape: logits (B, C, N) float; labels (B, N) int64 in [0, C) (0 under the mask); mask (B, N) bool or
+    None; tie_break (N,) float32.
+    """
+
+    logits: Tensor
+    labels: Tensor
+    mask: Tensor | None
+    tie_break: Tensor
+
+
+def _concat(parts: list[Tensor], dim: int) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
+class _DiceTerm(NamedTuple):
+    """What the TopK-Dice term leaves for the backward (shapes (B, sum N_s) and (B, S C))."""
+
+    loss: Tensor
+    code: Tensor
+    contribution: Tensor
+    grad_inter: Tensor
+    grad_sq: Tensor
+
+
+def _dice_term(
+    outputs: list[Output],
+    probs: list[Tensor],
+    true_class_prob: Tensor,
+    masks_f: list[Tensor | None],
+    config: LossConfig,
+    output_weights: Sequence[float],
+) -> _DiceTerm:
+    """``sum_s w_s TopK-Dice_s`` with its gradients per class sum, from one selection over all outputs.
+
+    Shape: probs (B, C, N_s) per output; true_class_prob (B, sum N_s), the outputs' voxels concatenated.
+    """
+    batch, n_classes = probs[0].shape[:2]
+    n_columns = len(outputs) * n_classes
+    value = true_class_prob if true_class_prob.dtype == torch.float32 else true_class_prob.float()
+    value = value + _concat([output.tie_break for output in outputs], 0)
+    # output s's class c is class s C + c of one selection over the concatenated voxels
+    labels = _concat([o.labels + s * n_classes if s else o.labels for s, o in enumerate(outputs)], 1)
+    mask = None if outputs[0].mask is None else _concat([output.mask for output in outputs], 1)
+    selection = select_easiest(value, labels, n_columns, config.k, mask, config.do_bg, n_classes)
+    excluded = selection.excluded.to(true_class_prob.dtype)
+    # v_i: q where kept, q^2 where excluded (masked voxels land in the discarded column 0)
+    contribution = torch.lerp(true_class_prob, true_class_prob.square(), excluded)
+    sums = true_class_prob.new_zeros(batch, 2 * n_columns + 1).scatter_add_(1, selection.code, contribution)
+    dense_sq = [
+        torch.linalg.vector_norm(p, 2, dim=-1).square_() if m is None else torch.einsum("bcn,bn->bc", p.square(), m)
+        for p, m in zip(probs, masks_f, strict=True)
+    ]
+    loss, grad_inter, grad_sq = dice_loss_and_grads(
+        sums[:, 1 : n_columns + 1],
+        _concat(dense_sq, 1).sub_(sums[:, n_columns + 1 :]),
+        selection.n_foreground,
+        selection.n_excluded,
+        config,
+        output_weights,
+    )
+    return _DiceTerm(loss, selection.code, contribution, grad_inter, grad_sq)
+
+
+def _ce_term(
+    outputs: list[Output],
+    log_q: Tensor,
+    masks_f: list[Tensor | None],
+    ce_weight: Tensor | None,
+    config: LossConfig,
+    output_weights: Sequence[float],
+) -> tuple[Tensor, list[Tensor | None], list[float]]:
+    """``sum_s w_s weight_ce CE_s``, with ``a_i / gCE`` per voxel (a tensor, or a Python scalar per output).
+
+    Shape: log_q (B, sum N_s), the outputs' voxels concatenated.
+    returns: the term (), the per-voxel factors (B, N_s) or None, the scalars (0 where a factor is given).
+    """
+    ce = None
+    factors: list[Tensor | None] = [None] * len(outputs)
+    scales = [0.0] * len(outputs)
+    per_output = zip(outputs, log_q.split([o.labels.shape[1] for o in outputs], 1), masks_f, strict=True)
+    for s, (output, log_q_s, mask_f) in enumerate(per_output):
+        factor = None
+        if ce_weight is not None:
+            factor = ce_weight.to(device=log_q.device, dtype=log_q.dtype)[output.labels]
+        if mask_f is not None:
+            factor = mask_f if factor is None else factor * mask_f
+        if factor is None:
+            # torch.nn.CrossEntropyLoss's mean; a Python divisor: no tensor made from a host value
+            scales[s] = config.weight_ce * output_weights[s] / output.labels.numel()
+            term = log_q_s.sum().mul_(-scales[s])
+        else:
+            # the summed weights of the counted voxels (an all-ignored batch gives 0, not NaN)
+            denominator = factor.sum().clamp_min_(1 if ce_weight is None else 1e-8)
+            factors[s] = factor = factor * (config.weight_ce * output_weights[s] / denominator)
+            term = torch.dot(log_q_s.reshape(-1), factor.view(-1)).neg_()
+        ce = term if ce is None else ce.add_(term)
+    return ce, factors, scales
+
+
+def _output_grad(
+    probs: Tensor,
+    labels: Tensor,
+    mask_f: Tensor | None,
+    at_target: Tensor | None,
+    grad_sq: Tensor | None,
+    ce: Tensor | None,
+) -> Tensor:
+    """``dLoss/dz`` of one output (the derivation in :class:`_TopKDiceCE`).
+
+    Shape: probs (B, C, N); labels (B, N); at_target (B, N), ``s_i`` (scaled), or None without the Dice
+    term; grad_sq (B, C), ``2 gS`` (scaled), or None; ce: ``a_i`` (B, N) or a scalar tensor, or None.
+    """
+    per_voxel = grad = None
+    if grad_sq is not None:
+        # 2 m gS_c P_c^2, whose sum over the classes is also needed per voxel
+        grad = probs.square() if mask_f is None else probs.square().mul_(mask_f.unsqueeze(1))
+        grad.mul_(grad_sq.unsqueeze(-1))
+        per_voxel = grad.sum(1).add_(at_target).neg_()
+    if ce is not None:
+        per_voxel = ce.expand(labels.shape) if per_voxel is None else per_voxel.add_(ce)
+        at_target = -ce.expand(labels.shape) if at_target is None else at_target.sub_(ce)
+    if per_voxel is None:
+        return torch.zeros_like(probs)
+    grad = probs * per_voxel.unsqueeze(1) if grad is None else grad.addcmul_(probs, per_voxel.unsqueeze(1))
+    return grad.scatter_add_(1, labels.unsqueeze(1), at_target.unsqueeze(1))
 
 
 class _TopKDiceCE(torch.autograd.Function):
@@ -109,120 +256,101 @@ class _TopKDiceCE(torch.autograd.Function):
 
         dz_j(i) = 2 m_i gS_j P_j^2 + P_j (a_i - s_i - 2 m_i sum_c gS_c P_c^2) + [j = t_i] (s_i - a_i)
 
-    (the code's ``grad``, ``per_voxel`` and ``at_target``). The selection is a constant of the step (not
-    differentiated, as in the paper). The CE value uses ``log q`` clamped at the smallest normal float
-    (saturating at a per-voxel CE of 87 in float32); its gradient, from ``a_i`` alone, stays exact.
+    (the code's ``grad``, ``per_voxel`` and ``at_target``). With deep supervision every output ``s`` adds
+    its own terms, weighted by ``w_s``: the voxels of all outputs are concatenated for the selection and the
+    ``scatter_add`` (output ``s``'s class ``c`` becomes class ``s C + c``, so its sums are its own), and
+    ``w_s`` enters through ``gI``, ``gS`` and ``a_i``; the dense passes stay per output. The selection is a
+    constant of the step (not differentiated, as in the paper). The CE value uses ``log q`` clamped at the
+    smallest normal float (saturating at a per-voxel CE of 87 in float32); its gradient, from ``a_i``
+    alone, stays exact.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, *args: object) -> Tensor:  # type: ignore[override]
-        device_type = logits.device.type
+    def forward(ctx, config: LossConfig, *args: object) -> Tensor:  # type: ignore[override]
+        device_type = args[2].device.type  # the first output's logits
         # keep float32 arithmetic under autocast, which would run the einsum in half precision
         if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type=device_type, enabled=False):
-                return _TopKDiceCE._forward(ctx, logits, *args)
-        return _TopKDiceCE._forward(ctx, logits, *args)
+                return _TopKDiceCE._forward(ctx, config, *args)
+        return _TopKDiceCE._forward(ctx, config, *args)
 
     @staticmethod
     def _forward(
         ctx,
-        logits: Tensor,
-        labels: Tensor,
-        mask: Tensor | None,
-        ce_weight: Tensor | None,
-        tie_break: Tensor,
         config: LossConfig,
+        output_weights: tuple[float, ...],
+        ce_weight: Tensor | None,
+        *flat: Tensor | None,
     ) -> Tensor:
-        compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        z = logits if logits.dtype == compute_dtype else logits.to(compute_dtype)
-        batch, n_classes = z.shape[:2]
-        probs = torch.softmax(z, 1)
-        true_class_prob = probs.gather(1, labels.unsqueeze(1)).squeeze(1)
-        mask_f = None if mask is None else mask.to(compute_dtype)
+        n_outputs = len(output_weights)
+        outputs = [Output(*flat[4 * s : 4 * s + 4]) for s in range(n_outputs)]
+        compute_dtype = torch.float64 if outputs[0].logits.dtype == torch.float64 else torch.float32
+        probs = [torch.softmax(output.logits.to(compute_dtype), 1) for output in outputs]
+        true_class_prob = _concat(  # (B, sum N_s)
+            [p.gather(1, output.labels.unsqueeze(1)).squeeze(1) for p, output in zip(probs, outputs, strict=True)], 1
+        )
+        masks_f = [None if output.mask is None else output.mask.to(compute_dtype) for output in outputs]
         ctx.dice, ctx.ce = config.weight_dice != 0, config.weight_ce != 0
-        loss = code = contribution = grad_inter = grad_sq = ce_factor = None
-        ce_scale = 0.0
+        loss = dice = None
+        ce_factors: list[Tensor | None] = [None] * n_outputs
+        ctx.ce_scales = [0.0] * n_outputs
         if ctx.dice:
-            value = true_class_prob if compute_dtype == torch.float32 else true_class_prob.float()
-            selection = select_easiest(value + tie_break, labels, n_classes, config.k, mask, config.do_bg)
-            code = selection.code
-            excluded = selection.excluded if compute_dtype == torch.float32 else selection.excluded.double()
-            # v_i: q where kept, q^2 where excluded (masked voxels land in the discarded column 0); in place:
-            # a fresh per-voxel buffer costs more than an operation on the CPU
-            contribution = true_class_prob.square().sub_(true_class_prob).mul_(excluded).add_(true_class_prob)
-            sums = z.new_zeros(batch, 2 * n_classes + 1).scatter_add_(1, code, contribution)
-            if mask_f is None:
-                dense_sq = torch.linalg.vector_norm(probs, 2, dim=-1).square_()
-            else:
-                dense_sq = torch.einsum("bcn,bn->bc", probs.square(), mask_f)
-            dice_loss, grad_inter, grad_sq = dice_loss_and_grads(
-                sums[:, 1 : n_classes + 1],
-                dense_sq.sub_(sums[:, n_classes + 1 :]),
-                selection.n_foreground,
-                selection.n_excluded,
-                config,
-            )
-            loss = dice_loss if config.weight_dice == 1 else dice_loss * config.weight_dice
+            dice = _dice_term(outputs, probs, true_class_prob, masks_f, config, output_weights)
+            loss = dice.loss if config.weight_dice == 1 else dice.loss * config.weight_dice
         if ctx.ce:
-            if ce_weight is not None:
-                ce_factor = ce_weight.to(device=z.device, dtype=compute_dtype)[labels]
-            if mask_f is not None:
-                ce_factor = mask_f if ce_factor is None else ce_factor * mask_f
             log_q = true_class_prob.clamp_min(torch.finfo(compute_dtype).tiny).log_()
-            if ce_factor is None:
-                # torch.nn.CrossEntropyLoss's mean; a Python divisor: no tensor made from a host value
-                ce_scale = config.weight_ce / labels.numel()
-                ce = log_q.sum().mul_(-ce_scale)
-            else:
-                # the summed weights of the counted voxels (an all-ignored batch gives 0, not NaN)
-                denominator = ce_factor.sum().clamp_min_(1 if ce_weight is None else 1e-8)
-                ce_factor = ce_factor * (config.weight_ce / denominator)  # a_i / gCE, per voxel
-                ce = torch.dot(log_q.view(-1), ce_factor.view(-1)).neg_()
+            ce, ce_factors, ctx.ce_scales = _ce_term(outputs, log_q, masks_f, ce_weight, config, output_weights)
             loss = ce if loss is None else loss.add_(ce)
         if loss is None:  # both weights 0
-            loss = z.new_zeros(())
-        ctx.save_for_backward(probs, contribution, code, labels, mask_f, grad_inter, grad_sq, ce_factor)
-        ctx.weight_dice, ctx.ce_scale = config.weight_dice, ce_scale
-        ctx.logits_dtype = logits.dtype
+            loss = true_class_prob.new_zeros(())
+        kept = (None,) * 4 if dice is None else dice[1:]  # code, contribution, grad_inter, grad_sq
+        labels = [output.labels for output in outputs]
+        ctx.save_for_backward(*kept, *probs, *labels, *masks_f, *ce_factors)
+        ctx.weight_dice, ctx.n_outputs = config.weight_dice, n_outputs
+        ctx.logits_dtypes = [output.logits.dtype for output in outputs]
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        probs, contribution, code, labels, mask_f, grad_inter, grad_sq, ce_factor = ctx.saved_tensors
-        grad_loss = grad_loss.to(probs.dtype)
-        at_target = per_voxel = grad = None
+        code, contribution, grad_inter, grad_sq, *per_output = ctx.saved_tensors
+        n = ctx.n_outputs
+        probs, labels, masks_f, ce_factors = (per_output[i * n : (i + 1) * n] for i in range(4))
+        grad_loss = grad_loss.to(probs[0].dtype)
+        n_classes = probs[0].shape[1]
+        at_targets: list[Tensor | None] = [None] * n
+        grad_sqs: list[Tensor | None] = [None] * n
         if ctx.dice:
             scale = grad_loss * ctx.weight_dice
             # G per code column (masked, kept, excluded), then s_i = G[code_i] v_i
             per_column = torch.cat([grad_inter.new_zeros(grad_inter.shape[0], 1), grad_inter, grad_sq * -2], 1)
             at_target = per_column.mul_(scale).gather(1, code).mul_(contribution)
-            # 2 m gS_c P_c^2, whose sum over the classes is also needed per voxel
-            grad = probs.square() if mask_f is None else probs.square().mul_(mask_f.unsqueeze(1))
-            grad.mul_((grad_sq * (2 * scale)).unsqueeze(-1))
-            per_voxel = grad.sum(1).add_(at_target).neg_()
-        if ctx.ce:
-            # a_i: a scalar tensor, or per voxel with class weights or a mask
-            ce = grad_loss * ctx.ce_scale if ce_factor is None else ce_factor * grad_loss
-            per_voxel = ce.expand(labels.shape) if per_voxel is None else per_voxel.add_(ce)
-            at_target = -ce.expand(labels.shape) if at_target is None else at_target.sub_(ce)
-        if per_voxel is None:
-            return torch.zeros_like(probs, dtype=ctx.logits_dtype), None, None, None, None, None
-        grad = probs * per_voxel.unsqueeze(1) if grad is None else grad.addcmul_(probs, per_voxel.unsqueeze(1))
-        grad.scatter_add_(1, labels.unsqueeze(1), at_target.unsqueeze(1))
-        return grad.to(ctx.logits_dtype), None, None, None, None, None
+            at_targets = list(at_target.split([x.shape[1] for x in labels], 1))
+            grad_sqs = list((grad_sq * (2 * scale)).split(n_classes, 1))
+        grads = []
+        for s in range(n):
+            ce = None
+            if ctx.ce:  # a_i: a scalar tensor, or per voxel with class weights or a mask
+                ce = grad_loss * ctx.ce_scales[s] if ce_factors[s] is None else ce_factors[s] * grad_loss
+            grad = _output_grad(probs[s], labels[s], masks_f[s], at_targets[s], grad_sqs[s], ce)
+            grads.append(grad.to(ctx.logits_dtypes[s]))
+        return None, None, None, *(g for grad in grads for g in (grad, None, None, None))
 
 
 def fused_topk_dice_ce(
-    logits: Tensor,
-    labels: Tensor,
-    mask: Tensor | None,
-    tie_break: Tensor,
+    outputs: Sequence[Output],
     config: LossConfig,
     ce_weight: Tensor | None = None,
+    output_weights: Sequence[float] = (1.0,),
 ) -> Tensor:
-    """``weight_dice * TopK-Dice + weight_ce * CE`` from flattened, checked inputs.
+    """``sum_s w_s (weight_dice * TopK-Dice + weight_ce * CE)`` over deep supervision's outputs, one node.
 
-    Shape: logits (B, C, N) float; labels (B, N) int64 in [0, C) (0 under the mask); mask (B, N) bool or None;
-    tie_break (N,) float32; ce_weight (C,) or None.  returns: scalar, float32 (float64 for float64 logits).
+    One output with weight 1 is the plain loss. Every output is selected, summed and averaged on its own,
+    exactly as separate calls weighted by ``output_weights`` (nnU-Net's ``DeepSupervisionWrapper``) would.
+
+    Shape: outputs as :class:`Output`, the same batch and classes, all with a mask or none; ce_weight (C,) or
+    None; output_weights: one per output.  returns: scalar, float32 (float64 for float64 logits).
     """
-    return _TopKDiceCE.apply(logits, labels, mask, ce_weight, tie_break, config)
+    if len(outputs) != len(output_weights) or not outputs:
+        raise ValueError(f"{len(outputs)} outputs need as many weights, got {len(output_weights)}")
+    flat = [x for output in outputs for x in output]
+    return _TopKDiceCE.apply(config, tuple(float(w) for w in output_weights), ce_weight, *flat)

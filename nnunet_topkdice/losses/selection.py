@@ -78,12 +78,21 @@ class Selection(NamedTuple):
 
 
 def select_easiest(
-    value: Tensor, labels: Tensor, n_classes: int, k: float, mask: Tensor | None, do_bg: bool
+    value: Tensor,
+    labels: Tensor,
+    n_classes: int,
+    k: float,
+    mask: Tensor | None,
+    do_bg: bool,
+    classes_per_group: int | None = None,
 ) -> Selection:
     """Per image and class, the ``D_c = floor((100 - k) / 100 * n_c)`` voxels with the highest ``value``.
 
-    Background (class 0) excludes nothing unless ``do_bg``. The path follows the device and the input size
-    (module docstring); on CUDA and under ``torch.compile`` it is always the fixed-shape sort.
+    Background (class 0) excludes nothing unless ``do_bg``. With ``classes_per_group`` G the classes form
+    groups of G, each with its own background (classes 0, G, 2 G, ...): deep supervision's outputs select
+    in one call, output s's class c as class ``s * G + c`` (the selection is per class, so nothing else
+    changes). The path follows the device and the input size (module docstring); on CUDA and under
+    ``torch.compile`` it is always the fixed-shape sort.
 
     Shape:
         value: (B, N) float32, non-negative (``q + eps``, eq. 2).  labels: (B, N) int64 in [0, C) (anything
@@ -91,18 +100,16 @@ def select_easiest(
     Raises:
         ValueError: ``k`` not in (0, 100].
     """
+    group = n_classes if classes_per_group is None else classes_per_group
     path = _path(value.device, value.numel())
     if k >= 100:  # nothing is excluded
         rows = labels + 1 if mask is None else (labels + 1) * mask  # 1 + c, or CODE_MASKED
         n_foreground = _count_rows(rows, n_classes)
         return Selection(rows, torch.zeros_like(value), n_foreground, torch.zeros_like(n_foreground))
     if path == "sort":
-        return _sort_selection(value, labels, mask, n_classes, k, do_bg)
+        return _sort_selection(value, labels, mask, n_classes, k, do_bg, group)
     if path == "histogram":
-        rows = labels.int().add_(1)  # int32: cheaper than int64 in the per-voxel work of this path
-        if mask is not None:
-            rows *= mask
-        return _histogram_selection(value, rows, n_classes, k, do_bg)
+        return _histogram_selection(value, labels, mask, n_classes, k, do_bg, group)
     raise ValueError(f"selection path must be one of {PATHS}, got {path!r}")
 
 
@@ -129,16 +136,19 @@ def _count_rows(rows: Tensor, n_classes: int) -> Tensor:
     return (rows.unsqueeze(1) == classes[:, None]).sum(-1)
 
 
-def _n_excluded_per_class(n_foreground: Tensor, k: float, do_bg: bool) -> Tensor:
-    """``D_c`` (eq. 3); background excludes nothing unless ``do_bg``.  Shape: (B, C) -> (B, C) int64."""
+def _n_excluded_per_class(n_foreground: Tensor, k: float, do_bg: bool, group: int) -> Tensor:
+    """``D_c`` (eq. 3); the backgrounds (every ``group``-th class) exclude nothing unless ``do_bg``.
+
+    Shape: (B, C) -> (B, C) int64.
+    """
     n_excluded = n_excluded_voxels(n_foreground, k)
     if not do_bg:
-        n_excluded[:, 0] = 0
+        n_excluded[:, ::group] = 0
     return n_excluded
 
 
 def _sort_selection(
-    value: Tensor, labels: Tensor, mask: Tensor | None, n_classes: int, k: float, do_bg: bool
+    value: Tensor, labels: Tensor, mask: Tensor | None, n_classes: int, k: float, do_bg: bool, group: int
 ) -> Selection:
     """The fixed-shape path: one stable sort of (segment, ``value`` descending) over all voxels.
 
@@ -158,9 +168,12 @@ def _sort_selection(
     position = torch.arange(order.numel(), device=order.device)
     bounds = torch.searchsorted(sorted_segment, torch.arange(batch * n_rows + 1, device=order.device))
     counts = bounds.diff()
-    # D per segment: eq. 3, none for the masked rows and, without do_bg, for the background
+    # D per segment: eq. 3, none for the masked rows (row 0) and, without do_bg, for the backgrounds (rows
+    # 1 + every group-th class)
     n_excluded_rows = n_excluded_voxels(counts, k).view(batch, n_rows)
     n_excluded_rows[:, : 1 if do_bg else 2] = 0
+    if not do_bg and group < n_classes:
+        n_excluded_rows[:, 1 + group :: group] = 0
     # exclude the first D_s of each segment
     end_excluded = bounds[:-1] + n_excluded_rows.view(-1)
     excluded_sorted = position < end_excluded[sorted_segment]
@@ -191,10 +204,10 @@ def _coarse_bucket(value: Tensor, bits: int, offset: Tensor) -> Tensor:
     torch.minimum(value, nearer_end, out=nearer_end)
     level = nearer_end.view(torch.int32).clamp_(_FLOOR_BITS, _HALF_BITS - 1)
     level.sub_(_FLOOR_BITS).bitwise_right_shift_(shift)
-    # v >= 0.5 counts down from the top: (2**bits - 1) - level == level ^ (2**bits - 1); the sign bit of
-    # v - 0.5 picks the side without a (slow) torch.where
-    hard_side = (value - 0.5).view(torch.int32).bitwise_right_shift_(31)  # -1 where v < 0.5, else 0
-    return level.bitwise_xor_(hard_side.bitwise_and_(top).bitwise_xor_(top)).add_(offset)
+    # v > 0.5 counts down from the top: (2**bits - 1) - level == level ^ (2**bits - 1); the sign bit of
+    # 0.5 - v picks the side without a (slow) torch.where (v = 0.5 may take either: both keep the order)
+    easy_side = torch.rsub(value, 0.5).view(torch.int32).bitwise_right_shift_(31)  # -1 where v > 0.5, else 0
+    return level.bitwise_xor_(easy_side.bitwise_and_(top)).add_(offset)
 
 
 def _cut(hist: Tensor, n_top: Tensor) -> tuple[Tensor, Tensor]:
@@ -246,20 +259,26 @@ def _resolve_candidates(
     return torch.cat(chosen)
 
 
-def _histogram_selection(value: Tensor, rows: Tensor, n_classes: int, k: float, do_bg: bool) -> Selection:
+def _histogram_selection(
+    value: Tensor, labels: Tensor, mask: Tensor | None, n_classes: int, k: float, do_bg: bool, group: int
+) -> Selection:
     """The CPU path for larger inputs: a histogram per segment, then the cut buckets resolved exactly."""
-    batch, n_voxels = rows.shape
-    device = rows.device
+    batch, n_voxels = labels.shape
+    device = labels.device
     # enough voxels per bucket on average keep the histogram much cheaper than the voxels
     bits = (n_voxels // n_classes).bit_length() - _VOXELS_PER_BUCKET_BITS
     bits = min(_MAX_BUCKET_BITS, max(_MIN_BUCKET_BITS, bits))
     n_buckets = 1 << bits
     n_rows = batch * (n_classes + 1)
     image_offset = torch.arange(0, n_rows * n_buckets, (n_classes + 1) * n_buckets, device=device, dtype=torch.int32)
-    row_bucket = _coarse_bucket(value, bits, rows.mul_(n_buckets).add_(image_offset[:, None])).view(-1)
+    # the first bucket of each voxel's row (1 + c, or 0 if masked), in int32: cheaper than int64 in the
+    # per-voxel work of this path
+    rows = labels.int() if mask is None else (labels + 1).mul_(mask).int()
+    row_offset = rows.mul_(n_buckets).add_(image_offset[:, None] + (n_buckets if mask is None else 0))
+    row_bucket = _coarse_bucket(value, bits, row_offset).view(-1)
     hist = torch.bincount(row_bucket, minlength=n_rows * n_buckets).view(batch, n_classes + 1, n_buckets)[:, 1:]
     n_foreground = hist.sum(-1)
-    n_excluded = _n_excluded_per_class(n_foreground, k, do_bg)
+    n_excluded = _n_excluded_per_class(n_foreground, k, do_bg, group)
     cut, n_above = _cut(hist, n_excluded.clamp_min(1))
     # classes that exclude nothing, and the masked row, get a cut above every bucket
     cut = torch.nn.functional.pad(torch.where(n_excluded > 0, cut, n_buckets), (1, 0), value=n_buckets)

@@ -17,12 +17,12 @@ is cached (the first call per shape copies it to the device; not yet run on a GP
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from nnunet_topkdice.losses.fused import LossConfig, fused_topk_dice_ce
+from nnunet_topkdice.losses.fused import LossConfig, Output, fused_topk_dice_ce
 from nnunet_topkdice.losses.reference import drop_fraction, n_excluded_voxels
 from nnunet_topkdice.losses.selection import select_easiest
 from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED, tie_break_map
@@ -33,6 +33,7 @@ __all__ = [
     "TopKDiceLoss",
     "ce_and_topk_dice_loss",
     "channel_exclusion_mask",
+    "deep_supervised_ce_and_topk_dice_loss",
     "n_excluded_voxels",
     "tie_break_map",
     "topk_dice_loss",
@@ -63,7 +64,7 @@ def _check_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | None) -> N
 
 def _prepare(
     logits: Tensor, target: Tensor, loss_mask: Tensor | None, tie_break_seed: int, tie_break_scale: float
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+) -> Output:
     """Check the inputs (metadata only) and flatten them, with the tie-break map of their spatial shape.
 
     Shape: logits (B, C, *spatial); target, loss_mask (B, 1, *spatial).
@@ -81,7 +82,7 @@ def _prepare(
         mask = mask if mask.dtype == torch.bool else mask != 0
         # masked voxels may carry an ignore label outside [0, C): park them on class 0
         labels = torch.where(mask, labels, 0)
-    return logits.reshape(batch, n_classes, -1), labels, mask, tie_break.view(-1)
+    return Output(logits.reshape(batch, n_classes, -1), labels, mask, tie_break.view(-1))
 
 
 def topk_exclusion_mask(
@@ -243,12 +244,76 @@ def ce_and_topk_dice_loss(
         >>> torch.allclose(ce_only, torch.nn.functional.cross_entropy(logits, target[:, 0]))
         True
     """
+    return deep_supervised_ce_and_topk_dice_loss(
+        [logits],
+        [target],
+        [1.0],
+        k,
+        loss_masks=None if loss_mask is None else [loss_mask],
+        ce_weight=ce_weight,
+        weight_ce=weight_ce,
+        weight_dice=weight_dice,
+        do_bg=do_bg,
+        batch_dice=batch_dice,
+        smooth=smooth,
+        ddp=ddp,
+        tie_break_seed=tie_break_seed,
+        tie_break_scale=tie_break_scale,
+    )
+
+
+def deep_supervised_ce_and_topk_dice_loss(
+    logits: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    weights: Sequence[float],
+    k: float = 50.0,
+    *,
+    loss_masks: Sequence[Tensor] | None = None,
+    ce_weight: Tensor | None = None,
+    weight_ce: float = 1.0,
+    weight_dice: float = 1.0,
+    do_bg: bool = False,
+    batch_dice: bool = False,
+    smooth: float = 1e-5,
+    ddp: bool = False,
+    tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
+    tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
+) -> Tensor:
+    """``sum_i weights[i] * ce_and_topk_dice_loss(logits[i], targets[i], ...)``, deep supervision in one node.
+
+    The value and gradients of nnU-Net's ``DeepSupervisionWrapper`` around :func:`ce_and_topk_dice_loss`
+    (outputs with weight 0 are skipped, as it skips them), but the selection, the Dice arithmetic and the
+    autograd node run once for all outputs instead of once per output: on the CPU that fixed cost per call
+    is what deep supervision's small outputs spend most of their time on.
+
+    Shape:
+        logits: one (B, C, *spatial_i) float per output, the same B and C.  targets: (B, 1, *spatial_i)
+        integer labels.  loss_masks: None, or one (B, 1, *spatial_i) per output (0 = ignored).
+        weights: one float per output.  returns: scalar float32 (float64 for float64 logits).
+    Raises:
+        ValueError: ``k`` not in (0, 100]; the lists differ in length or are empty; batch or classes differ
+        between outputs; shapes or dtypes as in :func:`ce_and_topk_dice_loss`.
+        RuntimeError: ``ddp`` and ``batch_dice`` without an initialised process group.
+    """
     drop_fraction(k)
-    flat_logits, labels, mask, tie_break = _prepare(logits, target, loss_mask, tie_break_seed, tie_break_scale)
+    masks = [None] * len(logits) if loss_masks is None else list(loss_masks)
+    if not (len(logits) == len(targets) == len(weights) == len(masks)) or not logits:
+        raise ValueError(
+            f"logits, targets, weights (and loss_masks) need one entry per output, got {len(logits)}, "
+            f"{len(targets)}, {len(weights)} (and {len(masks)})"
+        )
+    kept = [i for i, weight in enumerate(weights) if weight != 0]
+    if not kept:
+        raise ValueError(f"at least one deep-supervision weight must be non-zero, got {list(weights)}")
+    if any(x.shape[:2] != logits[kept[0]].shape[:2] for x in logits):
+        raise ValueError(f"every output needs the same batch and classes, got {[tuple(x.shape[:2]) for x in logits]}")
+    if any(m is not None for m in masks):  # the outputs are selected together: all with a mask or none
+        masks = [torch.ones_like(t, dtype=torch.bool) if m is None else m for t, m in zip(targets, masks, strict=True)]
+    outputs = [_prepare(logits[i], targets[i], masks[i], tie_break_seed, tie_break_scale) for i in kept]
     config = LossConfig(
         float(k), bool(do_bg), bool(batch_dice), float(smooth), bool(ddp), float(weight_dice), float(weight_ce)
     )
-    return fused_topk_dice_ce(flat_logits, labels, mask, tie_break, config, ce_weight=ce_weight)
+    return fused_topk_dice_ce(outputs, config, ce_weight=ce_weight, output_weights=[weights[i] for i in kept])
 
 
 class _TopKDiceModule(nn.Module):

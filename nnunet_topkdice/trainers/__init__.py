@@ -11,7 +11,11 @@ from nnunet_topkdice.trainers.baselines import (
     nnUNetTrainerTopKCEDice,
     nnUNetTrainerTopKCEDice30,
 )
-from nnunet_topkdice.trainers.deep_supervision import deep_supervision_weights, wrap_deep_supervision
+from nnunet_topkdice.trainers.deep_supervision import (
+    TopKDiceDeepSupervision,
+    deep_supervision_weights,
+    wrap_deep_supervision,
+)
 from nnunet_topkdice.trainers.paper_rows import (
     ALL_ROWS,
     CONTROL_ROW,
@@ -84,6 +88,7 @@ __all__ = [
     "TRAINER_NAMES",
     "DemoSchedule",
     "PaperSchedule",
+    "TopKDiceDeepSupervision",
     "deep_supervision_weights",
     "paper_trainer",
     "wrap_deep_supervision",

@@ -1,12 +1,16 @@
-"""nnU-Net's deep-supervision weighting in one place, so that no trainer carries a copy of it."""
+"""nnU-Net's deep-supervision weighting in one place, so that no trainer carries a copy of it, and the
+deep supervision of CE + TopK-Dice as one autograd node."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from torch import nn
+from torch import Tensor, nn
+
+from nnunet_topkdice.losses import CE_and_TopKDice_loss, deep_supervised_ce_and_topk_dice_loss
 
 if TYPE_CHECKING:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -27,15 +31,56 @@ def deep_supervision_weights(trainer: nnUNetTrainer) -> np.ndarray:
     return weights / weights.sum()
 
 
+class TopKDiceDeepSupervision(DeepSupervisionWrapper):
+    """nnU-Net's ``DeepSupervisionWrapper`` around a :class:`CE_and_TopKDice_loss`, as one autograd node.
+
+    ``sum_i weight_factors[i] * self.loss(outputs[i], targets[i])`` over the outputs with a non-zero
+    weight, as nnU-Net's wrapper computes it, through
+    :func:`~nnunet_topkdice.losses.deep_supervised_ce_and_topk_dice_loss`: the selection, the Dice
+    arithmetic and the autograd node run once per step instead of once per output (on the CPU, the fixed
+    cost per call is most of what deep supervision's small outputs cost).
+
+    Args:
+        loss: the loss of one output.
+        weight_factors: one weight per output, highest resolution first.
+    Raises:
+        ValueError: every weight is 0.
+    """
+
+    def __init__(self, loss: CE_and_TopKDice_loss, weight_factors: Sequence[float]) -> None:
+        weights = tuple(float(w) for w in weight_factors)
+        if not any(w != 0 for w in weights):
+            raise ValueError(f"at least one weight factor must be non-zero, got {list(weight_factors)}")
+        super().__init__(loss, weights)
+
+    def forward(self, net_outputs: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:  # type: ignore[override]
+        """Shape: one (B, C, *spatial_i) output and (B, 1, *spatial_i) target per resolution.
+
+        Raises:
+            ValueError: the lists do not have one entry per weight; shapes as in ``self.loss``.
+        """
+        if len(net_outputs) != len(self.weight_factors) or len(targets) != len(self.weight_factors):
+            raise ValueError(
+                f"{len(self.weight_factors)} weight factors need as many outputs and targets, "
+                f"got {len(net_outputs)} and {len(targets)}"
+            )
+        masks = None if self.loss.ignore_label is None else [self.loss.loss_mask(t) for t in targets]
+        return deep_supervised_ce_and_topk_dice_loss(
+            net_outputs, targets, self.weight_factors, self.loss.dc.k, loss_masks=masks, **self.loss.options()
+        )
+
+
 def wrap_deep_supervision(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:
     """Wrap ``loss`` in nnU-Net's ``DeepSupervisionWrapper`` with nnU-Net's default weights.
 
-    The wrapped loss is called with lists of outputs and targets, one per resolution. Without deep
-    supervision (``trainer.enable_deep_supervision`` False) ``loss`` is returned unchanged.
+    The wrapped loss is called with lists of outputs and targets, one per resolution. A
+    :class:`CE_and_TopKDice_loss` gets :class:`TopKDiceDeepSupervision` (the same value and gradients, one
+    node). Without deep supervision (``trainer.enable_deep_supervision`` False) ``loss`` is returned unchanged.
 
     Example:
         >>> loss = wrap_deep_supervision(self, CE_and_TopKDice_loss(...))  # inside _build_loss
     """
     if not trainer.enable_deep_supervision:
         return loss
-    return DeepSupervisionWrapper(loss, deep_supervision_weights(trainer))
+    wrapper = TopKDiceDeepSupervision if type(loss) is CE_and_TopKDice_loss else DeepSupervisionWrapper
+    return wrapper(loss, deep_supervision_weights(trainer))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nnunet_topkdice.losses import CE_and_TopKDice_loss
+from nnunet_topkdice.trainers.deep_supervision import TopKDiceDeepSupervision
 
 if TYPE_CHECKING:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -36,13 +37,13 @@ def compile_dice_term(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:
     nnU-Net compiles ``loss.dc`` of its default ``DC_and_CE_loss`` when ``trainer._do_i_compile()``
     (CUDA, not Windows, ``nnUNet_compile`` not false) and leaves the cross-entropy eager; the baselines
     here do the same. ``CE_and_TopKDice_loss`` computes both of its terms in one fused autograd node
-    inside its own ``forward`` (``loss.dc`` only holds the settings), so there the whole loss is handed to
-    torch.compile; the selection's data-dependent steps (``nonzero`` of the cut buckets) run eagerly
-    behind a graph break, the rest is compiled.
+    inside its own ``forward`` (``loss.dc`` only holds the settings), so there the whole loss, or its
+    :class:`TopKDiceDeepSupervision`, is handed to torch.compile (one graph: under compile the selection
+    takes its fixed-shape path).
     """
     if not trainer._do_i_compile():
         return loss
-    if isinstance(loss, CE_and_TopKDice_loss):
+    if isinstance(loss, (CE_and_TopKDice_loss, TopKDiceDeepSupervision)):
         return torch.compile(loss)
     loss.dc = torch.compile(loss.dc)
     return loss

@@ -31,9 +31,10 @@ class nnUNetTrainerTopKDice(nnUNetTrainer):
             loss = BCE_and_TopKDice_loss(
                 topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, use_ignore_label=ignore_label is not None
             )
-        else:
-            loss = CE_and_TopKDice_loss(topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, ignore_label=ignore_label)
-        return wrap_deep_supervision(self, compile_dice_term(self, loss))
+            return wrap_deep_supervision(self, compile_dice_term(self, loss))
+        loss = CE_and_TopKDice_loss(topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, ignore_label=ignore_label)
+        # deep supervision as one fused node (TopKDiceDeepSupervision), compiled whole where nnU-Net compiles
+        return compile_dice_term(self, wrap_deep_supervision(self, loss))
 
 
 class nnUNetTrainerTopKDice10(nnUNetTrainerTopKDice):
