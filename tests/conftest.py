@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,23 @@ def selection_path(request, monkeypatch):
         monkeypatch.setattr(selection, "SORT_CANDIDATES_AT_MOST", 4)
         monkeypatch.setattr(selection, "_MIN_BUCKET_BITS", 2)
     return path
+
+
+@pytest.fixture
+def no_host_sync():
+    """``with no_host_sync(): ...`` fails on any device-to-host synchronisation inside (CUDA tests only):
+    ``torch.cuda.set_sync_debug_mode("error")`` after a synchronize, reset to "default" however it ends."""
+
+    @contextmanager
+    def guard():
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    return guard
 
 
 # --- end of loss inputs ---------------------------------------------------------------------------------

@@ -275,6 +275,22 @@ def test_deep_supervision_weights_are_nnunets(
     assert wrapped.weight_factors == reference.weight_factors
 
 
+def test_fused_deep_supervision_equals_nnunets_wrapper_and_can_be_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = _make("nnUNetTrainerTopKDice", tmp_path)
+    fused = trainer._build_loss()
+    monkeypatch.setattr(trainer, "fuse_deep_supervision", False)
+    plain = trainer._build_loss()
+    assert type(fused) is trainers.TopKDiceDeepSupervision and type(plain) is DeepSupervisionWrapper
+    assert fused.weight_factors == plain.weight_factors and type(plain.loss) is CE_and_TopKDice_loss
+    torch.manual_seed(0)
+    images = torch.randn(2, 1, *PATCHES["2d"])
+    outputs = trainer.network(images)  # nnU-Net's network: one output per resolution
+    targets = [torch.randint(0, 3, (2, 1, *o.shape[2:])) for o in outputs]
+    assert fused(outputs, targets).item() == pytest.approx(plain(outputs, targets).item(), rel=1e-6)
+
+
 def test_without_deep_supervision_the_loss_is_not_wrapped(tmp_path: Path) -> None:
     trainer = _make("nnUNetTrainerTopKDice", tmp_path)
     trainer.enable_deep_supervision = False

@@ -70,10 +70,10 @@ class TopKDiceDeepSupervision(DeepSupervisionWrapper):
         )
 
 
-def wrap_deep_supervision(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:
+def wrap_deep_supervision(trainer: nnUNetTrainer, loss: nn.Module, fused: bool = True) -> nn.Module:
     """Wrap ``loss`` in nnU-Net's ``DeepSupervisionWrapper`` with nnU-Net's default weights.
 
-    The wrapped loss is called with lists of outputs and targets, one per resolution. A
+    The wrapped loss is called with lists of outputs and targets, one per resolution. With ``fused``, a
     :class:`CE_and_TopKDice_loss` gets :class:`TopKDiceDeepSupervision` (the same value and gradients, one
     node). Without deep supervision (``trainer.enable_deep_supervision`` False) ``loss`` is returned unchanged.
 
@@ -82,5 +82,5 @@ def wrap_deep_supervision(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:
     """
     if not trainer.enable_deep_supervision:
         return loss
-    wrapper = TopKDiceDeepSupervision if type(loss) is CE_and_TopKDice_loss else DeepSupervisionWrapper
+    wrapper = TopKDiceDeepSupervision if fused and type(loss) is CE_and_TopKDice_loss else DeepSupervisionWrapper
     return wrapper(loss, deep_supervision_weights(trainer))

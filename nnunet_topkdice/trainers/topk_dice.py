@@ -23,6 +23,8 @@ class nnUNetTrainerTopKDice(nnUNetTrainer):
     """
 
     topk_k: float = 50.0
+    # deep supervision as one fused node (TopKDiceDeepSupervision); False: nnU-Net's DeepSupervisionWrapper
+    fuse_deep_supervision: bool = True
 
     def _build_loss(self) -> nn.Module:
         topk_dice_kwargs = {**dice_kwargs(self), "k": self.topk_k}
@@ -33,7 +35,9 @@ class nnUNetTrainerTopKDice(nnUNetTrainer):
             )
             return wrap_deep_supervision(self, compile_dice_term(self, loss))
         loss = CE_and_TopKDice_loss(topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, ignore_label=ignore_label)
-        # deep supervision as one fused node (TopKDiceDeepSupervision), compiled whole where nnU-Net compiles
+        if not self.fuse_deep_supervision:
+            return wrap_deep_supervision(self, compile_dice_term(self, loss), fused=False)
+        # one node for every output, compiled whole where nnU-Net compiles
         return compile_dice_term(self, wrap_deep_supervision(self, loss))
 
 
