@@ -534,20 +534,22 @@ def test_loss_under_torch_compile_matches_eager(tmp_path: Path, monkeypatch: pyt
     compiled_trainer = _make("nnUNetTrainerTopKDice", tmp_path, ignore_label=True)
     monkeypatch.setattr(compiled_trainer, "_do_i_compile", lambda: True)
     compiled_loss = compiled_trainer._build_loss()  # what the trainer builds on a GPU
-    assert isinstance(compiled_loss.loss, OptimizedModule)
+    # the compiled unit is the whole deep-supervised loss: one graph for every output
+    assert isinstance(compiled_loss, OptimizedModule)
+    assert type(compiled_loss._orig_mod) is trainers.TopKDiceDeepSupervision
     batch = synthetic_batch(eager_trainer, seed=3, ignore_fraction=0.25)
     with torch.no_grad():
-        output = eager_trainer.network(batch["data"])[0]
-    target = batch["target"][0]
-    # one resolution only: every further shape is one more compilation (about a minute on 2 cores)
+        outputs = eager_trainer.network(batch["data"])
+    targets = batch["target"]
     results = []
-    for loss in (eager_trainer.loss.loss, compiled_loss.loss):
-        leaf = output.clone().requires_grad_(True)
-        value = loss(leaf, target)
+    for loss in (eager_trainer.loss, compiled_loss):
+        leaves = [x.clone().requires_grad_(True) for x in outputs]
+        value = loss(leaves, targets)
         value.backward()
-        results.append((value.detach(), leaf.grad))
+        results.append((value.detach(), leaves[0].grad))
     (eager_value, eager_grad), (compiled_value, compiled_grad) = results
     assert torch.isfinite(compiled_value) and 0 < float(compiled_value)
     torch.testing.assert_close(compiled_value, eager_value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-7)
+    target = targets[0]
     assert torch.all(compiled_grad.masked_select((target == 3).expand_as(compiled_grad)) == 0)
