@@ -31,7 +31,7 @@ class nnUNetTrainerFocalDice(nnUNetTrainer):
             loss = DC_and_SigmoidFocal_loss(dice_kwargs(self), focal_kwargs, use_ignore_label=ignore_label is not None)
         else:
             loss = DC_and_Focal_loss(dice_kwargs(self), focal_kwargs, ignore_label=ignore_label)
-        return wrap_deep_supervision(self, compile_dice_term(self, loss))
+        return compile_dice_term(self, wrap_deep_supervision(self, loss))
 
 
 class nnUNetTrainerTopKCEDice(nnUNetTrainer):
@@ -49,7 +49,7 @@ class nnUNetTrainerTopKCEDice(nnUNetTrainer):
             loss = DC_and_TopKBCE_loss(dice_kwargs(self), topk_kwargs, use_ignore_label=ignore_label is not None)
         else:
             loss = DC_and_TopKCE_loss(dice_kwargs(self), topk_kwargs, ignore_label=ignore_label)
-        return wrap_deep_supervision(self, compile_dice_term(self, loss))
+        return compile_dice_term(self, wrap_deep_supervision(self, loss))
 
 
 class nnUNetTrainerTopKCEDice30(nnUNetTrainerTopKCEDice):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
 from nnunet_topkdice.losses import CE_and_TopKDice_loss
@@ -39,11 +40,15 @@ def compile_dice_term(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:
     here do the same. ``CE_and_TopKDice_loss`` computes both of its terms in one fused autograd node
     inside its own ``forward`` (``loss.dc`` only holds the settings), so there the whole loss, or its
     :class:`TopKDiceDeepSupervision`, is handed to torch.compile (one graph: under compile the selection
-    takes its fixed-shape path).
+    takes its fixed-shape path). Inside nnU-Net's ``DeepSupervisionWrapper`` the wrapped loss is compiled
+    the same way, so that a trainer can wrap first and compile last whatever its loss.
     """
     if not trainer._do_i_compile():
         return loss
     if isinstance(loss, (CE_and_TopKDice_loss, TopKDiceDeepSupervision)):
         return torch.compile(loss)
+    if isinstance(loss, DeepSupervisionWrapper):
+        loss.loss = compile_dice_term(trainer, loss.loss)
+        return loss
     loss.dc = torch.compile(loss.dc)
     return loss

@@ -33,12 +33,10 @@ class nnUNetTrainerTopKDice(nnUNetTrainer):
             loss = BCE_and_TopKDice_loss(
                 topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, use_ignore_label=ignore_label is not None
             )
-            return wrap_deep_supervision(self, compile_dice_term(self, loss))
-        loss = CE_and_TopKDice_loss(topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, ignore_label=ignore_label)
-        if not self.fuse_deep_supervision:
-            return wrap_deep_supervision(self, compile_dice_term(self, loss), fused=False)
-        # one node for every output, compiled whole where nnU-Net compiles
-        return compile_dice_term(self, wrap_deep_supervision(self, loss))
+        else:
+            loss = CE_and_TopKDice_loss(topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, ignore_label=ignore_label)
+        # fused: one node for every output (TopKDiceDeepSupervision), compiled whole where nnU-Net compiles
+        return compile_dice_term(self, wrap_deep_supervision(self, loss, fused=self.fuse_deep_supervision))
 
 
 class nnUNetTrainerTopKDice10(nnUNetTrainerTopKDice):
