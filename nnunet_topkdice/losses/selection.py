@@ -150,39 +150,36 @@ def _n_excluded_per_class(n_foreground: Tensor, k: float, do_bg: bool, group: in
 def _sort_selection(
     value: Tensor, labels: Tensor, mask: Tensor | None, n_classes: int, k: float, do_bg: bool, group: int
 ) -> Selection:
-    """The fixed-shape path: one stable sort of (segment, ``value`` descending) over all voxels.
+    """The fixed-shape path: per image, one stable sort of (row, ``value`` descending).
 
-    Segments are numbered ``image * (C + 1) + row``, row ``1 + c`` or 0 for masked voxels (which are
-    never excluded), so that sorting by ``segment * 2**31 - bits(value)`` orders every segment's voxels
-    easiest first (the float bits of a non-negative float32 order like the value and are < 2**31).
+    Rows are ``1 + c``, or 0 for masked voxels (never excluded), so that sorting each image by
+    ``row * 2**31 - bits(value)`` orders every row's voxels easiest first (the float bits of a non-negative
+    float32 order like the value and are < 2**31).
     """
     batch, n_voxels = labels.shape
     n_rows = n_classes + 1
-    first_row = torch.arange(1, batch * n_rows, n_rows, device=labels.device)[:, None]  # class 0 of each image
-    segment = labels + first_row if mask is None else (labels + 1) * mask + (first_row - 1)
+    row = labels + 1 if mask is None else (labels + 1).mul_(mask)  # also the code of a kept voxel
     # the stable sort keeps equal keys in voxel order: ties go to the lower index
-    sorted_key, order = torch.sort((segment.view(-1) << _VALUE_BITS) - value.view(-1).view(torch.int32), stable=True)
-    sorted_segment = (sorted_key + ((1 << _VALUE_BITS) - 1)) >> _VALUE_BITS
-    # segment s fills the sorted positions [start_s, start_s + n_s), easiest first; counting by a binary
-    # search of the segment starts needs no atomics on a few counters (GPU)
-    position = torch.arange(order.numel(), device=order.device)
-    bounds = torch.searchsorted(sorted_segment, torch.arange(batch * n_rows + 1, device=order.device))
-    counts = bounds.diff()
-    # D per segment: eq. 3, none for the masked rows (row 0) and, without do_bg, for the backgrounds (rows
-    # 1 + every group-th class)
-    n_excluded_rows = n_excluded_voxels(counts, k).view(batch, n_rows)
+    order = torch.sort((row << _VALUE_BITS).sub_(value.view(torch.int32)), dim=1, stable=True).indices
+    sorted_row = row.gather(1, order)
+    # row r fills the sorted positions [start_r, start_r + n_r) of its image, easiest first; counting by a
+    # binary search of the row starts needs no atomics on a few counters (GPU)
+    row_ids = torch.arange(n_rows + 1, device=labels.device).repeat(batch, 1)
+    bounds = torch.searchsorted(sorted_row, row_ids)  # (B, C + 2)
+    counts = bounds.diff(dim=1)
+    # D per row: eq. 3, none for the masked row 0 and, without do_bg, for the backgrounds (rows 1 + every
+    # group-th class)
+    n_excluded_rows = n_excluded_voxels(counts, k)
     n_excluded_rows[:, : 1 if do_bg else 2] = 0
     if not do_bg and group < n_classes:
         n_excluded_rows[:, 1 + group :: group] = 0
-    # exclude the first D_s of each segment
-    end_excluded = bounds[:-1] + n_excluded_rows.view(-1)
-    excluded_sorted = position < end_excluded[sorted_segment]
-    excluded = torch.empty_like(excluded_sorted).scatter_(0, order, excluded_sorted).view(batch, n_voxels)
-    code = labels + 1 + excluded * (n_classes * STATE_EXCLUDED) if mask is None else segment - (first_row - 1)
-    if mask is not None:
-        code += excluded * (n_classes * STATE_EXCLUDED)
-    n_foreground = counts.view(batch, n_rows)[:, 1:]
-    return Selection(code, excluded.float(), n_foreground, n_excluded_rows[:, 1:])
+    # exclude the first D_r of each row
+    end_excluded = bounds[:, :-1].add_(n_excluded_rows)
+    position = torch.arange(n_voxels, device=labels.device)
+    excluded_sorted = position < end_excluded.gather(1, sorted_row)
+    excluded = torch.empty_like(excluded_sorted).scatter_(1, order, excluded_sorted)
+    code = row.add_(excluded, alpha=n_classes * STATE_EXCLUDED)
+    return Selection(code, excluded.float(), counts[:, 1:], n_excluded_rows[:, 1:])
 
 
 def _coarse_bucket(value: Tensor, bits: int, offset: Tensor) -> Tensor:
