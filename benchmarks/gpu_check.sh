@@ -64,7 +64,7 @@ step "Environment" 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_v
 # -rs lists the skipped tests: without CUDA every one of them is skipped, which the report must show
 step "CUDA tests (exactness, autocast, compile, host syncs)" 140 \
     "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_losses_topk_dice.py \
-    tests/test_losses_deep_supervision.py -k "cuda"
+    tests/test_losses_deep_supervision.py tests/test_losses_sigmoid.py -k "cuda"
 
 step "Loss benchmark on CUDA" 110 "$PYTHON" benchmarks/bench_loss.py --device cuda --repeats 10
 

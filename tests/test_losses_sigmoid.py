@@ -256,6 +256,40 @@ def test_bce_and_topk_dice_is_the_sum_of_its_parts(with_ignore, weight_ce, weigh
         assert (a.grad.masked_select(ignored.expand_as(a.grad)) == 0).all()
 
 
+@pytest.mark.parametrize("with_ignore", [False, True], ids=["plain", "ignore-label"])
+def test_bce_and_topk_dice_gpu_path_has_only_fixed_shapes(with_ignore):
+    # meta tensors carry no data: a value-dependent shape (nonzero, boolean indexing, .item()) fails on them
+    loss = BCE_and_TopKDice_loss({"k": 50, "batch_dice": True}, {}, use_ignore_label=with_ignore)
+    logits = torch.empty(2, 3, 6, 8, 5, device="meta", requires_grad=True)
+    target = torch.empty(2, 4 if with_ignore else 3, 6, 8, 5, dtype=torch.bool, device="meta")
+    value = loss(logits, target)
+    value.backward()
+    assert value.shape == () and logits.grad.shape == logits.shape
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("with_ignore", [False, True], ids=["plain", "ignore-label"])
+def test_bce_and_topk_dice_cuda_equals_the_cpu_and_does_not_synchronise_with_the_host(no_host_sync, with_ignore):
+    logits, regions = region_case((2, 3, 20, 24, 16), seed=21)
+    ignored = ~_mask(logits.shape, 1, seed=22)
+    target = torch.cat([regions, ignored], 1) if with_ignore else regions
+    loss = BCE_and_TopKDice_loss({"k": 50, "batch_dice": True}, {}, use_ignore_label=with_ignore)
+    cpu_logits = logits.clone().requires_grad_(True)
+    expected = loss(cpu_logits, target)
+    expected.backward()
+    cuda_target = target.cuda()
+    loss(logits.cuda(), cuda_target)  # the first call per shape copies the tie-break map to the device
+    cuda_logits = logits.cuda().requires_grad_(True)
+    with no_host_sync():
+        value = loss(cuda_logits, cuda_target)
+        value.backward()
+    assert value.item() == pytest.approx(expected.item(), abs=1e-5)
+    torch.testing.assert_close(cuda_logits.grad.cpu(), cpu_logits.grad, atol=1e-6, rtol=1e-4)
+
+
 def test_bce_and_topk_dice_equals_nnunets_region_loss_at_k100_on_the_bce_term():
     # the BCE term (with its ignore normalisation) is nnU-Net's: compare with DC_and_BCE_loss, Dice weight 0
     from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss

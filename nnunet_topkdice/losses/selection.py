@@ -47,9 +47,9 @@ FORCE_PATH: str | None = None  # tests set it to run one path on any input
 # Tuning, measured on this project's 2-core CPU (torch 2.14, one thread, CPU time of select_easiest, k=50,
 # randn * 3 logits unless noted):
 # - the whole input is sorted up to SORT_INPUT_AT_MOST voxels (batch x spatial): the sort path takes
-#   fewer operations, the histogram path fewer comparisons. Batch 8, 4 classes: 2048 voxels: sort 0.08 ms,
-#   histogram 0.21 ms; 4096: 0.11 / 0.22 ms; 8192: 0.35 / 0.24 ms; 16384: 0.75 / 0.27 ms (the same with
-#   2 threads and with 9 classes);
+#   fewer operations, the histogram path fewer comparisons. Batch 8, 4 classes: 2048 voxels: sort 0.06 ms,
+#   histogram 0.21 ms; 4096: 0.08 / 0.22 ms; 8192: 0.30 / 0.24 ms; 16384: 0.66 / 0.27 ms (9 classes: the
+#   same sort times, histogram 0.26 to 0.32 ms; the sort's jump past 4096 is its buffers' page faults);
 # - the histogram has about 2**_VOXELS_PER_BUCKET_BITS voxels per bucket per class on average, within
 #   2**8 to 2**16 buckets. (8, 4, 256^2): 2**3 2.85 ms, 2**5 2.24 ms, 2**7 2.48 ms (randn * 10: 2.73, 2.07,
 #   2.02); (4, 9, 320^2): 1.93, 1.92, 2.17; (2, 4, 128^3): 59.9, 64.0, 59.4 (noise of the loaded machine);

@@ -12,6 +12,8 @@ the Dice rules (presence, ``batch_dice``, DDP) are those of the softmax :class:`
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
@@ -56,6 +58,13 @@ def _check_region_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | Non
             f"loss_mask must have shape (B, 1 or R, *spatial) for logits {tuple(logits.shape)}, "
             f"got {tuple(loss_mask.shape)}"
         )
+
+
+def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device_type``; nothing to turn off where autocast does not exist (``meta``)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _present_regions_dice_loss(
@@ -142,7 +151,7 @@ def sigmoid_topk_dice_loss(
     _check_region_inputs(logits, target, loss_mask)
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     axes = tuple(range(2, logits.ndim))
-    with torch.autocast(device_type=logits.device.type, enabled=False):
+    with _without_autocast(logits.device.type):
         probs = torch.sigmoid(logits.to(compute_dtype))
         with torch.no_grad():
             valid = None if loss_mask is None else (loss_mask != 0)
