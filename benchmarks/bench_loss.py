@@ -26,6 +26,8 @@ from functools import partial
 
 import numpy as np
 import torch
+from cpu_allocator import CHOICES as ALLOCATORS
+from cpu_allocator import use_cpu_allocator
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss, DC_and_topk_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -261,7 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         help="wall: elapsed time (default); cpu: process CPU time, steadier on a loaded machine "
         "(with several threads it also counts their waiting)",
     )
+    parser.add_argument(
+        "--cpu-allocator",
+        choices=ALLOCATORS,
+        default="steady",
+        help="steady: freed memory stays in the process, as on a GPU (default); system: glibc's page faults "
+        "on fresh buffers, as a CPU training meets them (see cpu_allocator.py)",
+    )
     args = parser.parse_args(argv)
+    heap = use_cpu_allocator(args.cpu_allocator)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads:
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         devices.append(torch.device("cuda"))
     if not devices:
         parser.error("--device cuda: no CUDA device available")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.clock} clock", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.clock} clock, {heap}", flush=True)
     runner = run_scaling if args.scaling else run
     rows = [row for device in devices for row in runner(device, args.repeats, clock)]
     print(markdown(rows, args.scaling))

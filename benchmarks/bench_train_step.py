@@ -23,6 +23,8 @@ import time
 from collections.abc import Sequence
 
 import torch
+from cpu_allocator import CHOICES as ALLOCATORS
+from cpu_allocator import use_cpu_allocator
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_topkdice.trainers import nnUNetTrainerTopKDice
@@ -102,6 +104,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile network and Dice term as nnU-Net does on CUDA"
     )
+    parser.add_argument(
+        "--cpu-allocator",
+        choices=ALLOCATORS,
+        default="steady",
+        help="steady: freed memory stays in the process, as on a GPU (default); system: glibc's page faults "
+        "on fresh buffers (see cpu_allocator.py)",
+    )
     args = parser.parse_args(argv)
     if args.patch_size is not None and len(args.patch_size) not in (2, 3):
         parser.error(f"--patch-size needs 2 or 3 sizes, got {args.patch_size}")
@@ -114,11 +123,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    heap = use_cpu_allocator(args.cpu_allocator)
     # nnU-Net compiles on CUDA by default; compilation takes minutes, so it is opt-in here
     os.environ["nnUNet_compile"] = "true" if args.compile else "false"
     devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads", file=sys.stderr)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {heap}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as results_dir:  # nnU-Net's trainers write their log here
         for device_name in devices:
             device = torch.device(device_name)
