@@ -9,11 +9,13 @@ tensor memory allocated during one forward+backward: ``torch.cuda.max_memory_all
 profiler's allocation trace on the CPU. ``--scaling`` times one loss call (no deep supervision) from 2D
 64x64 to 512x512 and 3D 32^3 to 192^3 (batch 2, 4 classes): a ratio that stays flat means no term of ours
 grows faster than the voxels. Each loss's fixed cost per call is timed first, on a tiny input (2, 4, 8, 8).
+On the CPU the script runs on a steady heap unless ``--cpu-allocator system`` (see ``cpu_allocator.py``).
 
     python benchmarks/bench_loss.py                 # CPU, and CUDA when present
     python benchmarks/bench_loss.py --repeats 20 --device cpu --threads 2
     python benchmarks/bench_loss.py --scaling --repeats 5 --device cpu
     python benchmarks/bench_loss.py --clock cpu --threads 1   # CPU time: steadier on a loaded machine
+    python benchmarks/bench_loss.py --cpu-allocator system    # glibc's page faults, as a CPU training
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ so that machine noise hits both alike, and the medians are compared as a ratio T
     python benchmarks/bench_train_step.py                   # CPU, and CUDA when present
     python benchmarks/bench_train_step.py --device cpu --repeats 30 --patch-size 160 160
     python benchmarks/bench_train_step.py --device cuda --compile   # as nnU-Net trains on a GPU
+
+On the CPU the script runs on a steady heap unless ``--cpu-allocator system`` (see ``cpu_allocator.py``).
 """
 
 from __future__ import annotations
