@@ -68,10 +68,10 @@ _FLOOR_BITS = 0x33800000  # float32 bits of 2**-24
 
 
 class Selection(NamedTuple):
-    """Shapes: code (B, N) int64 (see the module docstring); excluded (B, N) float32, 1 where excluded;
-    n_foreground, n_excluded (B, C) int64 (``n_c`` and ``D_c`` of eq. 3)."""
+    """Shapes: code (B, N) int64 (see the module docstring), None when not asked for; excluded (B, N)
+    float32, 1 where excluded; n_foreground, n_excluded (B, C) int64 (``n_c`` and ``D_c`` of eq. 3)."""
 
-    code: Tensor
+    code: Tensor | None
     excluded: Tensor
     n_foreground: Tensor
     n_excluded: Tensor
@@ -85,6 +85,8 @@ def select_easiest(
     mask: Tensor | None,
     do_bg: bool,
     classes_per_group: int | None = None,
+    *,
+    with_codes: bool = True,
 ) -> Selection:
     """Per image and class, the ``D_c = floor((100 - k) / 100 * n_c)`` voxels with the highest ``value``.
 
@@ -92,7 +94,8 @@ def select_easiest(
     groups of G, each with its own background (classes 0, G, 2 G, ...): deep supervision's outputs select
     in one call, output s's class c as class ``s * G + c`` (the selection is per class, so nothing else
     changes). The path follows the device and the input size (module docstring); on CUDA and under
-    ``torch.compile`` it is always the fixed-shape sort.
+    ``torch.compile`` it is always the fixed-shape sort. ``with_codes=False`` leaves the codes out (None),
+    for callers that only need ``excluded`` and the counts.
 
     Shape:
         value: (B, N) float32, non-negative (``q + eps``, eq. 2).  labels: (B, N) int64 in [0, C) (anything
@@ -105,11 +108,13 @@ def select_easiest(
     if k >= 100:  # nothing is excluded
         rows = labels + 1 if mask is None else (labels + 1) * mask  # 1 + c, or CODE_MASKED
         n_foreground = _count_rows(rows, n_classes)
-        return Selection(rows, torch.zeros_like(value), n_foreground, torch.zeros_like(n_foreground))
+        code = rows if with_codes else None
+        return Selection(code, torch.zeros_like(value), n_foreground, torch.zeros_like(n_foreground))
     if path == "sort":
-        return _sort_selection(value, labels, mask, n_classes, k, do_bg, group)
+        selection = _sort_selection(value, labels, mask, n_classes, k, do_bg, group)
+        return selection if with_codes else selection._replace(code=None)
     if path == "histogram":
-        return _histogram_selection(value, labels, mask, n_classes, k, do_bg, group)
+        return _histogram_selection(value, labels, mask, n_classes, k, do_bg, group, with_codes)
     raise ValueError(f"selection path must be one of {PATHS}, got {path!r}")
 
 
@@ -257,7 +262,14 @@ def _resolve_candidates(
 
 
 def _histogram_selection(
-    value: Tensor, labels: Tensor, mask: Tensor | None, n_classes: int, k: float, do_bg: bool, group: int
+    value: Tensor,
+    labels: Tensor,
+    mask: Tensor | None,
+    n_classes: int,
+    k: float,
+    do_bg: bool,
+    group: int,
+    with_codes: bool = True,
 ) -> Selection:
     """The CPU path for larger inputs: a histogram per segment, then the cut buckets resolved exactly."""
     batch, n_voxels = labels.shape
@@ -270,7 +282,9 @@ def _histogram_selection(
     image_offset = torch.arange(0, n_rows * n_buckets, (n_classes + 1) * n_buckets, device=device, dtype=torch.int32)
     # the first bucket of each voxel's row (1 + c, or 0 if masked), in int32: cheaper than int64 in the
     # per-voxel work of this path
-    rows = labels.int() if mask is None else (labels + 1).mul_(mask).int()
+    rows = labels.to(torch.int32, copy=True)
+    if mask is not None:
+        rows.add_(1).mul_(mask)
     row_offset = rows.mul_(n_buckets).add_(image_offset[:, None] + (n_buckets if mask is None else 0))
     row_bucket = _coarse_bucket(value, bits, row_offset).view(-1)
     hist = torch.bincount(row_bucket, minlength=n_rows * n_buckets).view(batch, n_classes + 1, n_buckets)[:, 1:]
@@ -293,6 +307,6 @@ def _histogram_selection(
         still_needed = (n_excluded - n_above).view(-1)
         chosen = _resolve_candidates(value.view(-1)[candidates], segment, candidates, still_needed, batch * n_classes)
         code.view(-1)[chosen] += n_classes * STATE_EXCLUDED
-    code_index = code.long()
+    code_index = code.long() if with_codes else None
     excluded = code.sub_(n_classes).clamp_(0, 1)  # 1 + C + c -> >= 1, 1 + c -> <= 0
     return Selection(code_index, excluded, n_foreground, n_excluded)

@@ -6,7 +6,7 @@ therefore made per image and region, independently: among the region's voxels, t
 ``floor((100 - k) / 100 * n_r)`` with the highest ``sigmoid + eps`` are removed from that region's target
 and prediction, then a squared soft Dice per region and ``1 - mean`` over the regions present.
 
-Written with plain autograd (the selection itself is :func:`channel_exclusion_mask`, not differentiated);
+Written with plain autograd (the selection is that of :func:`channel_exclusion_mask`, not differentiated);
 the Dice rules (presence, ``batch_dice``, DDP) are those of the softmax :class:`TopKDiceLoss`.
 """
 
@@ -23,8 +23,8 @@ from nnunet_topkdice.losses.arguments import check_k, check_non_negative
 from nnunet_topkdice.losses.topk_dice import (
     DEFAULT_TIE_BREAK_SCALE,
     DEFAULT_TIE_BREAK_SEED,
+    _channel_selection,
     _TopKDiceModule,
-    channel_exclusion_mask,
 )
 
 __all__ = ["SigmoidTopKDiceLoss", "sigmoid_topk_dice_loss"]
@@ -150,23 +150,26 @@ def sigmoid_topk_dice_loss(
     k = _check_k(k)
     _check_region_inputs(logits, target, loss_mask)
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    axes = tuple(range(2, logits.ndim))
+    batch, n_regions = logits.shape[:2]
     with _without_autocast(logits.device.type):
-        probs = torch.sigmoid(logits.to(compute_dtype))
+        probs = torch.sigmoid(logits.to(compute_dtype)).view(batch, n_regions, -1)
         with torch.no_grad():
-            valid = None if loss_mask is None else (loss_mask != 0)
-            region = target != 0
+            valid = None if loss_mask is None else (loss_mask != 0).view(batch, loss_mask.shape[1], -1)
+            region = target.view(batch, n_regions, -1)
+            region = region if region.dtype == torch.bool else region != 0
             if valid is not None:
                 region = region & valid
-            excluded = channel_exclusion_mask(
-                probs, region, k, tie_break_seed=tie_break_seed, tie_break_scale=tie_break_scale
-            )
-            kept_region = region & ~excluded  # Yk (eq. 5)
-            counted = ~excluded if valid is None else valid & ~excluded  # where Pk (eq. 6) is not zeroed
-            sum_gt = kept_region.sum(axes, dtype=compute_dtype)
-            present = region.flatten(2).any(-1)
-        intersect = (probs * kept_region).sum(axes, dtype=compute_dtype)
-        sum_pred_sq = (probs.square() * counted).sum(axes, dtype=compute_dtype)
+            selection = _channel_selection(probs, region, k, None, tie_break_seed, tie_break_scale)
+            # E, 1 where excluded, lies inside the region: Yk = Y - E (eq. 5), and Pk (eq. 6) is counted
+            # where 1 - E (times the mask)
+            excluded = selection.excluded.view(batch, n_regions, -1)
+            kept_region = region.to(excluded.dtype).sub_(excluded)
+            counted = torch.rsub(excluded, 1) if valid is None else valid.to(excluded.dtype).sub(excluded)
+            n_region = selection.n_foreground.view(batch, n_regions)
+            sum_gt = (n_region - selection.n_excluded.view(batch, n_regions)).to(compute_dtype)
+            present = n_region > 0
+        intersect = (probs * kept_region).sum(-1, dtype=compute_dtype)
+        sum_pred_sq = (probs.square() * counted).sum(-1, dtype=compute_dtype)
         return _present_regions_dice_loss(intersect, sum_pred_sq, sum_gt, present, do_bg, batch_dice, smooth, ddp)
 
 

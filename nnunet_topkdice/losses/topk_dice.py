@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from nnunet_topkdice.losses.fused import LossConfig, Output, fused_topk_dice_ce
 from nnunet_topkdice.losses.reference import drop_fraction, n_excluded_voxels
-from nnunet_topkdice.losses.selection import select_easiest
+from nnunet_topkdice.losses.selection import Selection, select_easiest
 from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED, tie_break_map
 
 __all__ = [
@@ -149,17 +149,30 @@ def channel_exclusion_mask(
             f"loss_mask must have shape (B, 1 or R, *spatial) for probs {tuple(probs.shape)}, "
             f"got {tuple(loss_mask.shape)}"
         )
+    selection = _channel_selection(probs, target, k, loss_mask, tie_break_seed, tie_break_scale)
+    return (selection.excluded != 0).view(probs.shape)
+
+
+def _channel_selection(
+    probs: Tensor, target: Tensor, k: float, loss_mask: Tensor | None, tie_break_seed: int, tie_break_scale: float
+) -> Selection:
+    """:func:`channel_exclusion_mask`'s selection, one class per (image, channel) row, arguments checked.
+
+    Shape: as :func:`channel_exclusion_mask`.  returns: a :class:`Selection` without codes, excluded
+    (B * R, N) float32, counts (B * R, 1).
+    """
     batch, n_channels = probs.shape[:2]
     tie_break = tie_break_map(probs.shape[2:], probs.device, seed=tie_break_seed, scale=tie_break_scale).view(-1)
     with torch.no_grad():
-        valid = target.reshape(batch * n_channels, -1) != 0
+        valid = target.reshape(batch * n_channels, -1)
+        valid = valid if valid.dtype == torch.bool else valid != 0
         if loss_mask is not None:
             valid = valid & (loss_mask != 0).expand_as(probs).reshape(batch * n_channels, -1)
-        # one class (0) per (image, channel) row; voxels outside the channel's region are masked out
+        # one class (0) per (image, channel) row (an expanded zero: no per-voxel labels to write); voxels
+        # outside the channel's region are masked out
         value = probs.detach().reshape(batch * n_channels, -1).float() + tie_break
-        labels = torch.zeros_like(valid, dtype=torch.long)
-        selection = select_easiest(value, labels, 1, k, valid, True)
-    return (selection.excluded != 0).view(probs.shape)
+        labels = torch.zeros((), dtype=torch.long, device=probs.device).expand(valid.shape)
+        return select_easiest(value, labels, 1, k, valid, True, with_codes=False)
 
 
 def topk_dice_loss(
