@@ -14,6 +14,7 @@ On the CPU the script runs on a steady heap unless ``--cpu-allocator system`` (s
     python benchmarks/bench_loss.py                 # CPU, and CUDA when present
     python benchmarks/bench_loss.py --repeats 20 --device cpu --threads 2
     python benchmarks/bench_loss.py --scaling --repeats 5 --device cpu
+    python benchmarks/bench_loss.py --regions --device cpu     # the region (sigmoid) loss
     python benchmarks/bench_loss.py --clock cpu --threads 1   # CPU time: steadier on a loaded machine
     python benchmarks/bench_loss.py --cpu-allocator system    # glibc's page faults, as a CPU training
 """
@@ -30,12 +31,12 @@ import numpy as np
 import torch
 from cpu_allocator import CHOICES as ALLOCATORS
 from cpu_allocator import use_cpu_allocator
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss, DC_and_topk_loss
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss, DC_and_topk_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import Tensor, nn
 
-from nnunet_topkdice.losses import CE_and_TopKDice_loss
+from nnunet_topkdice.losses import BCE_and_TopKDice_loss, CE_and_TopKDice_loss
 from nnunet_topkdice.trainers import TopKDiceDeepSupervision
 
 SHAPES = {
@@ -46,6 +47,12 @@ SHAPES = {
 SCALING_SHAPES = [(2, 4, s, s) for s in (64, 128, 256, 512)] + [(2, 4, s, s, s) for s in (32, 64, 96, 128, 192)]
 FIXED_COST_SHAPE = (2, 4, 8, 8)  # 128 voxels: the time of a call that does almost no work
 BASE, TOPK, OURS = "nnU-Net DC_and_CE", "nnU-Net DC_and_topk k=10", "CE + TopK-Dice k=50"
+# region-based (sigmoid) training, BraTS-like: three nested regions
+REGION_SHAPES = {
+    "2D regions (8, 3, 256, 256)": (8, 3, 256, 256),
+    "3D regions (2, 3, 64, 128, 128)": (2, 3, 64, 128, 128),
+}
+REGION_BASE, REGION_OURS = "nnU-Net DC_and_BCE", "BCE + TopK-Dice k=50"
 
 
 def nnunet_default(batch_dice: bool = True) -> nn.Module:
@@ -77,6 +84,25 @@ def ce_topk_dice(k: float = 50.0, batch_dice: bool = True) -> nn.Module:
 def _losses() -> dict[str, nn.Module]:
     """The three losses compared, fresh (no state shared between runs)."""
     return {BASE: nnunet_default(), TOPK: nnunet_dice_topk10(), OURS: ce_topk_dice()}
+
+
+def _region_losses() -> dict[str, nn.Module]:
+    """nnU-Net's region loss (its trainers' ``DC_and_BCE_loss``) and the region TopK-Dice trainers' loss."""
+    dice_kwargs = {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": False}
+    return {
+        REGION_BASE: DC_and_BCE_loss({}, dice_kwargs, dice_class=MemoryEfficientSoftDiceLoss),
+        REGION_OURS: BCE_and_TopKDice_loss({"k": 50, **dice_kwargs}, {}),
+    }
+
+
+def make_region_inputs(shape: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Logits and nested 0/1 regions (label >= 1, >= 2, == 3 of random labels), bool as nnU-Net delivers them."""
+    generator = torch.Generator().manual_seed(0)
+    batch, n_regions, *spatial = shape
+    logits = torch.randn(shape, generator=generator).mul_(3)
+    labels = torch.randint(0, 4, (batch, *spatial), generator=generator)
+    regions = torch.stack([labels >= 1, labels >= 2, labels == 3][:n_regions], 1)
+    return logits.to(device), regions.to(device)
 
 
 def deep_supervision(loss: nn.Module, n_scales: int) -> nn.Module:
@@ -223,8 +249,44 @@ def run_scaling(device: torch.device, repeats: int, clock: Callable[[], float]) 
     return rows
 
 
-def markdown(rows: list[dict], scaling: bool) -> str:
+def run_regions(device: torch.device, repeats: int, clock: Callable[[], float]) -> list[dict]:
+    """The region loss against nnU-Net's, one call without deep supervision (both trainers wrap it alike)."""
+    rows = []
+    for name, shape in REGION_SHAPES.items():
+        logits, regions = make_region_inputs(shape, device)
+        fns = {n: partial(_step, loss, [logits], [regions], False) for n, loss in _region_losses().items()}
+        times = time_interleaved(fns, repeats, device, clock)
+        memory = {n: peak_memory(fn, device) for n, fn in fns.items()}
+        row = {
+            "device": device.type,
+            "shape": name,
+            **{f"{n} ms": 1e3 * t for n, t in times.items()},
+            "time ratio": times[REGION_OURS] / times[REGION_BASE],
+            "memory ratio": memory[REGION_OURS] / max(memory[REGION_BASE], 1),
+        }
+        rows.append(row)
+        print(
+            f"{device.type:4s} | {name:32s} | DC_and_BCE {row[REGION_BASE + ' ms']:8.1f} ms  "
+            f"ours {row[REGION_OURS + ' ms']:8.1f} ms  time x{row['time ratio']:.2f} | "
+            f"memory x{row['memory ratio']:.2f}",
+            flush=True,
+        )
+    return rows
+
+
+def markdown(rows: list[dict], scaling: bool, regions: bool = False) -> str:
     """The rows as the README's table (times in ms; ratios ours / DC_and_CE, in brackets ours / DC_and_topk)."""
+    if regions:
+        lines = [
+            "| device | shape | DC_and_BCE | BCE + TopK-Dice | time ratio | memory ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['device']} | {r['shape']} | {r[REGION_BASE + ' ms']:.1f} ms | {r[REGION_OURS + ' ms']:.1f} ms | "
+                f"{r['time ratio']:.2f}x | {r['memory ratio']:.2f}x |"
+            )
+        return "\n".join(lines)
     if scaling:
         lines = [
             "| device | shape (B, C, *spatial) | voxels | DC_and_CE | DC_and_topk | CE + TopK-Dice | ns/voxel | "
@@ -257,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="interleaved timed runs per loss (median reported)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--scaling", action="store_true", help="the scaling table instead of the nnU-Net shapes")
+    table = parser.add_mutually_exclusive_group()
+    table.add_argument("--scaling", action="store_true", help="the scaling table instead of the nnU-Net shapes")
+    table.add_argument(
+        "--regions", action="store_true", help="the region (sigmoid) loss against nnU-Net's DC_and_BCE_loss instead"
+    )
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -285,11 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     if not devices:
         parser.error("--device cuda: no CUDA device available")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.clock} clock, {heap}", flush=True)
-    runner = run_scaling if args.scaling else run
+    runner = run_scaling if args.scaling else run_regions if args.regions else run
     rows = [row for device in devices for row in runner(device, args.repeats, clock)]
-    print(markdown(rows, args.scaling))
+    print(markdown(rows, args.scaling, args.regions))
     worst_time = max(r["time ratio"] for r in rows)
-    if args.scaling:
+    if args.regions:
+        print(f"worst ratio ours / DC_and_BCE: time x{worst_time:.2f} (no goal: plain autograd)")
+    elif args.scaling:
         print(f"ratio ours / DC_and_CE from x{min(r['time ratio'] for r in rows):.2f} to x{worst_time:.2f}")
     else:
         worst_memory = max(r["memory ratio"] for r in rows)
