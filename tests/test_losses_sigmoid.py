@@ -23,6 +23,7 @@ from nnunet_topkdice.losses import (
 from nnunet_topkdice.losses import compound as compound_module
 from nnunet_topkdice.losses import region_terms as region_terms_module
 from nnunet_topkdice.losses import sigmoid_topk_dice as sigmoid_module
+from nnunet_topkdice.losses import tie_break as tie_break_module
 
 SHAPES = [(2, 3, 12, 10), (2, 3, 5, 6, 7)]
 SHAPE_IDS = ["2d", "3d"]
@@ -218,6 +219,14 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(
             lambda x, bd=batch_dice: sigmoid_topk_dice_loss(x, target, 50, loss_mask=mask, batch_dice=bd), (logits,)
         )
+
+
+def test_the_tie_break_map_is_the_one_of_the_spatial_shape(monkeypatch):
+    # one map per spatial shape, shared with the softmax loss and channel_exclusion_mask: not one per flattening
+    monkeypatch.setattr(tie_break_module, "_cache", type(tie_break_module._cache)())
+    logits, regions = region_case((2, 3, 5, 6, 7), seed=9)
+    sigmoid_topk_dice_loss(logits, regions, k=50)
+    assert [key[0] for key in tie_break_module._cache] == [(5, 6, 7)]
 
 
 def test_function_equals_module():

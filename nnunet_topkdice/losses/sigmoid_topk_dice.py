@@ -152,14 +152,15 @@ def sigmoid_topk_dice_loss(
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     batch, n_regions = logits.shape[:2]
     with _without_autocast(logits.device.type):
-        probs = torch.sigmoid(logits.to(compute_dtype)).view(batch, n_regions, -1)
+        probs = torch.sigmoid(logits.to(compute_dtype))
         with torch.no_grad():
             valid = None if loss_mask is None else (loss_mask != 0).view(batch, loss_mask.shape[1], -1)
             region = target.view(batch, n_regions, -1)
             region = region if region.dtype == torch.bool else region != 0
             if valid is not None:
                 region = region & valid
-            selection = _channel_selection(probs, region, k, None, tie_break_seed, tie_break_scale)
+            # the spatial shape, not the flattened one, names the tie-break map (one per spatial shape)
+            selection = _channel_selection(probs, region.view(probs.shape), k, None, tie_break_seed, tie_break_scale)
             # E, 1 where excluded, lies inside the region: Yk = Y - E (eq. 5), and Pk (eq. 6) is counted
             # where 1 - E (times the mask)
             excluded = selection.excluded.view(batch, n_regions, -1)
@@ -168,6 +169,7 @@ def sigmoid_topk_dice_loss(
             n_region = selection.n_foreground.view(batch, n_regions)
             sum_gt = (n_region - selection.n_excluded.view(batch, n_regions)).to(compute_dtype)
             present = n_region > 0
+        probs = probs.view(batch, n_regions, -1)
         intersect = (probs * kept_region).sum(-1, dtype=compute_dtype)
         sum_pred_sq = (probs.square() * counted).sum(-1, dtype=compute_dtype)
         return _present_regions_dice_loss(intersect, sum_pred_sq, sum_gt, present, do_bg, batch_dice, smooth, ddp)
