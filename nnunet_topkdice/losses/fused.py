@@ -11,6 +11,7 @@ output.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -20,9 +21,17 @@ from torch import Tensor
 
 from nnunet_topkdice.losses.selection import select_easiest
 
-__all__ = ["LossConfig", "Output", "dice_loss_and_grads", "fused_topk_dice_ce"]
+__all__ = ["LossConfig", "Output", "dice_loss_and_grads", "fused_topk_dice_ce", "without_autocast"]
 
 _CACHE_LINE_BYTES = 64
+
+
+def without_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device_type`` while it is on; nothing to do where it is off or does not exist
+    (``meta``), so that a call outside autocast enters no context."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class LossConfig(NamedTuple):
@@ -274,12 +283,9 @@ class _TopKDiceCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, config: LossConfig, *args: object) -> Tensor:  # type: ignore[override]
-        device_type = args[2].device.type  # the first output's logits
         # keep float32 arithmetic under autocast, which would run the einsum in half precision
-        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-            with torch.autocast(device_type=device_type, enabled=False):
-                return _TopKDiceCE._forward(ctx, config, *args)
-        return _TopKDiceCE._forward(ctx, config, *args)
+        with without_autocast(args[2].device.type):  # the first output's logits
+            return _TopKDiceCE._forward(ctx, config, *args)
 
     @staticmethod
     def _forward(

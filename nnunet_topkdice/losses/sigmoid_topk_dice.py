@@ -12,14 +12,13 @@ the Dice rules (presence, ``batch_dice``, DDP) are those of the softmax :class:`
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
 from nnunet_topkdice.losses.arguments import check_k, check_non_negative
+from nnunet_topkdice.losses.fused import without_autocast
 from nnunet_topkdice.losses.topk_dice import (
     DEFAULT_TIE_BREAK_SCALE,
     DEFAULT_TIE_BREAK_SEED,
@@ -58,13 +57,6 @@ def _check_region_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | Non
             f"loss_mask must have shape (B, 1 or R, *spatial) for logits {tuple(logits.shape)}, "
             f"got {tuple(loss_mask.shape)}"
         )
-
-
-def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
-    """Autocast off on ``device_type``; nothing to turn off where autocast does not exist (``meta``)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _present_regions_dice_loss(
@@ -151,7 +143,7 @@ def sigmoid_topk_dice_loss(
     _check_region_inputs(logits, target, loss_mask)
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     batch, n_regions = logits.shape[:2]
-    with _without_autocast(logits.device.type):
+    with without_autocast(logits.device.type):
         probs = torch.sigmoid(logits.to(compute_dtype))
         with torch.no_grad():
             valid = None if loss_mask is None else (loss_mask != 0).view(batch, loss_mask.shape[1], -1)
