@@ -133,6 +133,20 @@ def test_every_selection_path_on_images_smaller_than_the_class_count(random_case
         assert torch.equal(topk_exclusion_mask(probs, target, k), reference_exclusion(probs, target, k))
 
 
+@pytest.mark.parametrize("k", [50, 100])
+def test_every_selection_path_without_codes_selects_the_same(random_case, selection_path, k):
+    logits, target = random_case((2, 4, 9, 10), seed=11)
+    labels = target.reshape(2, -1).long()
+    value = logits.reshape(2, 4, -1).softmax(1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    mask = torch.rand(labels.shape, generator=torch.Generator().manual_seed(12)) > 0.2
+    for loss_mask in (None, mask):
+        full = selection_module.select_easiest(value, labels, 4, k, loss_mask, False)
+        lean = selection_module.select_easiest(value, labels, 4, k, loss_mask, False, with_codes=False)
+        assert lean.code is None and full.code is not None
+        assert torch.equal(lean.excluded, full.excluded)
+        assert torch.equal(lean.n_foreground, full.n_foreground) and torch.equal(lean.n_excluded, full.n_excluded)
+
+
 def test_path_follows_device_and_size():
     # the data-dependent histogram path only runs eagerly on the CPU, for inputs above the sort threshold
     large = selection_module.SORT_INPUT_AT_MOST + 1
