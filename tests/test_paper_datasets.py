@@ -51,7 +51,7 @@ def test_commands_offer_the_registry_keys(capsys: pytest.CaptureFixture[str]) ->
     conversion_cli.add_parsers(subparsers)
     add_evaluation_parsers(subparsers)
     for argv in (["convert", "brats"], ["evaluate", "-r", "r", "-p", "a", "-d", "1", "-o", "o", "--paper", "x"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
             parser.parse_args(argv)
         err = capsys.readouterr().err
         assert "invalid choice" in err and all(key in err.split("choose from")[1] for key in PAPER_DATASET_KEYS)
