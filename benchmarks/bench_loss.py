@@ -275,7 +275,7 @@ def run_regions(device: torch.device, repeats: int, clock: Callable[[], float]) 
 
 
 def markdown(rows: list[dict], scaling: bool, regions: bool = False) -> str:
-    """The rows as the README's table (times in ms; ratios ours / DC_and_CE, in brackets ours / DC_and_topk)."""
+    """The rows as in docs/benchmarks.md (times in ms; ratios ours / DC_and_CE, in brackets ours / DC_and_topk)."""
     if regions:
         lines = [
             "| device | shape | DC_and_BCE | BCE + TopK-Dice | time ratio | memory ratio |",

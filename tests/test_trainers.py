@@ -455,7 +455,7 @@ def test_region_loss_is_nnunets_with_the_rows_term_replaced(name: str, ignore_la
 
 
 def test_nnunet_loss_rows_on_regions_are_nnunets(tmp_path: Path) -> None:
-    # the README's region table: CE + Dice rows get nnU-Net's region loss, CE rows nnU-Net's refusal
+    # docs/region_based_training.md's table: CE + Dice rows get nnU-Net's region loss, CE rows nnU-Net's refusal
     assert type(_make("nnUNetTrainerDiceCEDemo", tmp_path, regions=True).loss.loss) is DC_and_BCE_loss
     with pytest.raises(AssertionError, match="regions not supported"):
         _make("nnUNetTrainerCEPaper", tmp_path, regions=True)

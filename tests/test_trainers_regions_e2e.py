@@ -22,7 +22,7 @@ DATASET_ID = 988
 DATASET_NAME = f"Dataset{DATASET_ID}_TopKDiceRegionsE2E"
 TRAINER = "nnUNetTrainerTopKDiceRegionsE2ETest"
 
-# The dataset.json of the README's example ("Region-based (sigmoid) datasets").
+# The dataset.json of the example in docs/region_based_training.md.
 REGION_LABELS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
 REGIONS_CLASS_ORDER = [1, 2, 3]
 

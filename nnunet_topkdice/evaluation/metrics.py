@@ -1,6 +1,6 @@
 """Segmentation metrics per case and class, and the paper's way of averaging them (pure numpy/scipy).
 
-Conventions (also in the README and in ``results.json["conventions"]``), for one case and class with
+Conventions (also in docs/evaluation.md and in ``results.json["conventions"]``), for one case and class with
 ``tp``/``fp``/``fn`` voxel counts of the binary masks:
 
 * ``Dice = 2 tp / (2 tp + fp + fn)``, ``IoU = tp / (tp + fp + fn)``, ``Precision = tp / (tp + fp)``,
