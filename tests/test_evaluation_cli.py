@@ -79,7 +79,9 @@ def test_evaluate_command_end_to_end(acdc_like: dict) -> None:
     assert "| evaluated | B | 66.67 |" in result.stdout
     assert "| paper (reported) | CE + topK-Dice (our) [Table 2] | **91.67** |" in result.stdout
     assert "| difference to paper | B vs. CE + topK-Dice (our) | -25.00 |" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["figure.png", "results.json", "table.csv", "table.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "figure.png", "per_case.csv", "results.json", "table.csv", "table.md"
+    ]
     assert (out / "table.md").read_text() == result.stdout
 
 

@@ -38,6 +38,8 @@ GOOD_MEANS = {
     "Precision": 1.0,
     "Recall": ((3 / 4 + 1) / 2 + 1 / 2) / 2,
     "HD95": ((0.425 + 0.0) / 2 + 0.475) / 2,
+    # every surface distance is 0 or 0.5 mm, within the default 1 mm tolerance
+    "NSD": 1.0,
 }
 
 
@@ -112,9 +114,10 @@ def test_evaluate_runs_matches_hand_computation(tiny: dict) -> None:
         "Precision": 1.0,
         "Recall": 1.0,
         "HD95": 0.0,
+        "NSD": 1.0,
     }
     empty = results["runs"]["empty"]
-    assert empty["mean"]["Dice"] == 0.0 and empty["mean"]["Recall"] == 0.0
+    assert empty["mean"]["Dice"] == 0.0 and empty["mean"]["Recall"] == 0.0 and empty["mean"]["NSD"] == 0.0
     assert empty["mean"]["Precision"] is None
     # a missed class gets the image diagonal: extent (z, y, x) = (1 * 3.0, 2 * 1.0, 6 * 0.5) mm
     assert empty["mean"]["HD95"] == pytest.approx(math.sqrt(3.0**2 + 2.0**2 + 3.0**2))
@@ -124,6 +127,20 @@ def test_evaluate_runs_matches_hand_computation(tiny: dict) -> None:
     assert [c["column"] for c in results["classes"]] == ["liver", "tumour"]
     assert results["dataset"]["name"] == "Dataset999_Tiny"
     assert results["paper"] is None
+    assert results["nsd_tolerance_mm"] == 1.0 and results["metrics"][-2:] == ["HD95", "NSD"]
+
+
+def test_nsd_tolerance_below_the_half_millimetre_steps(tiny: dict) -> None:
+    # at 0.25 mm only the distance-0 surface voxels count: caseA liver 3 of 3 + 3 of 4 = 6/7, caseB tumour
+    # 1 of 1 + 1 of 2 = 2/3, caseB liver 1 (the same numbers as Dice here)
+    results = _evaluate(tiny, nsd_tolerance=0.25)
+    good = results["runs"]["good"]
+    assert good["per_case"]["caseA"]["liver"]["NSD"] == pytest.approx(6 / 7)
+    assert good["per_case"]["caseB"]["tumour"]["NSD"] == pytest.approx(2 / 3)
+    assert good["per_case"]["caseA"]["tumour"]["NSD"] is None  # absent from both
+    assert good["mean"]["NSD"] == pytest.approx(((6 / 7 + 1) / 2 + 2 / 3) / 2)
+    assert results["nsd_tolerance_mm"] == 0.25
+    assert "mNSD: normalised surface Dice at 0.25 mm" in (tiny["root"] / "out" / "table.md").read_text()
 
 
 def test_results_json_is_strict_json_equal_to_the_return_value(tiny: dict) -> None:
@@ -140,15 +157,15 @@ def test_table_markdown_content(tiny: dict) -> None:
     _evaluate(tiny)
     lines = (tiny["root"] / "out" / "table.md").read_text().splitlines()
     assert lines[0] == "## Paper-style evaluation: Dataset999_Tiny (2 test cases)"
-    assert "| Source | Name | mDice | mIoU | mPrec. | mRec. | mHD95 (mm) | liver | tumour |" in lines
+    assert "| Source | Name | mDice | mIoU | mPrec. | mRec. | mHD95 (mm) | mNSD | liver | tumour |" in lines
     rows = [line for line in lines if line.startswith("| evaluated")]
     # three runs: best bold, second best italic; mHD95 lower is better; n/a is never ranked;
-    # good and perfect tie at 100.00 mPrec., so neither is best there
+    # good and perfect tie at 100.00 mPrec. and mNSD, so neither is best there
     assert rows == [
-        "| evaluated | good | _79.76_ | _68.75_ | 100.00 | _68.75_ | _0.34_ | _92.86_ | _66.67_ |",
-        "| evaluated | perfect | **100.00** | **100.00** | 100.00 | **100.00** | **0.00** | **100.00** "
+        "| evaluated | good | _79.76_ | _68.75_ | 100.00 | _68.75_ | _0.34_ | 100.00 | _92.86_ | _66.67_ |",
+        "| evaluated | perfect | **100.00** | **100.00** | 100.00 | **100.00** | **0.00** | 100.00 | **100.00** "
         "| **100.00** |",
-        "| evaluated | empty | 0.00 | 0.00 | n/a | 0.00 | 4.69 | 0.00 | 0.00 |",
+        "| evaluated | empty | 0.00 | 0.00 | n/a | 0.00 | 4.69 | 0.00 | 0.00 | 0.00 |",
     ]
     assert any("HD95 is the image diagonal (--hd95-missing diagonal)" in line for line in lines)
     assert any("class-case pairs per method, all repeats: empty: 3" in line for line in lines)
@@ -157,10 +174,10 @@ def test_table_markdown_content(tiny: dict) -> None:
 def test_table_csv_content(tiny: dict) -> None:
     _evaluate(tiny)
     assert (tiny["root"] / "out" / "table.csv").read_text().splitlines() == [
-        "source,name,mDice,mIoU,mPrec.,mRec.,mHD95 (mm),liver,tumour",
-        "evaluated,good,79.76,68.75,100.00,68.75,0.34,92.86,66.67",
-        "evaluated,perfect,100.00,100.00,100.00,100.00,0.00,100.00,100.00",
-        "evaluated,empty,0.00,0.00,,0.00,4.69,0.00,0.00",
+        "source,name,mDice,mIoU,mPrec.,mRec.,mHD95 (mm),mNSD,liver,tumour",
+        "evaluated,good,79.76,68.75,100.00,68.75,0.34,100.00,92.86,66.67",
+        "evaluated,perfect,100.00,100.00,100.00,100.00,0.00,100.00,100.00,100.00",
+        "evaluated,empty,0.00,0.00,,0.00,4.69,0.00,0.00,0.00",
     ]
 
 
@@ -396,7 +413,7 @@ def test_synapse_columns_in_paper_order(synapse_like: dict, paper: str | None) -
         "right_kidney",
     ]
     header = (synapse_like["root"] / "out" / "table.csv").read_text().splitlines()[0]
-    assert header == "source,name,mDice,mIoU,mPrec.,mRec.,mHD95 (mm)," + ",".join(columns)
+    assert header == "source,name,mDice,mIoU,mPrec.,mRec.,mHD95 (mm),mNSD," + ",".join(columns)
 
 
 def test_paper_rows_and_differences_synapse(synapse_like: dict) -> None:
@@ -411,12 +428,12 @@ def test_paper_rows_and_differences_synapse(synapse_like: dict) -> None:
     assert results["paper"]["reported"]["CE + topK-Dice (our)"]["mDice"] == pytest.approx(0.8273)
     csv_lines = (synapse_like["root"] / "out" / "table.csv").read_text().splitlines()
     assert (
-        "paper (reported),CE + Dice [Table 1],81.75,72.74,,,,91.79,60.48,85.54,83.67,95.49,68.08,89.79,79.19"
+        "paper (reported),CE + Dice [Table 1],81.75,72.74,,,,,91.79,60.48,85.54,83.67,95.49,68.08,89.79,79.19"
         in csv_lines
     )
     # a perfect run is 100 everywhere: difference = 100 - reported
     assert (
-        "difference to paper,perfect vs. CE + topK-Dice (our),+17.27,+25.93,,,,"
+        "difference to paper,perfect vs. CE + topK-Dice (our),+17.27,+25.93,,,,,"
         "+8.15,+38.84,+11.22,+15.28,+4.66,+31.25,+7.96,+20.82" in csv_lines
     )
     markdown = (synapse_like["root"] / "out" / "table.md").read_text()
@@ -434,9 +451,9 @@ def test_paper_rows_msseg_single_class(tmp_path: Path) -> None:
     results = evaluate_runs(reference, {"run": prediction}, dataset, tmp_path / "out", paper="msseg")
     assert results["runs"]["run"]["mean"]["Precision"] == pytest.approx(0.75)
     lines = (tmp_path / "out" / "table.csv").read_text().splitlines()
-    assert lines[0] == "source,name,mDice,mIoU,mPrec.,mRec.,mHD95 (mm)"  # no per-class column for one class
+    assert lines[0] == "source,name,mDice,mIoU,mPrec.,mRec.,mHD95 (mm),mNSD"  # no per-class column for one class
     assert lines[1].startswith("evaluated,run,66.67,50.00,75.00,75.00,")
-    assert lines[-1] == "difference to paper,run vs. CE + topK-Dice (our),-0.52,-1.10,+3.31,+8.97,"
+    assert lines[-1] == "difference to paper,run vs. CE + topK-Dice (our),-0.52,-1.10,+3.31,+8.97,,"
     assert len([line for line in lines if line.startswith("paper (reported)")]) == len(
         PAPER_TABLES["msseg"].rows
     )
@@ -524,7 +541,7 @@ def test_repeats_baseline_and_comparisons(tiny: dict) -> None:
     assert markdown.rstrip().endswith("over 2 cases x 2 repeats (baseline: 1): too few cases for the Wilcoxon test "
                                       "to reach 0.05")
     csv_lines = (tiny["root"] / "out" / "table.csv").read_text().splitlines()
-    assert csv_lines[0].endswith(",n_repeats,mDice sd,mIoU sd,mPrec. sd,mRec. sd,mHD95 (mm) sd,liver sd,tumour sd")
+    assert csv_lines[0].endswith(",n_repeats,mDice sd,mIoU sd,mPrec. sd,mRec. sd,mHD95 (mm) sd,mNSD sd,liver sd,tumour sd")
     assert csv_lines[1].startswith("evaluated,A,89.88,")
     assert ",2,14.31," in csv_lines[1]
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from nnunet_topkdice.evaluation.dataset import DatasetInfo
 from nnunet_topkdice.evaluation.label_io import check_label_values, check_same_geometry, read_label_image
-from nnunet_topkdice.evaluation.metrics import case_metrics
+from nnunet_topkdice.evaluation.metrics import NSD_TOLERANCE_MM, case_metrics
 
 __all__ = ["CaseJob", "evaluate_case", "run_case_jobs"]
 
@@ -27,6 +27,7 @@ class CaseJob:
         predictions: folder index (the position in the list of evaluated folders) -> prediction file.
         info: the dataset's classes, ignore label and allowed values.
         hd95_missing: the HD95 policy of :func:`~nnunet_topkdice.evaluation.metrics.case_metrics`.
+        nsd_tolerance: NSD's tolerance in mm.
     """
 
     case: str
@@ -34,6 +35,7 @@ class CaseJob:
     predictions: Mapping[int, Path]
     info: DatasetInfo
     hd95_missing: str
+    nsd_tolerance: float = NSD_TOLERANCE_MM
 
 
 def evaluate_case(job: CaseJob) -> tuple[str, dict[int, dict[str, dict]]]:
@@ -57,6 +59,7 @@ def evaluate_case(job: CaseJob) -> tuple[str, dict[int, dict[str, dict]]]:
             reference.spacing,
             job.info.ignore_label,
             hd95_missing=job.hd95_missing,
+            nsd_tolerance=job.nsd_tolerance,
         )
     return job.case, out
 

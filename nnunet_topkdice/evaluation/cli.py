@@ -11,6 +11,18 @@ from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS as PAPER_CHOICES
 
 # the same as metrics.HD95_MISSING_POLICIES (kept here so that `topkdice --help` does not import numpy)
 HD95_MISSING_CHOICES = ("diagonal", "exclude")
+NSD_TOLERANCE_DEFAULT = 1.0  # metrics.NSD_TOLERANCE_MM, likewise
+
+
+def _tolerance_mm(text: str) -> float:
+    """NSD's tolerance: a finite number of millimetres >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of mm >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of mm >= 0, got {text!r}")
+    return value
 
 
 def _run_spec(text: str) -> tuple[str, Path]:
@@ -27,7 +39,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from nnunet_topkdice.evaluation.evaluate import evaluate_runs
 
     # a NAME given several times is one method over several repeats, in the order given
-    evaluate_runs(
+    results = evaluate_runs(
         args.reference,
         args.predictions,
         args.dataset,
@@ -36,9 +48,14 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         num_processes=args.num_processes,
         paper=args.paper,
         hd95_missing=args.hd95_missing,
+        nsd_tolerance=args.nsd_tolerance,
+        images_dir=args.images,
     )
     print((args.output / "table.md").read_text(), end="")
-    print(f"wrote results.json, table.md, table.csv, figure.png to {args.output}", file=sys.stderr)
+    print(f"wrote results.json, table.md, table.csv, per_case.csv, figure.png to {args.output}", file=sys.stderr)
+    if results["case_pictures"]:
+        for path in results["case_pictures"]["files"].values():
+            print(f"case pictures: {args.output / path}", file=sys.stderr)
     return 0
 
 
@@ -77,11 +94,13 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="paper-style metrics, comparison table and paired statistics for several prediction folders",
         description="Compare prediction folders (one per trained model, or several per model: seeds or folds) "
-        "with reference labels: Dice, IoU, precision, recall and HD95 (mm) per case and class, averaged like "
+        "with reference labels: Dice, IoU, precision, recall, HD95 (mm) and normalised surface Dice (NSD) per case "
+        "and class, averaged like "
         "the paper (each class over the test cases, then over the classes), mean ± sd over the repeats, and "
         "a paired comparison of every method with the baseline (mean difference of the per-case Dice, "
-        "bootstrap 95% interval, Wilcoxon signed-rank p). Writes results.json, table.md, table.csv and "
-        "figure.png to OUT_DIR and prints the markdown table. Refuses a prediction whose size, spacing, "
+        "bootstrap 95% interval, Wilcoxon signed-rank p). Writes results.json, table.md, table.csv, per_case.csv "
+        "(every value in long format) and figure.png to OUT_DIR, with --images the pictures of the cases with the "
+        "largest gains and losses (cases/), and prints the markdown table. Refuses a prediction whose size, spacing, "
         "origin or direction differ from its reference.",
     )
     p.add_argument(
@@ -143,6 +162,24 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         help="HD95 of a class found in only one of reference and prediction: 'diagonal' (default) scores it "
         "with the image diagonal in mm, so a missed organ never improves mHD95; 'exclude' leaves it out of "
         "the means (what earlier versions did)",
+    )
+    p.add_argument(
+        "--nsd-tolerance",
+        type=_tolerance_mm,
+        default=NSD_TOLERANCE_DEFAULT,
+        metavar="MM",
+        help="tolerance of the normalised surface Dice in mm (default: %(default)s): the share of both surfaces within "
+        "MM of the other surface",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        metavar="IMAGES_DIR",
+        help="the dataset's imagesTs (or imagesTr for cross-validation cases): for every method, draw the 3 "
+        "cases with the largest gains and the 3 with the largest losses of the case Dice against the baseline "
+        "(image, reference, baseline, method; errors outlined) into OUT_DIR/cases/<method>_vs_<baseline>.png; "
+        "every evaluated case needs <case>_0000<file_ending> on its reference's grid (checked first)",
     )
     p.set_defaults(func=_evaluate_command)
 

@@ -4,13 +4,15 @@ statistics against a baseline.
 :func:`evaluate_runs` validates its arguments, finds the cases, computes
 :mod:`~nnunet_topkdice.evaluation.metrics` per case and class (:mod:`~nnunet_topkdice.evaluation.case_jobs`),
 assembles the results (:mod:`~nnunet_topkdice.evaluation.results`) and writes ``results.json``,
-``table.md``, ``table.csv`` and ``figure.png``.
+``table.md``, ``table.csv``, ``per_case.csv`` and ``figure.png``, and with ``images_dir`` the pictures of the
+cases that decide each comparison (:mod:`~nnunet_topkdice.evaluation.case_pictures`, ``cases/``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.evaluation.case_jobs import CaseJob, run_case_jobs
 from nnunet_topkdice.evaluation.dataset import DatasetInfo, resolve_dataset, table_classes
 from nnunet_topkdice.evaluation.label_io import check_same_cases, find_cases, read_label_file
-from nnunet_topkdice.evaluation.metrics import HD95_MISSING_POLICIES, METRICS
+from nnunet_topkdice.evaluation.metrics import HD95_MISSING_POLICIES, METRICS, NSD_TOLERANCE_MM, check_nsd_tolerance
 from nnunet_topkdice.evaluation.paper import PAPER_TABLES
 from nnunet_topkdice.evaluation.results import (
     BOOTSTRAP_RESAMPLES,
@@ -42,7 +44,7 @@ __all__ = [
     "write_outputs",
 ]
 
-OUTPUT_FILES = ("results.json", "table.md", "table.csv", "figure.png")
+OUTPUT_FILES = ("results.json", "table.md", "table.csv", "per_case.csv", "figure.png")
 
 # name -> folder, name -> folders, or (name, folder) pairs with repeated names
 Runs = Mapping[str, Path | str | Sequence[Path | str]] | Sequence[tuple[str, Path | str]]
@@ -83,8 +85,13 @@ def normalise_runs(runs: Runs) -> dict[str, list[Path]]:
 def _validate_options(
     methods: Mapping[str, list[Path]], baseline: str | None, num_processes: int, paper: str | None,
     hd95_missing: str,
+    nsd_tolerance: float,
 ) -> str:
     """Check the options; returns the baseline (default: the first method)."""
+    try:
+        check_nsd_tolerance(nsd_tolerance)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if paper is not None and paper not in PAPER_TABLES:
         raise InputError(f"paper must be one of {sorted(PAPER_TABLES)}, got {paper!r}")
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
@@ -140,7 +147,9 @@ def _assemble(
     *,
     baseline: str,
     hd95_missing: str,
+    nsd_tolerance: float,
     paper: str | None,
+    images_dir: Path | None,
 ) -> dict:
     class_names = [c["name"] for c in classes]
     repeats: dict[str, list[dict]] = {}
@@ -164,38 +173,77 @@ def _assemble(
         "metrics": list(METRICS),
         "conventions": CONVENTIONS,
         "hd95_missing": hd95_missing,
+        "nsd_tolerance_mm": float(nsd_tolerance),
         "baseline": baseline,
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
         "runs": runs,
         "comparisons": comparisons(runs, baseline, cases, class_names),
         "paper": _paper_block(paper),
+        "case_pictures": _case_pictures_block(images_dir, list(runs), baseline),
     }
     return nan_to_none(results)
 
 
-def write_outputs(results: dict, out_dir: Path) -> None:
-    """Write ``results.json``, ``table.md``, ``table.csv`` and ``figure.png`` into ``out_dir`` (created).
+def _case_pictures_block(images_dir: Path | None, methods: list[str], baseline: str) -> dict | None:
+    if images_dir is None:
+        return None
+    from nnunet_topkdice.evaluation.case_pictures import CASE_PICTURE_DIR, N_CASES_EACH, picture_stems
 
-    Each file is written under a temporary name and renamed into place once all four exist, so a failure
-    (for example in plotting) leaves the previous outputs rather than a mix.
+    stems = picture_stems(methods, baseline)
+    return {
+        "images_dir": str(Path(images_dir).resolve()),
+        "n_each": N_CASES_EACH,
+        "files": {method: f"{CASE_PICTURE_DIR}/{stem}.png" for method, stem in stems.items()},
+    }
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    """Move folder ``source`` to ``target``, replacing an existing ``target`` folder."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_outputs(results: dict, out_dir: Path, case_images: Mapping[str, Path] | None = None) -> None:
+    """Write ``results.json``, ``table.md``, ``table.csv``, ``per_case.csv`` and ``figure.png`` into
+    ``out_dir`` (created), and with ``case_images`` (case -> channel-0 image) the ``cases/`` pictures.
+
+    Each file is written under a temporary name (the pictures into a temporary folder) and renamed into
+    place once all exist, so a failure (for example in plotting) leaves the previous outputs rather than a
+    mix. A new ``cases/`` folder replaces the previous one.
     """
     from nnunet_topkdice.evaluation.plots import plot_results
-    from nnunet_topkdice.evaluation.tables import to_csv, to_markdown
+    from nnunet_topkdice.evaluation.tables import to_csv, to_markdown, to_per_case_csv
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     temporary = {name: out_dir / f".{name}.partial{Path(name).suffix}" for name in OUTPUT_FILES}
+    pictures: Path | None = None
     try:
         with open(temporary["results.json"], "w") as f:
             json.dump(results, f, indent=2, allow_nan=False)
         temporary["table.md"].write_text(to_markdown(results))
         temporary["table.csv"].write_text(to_csv(results))
+        temporary["per_case.csv"].write_text(to_per_case_csv(results))
         plot_results(results, temporary["figure.png"])
+        if case_images is not None:
+            from nnunet_topkdice.evaluation.case_pictures import CASE_PICTURE_DIR, write_case_pictures
+
+            pictures = out_dir / f".{CASE_PICTURE_DIR}.partial"
+            shutil.rmtree(pictures, ignore_errors=True)
+            write_case_pictures(results, case_images, pictures)
         for name, path in temporary.items():
             os.replace(path, out_dir / name)
+        if pictures is not None:
+            _replace_folder(pictures, out_dir / CASE_PICTURE_DIR)
     finally:
         for path in temporary.values():
             path.unlink(missing_ok=True)
+        if pictures is not None:
+            shutil.rmtree(pictures, ignore_errors=True)
 
 
 def evaluate_runs(
@@ -208,6 +256,8 @@ def evaluate_runs(
     num_processes: int = 1,
     paper: str | None = None,
     hd95_missing: str = "diagonal",
+    nsd_tolerance: float = NSD_TOLERANCE_MM,
+    images_dir: Path | None = None,
 ) -> dict:
     """Evaluate prediction folders against reference labels, compare each method with the baseline, and
     write the paper-style outputs.
@@ -219,35 +269,50 @@ def evaluate_runs(
             ``(name, folder)`` pairs: a name given several times is one method over several repeats (seeds
             or folds), in the order given. The order of first appearance is the table's row order.
         dataset: dataset id, dataset name, path of a dataset.json (or its folder), or the dict itself.
-        out_dir: created if needed; receives ``results.json``, ``table.md``, ``table.csv``, ``figure.png``.
+        out_dir: created if needed; receives ``results.json``, ``table.md``, ``table.csv``, ``per_case.csv``,
+            ``figure.png`` and, with ``images_dir``, ``cases/<method>_vs_<baseline>.png`` (and ``.json``).
         baseline: the method every other one is compared with (default: the first).
         num_processes: worker processes, one case at a time each.
         paper: ``synapse``, ``acdc`` or ``msseg`` to add the paper's reported rows and the difference of
             each method to the paper's CE + topK-Dice row.
         hd95_missing: ``diagonal`` (a class in only one of reference and prediction gets the image diagonal
             in mm) or ``exclude`` (left out of the means).
+        nsd_tolerance: NSD's tolerance in mm (>= 0).
+        images_dir: the dataset's ``imagesTs`` or ``imagesTr``: draw the cases with the largest gains and
+            losses of every method against the baseline; every evaluated case needs its
+            ``<case>_0000<file_ending>`` on its reference's voxel grid (checked before any evaluation).
     Returns:
         The dict written to ``results.json`` (NaN written as null): ``dataset``, ``reference_dir``,
         ``cases``, ``classes`` (table order: ``name``, ``label``, ``column``), ``metrics``,
-        ``conventions``, ``hd95_missing``, ``baseline``, ``bootstrap``, ``runs`` (name ->
+        ``conventions``, ``hd95_missing``, ``nsd_tolerance_mm``, ``baseline``, ``bootstrap``, ``runs`` (name ->
         :func:`~nnunet_topkdice.evaluation.results.method_result`), ``comparisons`` (one
-        :func:`~nnunet_topkdice.evaluation.results.comparison_entry` per other method) and ``paper`` (or
-        None). Values are fractions in [0, 1], HD95 in mm.
+        :func:`~nnunet_topkdice.evaluation.results.comparison_entry` per other method), ``paper`` (or
+        None) and ``case_pictures`` (``images_dir``, ``n_each``, ``files``: method -> PNG path relative to
+        ``out_dir``; or None). Values are fractions in [0, 1], HD95 in mm.
     Raises:
         InputError: missing folders, no runs, an unknown baseline, different case sets, a prediction whose
         size, spacing, origin or direction differs from its reference, label values outside the dataset,
-        labels that do not match ``paper``, bad ``num_processes`` or ``hd95_missing``.
+        labels that do not match ``paper``, bad ``num_processes``, ``hd95_missing`` or ``nsd_tolerance``; with
+        ``images_dir``: the folder missing, a case without its image, an image not on its reference's grid.
     """
     methods = normalise_runs(runs)
-    baseline = _validate_options(methods, baseline, num_processes, paper, hd95_missing)
+    baseline = _validate_options(methods, baseline, num_processes, paper, hd95_missing, nsd_tolerance)
     info = resolve_dataset(dataset)
     classes, matched_paper = table_classes(info, paper)
     reference_dir = Path(reference_dir)
     reference_cases = find_cases(reference_dir, info.file_ending)
     folders = _find_predictions(methods, reference_cases, info.file_ending)
+    case_images = None
+    if images_dir is not None:  # checked before the evaluation starts: a bad folder costs no time
+        from nnunet_topkdice.evaluation.case_pictures import find_case_images
+
+        case_images = find_case_images(images_dir, reference_cases, info.file_ending)
 
     jobs = [
-        CaseJob(case, path, {i: files[case] for i, (_, _, files) in enumerate(folders)}, info, hd95_missing)
+        CaseJob(
+            case, path, {i: files[case] for i, (_, _, files) in enumerate(folders)}, info, hd95_missing,
+            float(nsd_tolerance),
+        )  # fmt: skip
         for case, path in reference_cases.items()
     ]
     per_case_all = run_case_jobs(jobs, num_processes)
@@ -262,7 +327,9 @@ def evaluate_runs(
         per_case_all,
         baseline=baseline,
         hd95_missing=hd95_missing,
+        nsd_tolerance=nsd_tolerance,
         paper=paper,
+        images_dir=images_dir,
     )
-    write_outputs(results, out_dir)
+    write_outputs(results, out_dir, case_images)
     return results

@@ -15,11 +15,15 @@ from nnunet_topkdice.geometry import GEOMETRY_TOLERANCE, differs
 
 __all__ = [
     "GEOMETRY_TOLERANCE",
+    "ImageGeometry",
     "LabelImage",
     "check_label_values",
     "check_same_cases",
     "check_same_geometry",
     "find_cases",
+    "geometry_differences",
+    "read_geometry",
+    "read_image",
     "read_label_file",
     "read_label_image",
 ]
@@ -38,6 +42,21 @@ class LabelImage:
     """
 
     array: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """The voxel grid of an image file, read from its header only.
+
+    Attributes:
+        shape: array shape in SimpleITK's array order (z, y, x).  spacing, origin, direction: as
+        :class:`LabelImage`.
+    """
+
+    shape: tuple[int, ...]
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
     direction: tuple[float, ...]
@@ -91,6 +110,23 @@ def check_same_cases(
     )
 
 
+def _read_sitk(path: Path):
+    import SimpleITK as sitk
+
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from e
+
+
+def _grid(image) -> dict[str, tuple[float, ...]]:
+    return {
+        "spacing": tuple(float(s) for s in reversed(image.GetSpacing())),
+        "origin": tuple(float(v) for v in image.GetOrigin()),
+        "direction": tuple(float(v) for v in image.GetDirection()),
+    }
+
+
 def read_label_image(path: Path) -> LabelImage:
     """Read an nnU-Net label file with SimpleITK, with its spacing, origin and direction.
 
@@ -99,10 +135,7 @@ def read_label_image(path: Path) -> LabelImage:
     """
     import SimpleITK as sitk
 
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from e
+    image = _read_sitk(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected a label map"
@@ -112,12 +145,42 @@ def read_label_image(path: Path) -> LabelImage:
         if not np.array_equal(array, np.round(array)):
             raise InputError(f"{path} holds non-integer values; expected a label map")
         array = array.astype(np.int64)
-    return LabelImage(
-        array=array,
-        spacing=tuple(float(s) for s in reversed(image.GetSpacing())),
-        origin=tuple(float(v) for v in image.GetOrigin()),
-        direction=tuple(float(v) for v in image.GetDirection()),
-    )
+    return LabelImage(array=array, **_grid(image))
+
+
+def read_image(path: Path) -> LabelImage:
+    """Read an image file (one channel, e.g. ``<case>_0000.nii.gz``) with the same reader as the labels.
+
+    Returns:
+        A :class:`LabelImage` whose ``array`` holds the intensities as float32 (z, y, x).
+    Raises:
+        InputError: the file cannot be read or has several components per pixel.
+    """
+    import SimpleITK as sitk
+
+    image = _read_sitk(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected one channel"
+        )
+    return LabelImage(array=sitk.GetArrayFromImage(image).astype(np.float32), **_grid(image))
+
+
+def read_geometry(path: Path) -> ImageGeometry:
+    """The voxel grid of an image or label file from its header (no voxel data is read).
+
+    Raises:
+        InputError: the file cannot be read.
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from e
+    return ImageGeometry(shape=tuple(int(n) for n in reversed(reader.GetSize())), **_grid(reader))
 
 
 def read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -132,6 +195,19 @@ def read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
 
 def _fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def geometry_differences(reference: LabelImage | ImageGeometry, other: LabelImage | ImageGeometry) -> list[str]:
+    """The spacing, origin and direction of ``other`` that differ from ``reference`` beyond the tolerance,
+    each as ``"<property> <axis order> <other> vs <reference>"``; empty when the grids agree (the shape is
+    not compared)."""
+    checks = (("spacing", "(z, y, x)"), ("origin", "(x, y, z)"), ("direction", "(row-major)"))
+    differences = []
+    for name, order in checks:
+        expected, got = getattr(reference, name), getattr(other, name)
+        if differs(name, expected, got, reference.spacing):
+            differences.append(f"{name} {order} {_fmt(got)} vs {_fmt(expected)}")
+    return differences
 
 
 def check_same_geometry(
@@ -149,12 +225,7 @@ def check_same_geometry(
             f"shape mismatch for case {case!r}: prediction {prediction_path} has shape "
             f"{prediction.array.shape}, reference {reference_path} has {reference.array.shape}"
         )
-    checks = (("spacing", "(z, y, x)"), ("origin", "(x, y, z)"), ("direction", "(row-major)"))
-    differences = []
-    for name, order in checks:
-        expected, got = getattr(reference, name), getattr(prediction, name)
-        if differs(name, expected, got, reference.spacing):
-            differences.append(f"{name} {order} {_fmt(got)} vs {_fmt(expected)}")
+    differences = geometry_differences(reference, prediction)
     if differences:
         raise InputError(
             f"geometry mismatch for case {case!r}: prediction {prediction_path} vs reference {reference_path}: "

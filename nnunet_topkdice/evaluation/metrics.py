@@ -16,15 +16,24 @@ Conventions (also in docs/evaluation.md and in ``results.json["conventions"]``),
   :func:`case_metrics` then applies the ``hd95_missing`` policy: ``"diagonal"`` (default) scores a class
   found in only one of reference and prediction with the image diagonal in mm (the largest error
   possible, so a missed organ never improves mHD95), ``"exclude"`` leaves it NaN (out of the means).
+* ``NSD`` (normalised surface Dice, Nikolov et al. 2021, tolerance ``tau`` mm, default
+  :data:`NSD_TOLERANCE_MM`): on the same surface voxels and distances as HD95, the fraction of the surface
+  voxels of both masks whose nearest voxel on the other surface lies within ``tau``,
+  ``(|{p in S_pred: d(p, S_ref) <= tau}| + |{r in S_ref: d(r, S_pred) <= tau}|) / (|S_pred| + |S_ref|)``.
+  A fraction in [0, 1]; like Dice it is NaN when both masks are empty and 0 when only one is (no
+  ``hd95_missing`` policy needed). Equal to MONAI's ``compute_surface_dice(use_subvoxels=False)`` with
+  the spacing given; MONAI's ``use_subvoxels=True`` (DeepMind's ``surface-distance``) weights each surface
+  element by its area instead of counting voxels, which gives slightly different values.
 
 Means (paper section 3.2): each class over the test cases where its value is defined, then the class
-means over the classes that have one (``mDice``, ``mIoU``, ``mPrec.``, ``mRec.``, ``mHD95``).
+means over the classes that have one (``mDice``, ``mIoU``, ``mPrec.``, ``mRec.``, ``mHD95``, ``mNSD``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from numbers import Real
 
 import numpy as np
 from scipy import ndimage
@@ -33,18 +42,25 @@ from scipy.spatial import cKDTree
 __all__ = [
     "HD95_MISSING_POLICIES",
     "METRICS",
+    "NSD_TOLERANCE_MM",
     "OVERLAP_METRICS",
     "case_metrics",
+    "check_nsd_tolerance",
     "class_metrics",
     "hausdorff_95",
     "image_diagonal",
+    "normalised_surface_dice",
     "overlap_metrics",
     "paper_means",
+    "surface_distances",
     "surface_voxels",
 ]
 
 OVERLAP_METRICS = ("Dice", "IoU", "Precision", "Recall")
-METRICS = (*OVERLAP_METRICS, "HD95")
+METRICS = (*OVERLAP_METRICS, "HD95", "NSD")
+# NSD's default tolerance in mm (the value several challenges use, e.g. the Medical Segmentation Decathlon's
+# follow-ups and FLARE); ``topkdice evaluate --nsd-tolerance`` changes it.
+NSD_TOLERANCE_MM = 1.0
 # What HD95 is where exactly one of reference and prediction contains the class (see the module docstring).
 HD95_MISSING_POLICIES = ("diagonal", "exclude")
 
@@ -92,6 +108,75 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
 
 
+def _spacing_array(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
+    spacing_arr = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    if spacing_arr.shape != (ndim,) or not np.all(spacing_arr > 0):
+        raise ValueError(f"spacing must hold {ndim} positive values, got {spacing!r}")
+    return spacing_arr
+
+
+def surface_distances(
+    reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Distances in mm from every surface voxel of each mask to the nearest surface voxel of the other.
+
+    Surface voxels as :func:`surface_voxels`; Euclidean distances between voxel centres scaled by
+    ``spacing``. HD95 and NSD are both computed from these.
+
+    Shape:
+        reference, prediction: (*spatial) bool, same shape.  spacing: one value per array axis (array
+        order, e.g. z, y, x), default 1.  returns: ``(prediction_to_reference, reference_to_prediction)``,
+        float64 arrays of shape (n prediction surface voxels,) and (n reference surface voxels,); None if
+        either mask is empty.
+    Raises:
+        ValueError: shapes differ, ``spacing`` has the wrong length or a non-positive value.
+    """
+    reference = np.asarray(reference, dtype=bool)
+    prediction = np.asarray(prediction, dtype=bool)
+    if reference.shape != prediction.shape:
+        raise ValueError(f"reference {reference.shape} and prediction {prediction.shape} differ in shape")
+    spacing_arr = _spacing_array(spacing, reference.ndim)
+    if not reference.any() or not prediction.any():
+        return None
+    # Crop to the union's bounding box: beyond it both masks are empty, which is what erosion assumes
+    # outside the array (border_value=0), so the surfaces are unchanged.
+    box = _bounding_box(reference | prediction)
+    ref_points = np.argwhere(surface_voxels(reference[box])) * spacing_arr
+    pred_points = np.argwhere(surface_voxels(prediction[box])) * spacing_arr
+    # Exact nearest-surface distances through k-d trees: cost grows with the surface, not the volume.
+    pred_to_ref = cKDTree(ref_points).query(pred_points, k=1)[0]
+    ref_to_pred = cKDTree(pred_points).query(ref_points, k=1)[0]
+    return pred_to_ref, ref_to_pred
+
+
+def _hd_from_distances(distances: tuple[np.ndarray, np.ndarray] | None, percentile: float) -> float:
+    if distances is None:
+        return math.nan
+    pred_to_ref, ref_to_pred = distances
+    return float(max(np.percentile(pred_to_ref, percentile), np.percentile(ref_to_pred, percentile)))
+
+
+def _nsd_from_distances(
+    distances: tuple[np.ndarray, np.ndarray] | None, n_reference: int, n_prediction: int, tolerance: float
+) -> float:
+    if distances is None:  # an empty mask: NaN when both are empty, else 0 (as Dice)
+        return math.nan if n_reference == 0 and n_prediction == 0 else 0.0
+    pred_to_ref, ref_to_pred = distances
+    within = np.count_nonzero(pred_to_ref <= tolerance) + np.count_nonzero(ref_to_pred <= tolerance)
+    return float(within) / float(pred_to_ref.size + ref_to_pred.size)
+
+
+def check_nsd_tolerance(tolerance: float) -> float:
+    """``tolerance`` as a float.
+
+    Raises:
+        ValueError: not a finite number >= 0 (mm).
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not 0 <= tolerance < math.inf:
+        raise ValueError(f"nsd_tolerance must be a finite number of mm >= 0, got {tolerance!r}")
+    return float(tolerance)
+
+
 def hausdorff_95(
     reference: np.ndarray,
     prediction: np.ndarray,
@@ -110,26 +195,36 @@ def hausdorff_95(
         ValueError: shapes differ, ``spacing`` has the wrong length or a non-positive value,
         ``percentile`` not in [0, 100].
     """
-    reference = np.asarray(reference, dtype=bool)
-    prediction = np.asarray(prediction, dtype=bool)
-    if reference.shape != prediction.shape:
-        raise ValueError(f"reference {reference.shape} and prediction {prediction.shape} differ in shape")
-    spacing_arr = np.ones(reference.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
-    if spacing_arr.shape != (reference.ndim,) or not np.all(spacing_arr > 0):
-        raise ValueError(f"spacing must hold {reference.ndim} positive values, got {spacing!r}")
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
-    if not reference.any() or not prediction.any():
-        return math.nan
-    # Crop to the union's bounding box: beyond it both masks are empty, which is what erosion assumes
-    # outside the array (border_value=0), so the surfaces are unchanged.
-    box = _bounding_box(reference | prediction)
-    ref_points = np.argwhere(surface_voxels(reference[box])) * spacing_arr
-    pred_points = np.argwhere(surface_voxels(prediction[box])) * spacing_arr
-    # Exact nearest-surface distances through k-d trees: cost grows with the surface, not the volume.
-    pred_to_ref = cKDTree(ref_points).query(pred_points, k=1)[0]
-    ref_to_pred = cKDTree(pred_points).query(ref_points, k=1)[0]
-    return float(max(np.percentile(pred_to_ref, percentile), np.percentile(ref_to_pred, percentile)))
+    return _hd_from_distances(surface_distances(reference, prediction, spacing), percentile)
+
+
+def normalised_surface_dice(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    tolerance: float = NSD_TOLERANCE_MM,
+) -> float:
+    """Normalised surface Dice of two binary masks: the fraction of both surfaces within ``tolerance`` mm
+    of the other surface (see the module docstring; the surfaces and distances of :func:`hausdorff_95`).
+
+    Shape:
+        reference, prediction: (*spatial) bool, same shape.  spacing: one value per array axis (array
+        order), default 1.  tolerance: mm, >= 0.  returns: float in [0, 1]; NaN if both masks are empty,
+        0 if exactly one is.
+    Raises:
+        ValueError: shapes differ, bad ``spacing``, ``tolerance`` negative or not finite.
+    Example:
+        >>> square = np.zeros((6, 6), bool); square[1:4, 1:4] = True
+        >>> normalised_surface_dice(square, np.roll(square, 1, axis=0), tolerance=0.0)  # 4 of 8 + 4 of 8 coincide
+        0.5
+    """
+    check_nsd_tolerance(tolerance)
+    reference = np.asarray(reference, dtype=bool)
+    prediction = np.asarray(prediction, dtype=bool)
+    distances = surface_distances(reference, prediction, spacing)
+    return _nsd_from_distances(distances, int(reference.any()), int(prediction.any()), tolerance)
 
 
 def image_diagonal(shape: Sequence[int], spacing: Sequence[float] | None = None) -> float:
@@ -153,17 +248,20 @@ def class_metrics(
     prediction: np.ndarray,
     spacing: Sequence[float] | None = None,
     valid: np.ndarray | None = None,
+    nsd_tolerance: float = NSD_TOLERANCE_MM,
 ) -> dict[str, float | int]:
     """All metrics of one class in one case, plus the voxel counts they come from.
 
     Shape:
         reference, prediction: (*spatial) bool masks of the class.  valid: optional (*spatial) bool,
-        False for voxels left out of the evaluation (nnU-Net's ignore label).
+        False for voxels left out of the evaluation (nnU-Net's ignore label).  nsd_tolerance: NSD's
+        tolerance in mm.
         returns: ``METRICS`` -> float (NaN when undefined, see the module docstring) and
         ``n_reference``, ``n_prediction``, ``n_overlap`` -> int voxel counts.
     Raises:
-        ValueError: shapes differ.
+        ValueError: shapes differ; bad ``nsd_tolerance``.
     """
+    check_nsd_tolerance(nsd_tolerance)
     reference = np.asarray(reference, dtype=bool)
     prediction = np.asarray(prediction, dtype=bool)
     if reference.shape != prediction.shape or (valid is not None and valid.shape != reference.shape):
@@ -177,7 +275,9 @@ def class_metrics(
     result: dict[str, float | int] = dict(
         overlap_metrics(n_overlap, n_prediction - n_overlap, n_reference - n_overlap)
     )
-    result["HD95"] = hausdorff_95(reference, prediction, spacing)
+    distances = surface_distances(reference, prediction, spacing)  # HD95 and NSD share the surfaces
+    result["HD95"] = _hd_from_distances(distances, 95.0)
+    result["NSD"] = _nsd_from_distances(distances, n_reference, n_prediction, nsd_tolerance)
     result.update(n_reference=n_reference, n_prediction=n_prediction, n_overlap=n_overlap)
     return result
 
@@ -195,6 +295,7 @@ def case_metrics(
     spacing: Sequence[float] | None = None,
     ignore_label: int | None = None,
     hd95_missing: str = "diagonal",
+    nsd_tolerance: float = NSD_TOLERANCE_MM,
 ) -> dict[str, dict[str, float | int]]:
     """Metrics of every class of one case.
 
@@ -216,7 +317,9 @@ def case_metrics(
     diagonal = image_diagonal(reference.shape, spacing)
     result = {}
     for name, value in classes.items():
-        metrics = class_metrics(_class_mask(reference, value), _class_mask(prediction, value), spacing, valid)
+        metrics = class_metrics(
+            _class_mask(reference, value), _class_mask(prediction, value), spacing, valid, nsd_tolerance
+        )
         if hd95_missing == "diagonal" and (metrics["n_reference"] == 0) != (metrics["n_prediction"] == 0):
             metrics["HD95"] = diagonal
         result[name] = metrics

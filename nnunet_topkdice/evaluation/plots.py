@@ -16,9 +16,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-__all__ = ["plot_results"]
+__all__ = ["classes_by_size", "plot_results"]
 
 MEAN_METRICS = (("Dice", "mDice"), ("IoU", "mIoU"), ("Precision", "mPrec."), ("Recall", "mRec."))
+
+
+def classes_by_size(results: dict) -> list[dict]:
+    """``results["classes"]`` ordered by size, smallest first: the median over the cases of the reference
+    voxel count (``n_reference`` of the first repeat's ``per_case``; the reference is the same for every
+    run). Equal sizes keep the dataset's order; without voxel counts the order is unchanged."""
+    classes = list(results["classes"])
+    runs = list(results["runs"].values())
+    if not runs:
+        return classes
+    per_case = runs[0].get("repeats", [runs[0]])[0]["per_case"]
+    sizes = {}
+    for c in classes:
+        counts = [case[c["name"]].get("n_reference") for case in per_case.values() if c["name"] in case]
+        counts = [n for n in counts if n is not None]
+        if not counts:
+            return classes
+        sizes[c["name"]] = float(np.median(counts))
+    return sorted(classes, key=lambda c: sizes[c["name"]])  # stable: ties keep the dataset's order
 
 
 def _run_colours(n: int) -> list:
@@ -77,7 +96,7 @@ def _class_axis(ax, classes: list[dict], extra: tuple[str, ...] = ()) -> None:
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
     ax.set_xlim(-0.6, len(labels) - 0.4)
-    ax.set_xlabel("class")
+    ax.set_xlabel("class (by median reference size, smallest first)" if len(classes) > 1 else "class")
 
 
 def _draw_means(ax, results: dict, colours: list, reference: dict) -> None:
@@ -154,8 +173,10 @@ def plot_results(results: dict, out_png: Path) -> Path:
     with two or more methods, the paired differences with the baseline and their 95% intervals.
 
     With the paper's rows in ``results``, its CE + topK-Dice values are drawn as black crosses.
+    Classes are ordered by size (:func:`classes_by_size`), so that gains in small structures show at the left.
     Returns ``out_png``.
     """
+    results = {**results, "classes": classes_by_size(results)}
     runs = list(results["runs"])
     colours = _run_colours(len(runs))
     paper = results.get("paper")

@@ -35,22 +35,25 @@ BOOTSTRAP_SEED = 0
 
 CONVENTIONS = {
     "averaging": "each class is averaged over the test cases where its value is defined, then the class "
-    "means are averaged over the classes (mDice, mIoU, mPrec., mRec., mHD95)",
+    "means are averaged over the classes (mDice, mIoU, mPrec., mRec., mHD95, mNSD)",
     "repeats": "a method given several prediction folders (seeds or folds): every mean is computed per "
     "repeat, then averaged over the repeats; sd is the sample standard deviation over the repeats (null "
     "for one repeat); per_case is the mean over the repeats where the value is defined",
     "both_empty": "class absent from reference and prediction: all metrics NaN (null), left out of the means",
-    "reference_empty": "class only in the prediction: Dice 0, IoU 0, Precision 0, Recall NaN, HD95 by the "
-    "hd95_missing policy",
-    "prediction_empty": "class only in the reference: Dice 0, IoU 0, Recall 0, Precision NaN, HD95 by the "
-    "hd95_missing policy",
+    "reference_empty": "class only in the prediction: Dice 0, IoU 0, Precision 0, NSD 0, Recall NaN, HD95 by "
+    "the hd95_missing policy",
+    "prediction_empty": "class only in the reference: Dice 0, IoU 0, Recall 0, NSD 0, Precision NaN, HD95 by "
+    "the hd95_missing policy",
     "hd95": "max of the two directed 95th-percentile distances (mm) between the surface voxels "
     "(face-connected boundary) of reference and prediction, as MONAI's "
     "compute_hausdorff_distance(percentile=95)",
     "hd95_missing": "diagonal: a class in only one of reference and prediction gets the image diagonal in "
     "mm (sqrt(sum((shape * spacing)^2))), so a miss never improves mHD95; exclude: it is left out (null)",
+    "nsd": "normalised surface Dice: the fraction of the surface voxels of reference and prediction (the same "
+    "surfaces and distances as hd95) whose nearest surface voxel of the other mask is at most "
+    "nsd_tolerance_mm away; equal to MONAI's compute_surface_dice(use_subvoxels=False) with the spacing given",
     "ignore_label": "reference voxels with dataset.json's ignore label are left out of every metric",
-    "units": "Dice, IoU, Precision, Recall are fractions in [0, 1]; HD95 in millimetres",
+    "units": "Dice, IoU, Precision, Recall, NSD are fractions in [0, 1]; HD95 in millimetres",
     "case_score": "mean over the dataset's foreground classes of a case's Dice, where defined; a method's "
     "case score is the mean of its case scores over its repeats; a case whose score is undefined (no class "
     "defined) for the method or the baseline is left out of the pairing",

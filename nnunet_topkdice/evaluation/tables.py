@@ -18,6 +18,7 @@ from nnunet_topkdice.evaluation.statistics import MIN_CASES_FOR_005
 
 __all__ = [
     "MEAN_COLUMNS",
+    "PER_CASE_COLUMNS",
     "SOURCE_DIFFERENCE",
     "SOURCE_PAPER",
     "SOURCE_RUN",
@@ -29,16 +30,20 @@ __all__ = [
     "table_rows",
     "to_csv",
     "to_markdown",
+    "to_per_case_csv",
 ]
 
-# results.json metric -> table column (the paper's names; HD95 is not in the paper).
+# results.json metric -> table column (the paper's names; HD95 and NSD are not in the paper).
 MEAN_COLUMNS: dict[str, str] = {
     "Dice": "mDice",
     "IoU": "mIoU",
     "Precision": "mPrec.",
     "Recall": "mRec.",
     "HD95": "mHD95 (mm)",
+    "NSD": "mNSD",
 }
+# per_case.csv: one row per case, class and metric of every repeat of every method
+PER_CASE_COLUMNS = ("method", "repeat", "case", "class", "metric", "value")
 LOWER_IS_BETTER_COLUMNS = frozenset({"mHD95 (mm)"})
 
 SOURCE_RUN = "evaluated"
@@ -219,7 +224,8 @@ def _legend(results: dict) -> list[str]:
     repeated = {name: run["n_repeats"] for name, run in results["runs"].items() if run.get("n_repeats", 1) > 1}
     legend = (
         "Percent with two decimals: each class averaged over the test cases, then over the classes "
-        "(the paper's section 3.2); mHD95 in mm. "
+        "(the paper's section 3.2); mHD95 in mm; mNSD: normalised surface Dice at "
+        f"{results.get('nsd_tolerance_mm', 1.0):g} mm. "
         + ("Class columns are the Dice of each class. " if len(results["classes"]) > 1 else "")
         + ("Mean ± sd over the repeats of a method. " if repeated else "")
         + "Best in **bold**, second best in _italics_ (lower is better for mHD95; equal values get no mark), "
@@ -317,4 +323,26 @@ def to_csv(results: dict) -> str:
             cells.append(str(run["n_repeats"]) if run else "")
             cells += ["" if row.sd.get(col) is None else f"{row.sd[col]:.2f}" for col in columns]
         writer.writerow([row.source, row.name, *cells])
+    return buffer.getvalue()
+
+
+def to_per_case_csv(results: dict) -> str:
+    """Every value that the means summarise, in long format: one row per method, repeat, case, class and
+    metric with the columns :data:`PER_CASE_COLUMNS`. ``repeat`` is the repeat's position (0, 1, ...) in
+    ``results["runs"][method]["prediction_dirs"]``; ``class`` the class name; ``metric`` one of
+    ``results["metrics"]``; ``value`` the value as in ``per_case`` of that repeat (fractions, HD95 in mm),
+    written exactly (``repr``), empty where undefined (NaN when read with ``pandas.read_csv``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PER_CASE_COLUMNS)
+    class_names = [c["name"] for c in results["classes"]]
+    for method, run in results["runs"].items():
+        for index, repeat in enumerate(run["repeats"]):
+            for case in results["cases"]:
+                for name in class_names:
+                    values = repeat["per_case"][case][name]
+                    for metric in results["metrics"]:
+                        value = values[metric]
+                        text = "" if value is None or math.isnan(value) else repr(float(value))
+                        writer.writerow([method, index, case, name, metric, text])
     return buffer.getvalue()
