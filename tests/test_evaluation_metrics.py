@@ -12,6 +12,7 @@ from nnunet_topkdice.evaluation.metrics import (
     class_metrics,
     hausdorff_95,
     image_diagonal,
+    normalised_surface_dice,
     overlap_metrics,
     paper_means,
     surface_voxels,
@@ -36,17 +37,18 @@ def _assert_metrics(actual: dict, expected: dict) -> None:
 @pytest.mark.parametrize(
     ("reference", "prediction", "expected"),
     [
-        # tp=2 fp=1 fn=2: Dice 4/7, IoU 2/5, precision 2/3, recall 2/4
-        ("111100", "001110", {"Dice": 4 / 7, "IoU": 2 / 5, "Precision": 2 / 3, "Recall": 1 / 2}),
-        ("011000", "011000", {"Dice": 1.0, "IoU": 1.0, "Precision": 1.0, "Recall": 1.0, "HD95": 0.0}),
-        # surface distances 3 and 4 both ways; P95 of (3, 4) = 3 + 0.95 * (4 - 3)
-        ("110000", "000011", {"Dice": 0.0, "IoU": 0.0, "Precision": 0.0, "Recall": 0.0, "HD95": 3.95}),
-        # class only in the prediction: nothing to recall, no surface to compare with
-        ("000000", "001100", {"Dice": 0.0, "IoU": 0.0, "Precision": 0.0, "Recall": NAN, "HD95": NAN}),
+        # tp=2 fp=1 fn=2: Dice 4/7, IoU 2/5, precision 2/3, recall 2/4; every voxel is a surface voxel:
+        # distances pred -> ref (0, 0, 1), ref -> pred (2, 1, 0, 0): NSD at 1 mm = (3 + 3) / (3 + 4)
+        ("111100", "001110", {"Dice": 4 / 7, "IoU": 2 / 5, "Precision": 2 / 3, "Recall": 1 / 2, "NSD": 6 / 7}),
+        ("011000", "011000", {"Dice": 1.0, "IoU": 1.0, "Precision": 1.0, "Recall": 1.0, "HD95": 0.0, "NSD": 1.0}),
+        # surface distances 3 and 4 both ways; P95 of (3, 4) = 3 + 0.95 * (4 - 3); none within 1 mm
+        ("110000", "000011", {"Dice": 0.0, "IoU": 0.0, "Precision": 0.0, "Recall": 0.0, "HD95": 3.95, "NSD": 0.0}),
+        # class only in the prediction: nothing to recall, no surface to compare with; NSD 0 like Dice
+        ("000000", "001100", {"Dice": 0.0, "IoU": 0.0, "Precision": 0.0, "Recall": NAN, "HD95": NAN, "NSD": 0.0}),
         # class only in the reference: nothing predicted, so no precision
-        ("001100", "000000", {"Dice": 0.0, "IoU": 0.0, "Precision": NAN, "Recall": 0.0, "HD95": NAN}),
+        ("001100", "000000", {"Dice": 0.0, "IoU": 0.0, "Precision": NAN, "Recall": 0.0, "HD95": NAN, "NSD": 0.0}),
         # absent from both: undefined everywhere (left out of the means)
-        ("000000", "000000", {"Dice": NAN, "IoU": NAN, "Precision": NAN, "Recall": NAN, "HD95": NAN}),
+        ("000000", "000000", {"Dice": NAN, "IoU": NAN, "Precision": NAN, "Recall": NAN, "HD95": NAN, "NSD": NAN}),
     ],
     ids=["partial-overlap", "identical", "disjoint", "empty-reference", "empty-prediction", "both-empty"],
 )
@@ -213,3 +215,112 @@ def test_case_metrics_hd95_policy(policy: str, missed: float, false_positive: fl
 def test_case_metrics_rejects_unknown_hd95_policy() -> None:
     with pytest.raises(ValueError, match="hd95_missing must be one of"):
         case_metrics(np.zeros((2, 2), int), np.zeros((2, 2), int), {"a": 1}, hd95_missing="zero")
+
+
+# --- normalised surface Dice ---------------------------------------------------------------------------
+
+
+def _ball(shape: tuple[int, ...], centre: tuple[float, ...], radius: float) -> np.ndarray:
+    grid = np.indices(shape, dtype=np.float64)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius**2
+
+
+def test_nsd_of_a_sphere_shifted_by_one_voxel() -> None:
+    # shape (z, y, x) = (15, 15, 15), spacing 1 mm; the prediction is the ball moved one voxel along x
+    reference = _ball((15, 15, 15), (7, 7, 7), 4.5)
+    prediction = np.roll(reference, 1, axis=2)
+    # every shifted surface voxel p + e_x has the reference surface voxel p at 1 mm (and vice versa), so at a
+    # 1 mm tolerance the whole surface counts
+    assert normalised_surface_dice(reference, prediction, tolerance=1.0) == 1.0
+    # at 0 mm only the voxels on both surfaces count: 2 |S n S'| / (|S| + |S'|)
+    surface, shifted = surface_voxels(reference), surface_voxels(prediction)
+    expected = 2 * np.count_nonzero(surface & shifted) / (np.count_nonzero(surface) + np.count_nonzero(shifted))
+    assert 0 < expected < 1
+    assert normalised_surface_dice(reference, prediction, tolerance=0.0) == pytest.approx(expected)
+    # in mm: with 2 mm voxels along x the shift is 2 mm, beyond the 1 mm tolerance for part of the surface
+    assert normalised_surface_dice(reference, prediction, (1.0, 1.0, 2.0), tolerance=1.0) < 1.0
+    assert normalised_surface_dice(reference, prediction, (1.0, 1.0, 2.0), tolerance=2.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("spacing", "expected"),
+    [
+        # z steps of 2 mm: the moved half of the prediction is 2 mm from the reference (out); reference
+        # voxels of that half have the unmoved prediction at 0.5 mm (x = 2) and 1.0 mm (x = 3): (8 + 16) / 32
+        ((2.0, 1.0, 0.5), 24 / 32),
+        # x steps of 0.6 mm: x = 3 is now 1.2 mm away: (8 + 12) / 32
+        ((2.0, 1.0, 0.6), 20 / 32),
+        # z steps of 0.9 mm: everything within 1 mm
+        ((0.9, 1.0, 1.0), 1.0),
+    ],
+    ids=["z2-x0.5", "z2-x0.6", "z0.9"],
+)
+def test_nsd_anisotropic_spacing_by_hand(spacing: tuple[float, ...], expected: float) -> None:
+    # shape (z, y, x) = (5, 4, 4): the reference is the plane z = 2 (16 voxels, all on the surface); the
+    # prediction keeps x < 2 there and moves x >= 2 to z = 3
+    reference = np.zeros((5, 4, 4), dtype=bool)
+    reference[2] = True
+    prediction = np.zeros_like(reference)
+    prediction[2, :, :2] = True
+    prediction[3, :, 2:] = True
+    assert normalised_surface_dice(reference, prediction, spacing, tolerance=1.0) == pytest.approx(expected)
+    metrics = class_metrics(reference, prediction, spacing, nsd_tolerance=1.0)
+    assert metrics["NSD"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("reference", "prediction", "expected"),
+    [("011000", "000000", 0.0), ("000000", "011000", 0.0), ("000000", "000000", NAN)],
+    ids=["empty-prediction", "empty-reference", "both-empty"],
+)
+def test_nsd_of_empty_masks(reference: str, prediction: str, expected: float) -> None:
+    result = normalised_surface_dice(_row(reference), _row(prediction))
+    assert math.isnan(result) if math.isnan(expected) else result == expected
+
+
+@pytest.mark.parametrize("tolerance", [-0.5, math.inf, NAN, "1"], ids=["negative", "inf", "nan", "str"])
+def test_nsd_rejects_bad_tolerance(tolerance) -> None:
+    with pytest.raises(ValueError, match="nsd_tolerance must be a finite number of mm >= 0"):
+        normalised_surface_dice(_row("0110"), _row("0110"), tolerance=tolerance)
+    with pytest.raises(ValueError, match="nsd_tolerance must be a finite number of mm >= 0"):
+        case_metrics(_row("0110").astype(int), _row("0110").astype(int), {"a": 1}, nsd_tolerance=tolerance)
+
+
+def _monai_nsd(reference: np.ndarray, prediction: np.ndarray, spacing, tolerance: float, **kwargs) -> float:
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    def one_hot(mask: np.ndarray) -> torch.Tensor:  # (1, 2, *spatial): background, foreground
+        mask = torch.from_numpy(mask)
+        return torch.stack([~mask, mask])[None].float()
+
+    return compute_surface_dice(
+        one_hot(prediction), one_hot(reference), [tolerance], spacing=list(spacing), **kwargs
+    ).item()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # a deprecation inside MONAI
+@pytest.mark.parametrize(
+    ("seed", "tolerance"), [(0, 1.0), (1, 0.5), (2, 2.0), (3, 0.0)], ids=["s0-1mm", "s1-0.5mm", "s2-2mm", "s3-0mm"]
+)
+def test_nsd_matches_monai(seed: int, tolerance: float) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (9, 20, 24)  # (z, y, x), anisotropic spacing below
+    spacing = (2.5, 0.8, 0.6)
+    reference, prediction = _random_blob(rng, shape), _random_blob(rng, shape)
+    expected = _monai_nsd(reference, prediction, spacing, tolerance, use_subvoxels=False)
+    assert 0 < expected < 1
+    assert normalised_surface_dice(reference, prediction, spacing, tolerance) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_nsd_matches_monai_on_the_shifted_sphere_and_differs_from_its_subvoxel_variant() -> None:
+    reference = _ball((15, 15, 15), (7, 7, 7), 4.5)
+    prediction = np.roll(reference, 1, axis=2)
+    spacing = (1.0, 1.0, 2.0)
+    ours = normalised_surface_dice(reference, prediction, spacing, tolerance=1.0)
+    assert ours == pytest.approx(_monai_nsd(reference, prediction, spacing, 1.0, use_subvoxels=False), rel=1e-6)
+    # MONAI's use_subvoxels=True (DeepMind's surface-distance) puts the surface between the voxels and weights
+    # each element by its area: a different number for the same masks (documented in the metrics module)
+    subvoxel = _monai_nsd(reference, prediction, spacing, 1.0, use_subvoxels=True)
+    assert subvoxel != pytest.approx(ours, abs=1e-3)

@@ -20,6 +20,7 @@ Conventions (also in docs/evaluation.md and in ``results.json["conventions"]``),
   :data:`NSD_TOLERANCE_MM`): on the same surface voxels and distances as HD95, the fraction of the surface
   voxels of both masks whose nearest voxel on the other surface lies within ``tau``,
   ``(|{p in S_pred: d(p, S_ref) <= tau}| + |{r in S_ref: d(r, S_pred) <= tau}|) / (|S_pred| + |S_ref|)``.
+  A distance equal to ``tau`` counts (up to floating-point rounding, :data:`NSD_ROUNDING_SLACK`).
   A fraction in [0, 1]; like Dice it is NaN when both masks are empty and 0 when only one is (no
   ``hd95_missing`` policy needed). Equal to MONAI's ``compute_surface_dice(use_subvoxels=False)`` with
   the spacing given; MONAI's ``use_subvoxels=True`` (DeepMind's ``surface-distance``) weights each surface
@@ -61,6 +62,8 @@ METRICS = (*OVERLAP_METRICS, "HD95", "NSD")
 # NSD's default tolerance in mm (the value several challenges use, e.g. the Medical Segmentation Decathlon's
 # follow-ups and FLARE); ``topkdice evaluate --nsd-tolerance`` changes it.
 NSD_TOLERANCE_MM = 1.0
+# relative slack of the NSD comparison ``distance <= tolerance``, far below any gap between grid distances
+NSD_ROUNDING_SLACK = 1e-9
 # What HD95 is where exactly one of reference and prediction contains the class (see the module docstring).
 HD95_MISSING_POLICIES = ("diagonal", "exclude")
 
@@ -162,7 +165,10 @@ def _nsd_from_distances(
     if distances is None:  # an empty mask: NaN when both are empty, else 0 (as Dice)
         return math.nan if n_reference == 0 and n_prediction == 0 else 0.0
     pred_to_ref, ref_to_pred = distances
-    within = np.count_nonzero(pred_to_ref <= tolerance) + np.count_nonzero(ref_to_pred <= tolerance)
+    # a distance equal to the tolerance counts; the slack absorbs rounding of spacing products
+    # (0.6 * 5 = 3.0000000000000004), which MONAI's float32 distances absorb too
+    limit = tolerance + NSD_ROUNDING_SLACK * max(tolerance, 1.0)
+    within = np.count_nonzero(pred_to_ref <= limit) + np.count_nonzero(ref_to_pred <= limit)
     return float(within) / float(pred_to_ref.size + ref_to_pred.size)
 
 
