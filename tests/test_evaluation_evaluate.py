@@ -541,7 +541,9 @@ def test_repeats_baseline_and_comparisons(tiny: dict) -> None:
     assert markdown.rstrip().endswith("over 2 cases x 2 repeats (baseline: 1): too few cases for the Wilcoxon test "
                                       "to reach 0.05")
     csv_lines = (tiny["root"] / "out" / "table.csv").read_text().splitlines()
-    assert csv_lines[0].endswith(",n_repeats,mDice sd,mIoU sd,mPrec. sd,mRec. sd,mHD95 (mm) sd,mNSD sd,liver sd,tumour sd")
+    assert csv_lines[0].endswith(
+        ",n_repeats,mDice sd,mIoU sd,mPrec. sd,mRec. sd,mHD95 (mm) sd,mNSD sd,liver sd,tumour sd"
+    )
     assert csv_lines[1].startswith("evaluated,A,89.88,")
     assert ",2,14.31," in csv_lines[1]
 

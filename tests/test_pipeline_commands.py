@@ -81,13 +81,16 @@ def test_evaluate_command_repeats_a_name_per_seed_and_parses_back() -> None:
     from nnunet_topkdice.cli import build_parser
 
     runs = [("CE + Dice", Path("/p/a0")), ("CE + Dice", Path("/p/a1")), ("X", Path("/p/b0"))]
-    argv = commands.evaluate_command(Path("/labels"), runs, 201, Path("/out"), baseline="CE + Dice", paper="synapse")
+    argv = commands.evaluate_command(Path("/labels"), runs, 201, Path("/out"), baseline="CE + Dice", paper="synapse",
+                                     images_dir=Path("/raw/imagesTs"))  # fmt: skip
     assert argv == [
         "topkdice", "evaluate", "-r", "/labels", "-p", "CE + Dice=/p/a0", "CE + Dice=/p/a1", "X=/p/b0",
         "--baseline", "CE + Dice", "-d", "201", "-o", "/out", "-np", "1", "--paper", "synapse",
+        "--images", "/raw/imagesTs",
     ]  # fmt: skip
     args = build_parser().parse_args(argv[1:])
     assert args.predictions == [(n, p) for n, p in runs]
+    assert args.images == Path("/raw/imagesTs")
 
 
 def test_shell_line_quotes_and_shows_environment() -> None:
@@ -289,6 +292,8 @@ def test_crossval_steps_in_order(tmp_path: Path) -> None:
     assert reference_dir(config) == config.workdir / "crossval" / "reference"
     assert evaluation_runs(config)[:2] == [("A", config.workdir / "crossval" / "TrainerA" / "seed_0"),
                                            ("A", config.workdir / "crossval" / "TrainerA" / "seed_1")]  # fmt: skip
+    # the case pictures of cross-validation cases come from imagesTr
+    assert describe_steps(compare_steps(config))[-1].endswith(f"--images {config.raw_dataset / 'imagesTr'}")
 
 
 def test_test_set_steps_train_fold_all_and_predict_per_seed(tmp_path: Path) -> None:
@@ -302,6 +307,7 @@ def test_test_set_steps_train_fold_all_and_predict_per_seed(tmp_path: Path) -> N
     assert lines[7].startswith(f"[8/10] $ nnUNet_results={seed_root} nnUNetv2_predict -i ")
     assert lines[7].endswith("-f all -tr TrainerA -device cpu -npp 1 -nps 1")
     assert "--baseline B -d 4 -o" in lines[9] and f"-r {config.raw_dataset / 'labelsTs'}" in lines[9]
+    assert lines[9].endswith(f"--images {config.raw_dataset / 'imagesTs'}")
 
 
 def test_training_step_resumes_and_revalidates(tmp_path: Path) -> None:
@@ -520,7 +526,8 @@ def test_reproduce_dry_run_is_the_papers_preset(
     assert "topkdice train --seed 1 202 2d 0 -tr nnUNetTrainerTopKDice -device cpu" in out[11]
     assert "-f 0 -tr nnUNetTrainerCELoss" in out[12]
     assert out[-1].endswith("--baseline 'CE + Dice' -d 202 -o " + str(tmp_path / "w" / "evaluation" / "fold_0")
-                            + " -np " + str(pipeline_cli.DEFAULT_NUM_PROCESSES) + " --paper acdc")  # fmt: skip
+                            + " -np " + str(pipeline_cli.DEFAULT_NUM_PROCESSES) + " --paper acdc --images "
+                            + str(tmp_path / "w" / "nnUNet_raw" / "Dataset202_ACDC" / "imagesTs"))  # fmt: skip
 
 
 def test_the_collect_command_is_the_same_call_without_the_mode(tmp_path: Path) -> None:
@@ -546,6 +553,22 @@ def test_summary_moves_the_paired_comparison_after_the_table() -> None:
         ["Paired comparison with the baseline 'A' (...):", "B vs A: +1.00 mDice"],
     )
     assert split_table("| a |\n\nB vs A: x\n", ["B vs A: x"]) == (["| a |"], ["B vs A: x"])
+
+
+def test_summary_names_the_case_pictures(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from nnunet_topkdice.pipeline.session import print_summary
+
+    config = _config(tmp_path, test_set=True)
+    out = config.evaluation_dir
+    out.mkdir(parents=True)
+    (out / "table.md").write_text("## Title\n\n| a |\n")
+    pictures = {"files": {"B": "cases/B_vs_A.png"}}
+    (out / "results.json").write_text(json.dumps({"comparisons": [], "case_pictures": pictures}))
+    print_summary(config)
+    lines = capsys.readouterr().out.splitlines()
+    assert f"Cases:       {out / 'cases' / 'B_vs_A.png'}" in lines
+    tables = ", ".join(str(out / name) for name in ("table.md", "table.csv", "per_case.csv", "results.json"))
+    assert f"Tables:      {tables}" in lines
 
 
 class _Terminal(__import__("io").StringIO):

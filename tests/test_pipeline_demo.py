@@ -74,5 +74,7 @@ def test_demo_twice_gives_identical_results_and_a_short_terminal(tmp_path: Path)
     assert len(lines) <= 60, "\n".join(lines)
     assert one.stdout.count("| CE + topK-Dice ") == 1
     assert one.stdout.strip().splitlines()[-1].startswith("CE + topK-Dice vs CE + Dice: ")
+    picture = first / "evaluation" / "fold_all" / "cases" / "CE_+_topK-Dice_vs_CE_+_Dice.png"
+    assert picture.is_file() and any(line.startswith("Cases:") and line.endswith(picture.name) for line in lines)
     assert "Please cite" not in one.stderr + one.stdout
     assert "Please cite" in (first / "logs" / "train_nnUNetTrainerTopKDiceDemo_seed1_foldall.log").read_text()

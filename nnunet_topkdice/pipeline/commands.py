@@ -127,10 +127,13 @@ def evaluate_command(
     baseline: str | None = None,
     paper: str | None = None,
     num_processes: int = 1,
+    images_dir: Path | None = None,
 ) -> list[str]:
-    """``topkdice evaluate -r LABELS -p NAME=PRED [NAME=PRED ...] [--baseline NAME] -d ID -o OUT -np N [--paper X]``.
+    """``topkdice evaluate -r LABELS -p NAME=PRED [NAME=PRED ...] [--baseline NAME] -d ID -o OUT -np N [--paper X]
+    [--images IMAGES]``.
 
     ``runs`` keeps its order; a name given several times is one method over several repeats (seeds).
+    ``images_dir`` (imagesTs or imagesTr) makes ``evaluate`` draw the cases that decide each comparison.
     """
     argv = ["topkdice", "evaluate", "-r", str(labels_dir), "-p"]
     argv += [f"{name}={predictions}" for name, predictions in runs]
@@ -139,4 +142,6 @@ def evaluate_command(
     argv += ["-d", str(dataset_id), "-o", str(out_dir), "-np", str(num_processes)]
     if paper is not None:
         argv += ["--paper", paper]
+    if images_dir is not None:
+        argv += ["--images", str(images_dir)]
     return argv

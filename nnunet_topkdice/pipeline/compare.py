@@ -375,6 +375,11 @@ def reference_step(config: CompareConfig) -> Step:
     return Step("collect_reference", title, done, action=action)
 
 
+def images_dir(config: CompareConfig) -> Path:
+    """The images of the evaluated cases, for the case pictures: imagesTs for the test set, else imagesTr."""
+    return config.raw_dataset / ("imagesTs" if config.test_set else "imagesTr")
+
+
 def evaluation_runs(config: CompareConfig) -> list[tuple[str, Path]]:
     """``(name, predictions)`` per trainer and seed, a trainer's seeds next to each other."""
     return [(name, config.predictions_dir(name, seed)) for name in config.trainers for seed in config.seeds]
@@ -387,7 +392,7 @@ def evaluation_step(config: CompareConfig) -> Step:
         return commands.evaluate_command(
             reference_dir(config), runs, config.dataset_id, config.evaluation_dir,
             baseline=config.baseline_name if len(config.trainers) > 1 else None,
-            paper=config.paper, num_processes=config.num_processes,
+            paper=config.paper, num_processes=config.num_processes, images_dir=images_dir(config),
         )  # fmt: skip
 
     def stamp() -> dict:

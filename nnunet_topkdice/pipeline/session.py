@@ -132,7 +132,9 @@ def print_summary(config: CompareConfig) -> None:
     print("\n".join(table))
     print()
     print(f"Figure:      {out / 'figure.png'}")
-    print(f"Tables:      {out / 'table.md'}, {out / 'table.csv'}, {out / 'results.json'}")
+    print(f"Tables:      {out / 'table.md'}, {out / 'table.csv'}, {out / 'per_case.csv'}, {out / 'results.json'}")
+    for picture in (results.get("case_pictures") or {}).get("files", {}).values():
+        print(f"Cases:       {out / picture}")
     if config.test_set:
         print(f"Predictions: {config.workdir}/predictions/fold_{config.fold_tag}/<trainer>/seed_<S>")
     else:

@@ -254,7 +254,7 @@ def files_linked(sources: Mapping[str, Path], out_dir: Path) -> bool:
 
 # --- evaluations --------------------------------------------------------------------------------------
 
-EVALUATION_FILES: tuple[str, ...] = ("results.json", "table.md", "table.csv", "figure.png")
+EVALUATION_FILES: tuple[str, ...] = ("results.json", "table.md", "table.csv", "per_case.csv", "figure.png")
 EVALUATION_STAMP = ".topkdice_pipeline.json"  # what the evaluation in a folder was run on
 
 
