@@ -386,3 +386,14 @@ def test_cli_default_tolerance_is_the_metrics_default() -> None:
     from nnunet_topkdice.evaluation.metrics import NSD_TOLERANCE_MM
 
     assert NSD_TOLERANCE_DEFAULT == NSD_TOLERANCE_MM == 1.0
+
+
+def test_read_image_shows_a_colour_picture_in_grey(tmp_path: Path) -> None:
+    from nnunet_topkdice.evaluation.label_io import read_image
+
+    rgb = np.zeros((2, 3, 3), dtype=np.float32)  # (y, x, channel)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 3.0, 6.0, 9.0
+    path = tmp_path / "c_0000.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(path))
+    image = read_image(path)
+    assert image.array.shape == (2, 3) and np.all(image.array == 6.0)

@@ -149,21 +149,21 @@ def read_label_image(path: Path) -> LabelImage:
 
 
 def read_image(path: Path) -> LabelImage:
-    """Read an image file (one channel, e.g. ``<case>_0000.nii.gz``) with the same reader as the labels.
+    """Read an image file (e.g. ``<case>_0000.nii.gz``) with the same reader as the labels, for display.
 
     Returns:
-        A :class:`LabelImage` whose ``array`` holds the intensities as float32 (z, y, x).
+        A :class:`LabelImage` whose ``array`` holds the intensities as float32 (z, y, x); an image with
+        several components per pixel (an RGB picture) is their mean (grey).
     Raises:
-        InputError: the file cannot be read or has several components per pixel.
+        InputError: the file cannot be read.
     """
     import SimpleITK as sitk
 
     image = _read_sitk(path)
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected one channel"
-        )
-    return LabelImage(array=sitk.GetArrayFromImage(image).astype(np.float32), **_grid(image))
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = array.mean(axis=-1)
+    return LabelImage(array=array, **_grid(image))
 
 
 def read_geometry(path: Path) -> ImageGeometry:
