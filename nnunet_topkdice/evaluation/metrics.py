@@ -24,7 +24,8 @@ Conventions (also in docs/evaluation.md and in ``results.json["conventions"]``),
   A fraction in [0, 1]; like Dice it is NaN when both masks are empty and 0 when only one is (no
   ``hd95_missing`` policy needed). Equal to MONAI's ``compute_surface_dice(use_subvoxels=False)`` with
   the spacing given; MONAI's ``use_subvoxels=True`` (DeepMind's ``surface-distance``) weights each surface
-  element by its area instead of counting voxels, which gives slightly different values.
+  element by its area instead of counting voxels, which gives different (in the tests' examples higher)
+  values: a ball shifted by one 2 mm voxel scores 0.839 here and 0.941 there at 1 mm.
 
 Means (paper section 3.2): each class over the test cases where its value is defined, then the class
 means over the classes that have one (``mDice``, ``mIoU``, ``mPrec.``, ``mRec.``, ``mHD95``, ``mNSD``).
