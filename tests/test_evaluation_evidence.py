@@ -66,7 +66,7 @@ def _missing(count: int, z: int) -> np.ndarray:
 
 @pytest.fixture
 def cases(tmp_path: Path) -> dict:
-    """labelsTs, imagesTs (channel 0), and the folders of baseline A and method B (B with two repeats)."""
+    """labelsTs, imagesTs (channel 0), and the folders of baseline A, method B and B's second repeat B2."""
     root = tmp_path
     dataset_json = root / "Dataset990_Cases" / "dataset.json"
     dataset_json.parent.mkdir()
@@ -81,7 +81,7 @@ def cases(tmp_path: Path) -> dict:
         _write(folders["imagesTs"] / f"{case}_0000.nii.gz", image)
         _write(folders["A"] / f"{case}.nii.gz", _missing(missed_a, z=1))
         _write(folders["B"] / f"{case}.nii.gz", _missing(missed_b, z=2))
-        _write(folders["B2"] / f"{case}.nii.gz", _missing(missed_b, z=2))
+        _write(folders["B2"] / f"{case}.nii.gz", _missing(missed_b + 2, z=2))  # B's second repeat misses 2 more
     return {"root": root, "dataset_json": dataset_json, **folders}
 
 
@@ -258,8 +258,10 @@ def test_case_picture_with_repeats_and_no_difference(cases: dict) -> None:
     runs = [("A", cases["A"]), ("B", cases["B"]), ("B", cases["B2"]), ("same", cases["A"])]
     evaluate_runs(cases["labelsTs"], runs, cases["dataset_json"], out, images_dir=cases["imagesTs"])
     shown = json.loads((out / "cases" / "B_vs_A.json").read_text())
-    assert shown["n_repeats"] == 1  # paired repeats: the baseline has one
-    assert shown["rows"][0]["method_dice_drawn"] == pytest.approx(_dice(0))
+    assert shown["n_repeats"] == {"A": 1, "B": 2}
+    first = shown["rows"][0]
+    assert first["case"] == "c0" and first["method_dice"] == pytest.approx((_dice(0) + _dice(2)) / 2)
+    assert first["method_dice_drawn"] == pytest.approx(_dice(0))  # the first repeat is drawn
     same = json.loads((out / "cases" / "same_vs_A.json").read_text())
     assert same["rows"] == [] and same["axes_shape"] == [0, 0]
     assert (out / "cases" / "same_vs_A.png").is_file()

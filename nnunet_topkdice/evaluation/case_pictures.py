@@ -17,7 +17,6 @@ evaluation work starts.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,11 +189,13 @@ def _as_volume(array: np.ndarray) -> np.ndarray:
 
 
 def _pick_rows(results: Mapping[str, Any], method: str, n_each: int) -> list[dict[str, Any]]:
-    """The chosen cases with their scores (repeat-averaged) and difference."""
+    """The chosen cases with their case scores: repeat-averaged, and of the first repeat (the one drawn)."""
     cases, class_names = results["cases"], [c["name"] for c in results["classes"]]
     baseline = results["baseline"]
-    method_scores = case_scores(dice_array(results["runs"][method], cases, class_names))
-    baseline_scores = case_scores(dice_array(results["runs"][baseline], cases, class_names))
+    method_dice = dice_array(results["runs"][method], cases, class_names)
+    baseline_dice = dice_array(results["runs"][baseline], cases, class_names)
+    method_scores, baseline_scores = case_scores(method_dice), case_scores(baseline_dice)
+    method_drawn, baseline_drawn = case_scores(method_dice[:1]), case_scores(baseline_dice[:1])
     differences = method_scores - baseline_scores
     gains, losses = select_cases(differences, n_each)
     return [
@@ -204,24 +205,20 @@ def _pick_rows(results: Mapping[str, Any], method: str, n_each: int) -> list[dic
             "difference": float(differences[i]),
             "baseline_dice": float(baseline_scores[i]),
             "method_dice": float(method_scores[i]),
+            "baseline_dice_drawn": float(baseline_drawn[i]),
+            "method_dice_drawn": float(method_drawn[i]),
         }
         for kind, indices in (("gain", gains), ("loss", losses))
         for i in indices
     ]
 
 
-def _first_repeat_score(run: Mapping[str, Any], case: str, class_names: Sequence[str]) -> float:
-    values = [run["repeats"][0]["per_case"][case][name]["Dice"] for name in class_names]
-    defined = [float(v) for v in values if v is not None and not math.isnan(v)]
-    return math.fsum(defined) / len(defined) if defined else math.nan
-
-
-def _title(row: Mapping[str, Any], baseline: str, method: str, n_repeats: int) -> str:
+def _title(row: Mapping[str, Any], baseline: str, method: str, repeated: bool) -> str:
     head = (
         f"{row['case']} ({row['kind']} {100 * row['difference']:+.2f} points): "
         f"{baseline} Dice {row['baseline_dice']:.3f}, {method} Dice {row['method_dice']:.3f}"
     )
-    if n_repeats > 1:
+    if repeated:
         head += (
             f"\nmean over the repeats; drawn: repeat 1 (Dice {row['baseline_dice_drawn']:.3f} vs "
             f"{row['method_dice_drawn']:.3f}), slice {row['slice']}"
@@ -233,8 +230,8 @@ def _title(row: Mapping[str, Any], baseline: str, method: str, n_repeats: int) -
 
 def _draw_row(axes, row: dict[str, Any], images: Mapping[str, Path], results: Mapping[str, Any], method: str,
               colours: Mapping[int, np.ndarray]) -> None:  # fmt: skip
-    """Read the case's files, choose the slice and draw the four panels of one row (adds ``slice`` and
-    the drawn repeat's Dice to ``row``)."""
+    """Read the case's files, choose the slice and draw the four panels of one row (adds ``slice`` to
+    ``row``)."""
     baseline = results["baseline"]
     ending = results["dataset"]["file_ending"]
     case = row["case"]
@@ -246,10 +243,7 @@ def _draw_row(axes, row: dict[str, Any], images: Mapping[str, Path], results: Ma
     ]
     image = _as_volume(read_image(images[case]).array)
     index = _slice_with_most_disagreement(*predictions, reference)
-    class_names = [c["name"] for c in results["classes"]]
     row["slice"] = int(index)
-    row["baseline_dice_drawn"] = _first_repeat_score(results["runs"][baseline], case, class_names)
-    row["method_dice_drawn"] = _first_repeat_score(results["runs"][method], case, class_names)
 
     spacing = reference_image.spacing[-2:]
     aspect = spacing[0] / spacing[1]
@@ -303,10 +297,10 @@ def draw_case_picture(
         n_each: gains and losses drawn (at most; fewer where fewer cases differ).
     Returns:
         ``method``, ``baseline``, ``columns`` (the four column titles), ``axes_shape`` ``[rows, 4]`` of the
-        drawn grid (``[0, 0]`` when no case differs), ``n_repeats`` and ``rows``: one dict per drawn case,
-        in order: ``case``, ``kind`` (``gain``/``loss``), ``difference``, ``baseline_dice``,
-        ``method_dice`` (repeat-averaged case scores), ``slice`` (axis-0 index), ``baseline_dice_drawn``,
-        ``method_dice_drawn`` (the drawn first repeat's case scores).
+        drawn grid (``[0, 0]`` when no case differs), ``n_repeats`` (baseline and method -> count) and
+        ``rows``: one dict per drawn case, in order: ``case``, ``kind`` (``gain``/``loss``), ``difference``,
+        ``baseline_dice``, ``method_dice`` (repeat-averaged case scores), ``baseline_dice_drawn``,
+        ``method_dice_drawn`` (the drawn first repeat's case scores) and ``slice`` (axis-0 index).
     Raises:
         InputError: a file cannot be read.
     """
@@ -317,7 +311,7 @@ def draw_case_picture(
     values = _label_values(results["classes"])
     # nnU-Net's colour cycle without its first entry (black, the background)
     colours = {v: np.array(hex_to_rgb(color_cycle[1 + i % (len(color_cycle) - 1)])) / 255 for i, v in enumerate(values)}
-    n_repeats = min(results["runs"][method]["n_repeats"], results["runs"][baseline]["n_repeats"])
+    n_repeats = {name: results["runs"][name]["n_repeats"] for name in (baseline, method)}
     columns = ["image", "reference", f"baseline: {baseline}", f"method: {method}"]
     if not rows:
         fig, ax = plt.subplots(figsize=(8, 2))
@@ -332,7 +326,7 @@ def draw_case_picture(
             for ax, title in zip(axes, columns, strict=True):
                 ax.set_title(title, fontsize=9)
             _draw_row(axes, row, images, results, method, colours)
-            subfigure.suptitle(_title(row, baseline, method, results["runs"][method]["n_repeats"]), fontsize=10)
+            subfigure.suptitle(_title(row, baseline, method, max(n_repeats.values()) > 1), fontsize=10)
             grid.append(len(axes))
         axes_shape = [len(grid), max(grid)]
         fig.legend(handles=_legend_handles(results["classes"], colours), loc="outside lower center",
