@@ -273,7 +273,7 @@ def _legend_handles(classes: Sequence[Mapping[str, Any]], colours: Mapping[int, 
         if isinstance(label, (list, tuple)):  # a region: its labels keep their own colours
             continue
         if label in colours:
-            handles.append(Patch(facecolor=colours[label], label=c["name"]))
+            handles.append(Patch(facecolor=colours[label], label=c.get("column", c["name"])))  # as in the table
     handles.append(Patch(facecolor="none", edgecolor=FALSE_POSITIVE_COLOUR, label="false positive"))
     handles.append(Patch(facecolor="none", edgecolor=FALSE_NEGATIVE_COLOUR, label="false negative"))
     return handles
