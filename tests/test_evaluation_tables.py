@@ -123,6 +123,17 @@ def test_rank_marks_groups_are_separate_and_small_groups_get_fewer_marks() -> No
     assert rank_marks(rows, ["mDice"]) == {(1, "mDice"): "best"}
 
 
+def test_a_lone_value_next_to_undefined_ones_is_not_best() -> None:
+    # the probe of issue 24: a baseline empty everywhere has no precision (n/a), a method at 0.00 was bold
+    rows = [
+        TableRow(SOURCE_RUN, "empty baseline", {"mDice": 0.0, "mPrec.": None, "mRec.": 10.0}),
+        TableRow(SOURCE_RUN, "method", {"mDice": 0.0, "mPrec.": 0.0, "mRec.": float("nan")}),
+        TableRow(SOURCE_RUN, "other", {"mDice": None, "mPrec.": None, "mRec.": 5.0}),
+    ]
+    # mDice ties at 0.00; mPrec. has one defined value; mRec.: two defined values, so best but no second
+    assert rank_marks(rows, ["mDice", "mPrec.", "mRec."]) == {(0, "mRec."): "best"}
+
+
 @pytest.mark.parametrize("key", ["synapse", "acdc"])
 def test_paper_mean_dice_is_the_mean_of_its_class_columns(key: str) -> None:
     # Guards the copied numbers: in Tables 1 and 2 mDice is the mean of the per-class Dice (to rounding).

@@ -130,22 +130,28 @@ def table_rows(results: dict) -> list[TableRow]:
     return method_rows + _paper_rows(results, method_rows)
 
 
+def _defined(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
 def rank_marks(rows: Sequence[TableRow], columns: Sequence[str]) -> dict[tuple[int, str], str]:
     """Best and second best per column, ranked on the displayed (two-decimal) values.
 
     Ranked separately among the evaluated methods (on their means) and among the paper's rows (difference
     rows are not ranked). Higher is better except for mHD95. A row is ``best`` when its value is strictly
     better than every other row's, ``second`` when exactly one row is strictly better and no other row
-    equals it: equal values make no winner (two 0.00 are not "best"). ``best`` needs two ranked rows in
-    the group, ``second`` three. Returns ``{(row index, column): "best" | "second"}``.
+    equals it: equal values make no winner (two 0.00 are not "best"). Only defined values are ranked
+    (None and NaN, shown as n/a, are left out): ``best`` needs two rows with a value in the column,
+    ``second`` three, so a lone 0.00 next to an undefined value is not "best".
+    Returns ``{(row index, column): "best" | "second"}``.
     """
     marks: dict[tuple[int, str], str] = {}
     for source in (SOURCE_RUN, SOURCE_PAPER):
         group = [i for i, r in enumerate(rows) if r.source == source]
-        if len(group) < 2:
-            continue
         for col in columns:
-            scored = {i: round(rows[i].values[col], 2) for i in group if rows[i].values.get(col) is not None}
+            scored = {i: round(rows[i].values[col], 2) for i in group if _defined(rows[i].values.get(col))}
+            if len(scored) < 2:
+                continue
             sign = -1 if col in LOWER_IS_BETTER_COLUMNS else 1
             for i, value in scored.items():
                 n_better = sum(sign * other > sign * value for other in scored.values())
@@ -154,7 +160,7 @@ def rank_marks(rows: Sequence[TableRow], columns: Sequence[str]) -> dict[tuple[i
                     continue
                 if n_better == 0:
                     marks[(i, col)] = "best"
-                elif n_better == 1 and len(group) >= 3:
+                elif n_better == 1 and len(scored) >= 3:
                     marks[(i, col)] = "second"
     return marks
 
