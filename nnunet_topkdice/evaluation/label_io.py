@@ -4,6 +4,7 @@ holds only the dataset's label values."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ __all__ = [
     "ImageGeometry",
     "LabelImage",
     "check_label_values",
+    "check_no_dangling_links",
     "check_same_cases",
     "check_same_geometry",
     "find_cases",
@@ -66,11 +68,12 @@ def find_cases(folder: Path, file_ending: str) -> dict[str, Path]:
     """Case id -> file for every ``<case><file_ending>`` in ``folder`` (other files are ignored).
 
     Raises:
-        InputError: the folder does not exist or holds no such file.
+        InputError: the folder does not exist or holds no such file; a case file is a dangling link.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"folder not found: {folder}")
+    check_no_dangling_links(folder, file_ending)
     cases = {
         p.name.removesuffix(file_ending): p
         for p in sorted(folder.iterdir())
@@ -79,6 +82,24 @@ def find_cases(folder: Path, file_ending: str) -> dict[str, Path]:
     if not cases:
         raise InputError(f"no '*{file_ending}' files in {folder}")
     return cases
+
+
+def check_no_dangling_links(folder: Path, file_ending: str) -> None:
+    """Refuse case files that are symbolic links to nothing (a moved or deleted target): skipping them
+    would drop the case from the evaluation without a word.
+
+    Raises:
+        InputError: naming the first such links, their targets and how many there are.
+    """
+    dangling = sorted(
+        p for p in Path(folder).iterdir() if p.name.endswith(file_ending) and p.is_symlink() and not p.exists()
+    )
+    if dangling:
+        shown = "; ".join(f"{p} -> {os.readlink(p)}" for p in dangling[:3])
+        raise InputError(
+            f"{len(dangling)} case file(s) in {folder} are links to files that do not exist: {shown}"
+            + (" ..." if len(dangling) > 3 else "")
+        )
 
 
 def _listing(names: list[str]) -> str:
