@@ -14,6 +14,7 @@ from tqdm import tqdm
 from nnunet_topkdice.evaluation.dataset import DatasetInfo
 from nnunet_topkdice.evaluation.label_io import check_label_values, check_same_geometry, read_label_image
 from nnunet_topkdice.evaluation.metrics import NSD_TOLERANCE_MM, case_metrics
+from nnunet_topkdice.input_checks import check_finite_file
 
 __all__ = ["CaseJob", "evaluate_case", "run_case_jobs"]
 
@@ -42,13 +43,16 @@ def evaluate_case(job: CaseJob) -> tuple[str, dict[int, dict[str, dict]]]:
     """Metrics of one case for every folder: ``(case, {folder index: class -> metrics})``.
 
     Raises:
-        InputError: unreadable file, label values outside the dataset, a prediction not on the
+        InputError: unreadable file, NaN or infinite voxels (counted as stored, see
+        :mod:`nnunet_topkdice.input_checks`), label values outside the dataset, a prediction not on the
         reference's image grid (size, spacing, origin, direction).
     """
+    check_finite_file(job.reference, f"case {job.case}: reference")
     reference = read_label_image(job.reference)
     check_label_values(reference.array, job.reference, job.info.allowed_values)
     out: dict[int, dict[str, dict]] = {}
     for index, path in job.predictions.items():
+        check_finite_file(path, f"case {job.case}: prediction")
         prediction = read_label_image(path)
         check_same_geometry(job.case, reference, job.reference, prediction, path)
         check_label_values(prediction.array, path, job.info.allowed_values)

@@ -52,12 +52,23 @@ def _label_value(name: str, value: Any, source: str) -> ClassValue:
     raise InputError(f"{source}: label {name!r} must be an integer or a list of integers, got {value!r}")
 
 
+def _json_type(value: Any) -> str:
+    names = {list: "list", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def dataset_info_from_json(dataset_json: Mapping[str, Any], source: str = "dataset.json") -> DatasetInfo:
     """Parse the parts of an nnU-Net dataset.json that the evaluation uses.
 
     Raises:
-        InputError: no ``labels``, a label value that is not an integer (list), no foreground class.
+        InputError: not a JSON object, no ``labels``, a label value that is not an integer (list), no
+            foreground class.
     """
+    if not isinstance(dataset_json, Mapping):
+        raise InputError(
+            f"{source} must hold a JSON object with 'labels' and 'file_ending' (nnU-Net's dataset.json), "
+            f"got a JSON {_json_type(dataset_json)}"
+        )
     labels = dataset_json.get("labels")
     if not isinstance(labels, Mapping) or not labels:
         raise InputError(f"{source} has no 'labels' mapping")

@@ -32,6 +32,7 @@ from nnunet_topkdice.evaluation.results import (
     nan_to_none,
     repeat_result,
 )
+from nnunet_topkdice.input_checks import check_output_folder
 
 __all__ = [
     "OUTPUT_FILES",
@@ -290,13 +291,16 @@ def evaluate_runs(
         None) and ``case_pictures`` (``images_dir``, ``n_each``, ``files``: method -> PNG path relative to
         ``out_dir``; or None). Values are fractions in [0, 1], HD95 in mm.
     Raises:
-        InputError: missing folders, no runs, an unknown baseline, different case sets, a prediction whose
-        size, spacing, origin or direction differs from its reference, label values outside the dataset,
-        labels that do not match ``paper``, bad ``num_processes``, ``hd95_missing`` or ``nsd_tolerance``; with
-        ``images_dir``: the folder missing, a case without its image, an image not on its reference's grid.
+        InputError: missing folders, an output folder that is a file or not writable (checked before any
+        work), no runs, an unknown baseline, different case sets, a dangling link, NaN or infinite voxels, a
+        prediction whose size, spacing, origin or direction differs from its reference, label values outside
+        the dataset, labels that do not match ``paper``, bad ``num_processes``, ``hd95_missing`` or
+        ``nsd_tolerance``; with ``images_dir``: the folder missing, a case without its image, an image not on
+        its reference's grid.
     """
     methods = normalise_runs(runs)
     baseline = _validate_options(methods, baseline, num_processes, paper, hd95_missing, nsd_tolerance)
+    check_output_folder(out_dir, "output folder")
     info = resolve_dataset(dataset)
     classes, matched_paper = table_classes(info, paper)
     reference_dir = Path(reference_dir)

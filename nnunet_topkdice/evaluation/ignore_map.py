@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.input_checks import check_output_folder
 
 __all__ = [
     "check_request",
@@ -207,6 +208,20 @@ def compute_ignore_maps(
     return IgnoreMaps(slice_index, axis, maps, summary)
 
 
+def check_picture_path(out_png: Path) -> Path:
+    """Check, writing nothing, that the picture can be written: not a folder, and its folder exists or can be
+    created (it is created only when the picture is written). Returns ``out_png`` as a Path.
+
+    Raises:
+        InputError: ``out_png`` is a folder, or its folder is a file or not writable.
+    """
+    out_png = Path(out_png)
+    if out_png.is_dir():
+        raise InputError(f"-o {out_png} is a folder; expected the file name of the picture, e.g. {out_png}/map.png")
+    check_output_folder(out_png.parent, f"-o {out_png}: the picture's folder")
+    return out_png
+
+
 def show_ignore_map(
     image_files: Sequence[Path],
     label_file: Path,
@@ -251,6 +266,7 @@ def show_ignore_map(
     image_files = [Path(f) for f in image_files]
     n_sources = (probabilities_file is not None) + (model_dir is not None)
     ks = check_request(ks, image_files, channel=channel, axis=axis, scope=scope, n_sources=n_sources)
+    out_png = check_picture_path(out_png)
     source = ProbabilitySource(probabilities_file, model_dir, folds, checkpoint, device, use_mirroring)
     case = load_case(image_files[channel], Path(label_file), source, model_inputs=image_files, dataset=dataset)
     result = compute_ignore_maps(
@@ -261,6 +277,7 @@ def show_ignore_map(
     if case.ignore_label is not None:
         label_2d = np.where(label_2d == case.ignore_label, 0, label_2d)
     rows, cols = [a for a in range(3) if a != axis]
+    out_png.parent.mkdir(parents=True, exist_ok=True)  # like nnU-Net's output folders; checked above
     plot_ignore_maps(
         np.take(case.image, result.slice_index, axis=axis),
         label_2d,
