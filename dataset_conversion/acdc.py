@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dataset_conversion import common
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.input_checks import check_output_folder
 from nnunet_topkdice.paper_datasets import PAPER_DATASETS
 
 PAPER = PAPER_DATASETS["acdc"]
@@ -167,36 +168,36 @@ def convert(
     """Convert ACDC into ``raw_root/DatasetXXX_ACDC``; returns that folder. Reads no environment.
 
     ``splits_final.json`` is written into the raw dataset folder and, when ``preprocessed_root`` is given,
-    into ``preprocessed_root/DatasetXXX_ACDC/`` (created if needed).
+    into ``preprocessed_root/DatasetXXX_ACDC/`` (created if needed), published together with the dataset
+    as the last step (both or neither).
 
     Raises:
         InputError: missing or unreadable input, bad Info.cfg, geometry mismatch between a frame and its
             ground truth, label values outside {0, 1, 2, 3}, existing target (or a different existing
-            preprocessed ``splits_final.json``) without ``overwrite``. Nothing is left behind.
+            preprocessed ``splits_final.json``) without ``overwrite``, an output folder (raw or
+            ``preprocessed_root``) that is a file or not writable. Nothing is left behind.
     """
     src, raw_root = Path(src), Path(raw_root)
     folder_name = common.dataset_folder_name(dataset_id, DATASET_NAME)
     cases = collect_cases(src)
     splits = make_splits(case for case in cases if patient_of(case) not in TEST_PATIENTS)
     common.check_target(raw_root, folder_name, overwrite=overwrite)
-    preprocessed_splits = None
+    outside_json = {}
     if preprocessed_root is not None:
+        check_output_folder(Path(preprocessed_root), "the nnU-Net preprocessed folder (nnUNet_preprocessed)")
         preprocessed_splits = Path(preprocessed_root) / folder_name / SPLITS_FILE
         _check_preprocessed_splits(preprocessed_splits, splits, overwrite=overwrite)
+        outside_json[preprocessed_splits] = splits
     test_cases = [case for case in cases if patient_of(case) in TEST_PATIENTS]
     jobs = common.make_jobs(cases, test_cases, common.label_mapping_transform(ORIGINAL_TO_NEW))
     summary = (
         "ACDC cine-MRI, ED and ES frames of the 100 training patients, MT-UNet 70/10/20 split by patient "
         "(fold 0 of splits_final.json = train/val)"
     )
-    folder = common.build_dataset(
+    return common.build_dataset(
         jobs, raw_root, dataset_id, DESCRIPTION, summary=summary, overwrite=overwrite,
-        num_processes=num_processes, extra_json={SPLITS_FILE: splits},
+        num_processes=num_processes, extra_json={SPLITS_FILE: splits}, outside_json=outside_json,
     )  # fmt: skip
-    if preprocessed_splits is not None:
-        preprocessed_splits.parent.mkdir(parents=True, exist_ok=True)
-        common.write_json(preprocessed_splits, splits)
-    return folder
 
 
 def command_options(args: argparse.Namespace) -> dict:

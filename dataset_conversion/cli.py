@@ -16,8 +16,9 @@ from functools import partial
 from pathlib import Path
 
 from nnunet_topkdice.argtypes import dataset_id, positive_int
-from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.errors import InputError, interrupt_exit_code
 from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS, paper_dataset
+from nnunet_topkdice.workers import terminate_as_interrupt
 
 DEFAULT_NUM_PROCESSES = min(4, os.cpu_count() or 1)
 
@@ -134,10 +135,11 @@ def run_standalone(dataset: str, argv: Sequence[str] | None = None) -> int:
     """Body of each module's ``main``: parse, convert, and map errors to exit codes like ``topkdice``."""
     args = build_parser(dataset).parse_args(argv)
     try:
-        return _run(dataset, args)
+        with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C
+            return _run(dataset, args)
     except InputError as e:
         print(f"{dataset}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"{dataset}: interrupted", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(e)

@@ -28,11 +28,9 @@ import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,8 @@ from tqdm import tqdm
 
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.geometry import differs
-from nnunet_topkdice.input_checks import check_finite_file
+from nnunet_topkdice.input_checks import check_finite_file, check_output_folder
+from nnunet_topkdice.workers import deferred_interrupts, run_in_workers
 
 FILE_ENDING = ".nii.gz"
 
@@ -323,9 +322,9 @@ def run_jobs(
 ) -> None:
     """Convert every job into ``dataset_dir`` with a tqdm progress bar (on stderr).
 
-    ``num_processes > 1`` uses a pool of spawned worker processes (spawn, as nnU-Net does, so that no
-    SimpleITK thread state is forked). On the first failure the pending jobs are cancelled, the running
-    ones are awaited (so nothing writes into the folder any more) and the error is raised.
+    ``num_processes > 1`` uses spawned worker processes (:func:`nnunet_topkdice.workers.run_in_workers`):
+    on the first failure, Ctrl-C or SIGTERM the workers are terminated at once, so nothing writes into the
+    folder any more when the error is raised.
 
     Raises:
         InputError: from :func:`convert_case`, or ``num_processes < 1``.
@@ -339,18 +338,10 @@ def run_jobs(
                 convert_case(job, dataset_dir)
                 bar.update()
             return
-        executor = ProcessPoolExecutor(
-            max_workers=min(num_processes, len(jobs)), mp_context=get_context("spawn")
-        )
-        try:
-            futures: set[Future[str]] = {executor.submit(convert_case, job, dataset_dir) for job in jobs}
-            while futures:
-                done, futures = wait(futures, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    future.result()  # re-raises the worker's exception
-                    bar.update()
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+        run_in_workers(
+            partial(convert_case, dataset_dir=dataset_dir), jobs, min(num_processes, len(jobs)),
+            on_result=lambda case_id: bar.update(),
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -387,9 +378,15 @@ def write_dataset_json(
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON (indent 2, trailing newline) through a temporary file and an atomic rename."""
+    tmp = _write_json_beside(path, data)
+    os.replace(tmp, path)
+
+
+def _write_json_beside(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON into a hidden temporary file next to ``path``; returns the temporary file."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    return tmp
 
 
 def _make_dirs(path: Path) -> list[Path]:
@@ -403,40 +400,66 @@ def _make_dirs(path: Path) -> list[Path]:
     return missing[::-1]
 
 
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders that are still empty, deepest first (``folders`` as :func:`_make_dirs` lists them)."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (another process wrote into it) or already gone
+
+
 @contextmanager
-def staging(raw_root: Path, folder_name: str, *, overwrite: bool) -> Iterator[Path]:
+def staging(
+    raw_root: Path, folder_name: str, *, overwrite: bool, outside_json: Mapping[Path, Any] | None = None
+) -> Iterator[Path]:
     """Yield a fresh hidden folder next to the target; publish it as ``raw_root/folder_name`` on success.
 
-    On any exception (also KeyboardInterrupt) the temporary folder, and ``raw_root`` itself if this call
-    created it, are removed, so nothing half-written is left. With ``overwrite`` an existing target is
-    replaced only after the new dataset is complete.
+    Publishing is the last step: once the block has finished, the files of ``outside_json`` (path ->
+    JSON content, e.g. ACDC's ``splits_final.json`` in ``nnUNet_preprocessed``) are written next to their
+    destinations under temporary names, then the dataset folder and those files are renamed into place
+    with interrupts held back (:func:`nnunet_topkdice.workers.deferred_interrupts`), so they appear
+    together. On any exception (also KeyboardInterrupt and SIGTERM) the temporary folder and files, and the
+    folders this call created (``raw_root`` too), are removed, so nothing half-written is left. With
+    ``overwrite`` an existing target is replaced only after the new dataset is complete.
 
     Raises:
         InputError: the target appeared meanwhile and ``overwrite`` is False.
     """
     created = _make_dirs(raw_root)
     tmp = raw_root / f".{folder_name}.partial-{uuid.uuid4().hex[:8]}"
+    staged: list[tuple[Path, Path]] = []  # (temporary file, destination)
     try:
         tmp.mkdir()
         yield tmp
-        target = raw_root / folder_name
-        if target.exists():
-            if not overwrite:
-                raise InputError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
-            old = raw_root / f".{folder_name}.old-{uuid.uuid4().hex[:8]}"
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
+        for destination, data in (outside_json or {}).items():
+            created += _make_dirs(destination.parent)
+            staged.append((_write_json_beside(destination, data), destination))
+        with deferred_interrupts():
+            _publish(tmp, raw_root / folder_name, overwrite=overwrite)
+            for temporary, destination in staged:
+                os.replace(temporary, destination)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        with deferred_interrupts():
+            for temporary, _ in staged:
+                temporary.unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_empty(created)
         raise
+
+
+def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``target``; an existing target (with ``overwrite``) is moved aside first and removed
+    after."""
+    if not target.exists():
+        tmp.rename(target)
+        return
+    if not overwrite:
+        raise InputError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old)
 
 
 @dataclass(frozen=True)
@@ -467,19 +490,31 @@ def build_dataset(
     overwrite: bool,
     num_processes: int,
     extra_json: Mapping[str, Any] | None = None,
+    outside_json: Mapping[Path, Any] | None = None,
 ) -> Path:
     """Convert ``jobs`` and publish ``raw_root/Dataset<id>_<name>`` atomically; returns the dataset folder.
+
+    Everything that can be checked is checked before anything is written: the id, the target, the output
+    folders (``raw_root`` and the folders of ``outside_json``: folders, or creatable, and writable).
 
     Args:
         summary: ``dataset.json``'s ``description`` (what was converted, which split).
         extra_json: file name -> JSON content written into the dataset folder (e.g. ``splits_final.json``).
+        outside_json: path -> JSON content written outside the dataset folder, published with it (see
+            :func:`staging`).
     Raises:
-        InputError: a bad id, from :func:`check_target` or :func:`convert_case`; nothing is left behind.
+        InputError: a bad id, an output folder that is a file or not writable, from :func:`check_target` or
+            :func:`convert_case`; nothing is left behind.
     """
     folder_name = dataset_folder_name(dataset_id, dataset.name)
     check_target(raw_root, folder_name, overwrite=overwrite)
     _check_num_processes(num_processes)
-    with staging(raw_root, folder_name, overwrite=overwrite) as tmp:
+    check_output_folder(raw_root, "the nnU-Net raw folder")
+    for path in outside_json or {}:
+        check_output_folder(path.parent, f"the folder of {path.name}")
+        if path.is_dir():
+            raise InputError(f"{path} is a folder; expected to write the file {path.name} there")
+    with staging(raw_root, folder_name, overwrite=overwrite, outside_json=outside_json) as tmp:
         run_jobs(jobs, tmp, num_processes=num_processes, desc=f"converting {folder_name}")
         write_dataset_json(
             tmp,

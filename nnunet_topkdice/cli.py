@@ -6,7 +6,8 @@ returns the exit code. Heavy imports (torch, nnU-Net) happen inside ``func`` so 
 ``topkdice --help`` stays fast.
 
 Exit codes: 0 success, 2 usage or input errors (:class:`~nnunet_topkdice.errors.InputError`),
-1 failures of a step (for example an nnU-Net command that failed).
+1 failures of a step (for example an nnU-Net command that failed), 130 after Ctrl-C (SIGINT) and 143
+after SIGTERM, once the workers are stopped and anything half-written is removed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import sys
 from collections.abc import Sequence
 
 from nnunet_topkdice import __version__
-from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.errors import InputError, interrupt_exit_code
 from nnunet_topkdice.ext import trainer_dir
+from nnunet_topkdice.workers import terminate_as_interrupt
 
 
 def _trainer_dir_command(args: argparse.Namespace) -> int:
@@ -57,20 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``topkdice``; returns the exit code (also when called from tests)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    prog = "topkdice"
     try:
-        return int(args.func(args))
+        with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C
+            args = build_parser().parse_args(argv)
+            prog = f"topkdice {args.command}"
+            return int(args.func(args))
     except InputError as e:
-        print(f"topkdice {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as e:
         cmd = e.cmd if isinstance(e.cmd, str) else " ".join(map(str, e.cmd))
-        print(f"topkdice {args.command}: command failed with exit code {e.returncode}: {cmd}", file=sys.stderr)
+        print(f"{prog}: command failed with exit code {e.returncode}: {cmd}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"topkdice {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return interrupt_exit_code(e)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import nibabel
 import numpy as np
 import pytest
-from conversion_fixtures import write_image
+from conversion_fixtures import make_acdc, make_synapse, write_image
 
-from dataset_conversion import common
+from dataset_conversion import acdc, common
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.input_checks import count_non_finite
 
@@ -79,3 +84,130 @@ def test_clean_float_case_still_converts(tmp_path: Path) -> None:
     folder = common.build_dataset([job], tmp_path / "raw", 1, description, summary="", overwrite=False,
                                   num_processes=1)  # fmt: skip
     assert (folder / "imagesTr" / "c1_0000.nii.gz").is_file() and (folder / "labelsTr" / "c1.nii.gz").is_file()
+
+
+# ---- output folders ------------------------------------------------------------------------------------
+
+
+def _convert(argv: list[str], env: dict[str, str], bin_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(bin_dir / "topkdice"), "convert", *argv], env=env, capture_output=True, text=True)
+
+
+def test_output_below_a_file_is_an_error(tmp_path: Path, bin_dir: Path, nnunet_env: dict[str, str]) -> None:
+    # today: NotADirectoryError traceback from mkdir
+    make_acdc(tmp_path / "acdc")
+    (tmp_path / "file").write_text("")
+    done = _convert(["acdc", "-i", str(tmp_path / "acdc"), "-o", str(tmp_path / "file" / "sub")], nnunet_env, bin_dir)
+    assert done.returncode == 2, done.stderr
+    assert f"the nnU-Net raw folder {tmp_path / 'file' / 'sub'} cannot be created: {tmp_path / 'file'} is a file" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_preprocessed_that_is_a_file_fails_before_anything_is_written(
+    tmp_path: Path, bin_dir: Path, nnunet_env: dict[str, str]
+) -> None:
+    # today: Dataset202_ACDC is published into nnUNet_raw, then writing splits_final.json fails with a traceback
+    make_acdc(tmp_path / "acdc")
+    Path(nnunet_env["nnUNet_preprocessed"]).write_text("not a folder")
+    done = _convert(["acdc", "-i", str(tmp_path / "acdc")], nnunet_env, bin_dir)
+    assert done.returncode == 2, done.stderr
+    assert (
+        f"the nnU-Net preprocessed folder (nnUNet_preprocessed) {nnunet_env['nnUNet_preprocessed']} is a file"
+        in done.stderr
+    )
+    assert not Path(nnunet_env["nnUNet_raw"]).exists()
+
+
+def test_splits_are_published_with_the_dataset_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure after the conversion (here: the dataset's publish) leaves neither the dataset nor the
+    preprocessed splits, nor the preprocessed folders it created."""
+    src = make_acdc(tmp_path / "acdc")
+    raw, preprocessed = tmp_path / "raw", tmp_path / "pre"
+
+    def fail(*args, **kwargs) -> None:
+        raise InputError("publish failed")
+
+    monkeypatch.setattr(common, "_publish", fail)
+    with pytest.raises(InputError, match="publish failed"):
+        acdc.convert(src, raw, preprocessed_root=preprocessed)
+    assert not raw.exists() and not preprocessed.exists()
+    monkeypatch.undo()
+    folder = acdc.convert(src, raw, preprocessed_root=preprocessed)
+    published = json.loads((preprocessed / folder.name / acdc.SPLITS_FILE).read_text())
+    assert published == json.loads((folder / acdc.SPLITS_FILE).read_text())
+    assert sorted(p.name for p in (preprocessed / folder.name).iterdir()) == [acdc.SPLITS_FILE]  # no temporary
+
+
+# ---- interrupts ----------------------------------------------------------------------------------------
+
+# (seconds after the start, signal, to the whole process group like a terminal's Ctrl-C, or to the command
+# only like `kill PID`). A full conversion of the fixture with 2 workers takes about 5 s on a 2-core CPU:
+# the moments cover start-up, starting the workers, converting and publishing.
+INTERRUPTS = [
+    (0.3, signal.SIGINT, True),
+    (1.0, signal.SIGINT, True),
+    (1.6, signal.SIGTERM, False),
+    (2.2, signal.SIGINT, True),
+    (2.8, signal.SIGINT, False),
+    (3.3, signal.SIGTERM, True),
+    (3.8, signal.SIGINT, True),
+    (4.4, signal.SIGINT, True),
+    (5.0, signal.SIGTERM, False),
+]
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_interrupts_at_any_moment_exit_quickly_and_leave_nothing(
+    tmp_path: Path, bin_dir: Path, nnunet_env: dict[str, str]
+) -> None:
+    """The probe of issue 24: Ctrl-C during ``convert -np 2`` sometimes never exited (a worker blocked on a
+    semaphore, another on a pipe). Each run must end within seconds with 130 (SIGINT) or 143 (SIGTERM), its
+    workers gone and no dataset or temporary folder left, or finish normally when the signal came late."""
+    src = make_synapse(tmp_path / "synapse")
+    outcomes = []
+    for delay, signum, to_group in INTERRUPTS:
+        raw = tmp_path / f"raw_{delay}"
+        argv = [str(bin_dir / "topkdice"), "convert", "synapse", "-i", str(src), "-o", str(raw), "-np", "2"]
+        process = subprocess.Popen(argv, env=nnunet_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)  # fmt: skip
+        time.sleep(delay)
+        if to_group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        sent = time.monotonic()
+        try:
+            _, stderr = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"no exit 20 s after {signum.name} at {delay} s: the conversion hangs")
+        exit_seconds = time.monotonic() - sent
+        assert _group_gone(process.pid, 10), f"worker processes left after {signum.name} at {delay} s"
+        left = sorted(p.name for p in raw.iterdir()) if raw.exists() else []
+        expected = 130 if signum == signal.SIGINT else 143
+        # -signum: the signal came while Python was starting or exiting, outside topkdice's code, and
+        # Python itself exited by it (the shell shows 130 or 143 as well)
+        assert process.returncode in (0, expected, -signum), stderr.decode()[-2000:]
+        if process.returncode == expected:
+            assert b"interrupted" in stderr and b"Traceback" not in stderr, stderr.decode()[-2000:]
+            assert exit_seconds < 10
+        if left:  # published: completely (the signal came late, or while the publish held it back)
+            assert left == ["Dataset201_Synapse"], f"left behind after {signum.name} at {delay} s: {left}"
+            assert len(list((raw / "Dataset201_Synapse" / "imagesTr").iterdir())) == 18
+            assert (raw / "Dataset201_Synapse" / "dataset.json").is_file()
+        else:
+            assert process.returncode != 0
+        outcomes.append(bool(left))
+    assert outcomes.count(False) >= len(INTERRUPTS) // 2, outcomes  # most runs were stopped before the end

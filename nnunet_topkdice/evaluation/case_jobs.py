@@ -3,9 +3,7 @@ pool of spawned worker processes or in this process, with a progress bar."""
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from nnunet_topkdice.evaluation.dataset import DatasetInfo
 from nnunet_topkdice.evaluation.label_io import check_label_values, check_same_geometry, read_label_image
 from nnunet_topkdice.evaluation.metrics import NSD_TOLERANCE_MM, case_metrics
 from nnunet_topkdice.input_checks import check_finite_file
+from nnunet_topkdice.workers import run_in_workers
 
 __all__ = ["CaseJob", "evaluate_case", "run_case_jobs"]
 
@@ -71,27 +70,24 @@ def evaluate_case(job: CaseJob) -> tuple[str, dict[int, dict[str, dict]]]:
 def run_case_jobs(jobs: Sequence[CaseJob], num_processes: int) -> dict[str, dict[int, dict[str, dict]]]:
     """Run :func:`evaluate_case` for every job; case -> folder index -> class -> metrics.
 
-    ``num_processes > 1`` uses spawned workers (like nnU-Net: safe with torch and threads); the first error
-    cancels the jobs not yet started and is raised.
+    ``num_processes > 1`` uses spawned workers (:func:`nnunet_topkdice.workers.run_in_workers`, like
+    nnU-Net: safe with torch and threads); the first error, Ctrl-C or SIGTERM terminates them at once and
+    is raised.
     """
     results: dict[str, dict[int, dict[str, dict]]] = {}
     progress = tqdm(total=len(jobs), desc="evaluating cases", unit="case")
+
+    def collect(case_and_metrics: tuple[str, dict[int, dict[str, dict]]]) -> None:
+        case, out = case_and_metrics
+        results[case] = out
+        progress.update()
+
     try:
         if num_processes == 1 or len(jobs) == 1:
             for job in jobs:
-                case, out = evaluate_case(job)
-                results[case] = out
-                progress.update()
+                collect(evaluate_case(job))
         else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=context) as pool:
-                try:
-                    for case, out in pool.map(evaluate_case, jobs):
-                        results[case] = out
-                        progress.update()
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+            run_in_workers(evaluate_case, jobs, min(num_processes, len(jobs)), on_result=collect)
     finally:
         progress.close()
-    return results
+    return {job.case: results[job.case] for job in jobs}  # in the jobs' order, whatever finished first
