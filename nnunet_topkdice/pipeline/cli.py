@@ -90,10 +90,12 @@ def _invocation(prog: str, args: argparse.Namespace):
 
 def _compare_command(args: argparse.Namespace) -> int:
     from nnunet_topkdice.pipeline.compare import CompareConfig, default_train_env, validate_folds
+    from nnunet_topkdice.pipeline.prechecks import check_distinct_trainers
     from nnunet_topkdice.pipeline.session import run_session
     from nnunet_topkdice.pipeline.state import NnunetFolders, find_dataset, parse_dataset
 
     device = _device(args)
+    check_distinct_trainers(args.trainers)
     dataset_number, name = parse_dataset(args.dataset)
     folders = NnunetFolders.resolve(Path("."))
     raw = folders.raw / name if name else find_dataset(folders.raw, dataset_number)
@@ -101,7 +103,7 @@ def _compare_command(args: argparse.Namespace) -> int:
         raise InputError(f"-d {args.dataset}: no such dataset with a dataset.json in nnUNet_raw ({folders.raw})")
     if args.test_set and not ((raw / "imagesTs").is_dir() and (raw / "labelsTs").is_dir()):
         raise InputError(f"--test-set needs imagesTs and labelsTs in {raw}")
-    trainers = {t: t for t in dict.fromkeys(args.trainers)}
+    trainers = {t: t for t in args.trainers}
     plans_tag = "" if args.plans == "nnUNetPlans" else f"__{args.plans}"
     workdir = (args.workdir or Path("topkdice_compare") / f"{raw.name}__{args.configuration}{plans_tag}").resolve()
     folders = NnunetFolders.resolve(workdir)
@@ -128,6 +130,7 @@ def _compare_command(args: argparse.Namespace) -> int:
 
 def _reproduce_command(args: argparse.Namespace) -> int:
     from nnunet_topkdice.pipeline.compare import default_train_env
+    from nnunet_topkdice.pipeline.prechecks import check_distinct_trainers
     from nnunet_topkdice.pipeline.reproduce import (
         check_source,
         convert_step,
@@ -139,6 +142,7 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     from nnunet_topkdice.pipeline.state import NnunetFolders
 
     device = _device(args)
+    check_distinct_trainers(args.trainers or [])
     trainers = (table_names(args.dataset, args.schedule, args.trainers) if args.trainers
                 else paper_trainers(args.dataset, args.schedule))  # fmt: skip
     workdir = (args.workdir or Path(f"topkdice_{args.dataset}")).resolve()

@@ -21,6 +21,7 @@ from nnunet_topkdice.pipeline.compare import (
     exported_variables,
     training_jobs,
 )
+from nnunet_topkdice.pipeline.prechecks import check_before_running
 from nnunet_topkdice.pipeline.runner import describe_steps, run_steps
 from nnunet_topkdice.pipeline.steps import Step, resolve_executable
 
@@ -60,6 +61,8 @@ def run_session(config: CompareConfig, invocation: Invocation, before: Sequence[
             print(line)
         return 0
 
+    # before anything runs: a misspelt trainer or an unwritable folder must not fail hours later
+    check_before_running(config, env, emit_slurm=invocation.emit_slurm, writes_raw=bool(before))
     if invocation.emit_slurm is not None:
         return _emit_slurm(config, invocation, steps, env)
 

@@ -1,0 +1,126 @@
+"""What ``compare``, ``reproduce`` and ``demo`` check before they run anything (issue 24): a misspelt trainer
+must not fail hours later, at its first training, after the preprocessing and the trainings before it.
+
+* every trainer is found the way ``nnUNetv2_train`` will look for it (nnU-Net's
+  ``recursive_find_python_class`` over nnU-Net's trainer folder, then each folder of
+  ``nnUNet_extTrainer``, as ``nnunetv2.utilities.find_objects`` does) and is an ``nnUNetTrainer``;
+* no trainer is named twice (it would be one method, silently, and no verdict would come out);
+* every folder the run writes into is a folder (or can be created) and is writable: the work directory,
+  nnU-Net's three folders and the folder of ``--emit-slurm``'s script.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.ext import EXT_TRAINER_VARIABLE
+from nnunet_topkdice.input_checks import check_output_folder
+from nnunet_topkdice.pipeline.compare import CompareConfig
+
+__all__ = [
+    "check_before_running",
+    "check_distinct_trainers",
+    "check_trainers",
+    "find_trainer_class",
+    "written_folders",
+]
+
+
+def check_distinct_trainers(names: Sequence[str]) -> None:
+    """Refuse a trainer given twice.
+
+    Raises:
+        InputError: naming the repeated trainers.
+    """
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise InputError(
+            f"--trainers names {', '.join(repeated)} more than once; each trainer is one method of the "
+            "comparison, so name it once (more runs of it come from --seeds)"
+        )
+
+
+def find_trainer_class(name: str, ext_trainer_folders: Iterable[str]) -> type | None:
+    """The class ``nnUNetv2_train -tr name`` would use, or None: nnU-Net's own trainer folder first, then
+    each folder of ``nnUNet_extTrainer`` in order (nnU-Net's lookup, without its messages on stdout)."""
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    found = recursive_find_python_class(
+        os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"),
+        name,
+        "nnunetv2.training.nnUNetTrainer",
+        nnunetv2.__path__[0],
+    )
+    for folder in ext_trainer_folders:
+        if found is not None:
+            break
+        if folder.strip() and os.path.exists(folder):
+            found = recursive_find_python_class(
+                folder, name, None, base_folder=folder, cleanup_imports_from_base_folder=True
+            )
+    return found
+
+
+def check_trainers(names: Collection[str], ext_trainer: str) -> None:
+    """Refuse trainers that nnU-Net would not find, or that are not nnU-Net trainers.
+
+    Args:
+        ext_trainer: the ``nnUNet_extTrainer`` value the trainings will get (folders joined by ``os.pathsep``).
+    Raises:
+        InputError: naming every such trainer and where they were looked for.
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    folders = [folder for folder in ext_trainer.split(os.pathsep) if folder.strip()]
+    missing, not_trainers = [], []
+    for name in dict.fromkeys(names):
+        found = find_trainer_class(name, folders)
+        if found is None:
+            missing.append(name)
+        elif not (isinstance(found, type) and issubclass(found, nnUNetTrainer)):
+            not_trainers.append(name)
+    problems = []
+    if missing:
+        problems.append(
+            f"nnU-Net finds no trainer class {', '.join(missing)} (looked in nnunetv2.training.nnUNetTrainer "
+            f"and nnUNet_extTrainer={os.pathsep.join(folders)}); check the spelling, or add the folder of your "
+            "trainer to nnUNet_extTrainer"
+        )
+    if not_trainers:
+        problems.append(f"{', '.join(not_trainers)} found, but not a subclass of nnUNetTrainer")
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+def written_folders(config: CompareConfig, *, emit_slurm: Path | None, writes_raw: bool) -> list[tuple[Path, str]]:
+    """``(folder, what)`` for every folder a run writes into (``nnUNet_raw`` only when a step writes the
+    dataset there: ``reproduce`` converts, ``demo`` generates; ``compare`` only reads it)."""
+    folders = [
+        (config.workdir, "the work directory (-w/--workdir)"),
+        (config.folders.preprocessed, "nnUNet_preprocessed"),
+        (config.folders.results, "nnUNet_results"),
+    ]
+    if writes_raw:
+        folders.append((config.folders.raw, "nnUNet_raw"))
+    if emit_slurm is not None:
+        folders.append((emit_slurm.parent, "the folder of the --emit-slurm script"))
+    return folders
+
+
+def check_before_running(
+    config: CompareConfig, env: Mapping[str, str], *, emit_slurm: Path | None = None, writes_raw: bool = False
+) -> None:
+    """Everything a run needs that can be checked before it starts (see the module docstring); writes nothing.
+
+    Args:
+        env: the environment of the commands (its ``nnUNet_extTrainer`` is where the trainings look).
+    Raises:
+        InputError: a folder that is a file or not writable, an unknown trainer.
+    """
+    for folder, what in written_folders(config, emit_slurm=emit_slurm, writes_raw=writes_raw):
+        check_output_folder(folder, what)
+    check_trainers(list(config.trainers.values()), env.get(EXT_TRAINER_VARIABLE, ""))

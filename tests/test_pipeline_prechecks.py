@@ -1,0 +1,100 @@
+"""What ``compare`` (and ``reproduce``, ``demo``) check before running anything (issue 24): trainers found by
+nnU-Net's own lookup, no trainer named twice, folders that can be written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nnunet_topkdice.cli import main
+from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.ext import trainer_dir
+from nnunet_topkdice.pipeline import state
+from nnunet_topkdice.pipeline.prechecks import check_trainers, find_trainer_class
+
+USER_TRAINERS = """
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class nnUNetTrainerMyOwn(nnUNetTrainer):
+    pass
+
+
+class NotATrainer:
+    pass
+"""
+
+
+@pytest.fixture
+def compare_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """nnU-Net's folders under ``tmp_path`` with a dataset that has a dataset.json, a user trainer folder,
+    and a runner that fails the test if any step starts."""
+    raw = tmp_path / "raw" / "Dataset004_Hippo"
+    raw.mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 4, "labels": {}}))
+    user = tmp_path / "my_trainers"
+    user.mkdir()
+    (user / "my_trainers_for_prechecks.py").write_text(USER_TRAINERS)
+    for var in state.NNUNET_FOLDER_VARIABLES:
+        monkeypatch.setenv(var, str(tmp_path / var.removeprefix("nnUNet_")))
+    monkeypatch.setenv("nnUNet_extTrainer", str(user))
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("a step ran before the checks")
+
+    monkeypatch.setattr("nnunet_topkdice.pipeline.session.run_steps", no_step)
+    return {"root": tmp_path, "workdir": tmp_path / "work", "user": user}
+
+
+def _compare(env: dict, *trainers: str) -> list[str]:
+    return ["compare", "-d", "4", "-c", "2d", "--trainers", *trainers, "--device", "cpu", "-w", str(env["workdir"])]
+
+
+def test_a_misspelt_trainer_fails_before_planning(compare_env: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    # today: preprocessing starts, and the typo fails only at that trainer's first training
+    assert main(_compare(compare_env, "nnUNetTrainer", "NoSuchTrainer")) == 2
+    err = capsys.readouterr().err
+    assert "nnU-Net finds no trainer class NoSuchTrainer (looked in nnunetv2.training.nnUNetTrainer" in err
+    assert str(compare_env["user"]) in err and str(trainer_dir()) in err
+    assert not compare_env["workdir"].exists()
+
+
+def test_a_trainer_named_twice_is_refused(compare_env: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    # today: silently merged into one method, and no verdict comes out
+    assert main(_compare(compare_env, "nnUNetTrainer", "nnUNetTrainerMyOwn", "nnUNetTrainer")) == 2
+    assert "--trainers names nnUNetTrainer more than once" in capsys.readouterr().err
+
+
+def test_preprocessed_that_is_a_file_fails_before_anything_runs(
+    compare_env: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preprocessed = compare_env["root"] / "a_file"
+    preprocessed.write_text("")
+    monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed))
+    assert main(_compare(compare_env, "nnUNetTrainer", "nnUNetTrainerMyOwn")) == 2
+    assert f"nnUNet_preprocessed {preprocessed} is a file; expected a folder" in capsys.readouterr().err
+    assert not compare_env["workdir"].exists()
+
+
+def test_a_workdir_below_a_file_fails_before_anything_runs(
+    compare_env: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (compare_env["root"] / "a_file").write_text("")
+    compare_env["workdir"] = compare_env["root"] / "a_file" / "work"
+    assert main(_compare(compare_env, "nnUNetTrainer")) == 2
+    assert "the work directory (-w/--workdir)" in capsys.readouterr().err
+
+
+def test_find_trainer_class_is_nnunets_lookup(compare_env: dict) -> None:
+    user = str(compare_env["user"])
+    assert find_trainer_class("nnUNetTrainer", []).__name__ == "nnUNetTrainer"
+    assert find_trainer_class("nnUNetTrainerMyOwn", [user]).__name__ == "nnUNetTrainerMyOwn"
+    assert find_trainer_class("nnUNetTrainerMyOwn", []) is None
+    assert find_trainer_class("nnUNetTrainerTopKDice", [user, str(trainer_dir())]).__name__ == "nnUNetTrainerTopKDice"
+    check_trainers(["nnUNetTrainer", "nnUNetTrainerMyOwn"], user)
+    with pytest.raises(InputError, match=r"NotATrainer found, but not a subclass of nnUNetTrainer"):
+        check_trainers(["NotATrainer"], user)
+    with pytest.raises(InputError, match=r"no trainer class Nope1, Nope2 "):
+        check_trainers(["nnUNetTrainer", "Nope1", "Nope2"], user)
