@@ -33,6 +33,7 @@ from nnunet_topkdice.evaluation.results import (
     repeat_result,
 )
 from nnunet_topkdice.input_checks import check_output_folder
+from nnunet_topkdice.workers import deferred_interrupts
 
 __all__ = [
     "OUTPUT_FILES",
@@ -236,10 +237,11 @@ def write_outputs(results: dict, out_dir: Path, case_images: Mapping[str, Path] 
             pictures = out_dir / f".{CASE_PICTURE_DIR}.partial"
             shutil.rmtree(pictures, ignore_errors=True)
             write_case_pictures(results, case_images, pictures)
-        for name, path in temporary.items():
-            os.replace(path, out_dir / name)
-        if pictures is not None:
-            _replace_folder(pictures, out_dir / CASE_PICTURE_DIR)
+        with deferred_interrupts():  # the outputs are replaced together, never some old and some new
+            for name, path in temporary.items():
+                os.replace(path, out_dir / name)
+            if pictures is not None:
+                _replace_folder(pictures, out_dir / CASE_PICTURE_DIR)
     finally:
         for path in temporary.values():
             path.unlink(missing_ok=True)
