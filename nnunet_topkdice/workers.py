@@ -95,7 +95,9 @@ def run_in_workers(
     before = set(multiprocessing.active_children())
     executor: ProcessPoolExecutor | None = None
     try:
-        with _sigint_blocked():  # the workers start in submit()
+        # The workers start in submit(). An interrupt waits until each has been handed its start-up data
+        # (a worker cut off before that prints an EOFError), and the workers start with SIGINT blocked.
+        with deferred_interrupts(), _sigint_blocked():
             executor = ProcessPoolExecutor(
                 max_workers=num_processes,
                 mp_context=multiprocessing.get_context("spawn"),

@@ -189,7 +189,7 @@ def test_interrupts_at_any_moment_exit_quickly_and_leave_nothing(
             process.send_signal(signum)
         sent = time.monotonic()
         try:
-            _, stderr = process.communicate(timeout=20)
+            stdout, stderr = process.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail(f"no exit 20 s after {signum.name} at {delay} s: the conversion hangs")
@@ -200,6 +200,8 @@ def test_interrupts_at_any_moment_exit_quickly_and_leave_nothing(
         # -signum: the signal came while Python was starting or exiting, outside topkdice's code, and
         # Python itself exited by it (the shell shows 130 or 143 as well)
         assert process.returncode in (0, expected, -signum), stderr.decode()[-2000:]
+        if process.returncode == -signum:  # before main() started converting, or after it returned
+            assert (not raw.exists() and b"converting" not in stderr) or stdout.strip().endswith(b"Synapse")
         if process.returncode == expected:
             assert b"interrupted" in stderr and b"Traceback" not in stderr, stderr.decode()[-2000:]
             assert exit_seconds < 10
