@@ -7,6 +7,7 @@ the same rules, so that a ``k`` valid for one is valid for all.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -45,14 +46,14 @@ def check_k(k: object, kept: str = "foreground voxels") -> float:
 
 
 def check_non_negative(name: str, value: object) -> float:
-    """``value`` as a float, once it is a real number (see :func:`as_real`) ``>= 0`` (NaN is refused).
+    """``value`` as a float, once it is a finite real number (see :func:`as_real`) ``>= 0``.
 
     Raises:
-        ValueError: it is not, with ``name`` and the value in the message.
+        ValueError: it is not (NaN and infinity included), with ``name`` and the value in the message.
     """
     number = as_real(value)
-    if number is None or not number >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if number is None or not 0 <= number < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return number
 
 
@@ -78,5 +79,3 @@ def check_seed(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(value)
-
-

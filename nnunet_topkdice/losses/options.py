@@ -32,6 +32,9 @@ class TopKDiceOptions:
         ddp: with ``batch_dice``, add the Dice sums over all DDP ranks.
         tie_break_seed, tie_break_scale: the fixed perturbation map ``eps`` of eq. 2 (seed of its
             generator, and its range ``[0, scale)``, ``scale >= 0``); left out of ``repr``.
+        validate: also check the label values of a target on an accelerator (one device-to-host
+            synchronisation per call); on the CPU they are always checked, for free. Not under
+            ``torch.compile``. Left out of ``repr``; it never changes a value.
     Raises:
         ValueError: ``k`` not a number in (0, 100] (bool and NaN refused); ``smooth`` or ``tie_break_scale``
             not a number ``>= 0``; a flag not a bool; ``tie_break_seed`` not an integer. The message
@@ -52,6 +55,7 @@ class TopKDiceOptions:
     ddp: bool = False
     tie_break_seed: int = dataclasses.field(default=DEFAULT_TIE_BREAK_SEED, repr=False)
     tie_break_scale: float = dataclasses.field(default=DEFAULT_TIE_BREAK_SCALE, repr=False)
+    validate: bool = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         normalised = {
@@ -62,6 +66,7 @@ class TopKDiceOptions:
             "ddp": check_flag("ddp", self.ddp),
             "tie_break_seed": check_seed("tie_break_seed", self.tie_break_seed),
             "tie_break_scale": check_non_negative("tie_break_scale", self.tie_break_scale),
+            "validate": check_flag("validate", self.validate),
         }
         for name, value in normalised.items():
             object.__setattr__(self, name, value)  # frozen: the one place the fields are set
