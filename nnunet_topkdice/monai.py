@@ -18,7 +18,6 @@ MONAI is an optional dependency: ``pip install 'nnunet-topkdice[monai]'``.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -26,7 +25,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from nnunet_topkdice.losses import channel_exclusion_mask
+from nnunet_topkdice.losses import TopKDiceOptions, channel_exclusion_mask
+from nnunet_topkdice.losses.arguments import as_real, check_non_negative
 from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED
 
 _INSTALL_HINT = "nnunet_topkdice.monai needs MONAI (>= 1.3); install it with: pip install 'nnunet-topkdice[monai]'"
@@ -42,9 +42,10 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 
 class _DiceConfig(NamedTuple):
-    """Validated arguments of the Dice term (see :func:`_check_arguments`)."""
+    """Validated arguments of the Dice term (see :func:`_check_arguments`); ``selection`` holds ``k`` and the
+    tie-break map, validated by the package's one rule (:class:`~nnunet_topkdice.losses.TopKDiceOptions`)."""
 
-    k: float
+    selection: TopKDiceOptions
     include_background: bool
     to_onehot_y: bool
     sigmoid: bool
@@ -54,13 +55,11 @@ class _DiceConfig(NamedTuple):
     smooth_nr: float
     smooth_dr: float
     reduction: str
-    tie_break_seed: int
-    tie_break_scale: float
 
 
 def _is_number(value: object) -> bool:
-    """A real number (NumPy scalars included), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A real number (NumPy scalars and 0-d tensors included), not a bool: the losses' rule."""
+    return as_real(value) is not None
 
 
 def _check_arguments(
@@ -83,13 +82,13 @@ def _check_arguments(
     returns: the configuration and the class weights as a float32 CPU tensor (or None).
 
     Raises:
-        ValueError: ``k`` not in (0, 100]; more than one of ``sigmoid``, ``softmax``, ``other_act``;
+        ValueError: ``k`` not in (0, 100] (the rule of :class:`~nnunet_topkdice.losses.TopKDiceOptions`: Python,
+            NumPy or 0-d tensor numbers); more than one of ``sigmoid``, ``softmax``, ``other_act``;
             ``reduction`` not "none", "mean" or "sum"; ``smooth_nr``/``smooth_dr``/``tie_break_scale`` negative or
             not finite; ``weight`` negative or not a scalar/1-D sequence.
         TypeError: ``other_act`` not callable (as MONAI).
     """
-    if not _is_number(k) or not 0 < k <= 100:
-        raise ValueError(f"k must be a number in (0, 100] (percent of each channel's target voxels kept), got {k!r}")
+    selection = TopKDiceOptions(k=k, tie_break_seed=tie_break_seed, tie_break_scale=tie_break_scale)
     if other_act is not None and not callable(other_act):
         raise TypeError(f"other_act must be None or callable, got {type(other_act).__name__}")
     if int(bool(sigmoid)) + int(bool(softmax)) + int(other_act is not None) > 1:
@@ -100,9 +99,7 @@ def _check_arguments(
     reduction_value = getattr(reduction, "value", reduction)  # accepts monai.utils.LossReduction members
     if reduction_value not in _REDUCTIONS:
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    for name, value in (("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr), ("tie_break_scale", tie_break_scale)):
-        if not _is_number(value) or not 0 <= value < float("inf"):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    smooth_nr, smooth_dr = check_non_negative("smooth_nr", smooth_nr), check_non_negative("smooth_dr", smooth_dr)
     weight_tensor = None
     if weight is not None:
         # host-side once, in __init__; MONAI checks the sign in every forward (a GPU sync each step)
@@ -110,18 +107,16 @@ def _check_arguments(
         if weight_tensor.ndim > 1 or not bool(torch.isfinite(weight_tensor).all()) or bool((weight_tensor < 0).any()):
             raise ValueError(f"weight must be a number or a 1-D sequence of finite numbers >= 0, got {weight!r}")
     config = _DiceConfig(
-        float(k),
-        bool(include_background),
-        bool(to_onehot_y),
-        bool(sigmoid),
-        bool(softmax),
-        other_act,
-        bool(batch),
-        float(smooth_nr),
-        float(smooth_dr),
-        str(reduction_value),
-        int(tie_break_seed),
-        float(tie_break_scale),
+        selection=selection,
+        include_background=bool(include_background),
+        to_onehot_y=bool(to_onehot_y),
+        sigmoid=bool(sigmoid),
+        softmax=bool(softmax),
+        other_act=other_act,
+        batch=bool(batch),
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        reduction=str(reduction_value),
     )
     return config, weight_tensor
 
@@ -133,13 +128,15 @@ def _prepare(input: Tensor, target: Tensor, config: _DiceConfig) -> tuple[Tensor
     returns: the activated prediction and the (one-hot) target of the channels that take part, both
     (B, N', *spatial).
     Raises:
-        ValueError: ``input`` not a float tensor with at least one spatial dimension.
+        ValueError: ``input`` not a float tensor with at least one spatial dimension, or empty.
         AssertionError: target and input shapes differ after the one-hot conversion (as MONAI).
     """
     if input.ndim < 3 or not input.is_floating_point():
         raise ValueError(
             f"input must be a float tensor BNH[WD], got shape {tuple(input.shape)} and dtype {input.dtype}"
         )
+    if input.numel() == 0:
+        raise ValueError(f"input must hold at least one image, channel and voxel, got shape {tuple(input.shape)}")
     n_pred_channels = input.shape[1]
     if config.sigmoid:
         input = torch.sigmoid(input)
@@ -192,15 +189,9 @@ def _topk_dice(input: Tensor, target: Tensor, config: _DiceConfig, weight: Tenso
     compute_dtype = torch.float64 if prediction.dtype == torch.float64 else torch.float32
     prediction = prediction.to(compute_dtype)
     target = target.to(compute_dtype)
-    if config.k < 100:
+    if config.selection.k < 100:
         # the target voxels of each (image, channel); a soft target's support is where it is > 0
-        excluded = channel_exclusion_mask(
-            _ranking(prediction, non_negative),
-            target > 0,
-            config.k,
-            tie_break_seed=config.tie_break_seed,
-            tie_break_scale=config.tie_break_scale,
-        )
+        excluded = channel_exclusion_mask(_ranking(prediction, non_negative), target > 0, options=config.selection)
         # eqs. 5-6: the easy voxels leave both the target and the prediction of their channel
         prediction = prediction.masked_fill(excluded, 0)
         target = target.masked_fill(excluded, 0)
@@ -358,7 +349,7 @@ class TopKDiceLoss(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return (
-            f"k={c.k}, include_background={c.include_background}, to_onehot_y={c.to_onehot_y}, "
+            f"k={c.selection.k}, include_background={c.include_background}, to_onehot_y={c.to_onehot_y}, "
             f"sigmoid={c.sigmoid}, softmax={c.softmax}, batch={c.batch}, smooth_nr={c.smooth_nr}, "
             f"smooth_dr={c.smooth_dr}, reduction={c.reduction!r}"
         )
@@ -421,9 +412,8 @@ class TopKDiceCELoss(nn.Module):
         reduction = getattr(reduction, "value", reduction)  # accepts monai.utils.DiceCEReduction members
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum' (MONAI's DiceCELoss has no 'none'), got {reduction!r}")
-        for name, value in (("lambda_dice", lambda_dice), ("lambda_ce", lambda_ce)):
-            if not _is_number(value) or not 0 <= value < float("inf"):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        lambda_dice = check_non_negative("lambda_dice", lambda_dice)
+        lambda_ce = check_non_negative("lambda_ce", lambda_ce)
         if not _is_number(label_smoothing) or not 0 <= label_smoothing <= 1:
             raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
         ce_weight = None if weight is None else torch.as_tensor(weight, dtype=torch.float32).detach().cpu()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nnunet_topkdice.losses import channel_exclusion_mask, n_excluded_voxels
+from nnunet_topkdice.losses import TopKDiceOptions, channel_exclusion_mask, n_excluded_voxels
 from nnunet_topkdice.losses.reference import reference_channel_exclusion
 
 
@@ -21,8 +21,8 @@ def _case(shape, seed=0, density=0.5, confident=False):
 @pytest.mark.parametrize("confident", [False, True], ids=["soft", "saturated"])
 def test_matches_the_brute_force_reference(selection_path, shape, k, confident) -> None:
     probs, target = _case(shape, confident=confident)
-    ours = channel_exclusion_mask(probs, target, k)
-    assert torch.equal(ours, reference_channel_exclusion(probs, target, k))
+    ours = channel_exclusion_mask(probs, target, options=TopKDiceOptions(k=k))
+    assert torch.equal(ours, reference_channel_exclusion(probs, target, options=TopKDiceOptions(k=k)))
     expected = n_excluded_voxels(target.flatten(2).sum(-1), k)
     assert torch.equal(ours.flatten(2).sum(-1), expected)  # exactly D per image and channel
     assert not (ours & ~target).any()  # only voxels of the channel's own region
@@ -33,22 +33,21 @@ def test_mask_and_ties(selection_path, mask_channels) -> None:
     probs = torch.full((2, 3, 40, 40), 0.5)  # every voxel ties: the map and then the index decide
     target = _case((2, 3, 40, 40), seed=1)[1]
     mask = torch.rand((2, mask_channels, 40, 40), generator=torch.Generator().manual_seed(2)) > 0.3
-    ours = channel_exclusion_mask(probs, target, 30, mask)
-    assert torch.equal(ours, reference_channel_exclusion(probs, target, 30, mask))
+    ours = channel_exclusion_mask(probs, target, loss_mask=mask, options=TopKDiceOptions(k=30))
+    assert torch.equal(ours, reference_channel_exclusion(probs, target, loss_mask=mask, options=TopKDiceOptions(k=30)))
     assert not (ours & ~mask.expand_as(ours)).any()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"k": 0}, "k must be"),
         ({"target": torch.zeros(2, 3, 4, 4)}, "target must have the shape"),
         ({"loss_mask": torch.ones(2, 2, 5, 5)}, "loss_mask must have shape"),
     ],
-    ids=["k", "target", "mask"],
+    ids=["target", "mask"],
 )
 def test_bad_arguments(kwargs, match) -> None:
     probs, target = _case((2, 3, 5, 5))
-    arguments = {"probs": probs, "target": target, "k": 50, **kwargs}
+    arguments = {"probs": probs, "target": target, **kwargs}
     with pytest.raises(ValueError, match=match):
         channel_exclusion_mask(**arguments)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-from nnunet_topkdice.losses import CE_and_TopKDice_loss, deep_supervised_ce_and_topk_dice_loss
+from nnunet_topkdice.losses import CE_and_TopKDice_loss, TopKDiceOptions, deep_supervised_ce_and_topk_dice_loss
 from nnunet_topkdice.losses.selection import select_easiest
 from nnunet_topkdice.trainers import TopKDiceDeepSupervision
 
@@ -83,7 +83,7 @@ def test_float64_gradients_match_finite_differences():
     for batch_dice in (False, True):
         assert torch.autograd.gradcheck(
             lambda a, b, bd=batch_dice: deep_supervised_ce_and_topk_dice_loss(
-                [a, b], targets, [0.7, 0.3], 50, loss_masks=mask, batch_dice=bd
+                [a, b], targets, [0.7, 0.3], loss_masks=mask, options=TopKDiceOptions(k=50, batch_dice=bd)
             ),
             tuple(logits),
         )

@@ -21,6 +21,7 @@ from nnunet_topkdice.losses import (
     DC_and_TopKCE_loss,
     FocalLoss,
     TopKDiceLoss,
+    TopKDiceOptions,
     focal_loss,
 )
 from nnunet_topkdice.losses.reference import reference_topk_dice
@@ -149,7 +150,9 @@ def test_ce_and_topk_dice_gradient_matches_autograd_reference(weight_ce, weight_
         weight=None if weight is None else torch.tensor(weight, dtype=torch.float64),
         ignore_index=IGNORE if with_ignore else -100,
     )
-    ref = weight_ce * ce + weight_dice * reference_topk_dice(ref_in, labels, 30, mask, batch_dice=True)
+    ref = weight_ce * ce + weight_dice * reference_topk_dice(
+        ref_in, labels, loss_mask=mask, options=TopKDiceOptions(k=30, batch_dice=True)
+    )
     ours.backward()
     ref.backward()
     assert ours.item() == pytest.approx(ref.item(), abs=1e-5)

@@ -16,6 +16,7 @@ from nnunet_topkdice.losses import (
     SigmoidFocalLoss,
     SigmoidTopKDiceLoss,
     TopKBCELoss,
+    TopKDiceOptions,
     n_excluded_voxels,
     sigmoid_topk_dice_loss,
     tie_break_map,
@@ -91,7 +92,9 @@ def test_value_and_gradient_match_dense_reference(shape, do_bg, batch_dice, k, m
     mask = None if mask_channels is None else _mask(shape, mask_channels)
     ours_in = logits.double().clone().requires_grad_(True)
     ref_in = logits.double().clone().requires_grad_(True)
-    ours = sigmoid_topk_dice_loss(ours_in, target, k, loss_mask=mask, do_bg=do_bg, batch_dice=batch_dice)
+    ours = sigmoid_topk_dice_loss(
+        ours_in, target, loss_mask=mask, options=TopKDiceOptions(k=k, do_bg=do_bg, batch_dice=batch_dice)
+    )
     ref = reference_sigmoid_topk_dice(ref_in, target, k, mask, do_bg=do_bg, batch_dice=batch_dice)
     ours.backward()
     ref.backward()
@@ -101,7 +104,7 @@ def test_value_and_gradient_match_dense_reference(shape, do_bg, batch_dice, k, m
 
 def test_float32_matches_the_reference():
     logits, target = region_case(SHAPES[0], seed=6)
-    ours = sigmoid_topk_dice_loss(logits, target.float(), 30, batch_dice=True)
+    ours = sigmoid_topk_dice_loss(logits, target.float(), options=TopKDiceOptions(k=30, do_bg=True, batch_dice=True))
     assert ours.dtype == torch.float32
     reference = reference_sigmoid_topk_dice(logits, target, 30, batch_dice=True)
     assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
@@ -118,10 +121,10 @@ def test_hand_computed_overlapping_regions():
     # region 1: D = 1, voxel 2 (0.8) goes even though region 0 dropped it too; voxel 0 (0.9) is outside
     # region 1, so it stays as a false positive
     dice1 = (2 * 0.6) / (1 + 0.9**2 + 0.2**2 + 0.6**2)
-    loss = sigmoid_topk_dice_loss(logits, target, 50, smooth=0)
+    loss = sigmoid_topk_dice_loss(logits, target, options=TopKDiceOptions(k=50, do_bg=True, smooth=0))
     assert loss.item() == pytest.approx(1 - (dice0 + dice1) / 2, abs=1e-12)
     # do_bg=False drops the first region (output channel 0), as nnU-Net's Dice does
-    without_first = sigmoid_topk_dice_loss(logits, target, 50, smooth=0, do_bg=False)
+    without_first = sigmoid_topk_dice_loss(logits, target, options=TopKDiceOptions(k=50, do_bg=False, smooth=0))
     assert without_first.item() == pytest.approx(1 - dice1, abs=1e-12)
 
 
@@ -132,7 +135,9 @@ def test_exactly_floor_excluded_when_every_probability_ties(k):
     target = region_case(shape, seed=7)[1]
     p = 0.75
     logits = torch.full(shape, float(torch.logit(torch.tensor(p, dtype=torch.float64))), dtype=torch.float64)
-    loss = sigmoid_topk_dice_loss(logits, target, k, tie_break_scale=0.0, smooth=0)
+    loss = sigmoid_topk_dice_loss(
+        logits, target, options=TopKDiceOptions(k=k, do_bg=True, smooth=0, tie_break_scale=0.0)
+    )
     n = target.flatten(2).sum(-1)
     n_excluded = n_excluded_voxels(n, k).double()
     kept = n - n_excluded
@@ -141,18 +146,22 @@ def test_exactly_floor_excluded_when_every_probability_ties(k):
     assert (n > 0).all()
     assert loss.item() == pytest.approx((1 - dice.mean(-1)).mean().item(), abs=1e-12)
     # with the default map the same inputs select what the literal reference selects
-    with_map = sigmoid_topk_dice_loss(logits, target, k)
+    with_map = sigmoid_topk_dice_loss(logits, target, options=TopKDiceOptions(k=k, do_bg=True))
     assert with_map.item() == pytest.approx(reference_sigmoid_topk_dice(logits, target, k).item(), abs=1e-12)
 
 
 def test_absent_regions_are_left_out_and_empty_batch_gives_zero():
     logits, target = region_case((2, 3, 6, 6), seed=8)
     target[:, 2] = False
-    loss = sigmoid_topk_dice_loss(logits, target, 50)
-    assert loss.item() == pytest.approx(sigmoid_topk_dice_loss(logits[:, :2], target[:, :2], 50).item(), abs=1e-7)
+    loss = sigmoid_topk_dice_loss(logits, target, options=TopKDiceOptions(k=50, do_bg=True))
+    assert loss.item() == pytest.approx(
+        sigmoid_topk_dice_loss(logits[:, :2], target[:, :2], options=TopKDiceOptions(k=50, do_bg=True)).item(), abs=1e-7
+    )
     empty = logits.clone().requires_grad_(True)
     for batch_dice in (False, True):
-        value = sigmoid_topk_dice_loss(empty, torch.zeros_like(target), 50, batch_dice=batch_dice)
+        value = sigmoid_topk_dice_loss(
+            empty, torch.zeros_like(target), options=TopKDiceOptions(k=50, do_bg=True, batch_dice=batch_dice)
+        )
         value.backward()
         assert value.item() == 0.0 and torch.isfinite(empty.grad).all() and (empty.grad == 0).all()
 
@@ -164,7 +173,9 @@ def test_region_present_in_one_image_only(batch_dice):
     logits, target = region_case((2, 3, 8, 8), seed=18)
     target[1, 2] = False
     target[0, 1] = False
-    ours = sigmoid_topk_dice_loss(logits.double(), target, 50, batch_dice=batch_dice)
+    ours = sigmoid_topk_dice_loss(
+        logits.double(), target, options=TopKDiceOptions(k=50, do_bg=True, batch_dice=batch_dice)
+    )
     reference = reference_sigmoid_topk_dice(logits, target, 50, batch_dice=batch_dice)
     assert ours.item() == pytest.approx(reference.item(), abs=1e-10)
 
@@ -178,8 +189,12 @@ def test_masked_voxels_change_nothing_and_get_no_gradient(batch_dice):
     other_logits[:, :, :4] = torch.randn(2, 3, 4, 10) * 5
     other_target[:, :, :4] = ~other_target[:, :, :4]
     a, b = logits.clone().requires_grad_(True), other_logits.clone().requires_grad_(True)
-    loss_a = sigmoid_topk_dice_loss(a, target, 50, loss_mask=mask, batch_dice=batch_dice)
-    loss_b = sigmoid_topk_dice_loss(b, other_target, 50, loss_mask=mask, batch_dice=batch_dice)
+    loss_a = sigmoid_topk_dice_loss(
+        a, target, loss_mask=mask, options=TopKDiceOptions(k=50, do_bg=True, batch_dice=batch_dice)
+    )
+    loss_b = sigmoid_topk_dice_loss(
+        b, other_target, loss_mask=mask, options=TopKDiceOptions(k=50, do_bg=True, batch_dice=batch_dice)
+    )
     loss_a.backward()
     loss_b.backward()
     assert loss_a.item() == pytest.approx(loss_b.item(), abs=1e-7)
@@ -191,22 +206,31 @@ def test_masked_voxels_change_nothing_and_get_no_gradient(batch_dice):
 def test_low_precision_logits_and_autocast_compute_in_float32(dtype):
     logits, target = region_case(SHAPES[1], seed=10)
     low = logits.to(dtype).requires_grad_(True)
-    loss = sigmoid_topk_dice_loss(low, target, 50, batch_dice=True)
+    loss = sigmoid_topk_dice_loss(low, target, options=TopKDiceOptions(k=50, do_bg=True, batch_dice=True))
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
-    full = sigmoid_topk_dice_loss(low.detach().float(), target, 50, batch_dice=True)
+    full = sigmoid_topk_dice_loss(
+        low.detach().float(), target, options=TopKDiceOptions(k=50, do_bg=True, batch_dice=True)
+    )
     assert loss.item() == pytest.approx(full.item(), abs=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = sigmoid_topk_dice_loss(logits, target, 50, batch_dice=True)
+        under_autocast = sigmoid_topk_dice_loss(
+            logits, target, options=TopKDiceOptions(k=50, do_bg=True, batch_dice=True)
+        )
     assert under_autocast.dtype == torch.float32
-    assert under_autocast.item() == pytest.approx(sigmoid_topk_dice_loss(logits, target, 50, batch_dice=True).item())
+    assert under_autocast.item() == pytest.approx(
+        sigmoid_topk_dice_loss(logits, target, options=TopKDiceOptions(k=50, do_bg=True, batch_dice=True)).item()
+    )
 
 
 def test_target_dtypes_from_nnunet_are_accepted():
     logits, target = region_case((2, 3, 6, 6), seed=11)
     dtypes = (torch.bool, torch.uint8, torch.int16, torch.float32, torch.float16)
-    values = {sigmoid_topk_dice_loss(logits, target.to(dtype), 50).item() for dtype in dtypes}
+    values = {
+        sigmoid_topk_dice_loss(logits, target.to(dtype), options=TopKDiceOptions(k=50, do_bg=True)).item()
+        for dtype in dtypes
+    }
     assert len(values) == 1
 
 
@@ -217,7 +241,10 @@ def test_gradcheck_float64():
     mask[0, 0, 0] = False
     for batch_dice in (False, True):
         assert torch.autograd.gradcheck(
-            lambda x, bd=batch_dice: sigmoid_topk_dice_loss(x, target, 50, loss_mask=mask, batch_dice=bd), (logits,)
+            lambda x, bd=batch_dice: sigmoid_topk_dice_loss(
+                x, target, loss_mask=mask, options=TopKDiceOptions(k=50, do_bg=True, batch_dice=bd)
+            ),
+            (logits,),
         )
 
 
@@ -225,14 +252,16 @@ def test_the_tie_break_map_is_the_one_of_the_spatial_shape(monkeypatch):
     # one map per spatial shape, shared with the softmax loss and channel_exclusion_mask: not one per flattening
     monkeypatch.setattr(tie_break_module, "_cache", type(tie_break_module._cache)())
     logits, regions = region_case((2, 3, 5, 6, 7), seed=9)
-    sigmoid_topk_dice_loss(logits, regions, k=50)
+    sigmoid_topk_dice_loss(logits, regions, options=TopKDiceOptions(k=50, do_bg=True))
     assert [key[0] for key in tie_break_module._cache] == [(5, 6, 7)]
 
 
 def test_function_equals_module():
     logits, target = region_case((2, 3, 7, 5), seed=13)
     module = SigmoidTopKDiceLoss(k=30, do_bg=False, batch_dice=True, smooth=1e-3)
-    function = sigmoid_topk_dice_loss(logits, target, 30, do_bg=False, batch_dice=True, smooth=1e-3)
+    function = sigmoid_topk_dice_loss(
+        logits, target, options=TopKDiceOptions(k=30, do_bg=False, batch_dice=True, smooth=1e-3)
+    )
     assert module(logits, target).item() == function.item()
     assert "k=30.0" in repr(module) and "do_bg=False" in repr(module)
 

@@ -9,6 +9,7 @@ from monai.losses import DiceLoss
 from nnunet_topkdice.losses import (
     CE_and_TopKDice_loss,
     TopKDiceLoss,
+    TopKDiceOptions,
     n_excluded_voxels,
     tie_break_map,
     topk_dice_loss,
@@ -39,8 +40,8 @@ def test_k100_equals_monai_squared_dice(random_case, shape, do_bg, batch_dice):
 def test_excludes_exactly_floor_of_the_easiest(random_case, shape, k):
     logits, target = random_case(shape, seed=1)
     probs = logits.softmax(1)
-    excluded = topk_exclusion_mask(probs, target, k)
-    assert torch.equal(excluded, reference_exclusion(probs, target, k))
+    excluded = topk_exclusion_mask(probs, target, options=TopKDiceOptions(k=k))
+    assert torch.equal(excluded, reference_exclusion(probs, target, options=TopKDiceOptions(k=k)))
     for b in range(shape[0]):
         for c in range(1, shape[1]):
             in_class = target[b, 0] == c
@@ -59,8 +60,8 @@ def test_exact_count_when_all_probabilities_tie(k):
     target[:, :, 2:7, 3:9] = 1
     target[0, :, 0, :5] = 2
     probs = torch.full((2, 3, 9, 11), 1 / 3)
-    excluded = topk_exclusion_mask(probs, target, k)
-    assert torch.equal(excluded, reference_exclusion(probs, target, k))
+    excluded = topk_exclusion_mask(probs, target, options=TopKDiceOptions(k=k))
+    assert torch.equal(excluded, reference_exclusion(probs, target, options=TopKDiceOptions(k=k)))
     for b in range(2):
         for c in (1, 2):
             n = int((target[b, 0] == c).sum())
@@ -73,7 +74,7 @@ def test_exact_with_saturated_probabilities_and_tie_break_disabled(random_case):
     logits = torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1).float() * 60
     logits[:, :, :4] += torch.randn(2, 3, 4, 30)
     probs = logits.softmax(1)
-    excluded = topk_exclusion_mask(probs, target, 30, tie_break_scale=0.0)
+    excluded = topk_exclusion_mask(probs, target, options=TopKDiceOptions(k=30, tie_break_scale=0.0))
     expected_counts = n_excluded_voxels(torch.stack([(target == c).sum((1, 2, 3)) for c in range(3)], 1), 30)
     got = torch.stack([(excluded & (target == c)).sum((1, 2, 3)) for c in range(3)], 1)
     assert torch.equal(got[:, 1:], expected_counts[:, 1:])
@@ -103,8 +104,12 @@ def test_every_selection_path_matches_reference(random_case, selection_path, sha
     for k in (10, 50, 90):
         for do_bg in (False, True):
             for loss_mask in (None, mask):
-                got = topk_exclusion_mask(probs, target, k, loss_mask, do_bg=do_bg, tie_break_scale=scale)
-                want = reference_exclusion(probs, target, k, loss_mask, do_bg, tie_break_scale=scale)
+                got = topk_exclusion_mask(
+                    probs, target, loss_mask=loss_mask, options=TopKDiceOptions(k=k, do_bg=do_bg, tie_break_scale=scale)
+                )
+                want = reference_exclusion(
+                    probs, target, loss_mask=loss_mask, options=TopKDiceOptions(k=k, do_bg=do_bg, tie_break_scale=scale)
+                )
                 assert torch.equal(got, want), (k, do_bg, loss_mask is not None)
 
 
@@ -117,8 +122,18 @@ def test_every_selection_path_gives_the_reference_loss(random_case, selection_pa
     for loss_mask in (None, mask):
         ours_in = logits.clone().requires_grad_(True)
         ref_in = logits.double().clone().requires_grad_(True)
-        ours = topk_dice_loss(ours_in, target, 30, loss_mask=loss_mask, batch_dice=batch_dice, tie_break_scale=scale)
-        ref = reference_topk_dice(ref_in, target, 30, loss_mask, batch_dice=batch_dice, tie_break_scale=scale)
+        ours = topk_dice_loss(
+            ours_in,
+            target,
+            loss_mask=loss_mask,
+            options=TopKDiceOptions(k=30, batch_dice=batch_dice, tie_break_scale=scale),
+        )
+        ref = reference_topk_dice(
+            ref_in,
+            target,
+            loss_mask=loss_mask,
+            options=TopKDiceOptions(k=30, batch_dice=batch_dice, tie_break_scale=scale),
+        )
         ours.backward()
         ref.backward()
         assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
@@ -130,7 +145,10 @@ def test_every_selection_path_on_images_smaller_than_the_class_count(random_case
     logits, target = random_case((2, 5, 2, 3), seed=7, all_present=False)
     probs = logits.softmax(1)
     for k in (10, 50):
-        assert torch.equal(topk_exclusion_mask(probs, target, k), reference_exclusion(probs, target, k))
+        assert torch.equal(
+            topk_exclusion_mask(probs, target, options=TopKDiceOptions(k=k)),
+            reference_exclusion(probs, target, options=TopKDiceOptions(k=k)),
+        )
 
 
 @pytest.mark.parametrize("k", [50, 100])
@@ -183,8 +201,8 @@ def test_value_and_gradient_match_dense_reference(random_case, shape, do_bg, bat
     logits, target = random_case(shape, seed=5, all_present=False)
     ours_in = logits.clone().requires_grad_(True)
     ref_in = logits.double().clone().requires_grad_(True)
-    ours = topk_dice_loss(ours_in, target, k, do_bg=do_bg, batch_dice=batch_dice)
-    ref = reference_topk_dice(ref_in, target, k, do_bg=do_bg, batch_dice=batch_dice)
+    ours = topk_dice_loss(ours_in, target, options=TopKDiceOptions(k=k, do_bg=do_bg, batch_dice=batch_dice))
+    ref = reference_topk_dice(ref_in, target, options=TopKDiceOptions(k=k, do_bg=do_bg, batch_dice=batch_dice))
     ours.backward()
     ref.backward()
     assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
@@ -194,13 +212,18 @@ def test_value_and_gradient_match_dense_reference(random_case, shape, do_bg, bat
 def test_absent_classes_are_skipped(random_case):
     logits, target = random_case((1, 4, 8, 8), seed=6, all_present=False)
     target[target == 3] = 1  # class 3 absent: its false positives must not count
-    loss = topk_dice_loss(logits, target, 50)
-    only_present = topk_dice_loss(logits[:, :3] - 0, torch.where(target == 3, 1, target), 50)
-    assert loss.item() == pytest.approx(reference_topk_dice(logits, target, 50).item(), abs=1e-6)
+    loss = topk_dice_loss(logits, target, options=TopKDiceOptions(k=50))
+    only_present = topk_dice_loss(logits[:, :3] - 0, torch.where(target == 3, 1, target), options=TopKDiceOptions(k=50))
+    assert loss.item() == pytest.approx(
+        reference_topk_dice(logits, target, options=TopKDiceOptions(k=50)).item(), abs=1e-6
+    )
     assert loss.item() != pytest.approx(only_present.item(), abs=1e-6)  # the softmax still sees 4 classes
     # mean over present classes only: 2 present foreground classes
     per_class = [
-        reference_topk_dice(logits, torch.where((target == c) | (target == 0), target, 0), 50).item() for c in (1, 2)
+        reference_topk_dice(
+            logits, torch.where((target == c) | (target == 0), target, 0), options=TopKDiceOptions(k=50)
+        ).item()
+        for c in (1, 2)
     ]
     assert loss.item() == pytest.approx(sum(per_class) / 2, abs=1e-6)
 
@@ -218,8 +241,8 @@ def test_no_foreground_gives_zero_with_finite_zero_gradient(batch_dice):
 def test_images_without_foreground_are_left_out_of_the_mean(random_case):
     logits, target = random_case((2, 3, 6, 6), seed=7)
     target[1] = 0
-    both = topk_dice_loss(logits, target, 50)
-    first = topk_dice_loss(logits[:1], target[:1], 50)
+    both = topk_dice_loss(logits, target, options=TopKDiceOptions(k=50))
+    first = topk_dice_loss(logits[:1], target[:1], options=TopKDiceOptions(k=50))
     assert both.item() == pytest.approx(first.item(), abs=1e-7)
 
 
@@ -234,14 +257,14 @@ def test_masked_voxels_change_nothing_and_get_no_gradient(random_case, batch_dic
     other_target[:, :, :4] = 255  # an ignore label outside [0, C)
     a = logits.clone().requires_grad_(True)
     b = other_logits.clone().requires_grad_(True)
-    loss_a = topk_dice_loss(a, target, 50, loss_mask=mask, batch_dice=batch_dice)
-    loss_b = topk_dice_loss(b, other_target, 50, loss_mask=mask, batch_dice=batch_dice)
+    loss_a = topk_dice_loss(a, target, loss_mask=mask, options=TopKDiceOptions(k=50, batch_dice=batch_dice))
+    loss_b = topk_dice_loss(b, other_target, loss_mask=mask, options=TopKDiceOptions(k=50, batch_dice=batch_dice))
     loss_a.backward()
     loss_b.backward()
     assert loss_a.item() == pytest.approx(loss_b.item(), abs=1e-7)
     assert (b.grad[:, :, :4] == 0).all()
     torch.testing.assert_close(a.grad[:, :, 4:], b.grad[:, :, 4:])
-    ref = reference_topk_dice(logits, target, 50, loss_mask=mask, batch_dice=batch_dice)
+    ref = reference_topk_dice(logits, target, loss_mask=mask, options=TopKDiceOptions(k=50, batch_dice=batch_dice))
     assert loss_a.item() == pytest.approx(ref.item(), abs=1e-6)
 
 
@@ -250,17 +273,20 @@ def test_masked_voxels_change_nothing_and_get_no_gradient(random_case, batch_dic
 def test_low_precision_logits_give_finite_float32(random_case, shape, dtype):
     logits, target = random_case(shape, seed=9)
     low = logits.to(dtype).requires_grad_(True)
-    loss = topk_dice_loss(low, target, 50, batch_dice=True)
+    loss = topk_dice_loss(low, target, options=TopKDiceOptions(k=50, batch_dice=True))
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
-    full = topk_dice_loss(low.detach().float(), target, 50, batch_dice=True)
+    full = topk_dice_loss(low.detach().float(), target, options=TopKDiceOptions(k=50, batch_dice=True))
     assert loss.item() == pytest.approx(full.item(), abs=1e-6)
 
 
 def test_target_dtypes_from_nnunet_are_accepted(random_case):
     logits, target = random_case((2, 3, 6, 6), seed=10)
-    values = {topk_dice_loss(logits, target.to(dtype), 50).item() for dtype in (torch.int16, torch.int32, torch.uint8)}
+    values = {
+        topk_dice_loss(logits, target.to(dtype), options=TopKDiceOptions(k=50)).item()
+        for dtype in (torch.int16, torch.int32, torch.uint8)
+    }
     assert len(values) == 1
 
 
@@ -288,7 +314,10 @@ def test_gradcheck_float64(random_case):
     mask[0, 0, 0] = False
     for batch_dice in (False, True):
         assert torch.autograd.gradcheck(
-            lambda x, bd=batch_dice: topk_dice_loss(x, target, 50, loss_mask=mask, batch_dice=bd), (logits,)
+            lambda x, bd=batch_dice: topk_dice_loss(
+                x, target, loss_mask=mask, options=TopKDiceOptions(k=50, batch_dice=bd)
+            ),
+            (logits,),
         )
 
 
@@ -300,7 +329,7 @@ def test_loss_grows_as_k_shrinks_for_a_partly_missed_object():
     logits[:, 1] = -4.0
     logits[:, 1, 4:28, 4:28] = 4.0  # the object: confident
     logits[:, 1, 4:28, 4:10] = -1.0  # a missed strip
-    values = [topk_dice_loss(logits, target, k).item() for k in (100, 90, 50, 30, 10)]
+    values = [topk_dice_loss(logits, target, options=TopKDiceOptions(k=k)).item() for k in (100, 90, 50, 30, 10)]
     assert all(a < b for a, b in zip(values, values[1:], strict=False)), values
 
 
@@ -358,16 +387,16 @@ def test_checks_read_only_metadata():
 def test_function_equals_module(random_case):
     logits, target = random_case((2, 3, 7, 5), seed=13)
     module = TopKDiceLoss(k=30, do_bg=True, batch_dice=True, smooth=1e-3)
-    function = topk_dice_loss(logits, target, 30, do_bg=True, batch_dice=True, smooth=1e-3)
+    function = topk_dice_loss(logits, target, options=TopKDiceOptions(k=30, do_bg=True, batch_dice=True, smooth=1e-3))
     assert module(logits, target).item() == function.item()
 
 
 def test_autocast_does_not_lower_the_precision(random_case):
     logits, target = random_case((2, 3, 12, 10), seed=15)
     mask = torch.rand(2, 1, 12, 10, generator=torch.Generator().manual_seed(16)) > 0.3
-    full = topk_dice_loss(logits, target, 50, loss_mask=mask, batch_dice=True)
+    full = topk_dice_loss(logits, target, loss_mask=mask, options=TopKDiceOptions(k=50, batch_dice=True))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = topk_dice_loss(logits, target, 50, loss_mask=mask, batch_dice=True)
+        under_autocast = topk_dice_loss(logits, target, loss_mask=mask, options=TopKDiceOptions(k=50, batch_dice=True))
     assert under_autocast.dtype == torch.float32
     assert under_autocast.item() == pytest.approx(full.item(), abs=1e-6)
 
@@ -426,8 +455,13 @@ def test_cuda_selection_is_exact_against_the_cpu_reference(random_case, shape, k
     probs = logits.softmax(1)
     mask = torch.rand(shape[0], 1, *shape[2:], generator=torch.Generator().manual_seed(6)) > 0.2
     for k in (10, 50, 90):
-        got = topk_exclusion_mask(probs.cuda(), target.cuda(), k, mask.cuda(), tie_break_scale=scale)
-        assert torch.equal(got.cpu(), reference_exclusion(probs, target, k, mask, tie_break_scale=scale))
+        got = topk_exclusion_mask(
+            probs.cuda(), target.cuda(), loss_mask=mask.cuda(), options=TopKDiceOptions(k=k, tie_break_scale=scale)
+        )
+        assert torch.equal(
+            got.cpu(),
+            reference_exclusion(probs, target, loss_mask=mask, options=TopKDiceOptions(k=k, tie_break_scale=scale)),
+        )
 
 
 @needs_cuda
@@ -436,8 +470,8 @@ def test_cuda_loss_and_gradient_match_the_cpu_reference(random_case, batch_dice)
     logits, target = random_case((2, 4, 48, 40), seed=17, scale=2.0)
     ours_in = logits.cuda().requires_grad_(True)
     ref_in = logits.double().requires_grad_(True)
-    ours = topk_dice_loss(ours_in, target.cuda(), 30, batch_dice=batch_dice)
-    ref = reference_topk_dice(ref_in, target, 30, batch_dice=batch_dice)
+    ours = topk_dice_loss(ours_in, target.cuda(), options=TopKDiceOptions(k=30, batch_dice=batch_dice))
+    ref = reference_topk_dice(ref_in, target, options=TopKDiceOptions(k=30, batch_dice=batch_dice))
     ours.backward()
     ref.backward()
     assert ours.item() == pytest.approx(ref.item(), abs=1e-5)

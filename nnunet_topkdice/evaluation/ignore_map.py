@@ -52,7 +52,7 @@ def compute_ignore_map(
     """
     import torch
 
-    from nnunet_topkdice.losses import topk_exclusion_mask
+    from nnunet_topkdice.losses import TopKDiceOptions, topk_exclusion_mask
 
     label = np.asarray(label)
     if probabilities.shape[1:] != label.shape:
@@ -61,7 +61,7 @@ def compute_ignore_map(
     target = torch.from_numpy(np.where(valid, label, 0).astype(np.int64))[None, None]
     probs = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))[None]
     loss_mask = None if ignore_label is None else torch.from_numpy(valid)[None, None]
-    excluded = topk_exclusion_mask(probs, target, k, loss_mask)
+    excluded = topk_exclusion_mask(probs, target, loss_mask=loss_mask, options=TopKDiceOptions(k=k))
     return excluded[0, 0].numpy().astype(bool)
 
 
@@ -84,6 +84,7 @@ def topk_dice_loss_value(
     """
     import torch
 
+    from nnunet_topkdice.losses import TopKDiceOptions
     from nnunet_topkdice.losses.reference import kept_dice_loss
 
     label = np.asarray(label)
@@ -92,7 +93,7 @@ def topk_dice_loss_value(
     probs = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))[None]
     loss_mask = None if ignore_label is None else torch.from_numpy(valid)[None, None]
     excluded_map = torch.from_numpy(np.asarray(excluded, dtype=bool))[None, None]
-    return float(kept_dice_loss(probs, target, excluded_map, loss_mask, smooth=smooth))
+    return float(kept_dice_loss(probs, target, excluded_map, loss_mask, options=TopKDiceOptions(smooth=smooth)))
 
 
 def pick_slice(label: np.ndarray, axis: int) -> int:

@@ -4,7 +4,8 @@
 ``tie_break``) and ``focal`` import nothing from nnU-Net; the compound baselines build nnU-Net's own soft
 Dice, cross entropy and TopK cross entropy when they are constructed.
 Region-based (sigmoid) datasets: ``sigmoid_topk_dice`` and ``region_terms`` are pure PyTorch as well.
-``arguments`` holds the hyper-parameter checks they share.
+``options`` holds :class:`TopKDiceOptions`, the one options object of every TopK-Dice function and module;
+``arguments`` the hyper-parameter checks the losses share.
 """
 
 from nnunet_topkdice.losses.compound import (
@@ -16,6 +17,7 @@ from nnunet_topkdice.losses.compound import (
     DC_and_TopKCE_loss,
 )
 from nnunet_topkdice.losses.focal import FocalLoss, focal_loss
+from nnunet_topkdice.losses.options import TopKDiceOptions
 from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss
 from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss, sigmoid_topk_dice_loss
 from nnunet_topkdice.losses.topk_dice import (
@@ -41,6 +43,7 @@ __all__ = [
     "SigmoidTopKDiceLoss",
     "TopKBCELoss",
     "TopKDiceLoss",
+    "TopKDiceOptions",
     "ce_and_topk_dice_loss",
     "channel_exclusion_mask",
     "deep_supervised_ce_and_topk_dice_loss",

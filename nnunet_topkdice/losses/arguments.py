@@ -1,36 +1,81 @@
-"""Hyper-parameter rules shared by the losses, checked once in ``__init__`` on plain Python numbers.
+"""Hyper-parameter rules shared by the losses, checked once in ``__init__`` (never in ``forward``).
 
-Only argument validation lives here, no maths: the definition (:mod:`~nnunet_topkdice.losses.reference`)
-and the implementations use it alike, so that a ``k`` valid for one is valid for all.
+Only argument validation lives here, no maths: the options of the TopK-Dice losses
+(:class:`~nnunet_topkdice.losses.options.TopKDiceOptions`), the MONAI drop-in and the region baselines use
+the same rules, so that a ``k`` valid for one is valid for all.
 """
 
 from __future__ import annotations
 
-__all__ = ["check_k", "check_non_negative"]
+import math
+import numbers
+
+import numpy as np
+import torch
+
+__all__ = ["as_real", "check_flag", "check_k", "check_non_negative", "check_seed"]
 
 
-def _is_int_or_float(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def as_real(value: object) -> float | None:
+    """``value`` as a float when it is a real number, else None.
+
+    Real numbers are Python ``int``/``float``, NumPy integer and floating scalars, and 0-d integer or
+    floating tensors (read once, on the host: construction time, not ``forward``). ``bool`` (Python,
+    NumPy or tensor) is not a number here.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0 or value.dtype == torch.bool or value.is_complex():
+            return None
+        return float(value.detach())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NumPy's bool_ is not numbers.Real
+        return None
+    return float(value)
 
 
 def check_k(k: object, kept: str = "foreground voxels") -> float:
-    """``k`` as a float, once it is a number (int or float, not bool) in (0, 100].
+    """``k`` as a float, once it is a real number (see :func:`as_real`) in (0, 100]; NaN is refused.
 
     ``kept`` names, in the error message, what ``k`` is the percent of.
     Raises:
-        ValueError: ``k`` is not a number in (0, 100].
+        ValueError: ``k`` is not a number in (0, 100], with the value received.
     """
-    if not _is_int_or_float(k) or not 0 < k <= 100:
+    value = as_real(k)
+    if value is None or not 0 < value <= 100:
         raise ValueError(f"k must be a number in (0, 100] (percent of {kept} kept), got {k!r}")
-    return float(k)
+    return value
 
 
 def check_non_negative(name: str, value: object) -> float:
-    """``value`` as a float, once it is a number (int or float, not bool) ``>= 0`` (NaN is refused).
+    """``value`` as a float, once it is a finite real number (see :func:`as_real`) ``>= 0``.
 
     Raises:
-        ValueError: it is not, with ``name`` in the message.
+        ValueError: it is not (NaN and infinity included), with ``name`` and the value in the message.
     """
-    if not _is_int_or_float(value) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
+    number = as_real(value)
+    if number is None or not 0 <= number < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool, once it is one (Python or NumPy ``bool``, or the integers 0 and 1).
+
+    Raises:
+        ValueError: anything else (a string such as ``"False"`` would otherwise count as True).
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
+def check_seed(name: str, value: object) -> int:
+    """``value`` as an int, once it is an integer (Python or NumPy, not bool).
+
+    Raises:
+        ValueError: it is not.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from nnunet_topkdice.losses.focal import FocalLoss
 from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss
 from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss
-from nnunet_topkdice.losses.topk_dice import TopKDiceLoss, ce_and_topk_dice_loss
+from nnunet_topkdice.losses.topk_dice import TopKDiceLoss
 
 __all__ = [
     "BCE_and_TopKDice_loss",
@@ -101,6 +101,11 @@ class CE_and_TopKDice_loss(nn.Module):
     (``torch.nn.CrossEntropyLoss``'s mean, with class weights and ignore index), and the whole loss is one
     autograd node with a closed-form backward (see ``nnunet_topkdice.losses.fused``).
 
+    ``self.dc`` is the :class:`TopKDiceLoss` (its options in ``self.dc.options``), and ``forward`` calls it,
+    with the cross-entropy weights, to compute that node: nnU-Net's ``loss.dc = torch.compile(loss.dc)``
+    therefore compiles the whole fused loss (cross entropy included, since it shares the node), where
+    nnU-Net's own ``DC_and_CE_loss`` compiles only its Dice.
+
     Args:
         topk_dice_kwargs: arguments of :class:`TopKDiceLoss` (``k``, ``batch_dice``, ``do_bg``, ``smooth``, ``ddp``).
         ce_kwargs: ``weight`` (per-class, as in ``torch.nn.CrossEntropyLoss``) and/or ``ignore_index``.
@@ -138,15 +143,10 @@ class CE_and_TopKDice_loss(nn.Module):
         """Where the target is not the ignore label (None without one).  Shape: (B, 1, *spatial) bool."""
         return None if self.ignore_label is None else target != self.ignore_label
 
-    def options(self) -> dict[str, object]:
-        """The keyword arguments of :func:`~nnunet_topkdice.losses.ce_and_topk_dice_loss` this loss fixes
-        (all but ``k`` and ``loss_mask``)."""
-        return {
-            "ce_weight": self.ce_weight,
-            "weight_ce": self.weight_ce,
-            "weight_dice": self.weight_dice,
-            **self.dc._options(),  # the TopK-Dice module's hyper-parameters
-        }
+    def ce_terms(self) -> dict[str, object]:
+        """The cross-entropy keywords of :func:`~nnunet_topkdice.losses.ce_and_topk_dice_loss` this loss fixes
+        (the TopK-Dice options are ``self.dc.options``)."""
+        return {"ce_weight": self.ce_weight, "weight_ce": self.weight_ce, "weight_dice": self.weight_dice}
 
     def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
         """Shape: net_output (B, C, *spatial) float; target (B, 1, *spatial) integer. Returns a float32 scalar.
@@ -155,7 +155,7 @@ class CE_and_TopKDice_loss(nn.Module):
             ValueError: shapes or dtypes as in :func:`~nnunet_topkdice.losses.topk_dice_loss`.
         """
         # one autograd node computes the softmax once for both terms (nnunet_topkdice.losses.fused)
-        return ce_and_topk_dice_loss(net_output, target, self.dc.k, loss_mask=self.loss_mask(target), **self.options())
+        return self.dc(net_output, target, self.loss_mask(target), **self.ce_terms())
 
 
 class DC_and_Focal_loss(_RegionAndPixelLoss):

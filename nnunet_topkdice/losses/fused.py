@@ -19,9 +19,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from nnunet_topkdice.losses.options import TopKDiceOptions
 from nnunet_topkdice.losses.selection import select_easiest
 
-__all__ = ["LossConfig", "Output", "dice_loss_and_grads", "fused_topk_dice_ce", "without_autocast"]
+__all__ = ["Output", "TermWeights", "dice_loss_and_grads", "fused_topk_dice_ce", "without_autocast"]
 
 _CACHE_LINE_BYTES = 64
 
@@ -34,16 +35,11 @@ def without_autocast(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-class LossConfig(NamedTuple):
-    """What the node needs besides tensors; hyper-parameters validated by the caller."""
+class TermWeights(NamedTuple):
+    """The weights of the two terms, ``dice * TopK-Dice + ce * CE``; a term with weight 0 is not computed."""
 
-    k: float
-    do_bg: bool
-    batch_dice: bool
-    smooth: float
-    ddp: bool
-    weight_dice: float
-    weight_ce: float
+    dice: float
+    ce: float
 
 
 def dice_loss_and_grads(
@@ -51,7 +47,7 @@ def dice_loss_and_grads(
     sum_pred_sq: Tensor,
     n_foreground: Tensor,
     n_excluded: Tensor,
-    config: LossConfig,
+    options: TopKDiceOptions,
     output_weights: Sequence[float] = (1.0,),
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``sum_s w_s (1 - mean Dice_s)`` over the present classes (eq. 7) from the per-class sums, with gradients.
@@ -77,7 +73,7 @@ def dice_loss_and_grads(
     n_outputs = len(output_weights)
     n_kept = n_foreground - n_excluded
     grad_scale = 1.0
-    if config.batch_dice and config.ddp:
+    if options.batch_dice and options.ddp:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("TopKDiceLoss(ddp=True, batch_dice=True) needs an initialised process group")
         # one all_reduce of everything; float64 counts stay exact over any batch and number of ranks
@@ -86,17 +82,17 @@ def dice_loss_and_grads(
         dist.all_reduce(stats)
         grad_scale = float(dist.get_world_size())
         intersect, sum_pred_sq, sum_gt, present = stats.to(dtype).unbind(0)
-    elif config.batch_dice:  # counts summed as integers: exact
+    elif options.batch_dice:  # counts summed as integers: exact
         intersect, sum_pred_sq = intersect.sum(0, keepdim=True), sum_pred_sq.sum(0, keepdim=True)
         sum_gt, present = n_kept.sum(0, keepdim=True).to(dtype), n_foreground.sum(0, keepdim=True).to(dtype)
     else:
         sum_gt, present = n_kept.to(dtype), n_foreground.to(dtype)
     n_rows_total = present.shape[0]
     present = present.clamp(max=1).view(n_rows_total, n_outputs, -1)  # (rows, S, C)
-    if not config.do_bg:
+    if not options.do_bg:
         present[..., 0] = 0
-    den = torch.add(sum_gt, sum_pred_sq).add_(config.smooth).clamp_min_(1e-8)
-    dice = torch.add(intersect, intersect).add_(config.smooth).div_(den)
+    den = torch.add(sum_gt, sum_pred_sq).add_(options.smooth).clamp_min_(1e-8)
+    dice = torch.add(intersect, intersect).add_(options.smooth).div_(den)
     n_present = present.sum(-1, keepdim=True)
     n_rows = n_present.clamp(max=1).sum(0, keepdim=True).clamp_min_(1)  # per output
     weight = present.div_(n_present.clamp_min(1).mul_(n_rows))
@@ -109,7 +105,7 @@ def dice_loss_and_grads(
         weight = weight * grad_scale
     grad_inter = weight.div(den).mul_(-2)
     grad_pred = weight.mul(dice).div_(den)
-    if config.batch_dice:
+    if options.batch_dice:
         grad_inter, grad_pred = grad_inter.expand(n_kept.shape), grad_pred.expand(n_kept.shape)
     return loss, grad_inter, grad_pred
 
@@ -131,14 +127,38 @@ def _concat(parts: list[Tensor], dim: int) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
-class _DiceTerm(NamedTuple):
-    """What the TopK-Dice term leaves for the backward (shapes (B, sum N_s) and (B, S C))."""
+class _DiceSaved(NamedTuple):
+    """What the TopK-Dice term leaves for the backward: code, contribution (B, sum N_s); grad_inter, grad_sq
+    (B, S C). All None without the Dice term."""
 
-    loss: Tensor
-    code: Tensor
-    contribution: Tensor
-    grad_inter: Tensor
-    grad_sq: Tensor
+    code: Tensor | None
+    contribution: Tensor | None
+    grad_inter: Tensor | None
+    grad_sq: Tensor | None
+
+
+class _OutputSaved(NamedTuple):
+    """What one output leaves for the backward: probs (B, C, N) float; labels (B, N) int64; mask_f (B, N)
+    float or None; ce_factor, ``a_i`` per voxel (B, N), or None (then a Python scalar per output)."""
+
+    probs: Tensor
+    labels: Tensor
+    mask_f: Tensor | None
+    ce_factor: Tensor | None
+
+
+def _groups(flat: Sequence, group: type[NamedTuple]) -> list:
+    """``flat`` read back as consecutive ``group`` tuples (the inverse of concatenating them)."""
+    size = len(group._fields)
+    return [group._make(flat[start : start + size]) for start in range(0, len(flat), size)]
+
+
+class _NodeSettings(NamedTuple):
+    """What the node needs besides tensors: the validated options, the term weights, one weight per output."""
+
+    options: TopKDiceOptions
+    terms: TermWeights
+    output_weights: tuple[float, ...]
 
 
 def _dice_term(
@@ -146,12 +166,13 @@ def _dice_term(
     probs: list[Tensor],
     true_class_prob: Tensor,
     masks_f: list[Tensor | None],
-    config: LossConfig,
+    options: TopKDiceOptions,
     output_weights: Sequence[float],
-) -> _DiceTerm:
+) -> tuple[Tensor, _DiceSaved]:
     """``sum_s w_s TopK-Dice_s`` with its gradients per class sum, from one selection over all outputs.
 
     Shape: probs (B, C, N_s) per output; true_class_prob (B, sum N_s), the outputs' voxels concatenated.
+    returns: the term () and what its backward needs.
     """
     batch, n_classes = probs[0].shape[:2]
     n_columns = len(outputs) * n_classes
@@ -160,7 +181,9 @@ def _dice_term(
     # output s's class c is class s C + c of one selection over the concatenated voxels
     labels = _concat([o.labels + s * n_classes if s else o.labels for s, o in enumerate(outputs)], 1)
     mask = None if outputs[0].mask is None else _concat([output.mask for output in outputs], 1)
-    selection = select_easiest(value, labels, n_columns, config.k, mask, config.do_bg, n_classes)
+    selection = select_easiest(
+        value, labels, n_columns, k=options.k, mask=mask, do_bg=options.do_bg, classes_per_group=n_classes
+    )
     excluded = selection.excluded.to(true_class_prob.dtype)
     # v_i: q where kept, q^2 where excluded (masked voxels land in the discarded column 0)
     contribution = torch.lerp(true_class_prob, true_class_prob.square(), excluded)
@@ -179,10 +202,10 @@ def _dice_term(
         _concat(dense_sq, 1).sub_(sums[:, n_columns + 1 :]),
         selection.n_foreground,
         selection.n_excluded,
-        config,
+        options,
         output_weights,
     )
-    return _DiceTerm(loss, selection.code, contribution, grad_inter, grad_sq)
+    return loss, _DiceSaved(code=selection.code, contribution=contribution, grad_inter=grad_inter, grad_sq=grad_sq)
 
 
 def _ce_term(
@@ -190,7 +213,7 @@ def _ce_term(
     log_q: Tensor,
     masks_f: list[Tensor | None],
     ce_weight: Tensor | None,
-    config: LossConfig,
+    weight_ce: float,
     output_weights: Sequence[float],
 ) -> tuple[Tensor, list[Tensor | None], list[float]]:
     """``sum_s w_s weight_ce CE_s``, with ``a_i / gCE`` per voxel (a tensor, or a Python scalar per output).
@@ -210,12 +233,12 @@ def _ce_term(
             factor = mask_f if factor is None else factor * mask_f
         if factor is None:
             # torch.nn.CrossEntropyLoss's mean; a Python divisor: no tensor made from a host value
-            scales[s] = config.weight_ce * output_weights[s] / output.labels.numel()
+            scales[s] = weight_ce * output_weights[s] / output.labels.numel()
             term = log_q_s.sum().mul_(-scales[s])
         else:
             # the summed weights of the counted voxels (an all-ignored batch gives 0, not NaN)
             denominator = factor.sum().clamp_min_(1 if ce_weight is None else 1e-8)
-            factors[s] = factor = factor * (config.weight_ce * output_weights[s] / denominator)
+            factors[s] = factor = factor * (weight_ce * output_weights[s] / denominator)
             term = torch.dot(log_q_s.reshape(-1), factor.view(-1)).neg_()
         ce = term if ce is None else ce.add_(term)
     return ce, factors, scales
@@ -282,76 +305,82 @@ class _TopKDiceCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, config: LossConfig, *args: object) -> Tensor:  # type: ignore[override]
+    def forward(ctx, settings: _NodeSettings, ce_weight: Tensor | None, *flat: Tensor | None) -> Tensor:  # type: ignore[override]
+        outputs = _groups(flat, Output)
         # keep float32 arithmetic under autocast, which would run the einsum in half precision
-        with without_autocast(args[2].device.type):  # the first output's logits
-            return _TopKDiceCE._forward(ctx, config, *args)
+        with without_autocast(outputs[0].logits.device.type):
+            return _TopKDiceCE._forward(ctx, settings, ce_weight, outputs)
 
     @staticmethod
-    def _forward(
-        ctx,
-        config: LossConfig,
-        output_weights: tuple[float, ...],
-        ce_weight: Tensor | None,
-        *flat: Tensor | None,
-    ) -> Tensor:
-        n_outputs = len(output_weights)
-        outputs = [Output(*flat[4 * s : 4 * s + 4]) for s in range(n_outputs)]
+    def _forward(ctx, settings: _NodeSettings, ce_weight: Tensor | None, outputs: list[Output]) -> Tensor:
+        n_outputs = len(outputs)
+        terms, output_weights = settings.terms, settings.output_weights
         compute_dtype = torch.float64 if outputs[0].logits.dtype == torch.float64 else torch.float32
         probs = [torch.softmax(output.logits.to(compute_dtype), 1) for output in outputs]
         true_class_prob = _concat(  # (B, sum N_s)
             [p.gather(1, output.labels.unsqueeze(1)).squeeze(1) for p, output in zip(probs, outputs, strict=True)], 1
         )
         masks_f = [None if output.mask is None else output.mask.to(compute_dtype) for output in outputs]
-        ctx.dice, ctx.ce = config.weight_dice != 0, config.weight_ce != 0
-        loss = dice = None
+        ctx.dice, ctx.ce = terms.dice != 0, terms.ce != 0
+        loss = None
+        dice_saved = _DiceSaved(code=None, contribution=None, grad_inter=None, grad_sq=None)
         ce_factors: list[Tensor | None] = [None] * n_outputs
         ctx.ce_scales = [0.0] * n_outputs
         if ctx.dice:
-            dice = _dice_term(outputs, probs, true_class_prob, masks_f, config, output_weights)
-            loss = dice.loss if config.weight_dice == 1 else dice.loss * config.weight_dice
+            options = settings.options
+            dice_loss, dice_saved = _dice_term(outputs, probs, true_class_prob, masks_f, options, output_weights)
+            loss = dice_loss if terms.dice == 1 else dice_loss * terms.dice
         if ctx.ce:
             log_q = true_class_prob.clamp_min(torch.finfo(compute_dtype).tiny).log_()
-            ce, ce_factors, ctx.ce_scales = _ce_term(outputs, log_q, masks_f, ce_weight, config, output_weights)
+            ce, ce_factors, ctx.ce_scales = _ce_term(outputs, log_q, masks_f, ce_weight, terms.ce, output_weights)
             loss = ce if loss is None else loss.add_(ce)
         if loss is None:  # both weights 0
             loss = true_class_prob.new_zeros(())
-        kept = (None,) * 4 if dice is None else dice[1:]  # code, contribution, grad_inter, grad_sq
-        labels = [output.labels for output in outputs]
-        ctx.save_for_backward(*kept, *probs, *labels, *masks_f, *ce_factors)
-        ctx.weight_dice, ctx.n_outputs = config.weight_dice, n_outputs
+        per_output = [
+            _OutputSaved(probs=p, labels=output.labels, mask_f=mask_f, ce_factor=ce_factor)
+            for p, output, mask_f, ce_factor in zip(probs, outputs, masks_f, ce_factors, strict=True)
+        ]
+        ctx.save_for_backward(*dice_saved, *(t for saved in per_output for t in saved))
+        ctx.weight_dice = terms.dice
         ctx.logits_dtypes = [output.logits.dtype for output in outputs]
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        code, contribution, grad_inter, grad_sq, *per_output = ctx.saved_tensors
-        n = ctx.n_outputs
-        probs, labels, masks_f, ce_factors = (per_output[i * n : (i + 1) * n] for i in range(4))
-        grad_loss = grad_loss.to(probs[0].dtype)
-        n_classes = probs[0].shape[1]
+        saved = ctx.saved_tensors
+        n_dice = len(_DiceSaved._fields)
+        dice = _DiceSaved._make(saved[:n_dice])
+        per_output: list[_OutputSaved] = _groups(saved[n_dice:], _OutputSaved)
+        n = len(per_output)
+        grad_loss = grad_loss.to(per_output[0].probs.dtype)
+        n_classes = per_output[0].probs.shape[1]
         at_targets: list[Tensor | None] = [None] * n
         grad_sqs: list[Tensor | None] = [None] * n
         if ctx.dice:
             scale = grad_loss * ctx.weight_dice
+            grad_inter, grad_sq = dice.grad_inter, dice.grad_sq
             # G per code column (masked, kept, excluded), then s_i = G[code_i] v_i
             per_column = torch.cat([grad_inter.new_zeros(grad_inter.shape[0], 1), grad_inter, grad_sq * -2], 1)
-            at_target = per_column.mul_(scale).gather(1, code).mul_(contribution)
-            at_targets = list(at_target.split([x.shape[1] for x in labels], 1))
+            at_target = per_column.mul_(scale).gather(1, dice.code).mul_(dice.contribution)
+            at_targets = list(at_target.split([saved_s.labels.shape[1] for saved_s in per_output], 1))
             grad_sqs = list((grad_sq * (2 * scale)).split(n_classes, 1))
         grads = []
-        for s in range(n):
+        for s, saved_s in enumerate(per_output):
             ce = None
             if ctx.ce:  # a_i: a scalar tensor, or per voxel with class weights or a mask
-                ce = grad_loss * ctx.ce_scales[s] if ce_factors[s] is None else ce_factors[s] * grad_loss
-            grad = _output_grad(probs[s], labels[s], masks_f[s], at_targets[s], grad_sqs[s], ce)
+                ce = grad_loss * ctx.ce_scales[s] if saved_s.ce_factor is None else saved_s.ce_factor * grad_loss
+            grad = _output_grad(saved_s.probs, saved_s.labels, saved_s.mask_f, at_targets[s], grad_sqs[s], ce)
             grads.append(grad.to(ctx.logits_dtypes[s]))
-        return None, None, None, *(g for grad in grads for g in (grad, None, None, None))
+        # no gradient for the settings and ce_weight; per output, for its logits only (not labels, mask, tie_break)
+        no_grad_fields = (None,) * (len(Output._fields) - 1)
+        return None, None, *(g for grad in grads for g in (grad, *no_grad_fields))
 
 
 def fused_topk_dice_ce(
     outputs: Sequence[Output],
-    config: LossConfig,
+    *,
+    options: TopKDiceOptions,
+    terms: TermWeights,
     ce_weight: Tensor | None = None,
     output_weights: Sequence[float] = (1.0,),
 ) -> Tensor:
@@ -362,8 +391,10 @@ def fused_topk_dice_ce(
 
     Shape: outputs as :class:`Output`, the same batch and classes, all with a mask or none; ce_weight (C,) or
     None; output_weights: one per output.  returns: scalar, float32 (float64 for float64 logits).
+    options: validated; terms: the weights of the TopK-Dice and CE terms.
     """
     if len(outputs) != len(output_weights) or not outputs:
         raise ValueError(f"{len(outputs)} outputs need as many weights, got {len(output_weights)}")
+    settings = _NodeSettings(options=options, terms=terms, output_weights=tuple(float(w) for w in output_weights))
     flat = [x for output in outputs for x in output]
-    return _TopKDiceCE.apply(config, tuple(float(w) for w in output_weights), ce_weight, *flat)
+    return _TopKDiceCE.apply(settings, ce_weight, *flat)

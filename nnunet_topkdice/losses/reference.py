@@ -8,7 +8,7 @@ one image ``b`` and class ``c``, with ``P = softmax(logits)``, ``Y = one_hot(tar
 * eq. 2: ``v = Y_c * (P_c + eps)``, ``eps`` the fixed tie-break map (:func:`tie_break_map`), computed in
   float32 (the precision the selection runs in, whatever the dtype of the logits);
 * eq. 3: ``D_c = floor((100 - k) / 100 * n_c)``, ``n_c`` the voxels of class ``c`` with ``m = 1``
-  (:func:`n_excluded_voxels`, in exact integer arithmetic);
+  (:func:`~nnunet_topkdice.losses.counts.n_excluded_voxels`, in exact integer arithmetic);
 * eq. 4: the exclusion map ``E_c`` marks the ``D_c`` voxels of class ``c`` with the highest ``v``; equal
   ``v`` go to the lower flat voxel index, so that exactly ``D_c`` are marked (:func:`reference_exclusion`);
 * eqs. 5-6: ``Yk_c = m Y_c (1 - E_c)``, ``Pk_c = m P_c (1 - E_c)``: only foreground voxels of class ``c``
@@ -21,16 +21,14 @@ one image ``b`` and class ``c``, with ``P = softmax(logits)``, ``Y = one_hot(tar
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import torch
 from torch import Tensor
 
-from nnunet_topkdice.losses.arguments import check_k
-from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED, tie_break_map
+from nnunet_topkdice.losses.counts import n_excluded_voxels
+from nnunet_topkdice.losses.options import TopKDiceOptions
+from nnunet_topkdice.losses.tie_break import tie_break_map
 
 __all__ = [
-    "drop_fraction",
     "kept_dice_loss",
     "n_excluded_voxels",
     "reference_channel_exclusion",
@@ -38,33 +36,13 @@ __all__ = [
     "reference_topk_dice",
 ]
 
-_drop_fractions: dict[float, tuple[int, int]] = {}
+_DEFAULT_OPTIONS = TopKDiceOptions()
 
 
-def drop_fraction(k: float) -> tuple[int, int]:
-    """``(100 - k) / 100`` as ``(numerator, denominator)`` of an exact fraction, so that eq. 3 is exact.
-
-    Raises:
-        ValueError: ``k`` is not a number in (0, 100].
-    """
-    k = check_k(k)
-    drop = _drop_fractions.get(k)
-    if drop is None:  # a plain dict of plain ints: torch.compile traces it (it warned about lru_cache)
-        fraction = 1 - Fraction(k).limit_denominator(10**6) / 100
-        drop = _drop_fractions[k] = (fraction.numerator, fraction.denominator)
-    return drop
-
-
-def n_excluded_voxels(n_foreground: Tensor, k: float) -> Tensor:
-    """``D = floor((100 - k) / 100 * n)`` (eq. 3), computed exactly in integer arithmetic.
-
-    Shape:
-        n_foreground: any shape, integer counts.  returns: same shape, int64.
-    Raises:
-        ValueError: ``k`` not in (0, 100].
-    """
-    numerator, denominator = drop_fraction(k)
-    return torch.div(n_foreground.long() * numerator, denominator, rounding_mode="floor")
+def _tie_break(probs: Tensor, options: TopKDiceOptions) -> Tensor:
+    """``eps`` of eq. 2 for the spatial shape of ``probs``, flattened.  Shape: (N,) float32."""
+    seed, scale = options.tie_break_seed, options.tie_break_scale
+    return tie_break_map(probs.shape[2:], probs.device, seed=seed, scale=scale).reshape(-1)
 
 
 def _top_ranked(key: Tensor, n_top: Tensor) -> Tensor:
@@ -78,58 +56,47 @@ def _top_ranked(key: Tensor, n_top: Tensor) -> Tensor:
 
 
 def reference_exclusion(
-    probs: Tensor,
-    target: Tensor,
-    k: float,
-    loss_mask: Tensor | None = None,
-    do_bg: bool = False,
-    *,
-    tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
-    tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
+    probs: Tensor, target: Tensor, *, loss_mask: Tensor | None = None, options: TopKDiceOptions = _DEFAULT_OPTIONS
 ) -> Tensor:
     """The exclusion map of eq. 4, folded over the classes: each voxel is excluded at most for its own class.
 
     Shape:
         probs: (B, C, *spatial) float probabilities.  target: (B, 1, *spatial) integer, in [0, C) where
         ``loss_mask != 0``.  loss_mask: optional (B, 1, *spatial), 0 = ignored.
+        options: ``k``, ``do_bg`` and the tie-break map are read.
         returns: (B, 1, *spatial) bool, True where the voxel is one of the ``D_c`` easiest of its class ``c``.
     """
     batch, n_classes = probs.shape[:2]
-    eps = tie_break_map(probs.shape[2:], probs.device, seed=tie_break_seed, scale=tie_break_scale).reshape(-1)
+    eps = _tie_break(probs, options)
     labels = target.reshape(batch, -1).long()
     valid = torch.ones_like(labels, dtype=torch.bool) if loss_mask is None else loss_mask.reshape(batch, -1) != 0
     excluded = torch.zeros_like(valid)
-    for c in range(0 if do_bg else 1, n_classes):
+    for c in range(0 if options.do_bg else 1, n_classes):
         in_class = (labels == c) & valid
         value = probs[:, c].reshape(batch, -1).float() + eps  # eq. 2, in float32
         key = torch.where(in_class, value, -torch.inf)  # other voxels rank below every voxel of the class
-        excluded |= in_class & _top_ranked(key, n_excluded_voxels(in_class.sum(1), k))
+        excluded |= in_class & _top_ranked(key, n_excluded_voxels(in_class.sum(1), options.k))
     return excluded.view(target.shape)
 
 
 def reference_channel_exclusion(
-    probs: Tensor,
-    target: Tensor,
-    k: float,
-    loss_mask: Tensor | None = None,
-    *,
-    tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
-    tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
+    probs: Tensor, target: Tensor, *, loss_mask: Tensor | None = None, options: TopKDiceOptions = _DEFAULT_OPTIONS
 ) -> Tensor:
     """Eq. 4 for every channel of a binary target on its own (sigmoid regions, MONAI's one-hot targets).
 
     Shape:
         probs: (B, R, *spatial) float.  target: (B, R, *spatial) binary.  loss_mask: optional, broadcastable
-        over the channels, 0 = ignored.  returns: (B, R, *spatial) bool.
+        over the channels, 0 = ignored.  options: ``k`` and the tie-break map are read (every channel
+        selects, whatever ``do_bg``).  returns: (B, R, *spatial) bool.
     """
     batch, n_channels = probs.shape[:2]
-    eps = tie_break_map(probs.shape[2:], probs.device, seed=tie_break_seed, scale=tie_break_scale).reshape(-1)
+    eps = _tie_break(probs, options)
     inside = target != 0
     if loss_mask is not None:
         inside = inside & (loss_mask != 0)
     inside = inside.reshape(batch * n_channels, -1)
     key = torch.where(inside, probs.reshape(batch * n_channels, -1).float() + eps, -torch.inf)
-    excluded = inside & _top_ranked(key, n_excluded_voxels(inside.sum(1), k))
+    excluded = inside & _top_ranked(key, n_excluded_voxels(inside.sum(1), options.k))
     return excluded.view(probs.shape)
 
 
@@ -138,9 +105,8 @@ def kept_dice_loss(
     target: Tensor,
     excluded: Tensor,
     loss_mask: Tensor | None = None,
-    do_bg: bool = False,
-    batch_dice: bool = False,
-    smooth: float = 1e-5,
+    *,
+    options: TopKDiceOptions = _DEFAULT_OPTIONS,
 ) -> Tensor:
     """Eqs. 5-7: ``1 - mean`` squared soft Dice of the maps with the excluded voxels removed.
 
@@ -149,15 +115,15 @@ def kept_dice_loss(
     Shape:
         probs: (B, C, *spatial) float (differentiable).  target: (B, 1, *spatial) integer, in [0, C) where
         ``loss_mask != 0``.  excluded: (B, 1, *spatial) bool (eq. 4, folded over the classes).
-        loss_mask: optional (B, 1, *spatial), 0 = ignored.
-        returns: scalar float64; 0 (attached to the graph) when no class is present.
+        loss_mask: optional (B, 1, *spatial), 0 = ignored.  options: ``do_bg``, ``batch_dice`` and ``smooth``
+        are read.  returns: scalar float64; 0 (attached to the graph) when no class is present.
     """
     batch, n_classes = probs.shape[:2]
     labels = target.reshape(batch, -1)
     valid = torch.ones_like(labels, dtype=torch.bool) if loss_mask is None else loss_mask.reshape(batch, -1) != 0
     dropped = excluded.reshape(batch, -1) & valid
     stats = []  # per class: intersect, sum_gt, sum_pred, n_foreground, each (B,)
-    for c in range(0 if do_bg else 1, n_classes):
+    for c in range(0 if options.do_bg else 1, n_classes):
         in_class = (labels == c) & valid  # Y_c under the mask
         leaves = in_class & dropped  # E_c: excluded voxels leave their own class only
         y_kept = (in_class & ~leaves).double()  # eq. 5
@@ -168,10 +134,11 @@ def kept_dice_loss(
     if not stats:
         return probs.sum().double() * 0
     intersect, sum_gt, sum_pred, n_foreground = torch.stack(stats, -1).unbind(0)  # each (B, classes)
-    if batch_dice:
+    if options.batch_dice:
         intersect, sum_gt, sum_pred, n_foreground = (
             t.sum(0, keepdim=True) for t in (intersect, sum_gt, sum_pred, n_foreground)
         )
+    smooth = options.smooth
     dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)  # eq. 7
     present = n_foreground > 0
     losses = [1 - dice[row][present[row]].mean() for row in range(dice.shape[0]) if present[row].any()]
@@ -179,26 +146,16 @@ def kept_dice_loss(
 
 
 def reference_topk_dice(
-    logits: Tensor,
-    target: Tensor,
-    k: float,
-    loss_mask: Tensor | None = None,
-    do_bg: bool = False,
-    batch_dice: bool = False,
-    smooth: float = 1e-5,
-    *,
-    tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
-    tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
+    logits: Tensor, target: Tensor, *, loss_mask: Tensor | None = None, options: TopKDiceOptions = _DEFAULT_OPTIONS
 ) -> Tensor:
     """The TopK-Dice loss of eqs. 2-7; the selection is not differentiated (it is a constant of the step).
 
     Shape:
         logits: (B, C, *spatial) float, unnormalised (softmax in their dtype).  target: (B, 1, *spatial)
-        integer (anything where ``loss_mask == 0``).  returns: scalar float64.
+        integer (anything where ``loss_mask == 0``).  options: every field but ``ddp`` is read.
+        returns: scalar float64.
     """
     probs = torch.softmax(logits, 1)
     labels = target if loss_mask is None else torch.where(loss_mask != 0, target, 0)
-    excluded = reference_exclusion(
-        probs.detach(), labels, k, loss_mask, do_bg, tie_break_seed=tie_break_seed, tie_break_scale=tie_break_scale
-    )
-    return kept_dice_loss(probs, labels, excluded, loss_mask, do_bg, batch_dice, smooth)
+    excluded = reference_exclusion(probs.detach(), labels, loss_mask=loss_mask, options=options)
+    return kept_dice_loss(probs, labels, excluded, loss_mask, options=options)

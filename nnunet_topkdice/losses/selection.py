@@ -32,9 +32,19 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from nnunet_topkdice.losses.reference import n_excluded_voxels
+from nnunet_topkdice.losses.counts import n_excluded_voxels
+from nnunet_topkdice.losses.options import TopKDiceOptions
+from nnunet_topkdice.losses.tie_break import tie_break_map
 
-__all__ = ["CODE_MASKED", "PATHS", "STATE_EXCLUDED", "STATE_KEPT", "Selection", "select_easiest"]
+__all__ = [
+    "CODE_MASKED",
+    "PATHS",
+    "STATE_EXCLUDED",
+    "STATE_KEPT",
+    "Selection",
+    "select_easiest",
+    "select_per_channel",
+]
 
 CODE_MASKED = 0
 STATE_KEPT = 0
@@ -116,6 +126,35 @@ def select_easiest(
     if path == "histogram":
         return _histogram_selection(value, labels, mask, n_classes, k, do_bg, group, with_codes)
     raise ValueError(f"selection path must be one of {PATHS}, got {path!r}")
+
+
+def select_per_channel(
+    probs: Tensor, target: Tensor, loss_mask: Tensor | None = None, *, options: TopKDiceOptions
+) -> Selection:
+    """Per image and channel of a binary target, the ``floor((100 - k) / 100 * n)`` voxels with the highest
+    ``probs + eps``: :func:`select_easiest` with one class per (image, channel) row.
+
+    The selection of overlapping regions (sigmoid outputs) and of MONAI's one-hot targets; every channel
+    selects, whatever ``options.do_bg``. Arguments are not checked (see
+    :func:`~nnunet_topkdice.losses.channel_exclusion_mask`); not differentiable.
+
+    Shape: probs (B, R, *spatial) float; target (B, R, *spatial) binary; loss_mask None or broadcastable
+    over the channels, 0 = ignored.  returns: a :class:`Selection` without codes, excluded (B * R, N)
+    float32, counts (B * R, 1).
+    """
+    batch, n_channels = probs.shape[:2]
+    seed, scale = options.tie_break_seed, options.tie_break_scale
+    tie_break = tie_break_map(probs.shape[2:], probs.device, seed=seed, scale=scale).view(-1)
+    with torch.no_grad():
+        valid = target.reshape(batch * n_channels, -1)
+        valid = valid if valid.dtype == torch.bool else valid != 0
+        if loss_mask is not None:
+            valid = valid & (loss_mask != 0).expand_as(probs).reshape(batch * n_channels, -1)
+        # one class (0) per (image, channel) row (an expanded zero: no per-voxel labels to write); voxels
+        # outside the channel's region are masked out
+        value = probs.detach().reshape(batch * n_channels, -1).float() + tie_break
+        labels = torch.zeros((), dtype=torch.long, device=probs.device).expand(valid.shape)
+        return select_easiest(value, labels, 1, options.k, valid, True, with_codes=False)
 
 
 def _path(device: torch.device, n_values: int) -> str:

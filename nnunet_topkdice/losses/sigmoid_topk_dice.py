@@ -7,7 +7,8 @@ therefore made per image and region, independently: among the region's voxels, t
 and prediction, then a squared soft Dice per region and ``1 - mean`` over the regions present.
 
 Written with plain autograd (the selection is that of :func:`channel_exclusion_mask`, not differentiated);
-the Dice rules (presence, ``batch_dice``, DDP) are those of the softmax :class:`TopKDiceLoss`.
+the Dice rules (presence, ``batch_dice``, DDP) are those of the softmax :class:`TopKDiceLoss`, and so are the
+options (:class:`~nnunet_topkdice.losses.options.TopKDiceOptions`), with ``do_bg=True`` by default here.
 """
 
 from __future__ import annotations
@@ -17,29 +18,30 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
-from nnunet_topkdice.losses.arguments import check_k, check_non_negative
 from nnunet_topkdice.losses.fused import without_autocast
-from nnunet_topkdice.losses.topk_dice import (
-    DEFAULT_TIE_BREAK_SCALE,
-    DEFAULT_TIE_BREAK_SEED,
-    _channel_selection,
-    _TopKDiceModule,
-)
+from nnunet_topkdice.losses.loss_module import TopKDiceModule
+from nnunet_topkdice.losses.options import TopKDiceOptions
+from nnunet_topkdice.losses.selection import select_per_channel
+from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED
 
-__all__ = ["SigmoidTopKDiceLoss", "sigmoid_topk_dice_loss"]
+__all__ = ["SIGMOID_DEFAULT_OPTIONS", "SigmoidTopKDiceLoss", "sigmoid_topk_dice_loss"]
 
-
-def _check_k(k: object) -> float:
-    """``k`` as a float; the rule of the softmax loss, the message speaks of regions."""
-    return check_k(k, "each region's voxels")
+# nnU-Net's region Dice counts every region (do_bg=True); otherwise the softmax loss's defaults
+SIGMOID_DEFAULT_OPTIONS = TopKDiceOptions(do_bg=True)
 
 
 def _check_region_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | None) -> None:
-    """Metadata-only checks (shapes and dtypes; no host synchronisation)."""
+    """Metadata-only checks (shapes and dtypes; no host synchronisation).
+
+    Raises:
+        ValueError: shapes, dtypes, or an empty batch (no image, region or voxel), naming the argument.
+    """
     if logits.ndim not in (4, 5) or not logits.is_floating_point():
         raise ValueError(
             f"logits must be a float tensor (B, R, X, Y[, Z]), got shape {tuple(logits.shape)} and dtype {logits.dtype}"
         )
+    if logits.numel() == 0:
+        raise ValueError(f"logits must hold at least one image, region and voxel, got shape {tuple(logits.shape)}")
     if target.shape != logits.shape:
         raise ValueError(
             f"target must be binary region maps of the shape of logits {tuple(logits.shape)} (B, R, *spatial), "
@@ -64,10 +66,7 @@ def _present_regions_dice_loss(
     sum_pred_sq: Tensor,
     sum_gt: Tensor,
     present: Tensor,
-    do_bg: bool,
-    batch_dice: bool,
-    smooth: float,
-    ddp: bool,
+    options: TopKDiceOptions,
 ) -> Tensor:
     """``1 - mean Dice`` over the present regions from the per (image, region) sums.
 
@@ -76,20 +75,22 @@ def _present_regions_dice_loss(
     differentiable all-reduce: every rank gets the global loss, and gradients ``world_size`` times the
     local ones, which DDP's gradient averaging brings back to the single-process gradient.
 
-    Shape: all (B, R); present bool.  returns: scalar of the sums' dtype.
+    Shape: all (B, R); present bool.  options: ``do_bg``, ``batch_dice``, ``smooth`` and ``ddp`` are read.
+    returns: scalar of the sums' dtype.
     Raises:
         RuntimeError: ``ddp`` and ``batch_dice`` without an initialised process group.
     """
-    first = 0 if do_bg else 1  # nnU-Net's do_bg=False drops the first output channel
+    first = 0 if options.do_bg else 1  # nnU-Net's do_bg=False drops the first output channel
     stats = torch.stack([intersect, sum_pred_sq, sum_gt, present.to(intersect.dtype)])[..., first:]
-    if batch_dice:
+    if options.batch_dice:
         stats = stats.sum(1, keepdim=True)
-        if ddp:
+        if options.ddp:
             if not (dist.is_available() and dist.is_initialized()):
                 raise RuntimeError("SigmoidTopKDiceLoss(ddp=True, batch_dice=True) needs an initialised process group")
             stats = dist_fn.all_reduce(stats)
         stats = torch.cat([stats[:3], stats[3:].clamp(max=1)])  # present anywhere in the batch
     inter, pred, gt, present_f = stats.unbind(0)
+    smooth = options.smooth
     dice = (2 * inter + smooth) / (gt + pred + smooth).clamp_min(1e-8)
     n_present = present_f.sum(-1)
     has_region = n_present.clamp(max=1)
@@ -101,15 +102,9 @@ def _present_regions_dice_loss(
 def sigmoid_topk_dice_loss(
     logits: Tensor,
     target: Tensor,
-    k: float = 50.0,
     *,
     loss_mask: Tensor | None = None,
-    do_bg: bool = True,
-    batch_dice: bool = False,
-    smooth: float = 1e-5,
-    ddp: bool = False,
-    tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
-    tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
+    options: TopKDiceOptions = SIGMOID_DEFAULT_OPTIONS,
 ) -> Tensor:
     """TopK-Dice of sigmoid outputs against overlapping binary regions, ``1 - mean`` over present regions.
 
@@ -128,18 +123,18 @@ def sigmoid_topk_dice_loss(
         are computed in float32 (float64 for float64 logits), also under autocast.
         target: (B, R, X, Y[, Z]) 0/1 region maps (bool, integer or float; nonzero counts as 1).
         loss_mask: optional (B, 1 or R, X, Y[, Z]); 0 marks voxels that take part in nothing.
+        options: the hyper-parameters (:class:`TopKDiceOptions`; the default has ``do_bg=True``).
         returns: scalar in [0, 1]; 0 (still attached to the graph) when no region is present.
     Raises:
-        ValueError: ``k`` not in (0, 100]; shapes or dtypes wrong (metadata checks only).
+        ValueError: shapes or dtypes wrong, or an empty batch (metadata checks only).
         RuntimeError: ``ddp`` and ``batch_dice`` without an initialised process group.
 
     Example:
         >>> logits = torch.randn(2, 3, 16, 16)
         >>> regions = torch.rand(2, 3, 16, 16) > 0.5  # overlapping regions
-        >>> float(sigmoid_topk_dice_loss(logits, regions, k=50)) < 1.0
+        >>> float(sigmoid_topk_dice_loss(logits, regions, options=TopKDiceOptions(k=30, do_bg=True))) < 1.0
         True
     """
-    k = _check_k(k)
     _check_region_inputs(logits, target, loss_mask)
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     batch, n_regions = logits.shape[:2]
@@ -152,7 +147,7 @@ def sigmoid_topk_dice_loss(
             if valid is not None:
                 region = region & valid
             # the spatial shape, not the flattened one, names the tie-break map (one per spatial shape)
-            selection = _channel_selection(probs, region.view(probs.shape), k, None, tie_break_seed, tie_break_scale)
+            selection = select_per_channel(probs, region.view(probs.shape), options=options)
             # E, 1 where excluded, lies inside the region: Yk = Y - E (eq. 5), and Pk (eq. 6) is counted
             # where 1 - E (times the mask)
             excluded = selection.excluded.view(batch, n_regions, -1)
@@ -164,10 +159,10 @@ def sigmoid_topk_dice_loss(
         probs = probs.view(batch, n_regions, -1)
         intersect = (probs * kept_region).sum(-1, dtype=compute_dtype)
         sum_pred_sq = (probs.square() * counted).sum(-1, dtype=compute_dtype)
-        return _present_regions_dice_loss(intersect, sum_pred_sq, sum_gt, present, do_bg, batch_dice, smooth, ddp)
+        return _present_regions_dice_loss(intersect, sum_pred_sq, sum_gt, present, options)
 
 
-class SigmoidTopKDiceLoss(_TopKDiceModule):
+class SigmoidTopKDiceLoss(TopKDiceModule):
     """TopK-Dice for region-based (sigmoid) training; see :func:`sigmoid_topk_dice_loss`.
 
     Args:
@@ -177,8 +172,9 @@ class SigmoidTopKDiceLoss(_TopKDiceModule):
         smooth: added to numerator and denominator of each region's Dice.
         ddp: with ``batch_dice``, add the Dice sums over all DDP ranks.
         tie_break_seed, tie_break_scale: the fixed perturbation map ``eps`` of eq. 2.
+    The options are kept, validated, in ``self.options`` (a :class:`TopKDiceOptions`).
     Raises:
-        ValueError: ``k`` not in (0, 100], ``smooth`` or ``tie_break_scale`` negative.
+        ValueError: as :class:`TopKDiceOptions` (``k`` not in (0, 100], ``smooth`` negative, ...).
 
     Example:
         >>> loss = SigmoidTopKDiceLoss(k=50, batch_dice=True)
@@ -187,7 +183,7 @@ class SigmoidTopKDiceLoss(_TopKDiceModule):
         (torch.Size([]), torch.float32)
     """
 
-    _loss_function = staticmethod(sigmoid_topk_dice_loss)
+    loss_function = staticmethod(sigmoid_topk_dice_loss)
 
     def __init__(
         self,
@@ -199,7 +195,13 @@ class SigmoidTopKDiceLoss(_TopKDiceModule):
         tie_break_seed: int = DEFAULT_TIE_BREAK_SEED,
         tie_break_scale: float = DEFAULT_TIE_BREAK_SCALE,
     ) -> None:
-        k = _check_k(k)
-        check_non_negative("smooth", smooth)
-        check_non_negative("tie_break_scale", tie_break_scale)
-        super().__init__(k, do_bg, batch_dice, smooth, ddp, tie_break_seed, tie_break_scale)
+        options = TopKDiceOptions(
+            k=k,
+            do_bg=do_bg,
+            batch_dice=batch_dice,
+            smooth=smooth,
+            ddp=ddp,
+            tie_break_seed=tie_break_seed,
+            tie_break_scale=tie_break_scale,
+        )
+        super().__init__(options)

@@ -66,7 +66,12 @@ class TopKDiceDeepSupervision(DeepSupervisionWrapper):
             )
         masks = None if self.loss.ignore_label is None else [self.loss.loss_mask(t) for t in targets]
         return deep_supervised_ce_and_topk_dice_loss(
-            net_outputs, targets, self.weight_factors, self.loss.dc.k, loss_masks=masks, **self.loss.options()
+            net_outputs,
+            targets,
+            self.weight_factors,
+            loss_masks=masks,
+            options=self.loss.dc.options,
+            **self.loss.ce_terms(),
         )
 
 

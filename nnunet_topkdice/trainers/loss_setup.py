@@ -8,7 +8,6 @@ import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
-from nnunet_topkdice.losses import CE_and_TopKDice_loss
 from nnunet_topkdice.trainers.deep_supervision import TopKDiceDeepSupervision
 
 if TYPE_CHECKING:
@@ -36,16 +35,16 @@ def compile_dice_term(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:
     """Compile the compound loss's Dice term exactly when nnU-Net compiles its own; returns the loss to use.
 
     nnU-Net compiles ``loss.dc`` of its default ``DC_and_CE_loss`` when ``trainer._do_i_compile()``
-    (CUDA, not Windows, ``nnUNet_compile`` not false) and leaves the cross-entropy eager; the baselines
-    here do the same. ``CE_and_TopKDice_loss`` computes both of its terms in one fused autograd node
-    inside its own ``forward`` (``loss.dc`` only holds the settings), so there the whole loss, or its
-    :class:`TopKDiceDeepSupervision`, is handed to torch.compile (one graph: under compile the selection
-    takes its fixed-shape path). Inside nnU-Net's ``DeepSupervisionWrapper`` the wrapped loss is compiled
-    the same way, so that a trainer can wrap first and compile last whatever its loss.
+    (CUDA, not Windows, ``nnUNet_compile`` not false) and leaves the cross-entropy eager; every loss here
+    gets the same. For ``CE_and_TopKDice_loss`` that compiles both terms, since its ``dc`` computes them in
+    one fused autograd node (one graph: under compile the selection takes its fixed-shape path). The
+    :class:`TopKDiceDeepSupervision`, which calls that node once for all outputs, is compiled as a whole.
+    Inside nnU-Net's ``DeepSupervisionWrapper`` the wrapped loss is compiled the same way, so that a trainer
+    can wrap first and compile last whatever its loss.
     """
     if not trainer._do_i_compile():
         return loss
-    if isinstance(loss, (CE_and_TopKDice_loss, TopKDiceDeepSupervision)):
+    if isinstance(loss, TopKDiceDeepSupervision):
         return torch.compile(loss)
     if isinstance(loss, DeepSupervisionWrapper):
         loss.loss = compile_dice_term(trainer, loss.loss)
