@@ -23,6 +23,7 @@ from nnunet_topkdice.pipeline.compare import (
     compare_steps,
     evaluation_runs,
     reference_dir,
+    resolve_plan,
     training_jobs,
 )
 from nnunet_topkdice.pipeline.demo import DEMO_DATASET_ID, DEMO_SEEDS, demo_config
@@ -223,7 +224,7 @@ def test_nnunet_split_is_nnunets_own(tmp_path: Path) -> None:
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
     cases = [f"case{i:02d}" for i in range(10)]
-    state.write_nnunet_splits(tmp_path, reversed(cases))
+    state.write_splits(tmp_path, state.nnunet_split(list(reversed(cases))))
     assert state.read_splits(tmp_path) == json.loads(json.dumps(generate_crossval_split(cases, seed=12345, n_splits=5)))
     assert state.validation_cases(state.read_splits(tmp_path), ["0"])["0"] == sorted(
         state.read_splits(tmp_path)[0]["val"]
@@ -284,21 +285,68 @@ def _config(tmp_path: Path, **kwargs) -> CompareConfig:
 
 def test_crossval_steps_in_order(tmp_path: Path) -> None:
     config = _config(tmp_path, folds=("0", "1"))
-    names = [step.name for step in compare_steps(config)]
+    names = [step.name for step in compare_steps(resolve_plan(config))]
     trainings = [f"train_Trainer{t}_seed{s}_fold{f}" for s in (0, 1) for t in "AB" for f in (0, 1)]
     collects = [f"collect_Trainer{t}_seed{s}" for s in (0, 1) for t in "AB"]
     # folds 0 1 of nnU-Net's 5: only their cases are the reference
     assert names == ["preprocess", "split", *trainings, "collect_reference", *collects, "evaluate"]
-    assert reference_dir(config) == config.workdir / "crossval" / "reference"
-    assert evaluation_runs(config)[:2] == [("A", config.workdir / "crossval" / "TrainerA" / "seed_0"),
+    assert reference_dir(resolve_plan(config)) == config.workdir / "crossval" / "reference"
+    assert evaluation_runs(resolve_plan(config))[:2] == [("A", config.workdir / "crossval" / "TrainerA" / "seed_0"),
                                            ("A", config.workdir / "crossval" / "TrainerA" / "seed_1")]  # fmt: skip
     # the case pictures of cross-validation cases come from imagesTr
     assert describe_steps(compare_steps(config))[-1].endswith(f"--images {config.raw_dataset / 'imagesTr'}")
 
 
+def test_plan_reads_the_dataset_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps ask the plan, not the disk: dataset.json and splits_final.json are each read once,
+    however many steps are built, listed and asked whether they are done."""
+    config = _config(tmp_path, folds=("0", "1"))
+    raw = config.raw_dataset
+    for case in range(6):  # nnU-Net's split needs at least 5 training cases
+        (raw / "imagesTr").mkdir(exist_ok=True)
+        (raw / "imagesTr" / f"case{case}_0000.nii.gz").touch()
+    state.write_splits(_mkdir(config.preprocessed_dataset), state.nnunet_split([f"case{c}" for c in range(6)]))
+    reads: list[str] = []
+    read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or read_text(self, *a, **k))
+    plan = resolve_plan(config)
+    describe_steps(compare_steps(plan))
+    assert sorted(reads) == ["dataset.json", "splits_final.json"]
+    assert plan.folds == ("0", "1") and plan.file_ending == ".nii.gz" and plan.num_training == 4
+    assert plan.validation_cases()["0"] == sorted(state.read_splits(config.preprocessed_dataset)[0]["val"])
+
+
+def test_plan_of_a_dataset_without_split_is_nnunets_split(tmp_path: Path) -> None:
+    """Cross-validation without splits_final.json: the plan holds the split nnU-Net would write (from its
+    own listing of the raw training cases), and the split step writes exactly that."""
+    config = _config(tmp_path)
+    (config.raw_dataset / "imagesTr").mkdir()
+    cases = [f"case{c}" for c in range(7)]
+    for case in cases:
+        (config.raw_dataset / "imagesTr" / f"{case}_0000.nii.gz").touch()
+    plan = resolve_plan(config)
+    assert plan.folds == ("0", "1", "2", "3", "4") and not plan.split_on_disk and plan.covers_every_case
+    steps = {step.name: step for step in compare_steps(plan)}
+    _mkdir(config.preprocessed_dataset)
+    steps["split"].action(tmp_path / "split.log")
+    assert state.read_splits(config.preprocessed_dataset) == state.nnunet_split(cases)
+    assert steps["split"].done() == "split exists"
+
+
+def test_plan_refuses_a_fold_the_split_lacks(tmp_path: Path) -> None:
+    config = _config(tmp_path, folds=("7",))
+    with pytest.raises(InputError, match="fold 7 is not in the dataset's splits_final.json"):
+        resolve_plan(config)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def test_test_set_steps_train_fold_all_and_predict_per_seed(tmp_path: Path) -> None:
     config = _config(tmp_path, test_set=True, baseline="B")
-    lines = describe_steps(compare_steps(config))
+    lines = describe_steps(compare_steps(resolve_plan(config)))
     assert (
         lines[0] == "[1/10] $ nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres -np 1 -npfp 1 --verify_dataset_integrity"
     )
@@ -312,7 +360,7 @@ def test_test_set_steps_train_fold_all_and_predict_per_seed(tmp_path: Path) -> N
 
 def test_training_step_resumes_and_revalidates(tmp_path: Path) -> None:
     config = _config(tmp_path, folds=("0",), seeds=(0,))
-    job = training_jobs(config)[0]
+    job = training_jobs(resolve_plan(config))[0]
     assert job.run_dir == tmp_path.resolve() / "nnUNet_results" / "seed_0" / "Dataset004_Hippo" / (
         "TrainerA__nnUNetPlans__3d_fullres") / "fold_0"  # fmt: skip
     assert job.remaining() == "new" and job.command().argv[-1] == "cpu"
@@ -440,7 +488,7 @@ def test_training_progress_reads_nnunets_lines() -> None:
 
 def test_slurm_script_one_task_per_training(tmp_path: Path) -> None:
     config = _config(tmp_path, folds=("0", "1"), device="cuda", train_env={"nnUNet_n_proc_DA": "0"})
-    jobs = training_jobs(config)
+    jobs = training_jobs(resolve_plan(config))
     text = slurm_script(jobs, {"nnUNet_raw": "/r a"}, topkdice=["/venv/bin/topkdice"], log_dir=tmp_path,
                         collect_command="topkdice compare -d 4", gpus_per_task=1)  # fmt: skip
     assert "#SBATCH --array=0-7" in text and "#SBATCH --gres=gpu:1" in text

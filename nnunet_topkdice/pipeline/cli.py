@@ -89,7 +89,7 @@ def _invocation(prog: str, args: argparse.Namespace):
 
 
 def _compare_command(args: argparse.Namespace) -> int:
-    from nnunet_topkdice.pipeline.compare import CompareConfig, default_train_env, validate_folds
+    from nnunet_topkdice.pipeline.compare import CompareConfig, default_train_env
     from nnunet_topkdice.pipeline.prechecks import check_distinct_trainers
     from nnunet_topkdice.pipeline.session import run_session
     from nnunet_topkdice.pipeline.state import NnunetFolders, find_dataset, parse_dataset
@@ -124,7 +124,6 @@ def _compare_command(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         train_env=default_train_env(device),
     )
-    validate_folds(config)
     return run_session(config, _invocation("compare", args))
 
 

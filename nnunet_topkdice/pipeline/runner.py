@@ -36,6 +36,9 @@ class RunReport:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
+    def __add__(self, other: RunReport) -> RunReport:
+        return RunReport(self.ran + other.ran, self.skipped + other.skipped)
+
 
 def describe_steps(steps: Sequence[Step]) -> list[str]:
     """One line per step, as :func:`run_steps` would print it, without running anything (a dry run)."""
@@ -75,6 +78,8 @@ def run_steps(
     verbose: bool = False,
     slots: Sequence[Mapping[str, str]] = (),
     stream: TextIO | None = None,
+    first: int = 1,
+    total: int | None = None,
 ) -> RunReport:
     """Run the steps in order, skipping those that are done.
 
@@ -86,6 +91,8 @@ def run_steps(
         slots: per-slot environment (``{"CUDA_VISIBLE_DEVICES": "0"}``, ...); with two or more, steps
             with the same ``parallel`` key next to each other run concurrently, one per slot.
         stream: where the step lines go (default: stderr, so that stdout carries only results).
+        first, total: the number of the first step and of all steps on the terminal (``[first/total]``),
+            for a pipeline run in parts; by default ``steps`` is the whole pipeline.
 
     Raises:
         subprocess.CalledProcessError: a command failed (concurrent steps finish first).
@@ -95,21 +102,22 @@ def run_steps(
     log_dir = Path(log_dir)
     _stop_children_on_sigterm()
     report = RunReport()
-    total = len(steps)
+    total = len(steps) + first - 1 if total is None else total
     index = 0
-    while index < total:
+    while index < len(steps):
         batch = [steps[index]]
         if steps[index].parallel is not None and len(slots) > 1:
-            while index + len(batch) < total and steps[index + len(batch)].parallel == steps[index].parallel:
+            while index + len(batch) < len(steps) and steps[index + len(batch)].parallel == steps[index].parallel:
                 batch.append(steps[index + len(batch)])
         todo = []
         for offset, step in enumerate(batch):
+            number = first + index + offset
             reason = step.done()
             if reason:
-                terminal.line(f"[{index + offset + 1}/{total}] skipped ({reason}): {step.title}")
+                terminal.line(f"[{number}/{total}] skipped ({reason}): {step.title}")
                 report.skipped.append(step.name)
             else:
-                todo.append((index + offset + 1, step))
+                todo.append((number, step))
         if len(todo) > 1 and len(slots) > 1:
             _run_concurrently(todo, total, env, log_dir, verbose, slots, terminal)
         else:

@@ -16,9 +16,11 @@ from pathlib import Path
 from nnunet_topkdice.pipeline import state
 from nnunet_topkdice.pipeline.compare import (
     CompareConfig,
+    ComparePlan,
     child_environment,
     compare_steps,
     exported_variables,
+    resolve_plan,
     training_jobs,
 )
 from nnunet_topkdice.pipeline.prechecks import check_before_running
@@ -44,44 +46,68 @@ def _err(message: str) -> None:
 def run_session(config: CompareConfig, invocation: Invocation, before: Sequence[Step] = ()) -> int:
     """List, emit or run the comparison (``before`` first), then print the summary; returns the exit code.
 
+    The comparison is resolved against the disk (:func:`resolve_plan`) once its dataset is there: at the
+    start, or after the ``before`` steps that write it (a conversion). A dry run does not run them, so
+    it lists the comparison as resolved from what is on disk now.
+
     Raises:
         subprocess.CalledProcessError: a command failed.
         InputError: bad input found by a step.
     """
     env = child_environment(config)
-    steps = [*before, *compare_steps(config)]
     unset = [v for v in state.NNUNET_FOLDER_VARIABLES if v not in config.folders.from_environment]
     if unset:
         _err(f"{', '.join(unset)} not set: using folders in {config.workdir}")
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in exported_variables(config, env).items())
     _err(f"To run a command by hand, first: export {exports}")
 
+    plan = resolve_plan(config)
     if invocation.dry_run:
-        for line in describe_steps(steps):
+        for line in describe_steps([*before, *compare_steps(plan)]):
             print(line)
         return 0
 
     # before anything runs: a misspelt trainer or an unwritable folder must not fail hours later
     check_before_running(config, env, emit_slurm=invocation.emit_slurm, writes_raw=bool(before))
-    if invocation.emit_slurm is not None:
-        return _emit_slurm(config, invocation, steps, env)
+    # The step count of a plan resolved before the dataset exists is the final one: the presets that
+    # write their dataset first (reproduce, demo) evaluate a test set with explicit folds.
+    steps = compare_steps(plan)
+    emit = invocation.emit_slurm is not None
+    # a SLURM sweep prepares the data here (every task then finds it) and stops before the trainings
+    total = len(before) + (_first_training(steps) if emit else len(steps))
+    if not emit:
+        _err(f"Logs: {config.log_dir}/<step>.log")
+    report = run_steps(before, env, log_dir=config.log_dir, verbose=invocation.verbose, total=total)
+    if before:
+        plan = resolve_plan(config)
+        steps = compare_steps(plan)
+    if emit:
+        return _emit_slurm(plan, invocation, steps, env, first=len(before) + 1)
 
-    _err(f"Logs: {config.log_dir}/<step>.log")
     slots = [{"CUDA_VISIBLE_DEVICES": ids} for ids in invocation.gpu_slots]
-    report = run_steps(steps, env, log_dir=config.log_dir, verbose=invocation.verbose, slots=slots)
-    print_summary(config)
+    report += run_steps(steps, env, log_dir=config.log_dir, verbose=invocation.verbose, slots=slots,
+                        first=len(before) + 1, total=total)  # fmt: skip
+    print_summary(plan)
     if not report.ran:
         _err("Nothing left to do: every step had already been done.")
     return 0
 
 
-def _emit_slurm(config: CompareConfig, invocation: Invocation, steps: Sequence[Step], env: Mapping[str, str]) -> int:
+def _first_training(steps: Sequence[Step]) -> int:
+    return next(i for i, step in enumerate(steps) if step.parallel == "train")
+
+
+def _emit_slurm(
+    plan: ComparePlan, invocation: Invocation, steps: Sequence[Step], env: Mapping[str, str], *, first: int = 1
+) -> int:
     from nnunet_topkdice.pipeline.slurm import slurm_script
 
-    jobs = training_jobs(config)
-    first_training = next(i for i, s in enumerate(steps) if s.parallel == "train")
+    config = plan.config
+    jobs = training_jobs(plan)
+    preparation = steps[:_first_training(steps)]
     # Data preparation runs here, so that every task finds the preprocessed data and the split.
-    run_steps(steps[:first_training], env, log_dir=config.log_dir, verbose=invocation.verbose)
+    run_steps(preparation, env, log_dir=config.log_dir, verbose=invocation.verbose, first=first,
+              total=first - 1 + len(preparation))  # fmt: skip
     left = [job for job in jobs if job.remaining() is not None]
     if not left:
         _err(f"Every training is done; nothing to submit. Collect the results with:\n  {invocation.collect_command}")
@@ -127,9 +153,10 @@ def split_table(table_md: str, sentences: Sequence[str]) -> tuple[list[str], lis
     return table, verdict
 
 
-def print_summary(config: CompareConfig) -> None:
+def print_summary(plan: ComparePlan) -> None:
     """The table (once), where the files are, and the verdict last, on stdout."""
-    out = config.evaluation_dir
+    config = plan.config
+    out = plan.evaluation_dir
     results = json.loads((out / "results.json").read_text())
     table, verdict = split_table((out / "table.md").read_text(), comparison_sentences(results))
     print("\n".join(table))
@@ -139,7 +166,7 @@ def print_summary(config: CompareConfig) -> None:
     for picture in (results.get("case_pictures") or {}).get("files", {}).values():
         print(f"Cases:       {out / picture}")
     if config.test_set:
-        print(f"Predictions: {config.workdir}/predictions/fold_{config.fold_tag}/<trainer>/seed_<S>")
+        print(f"Predictions: {config.workdir}/predictions/fold_{plan.fold_tag}/<trainer>/seed_<S>")
     else:
         print(f"Predictions: {config.workdir}/crossval/<trainer>/seed_<S> (nnU-Net's validation predictions)")
     print(f"Models:      {config.folders.results}/seed_<S>/{config.name}/"

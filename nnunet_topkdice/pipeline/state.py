@@ -1,6 +1,6 @@
 """What is already on disk: nnU-Net's folders, datasets, preprocessing, trainings, predictions, evaluations.
 
-Pure look-ups of files (nothing here writes, except :func:`write_nnunet_splits` and
+Pure look-ups of files (nothing here writes, except :func:`write_splits` and
 :func:`link_files`), used by the steps to tell whether they are done.
 """
 
@@ -142,18 +142,22 @@ def read_splits(preprocessed_dataset: Path) -> list[dict[str, list[str]]] | None
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_nnunet_splits(preprocessed_dataset: Path, case_ids: Sequence[str]) -> Path:
-    """Write the 5-fold split nnU-Net itself would write on its first training (same function, same seed).
-
-    Writing it before the trainings start lets several of them start at once (on a cluster) without
-    racing to create it. The file is written to a temporary name first and renamed.
-    """
+def nnunet_split(case_ids: Sequence[str]) -> list[dict[str, list[str]]]:
+    """The 5-fold split nnU-Net itself writes on its first training (same function, same seed)."""
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
-    splits = generate_crossval_split(sorted(case_ids), seed=NNUNET_SPLIT_SEED, n_splits=NNUNET_NUM_FOLDS)
+    return generate_crossval_split(sorted(case_ids), seed=NNUNET_SPLIT_SEED, n_splits=NNUNET_NUM_FOLDS)
+
+
+def write_splits(preprocessed_dataset: Path, splits: Sequence[Mapping[str, Sequence[str]]]) -> Path:
+    """Write ``splits_final.json`` (a temporary name first, then renamed).
+
+    Writing nnU-Net's split before the trainings start lets several of them start at once (on a cluster)
+    without racing to create it.
+    """
     path = Path(preprocessed_dataset) / SPLITS_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(splits, indent=4))
+    tmp.write_text(json.dumps([{key: list(cases) for key, cases in split.items()} for split in splits], indent=4))
     tmp.replace(path)
     return path
 
