@@ -252,6 +252,47 @@ def test_run_environment_adds_our_trainers_after_the_users(tmp_path: Path, monke
         _find_trainer_class("nnUNetTrainerNoSuchThing")
 
 
+def test_ddp_rendezvous_is_set_and_restored_with_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DDP's MASTER_ADDR / MASTER_PORT are part of the run's environment, so they are restored with it."""
+    from nnunet_topkdice.training.seeded import _environment, run_environment
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29555")  # a user's port wins
+    env = run_environment(tmp_path, num_gpus=2)
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("localhost", "29555")
+    with _environment(env):
+        assert os.environ["MASTER_ADDR"] == "localhost"
+    assert "MASTER_ADDR" not in os.environ and os.environ["MASTER_PORT"] == "29555"
+    monkeypatch.delenv("MASTER_PORT")
+    assert int(run_environment(tmp_path, num_gpus=2)["MASTER_PORT"]) > 0  # a free port, as nnU-Net picks
+    assert "MASTER_ADDR" not in run_environment(tmp_path)  # one process: no rendezvous
+
+
+def test_the_plans_are_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look-up reads plans and dataset.json; building the trainer uses what it read (a copy)."""
+    from nnunet_topkdice.training import seeded
+
+    folder = tmp_path / "preprocessed" / "Dataset998_Tiny"
+    folder.mkdir(parents=True)
+    (folder / "nnUNetPlans.json").write_text(json.dumps({"configurations": {"2d": {}}}))
+    (folder / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+
+    class Recorder:
+        def __init__(self, **kwargs) -> None:
+            self.kwargs = kwargs
+
+    monkeypatch.setattr(seeded, "_find_trainer_class", lambda name: Recorder)
+    lookup = seeded._look_up("Dataset998_Tiny", "2d", 0, "Recorder", "nnUNetPlans", tmp_path / "results")
+    assert lookup.fold_dir == tmp_path / "results" / "Dataset998_Tiny" / "Recorder__nnUNetPlans__2d" / "fold_0"
+    for path in folder.iterdir():
+        path.unlink()  # nothing is read again
+    trainer = seeded._build_trainer(lookup, True, torch.device("cpu"))
+    assert trainer.kwargs["plans"] == {"configurations": {"2d": {}}, "continue_training": True}
+    assert "continue_training" not in lookup.plans  # the trainer got a copy
+    assert trainer.kwargs["dataset_json"] == {"file_ending": ".nii.gz"} and trainer.kwargs["fold"] == 0
+
+
 def test_deterministic_switches_torch_to_deterministic_algorithms() -> None:
     from nnunet_topkdice.training.seeded import _configure_cudnn
 

@@ -25,9 +25,12 @@ validation) with the seeded class, in the per-seed results root of :mod:`.layout
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import os
 import random
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -296,26 +299,21 @@ def _plans_and_dataset_json(dataset_name: str, plans_identifier: str, configurat
     return plans, load_json(str(dataset_file))
 
 
-def _build_trainer(
-    trainer_class: type,
-    dataset_name: str,
-    configuration: str,
-    fold: int | str,
-    plans_identifier: str,
-    continue_training: bool,
-    device: torch.device,
-) -> nnUNetTrainer:
-    """Instantiate the trainer as nnU-Net's ``get_trainer_from_args`` does."""
-    plans, dataset_json = _plans_and_dataset_json(dataset_name, plans_identifier, configuration)
+def _build_trainer(lookup: RunLookup, continue_training: bool, device: torch.device) -> nnUNetTrainer:
+    """Instantiate the trainer as nnU-Net's ``get_trainer_from_args`` does, from the plans read by the lookup."""
+    plans = copy.deepcopy(lookup.plans)  # nnU-Net's trainer keeps (and edits) the dict it gets
     plans["continue_training"] = continue_training
-    return trainer_class(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json, device=device)
+    return lookup.trainer_class(plans=plans, configuration=lookup.configuration, fold=lookup.fold,
+                                dataset_json=copy.deepcopy(lookup.dataset_json), device=device)  # fmt: skip
 
 
-def run_environment(results_root: Path, deterministic: bool = False) -> dict[str, str]:
-    """The environment variables a seeded run sets while it runs (the rest of ``os.environ`` stays).
+def run_environment(results_root: Path, deterministic: bool = False, num_gpus: int = 1) -> dict[str, str]:
+    """The environment variables a seeded run sets while it runs; all of them are restored afterwards.
 
     ``nnUNet_results`` is the per-seed root; ``nnUNet_extTrainer`` lists the user's folders, then this
-    package's trainer folder; ``deterministic`` adds cuBLAS's deterministic workspace setting.
+    package's trainer folder; ``deterministic`` adds cuBLAS's deterministic workspace setting; DDP
+    (``num_gpus > 1``) adds the rendezvous nnU-Net's ``run_training`` sets (``MASTER_ADDR`` localhost and
+    a free ``MASTER_PORT`` unless the user set one).
     """
     updates = {
         "nnUNet_results": str(results_root),
@@ -323,6 +321,11 @@ def run_environment(results_root: Path, deterministic: bool = False) -> dict[str
     }
     if deterministic:
         updates["CUBLAS_WORKSPACE_CONFIG"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if num_gpus > 1:
+        from nnunetv2.run.run_training import find_free_network_port
+
+        updates["MASTER_ADDR"] = "localhost"
+        updates["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(find_free_network_port())
     return updates
 
 
@@ -335,49 +338,154 @@ def _configure_cudnn(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = not deterministic
 
 
-def _train_and_validate(
-    trainer: nnUNetTrainer,
-    *,
-    continue_training: bool,
-    only_run_validation: bool,
-    pretrained_weights: str | None,
-    disable_checkpointing: bool,
-    val_with_best: bool,
-    export_validation_probabilities: bool,
-    deterministic: bool,
-) -> None:
+def _train_and_validate(trainer: nnUNetTrainer, options: TrainingOptions) -> None:
     """The part of nnU-Net's ``run_training`` after the trainer exists, with nnU-Net's own functions."""
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
-    if disable_checkpointing:
+    if options.disable_checkpointing:
         trainer.disable_checkpointing = True
-    maybe_load_checkpoint(trainer, continue_training, only_run_validation, pretrained_weights)
-    _configure_cudnn(deterministic)
-    if not only_run_validation:
+    maybe_load_checkpoint(trainer, options.continue_training, options.only_run_validation, options.pretrained_weights)
+    _configure_cudnn(options.deterministic)
+    if not options.only_run_validation:
         trainer.run_training()
-    if val_with_best:
+    if options.val_with_best:
         trainer.load_checkpoint(os.path.join(trainer.output_folder, "checkpoint_best.pth"))
-    trainer.perform_actual_validation(export_validation_probabilities)
+    trainer.perform_actual_validation(options.export_validation_probabilities)
 
 
 def _ddp_rank(
-    rank: int,
-    world_size: int,
-    trainer_name: str,
-    seed: int,
-    build_args: tuple,
-    options: dict,
+    rank: int, world_size: int, lookup: RunLookup, trainer_name: str, seed: int, options: TrainingOptions
 ) -> None:
-    """One DDP process (``torch.multiprocessing.spawn`` target), like nnU-Net's ``run_ddp``."""
+    """One DDP process (``torch.multiprocessing.spawn`` target), like nnU-Net's ``run_ddp``; ``lookup``
+    comes without its trainer class, which is looked up again here by ``trainer_name``."""
     import torch.distributed as dist
     from nnunetv2.run.run_training import cleanup_ddp, setup_ddp
 
     setup_ddp(rank, world_size)
     torch.cuda.set_device(torch.device("cuda", dist.get_rank()))
-    trainer_class = seeded_trainer_class(_find_trainer_class(trainer_name), seed)
-    trainer = _build_trainer(trainer_class, *build_args, device=torch.device("cuda"))
-    _train_and_validate(trainer, **options)
+    lookup = dataclasses.replace(lookup, trainer_class=_find_trainer_class(trainer_name))
+    trainer = _build_trainer(_seeded(lookup, seed), options.continue_training, torch.device("cuda"))
+    _train_and_validate(trainer, options)
     cleanup_ddp()
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """What ``nnUNetv2_train``'s flags ask of one run (beside dataset, configuration, fold and trainer)."""
+
+    continue_training: bool = False
+    only_run_validation: bool = False
+    pretrained_weights: str | None = None
+    disable_checkpointing: bool = False
+    val_with_best: bool = False
+    export_validation_probabilities: bool = False
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class RunLookup:
+    """What nnU-Net's look-ups found for one run: the trainer class, the dataset, its plans (read once)
+    and the fold folder the run writes (``trainer_class`` is None only on its way to a DDP process)."""
+
+    trainer_class: type | None
+    dataset_name: str
+    configuration: str
+    fold: int | str
+    plans_identifier: str
+    plans: dict
+    dataset_json: dict
+    fold_dir: Path
+
+    @property
+    def trainer_name(self) -> str:
+        return self.trainer_class.__name__  # the name asked for (nnU-Net matches class names exactly)
+
+
+def _check_arguments(options: TrainingOptions, num_gpus: int, device: torch.device) -> None:
+    """Refuse contradictory flags before anything is looked up.
+
+    Raises:
+        InputError: such a combination (named as nnUNetv2_train spells the flags).
+    """
+    if options.continue_training and options.only_run_validation:
+        raise InputError("--c and --val cannot be combined")
+    if options.continue_training and options.pretrained_weights is not None:
+        raise InputError("--c and -pretrained_weights cannot be combined (pretrained weights start a training)")
+    if options.val_with_best and options.disable_checkpointing:
+        raise InputError("--val_best needs checkpoints, it cannot be combined with --disable_checkpointing")
+    if num_gpus < 1:
+        raise InputError(f"-num_gpus must be >= 1, got {num_gpus}")
+    if num_gpus > 1 and device.type != "cuda":
+        raise InputError(f"-num_gpus {num_gpus} (DDP) needs -device cuda, got -device {device.type}")
+
+
+def _look_up(
+    dataset_name_or_id: int | str,
+    configuration: str,
+    fold: int | str,
+    trainer_name: str,
+    plans_identifier: str,
+    results_root: Path,
+) -> RunLookup:
+    """The trainer (as ``nnUNetv2_train`` finds it), the dataset, its plans and dataset.json, the fold folder.
+
+    Raises:
+        InputError: an unknown trainer or dataset, a missing plans file or configuration.
+    """
+    trainer_class = _find_trainer_class(trainer_name)
+    dataset_name = _dataset_name(dataset_name_or_id)
+    plans, dataset_json = _plans_and_dataset_json(dataset_name, plans_identifier, configuration)
+    fold_dir = fold_folder(results_root, dataset_name, trainer_class.__name__, plans_identifier, configuration, fold)
+    return RunLookup(trainer_class, dataset_name, configuration, fold, plans_identifier, plans, dataset_json, fold_dir)
+
+
+def _check_seed_record(lookup: RunLookup, seed: int, options: TrainingOptions) -> None:
+    """Refuse a fold folder that holds another seed's run (or an unseeded one, to continue or validate).
+
+    Raises:
+        InputError: such a folder.
+    """
+    fold_dir = lookup.fold_dir
+    recorded = read_recorded_seed(fold_dir)
+    if recorded is not None and recorded != seed:
+        raise InputError(f"{fold_dir} holds a run of seed {recorded}, not of --seed {seed}")
+    resumes = options.continue_training or options.only_run_validation
+    if recorded is None and resumes and any(fold_dir.glob("checkpoint_*.pth")):
+        raise InputError(f"{fold_dir} holds checkpoints but no {fold_dir / 'seed.json'}: not a seeded run")
+
+
+def _record_seed(lookup: RunLookup, seed: int, options: TrainingOptions) -> None:
+    """Write ``seed.json`` before training starts (kept as it is when a recorded run continues)."""
+    if options.continue_training and read_recorded_seed(lookup.fold_dir) is not None:
+        return
+    write_seed_record(lookup.fold_dir, {
+        "seed": seed,
+        "trainer": lookup.trainer_name,
+        "plans": lookup.plans_identifier,
+        "configuration": lookup.configuration,
+        "fold": lookup.fold,
+        "deterministic": options.deterministic,
+        "scheme": SCHEME,
+    })  # fmt: skip
+
+
+def _seeded(lookup: RunLookup, seed: int) -> RunLookup:
+    return dataclasses.replace(lookup, trainer_class=seeded_trainer_class(lookup.trainer_class, seed))
+
+
+def _launch(lookup: RunLookup, seed: int, options: TrainingOptions, num_gpus: int, device: torch.device) -> None:
+    """Train and validate in this process, or in one process per GPU (DDP) as nnU-Net's ``run_training``."""
+    if num_gpus > 1:
+        import torch.multiprocessing as mp
+
+        # an external trainer's module may not import by name in a new process: send the name, not the class
+        sent = dataclasses.replace(lookup, trainer_class=None)
+        mp.spawn(_ddp_rank, args=(num_gpus, sent, lookup.trainer_name, seed, options), nprocs=num_gpus, join=True)
+        return
+    trainer = _build_trainer(_seeded(lookup, seed), options.continue_training, device)
+    if Path(trainer.output_folder) != lookup.fold_dir:
+        raise RuntimeError(f"nnU-Net trains into {trainer.output_folder}, expected {lookup.fold_dir}")
+    _train_and_validate(trainer, options)
 
 
 def train_seeded(
@@ -414,69 +522,20 @@ def train_seeded(
     seed = check_seed(seed)
     fold = _parse_fold(fold)
     device = torch.device(device) if isinstance(device, str) else device
-    if continue_training and only_run_validation:
-        raise InputError("--c and --val cannot be combined")
-    if continue_training and pretrained_weights is not None:
-        raise InputError("--c and -pretrained_weights cannot be combined (pretrained weights start a training)")
-    if val_with_best and disable_checkpointing:
-        raise InputError("--val_best needs checkpoints, it cannot be combined with --disable_checkpointing")
-    if num_gpus < 1:
-        raise InputError(f"-num_gpus must be >= 1, got {num_gpus}")
-    if num_gpus > 1 and device.type != "cuda":
-        raise InputError(f"-num_gpus {num_gpus} (DDP) needs -device cuda, got -device {device.type}")
+    options = TrainingOptions(
+        continue_training=continue_training, only_run_validation=only_run_validation,
+        pretrained_weights=pretrained_weights, disable_checkpointing=disable_checkpointing,
+        val_with_best=val_with_best, export_validation_probabilities=export_validation_probabilities,
+        deterministic=deterministic,
+    )  # fmt: skip
+    _check_arguments(options, num_gpus, device)
     results_root = seed_results_root(_required_folder("nnUNet_results"), seed)
     _required_folder("nnUNet_preprocessed")
-
-    with _environment(run_environment(results_root, deterministic)):
-        trainer_class = _find_trainer_class(trainer_name)
-        dataset_name = _dataset_name(dataset_name_or_id)
-        name = trainer_class.__name__  # the name asked for (nnU-Net matches class names exactly)
-        fold_dir = fold_folder(results_root, dataset_name, name, plans_identifier, configuration, fold)
-        recorded = read_recorded_seed(fold_dir)
-        has_checkpoint = any(fold_dir.glob("checkpoint_*.pth"))
-        if recorded is not None and recorded != seed:
-            raise InputError(f"{fold_dir} holds a run of seed {recorded}, not of --seed {seed}")
-        if recorded is None and has_checkpoint and (continue_training or only_run_validation):
-            raise InputError(f"{fold_dir} holds checkpoints but no {fold_dir / 'seed.json'}: not a seeded run")
-
-        options = {
-            "continue_training": continue_training,
-            "only_run_validation": only_run_validation,
-            "pretrained_weights": pretrained_weights,
-            "disable_checkpointing": disable_checkpointing,
-            "val_with_best": val_with_best,
-            "export_validation_probabilities": export_validation_probabilities,
-            "deterministic": deterministic,
-        }
-        _plans_and_dataset_json(dataset_name, plans_identifier, configuration)  # checked before writing anything
-        build_args = (dataset_name, configuration, fold, plans_identifier, continue_training)
+    with _environment(run_environment(results_root, deterministic, num_gpus)):
+        lookup = _look_up(dataset_name_or_id, configuration, fold, trainer_name, plans_identifier,
+                          results_root)  # fmt: skip
+        _check_seed_record(lookup, seed, options)
         if not only_run_validation:
-            record = {
-                "seed": seed,
-                "trainer": name,
-                "plans": plans_identifier,
-                "configuration": configuration,
-                "fold": fold,
-                "deterministic": deterministic,
-                "scheme": SCHEME,
-            }
-            if recorded is None or not continue_training:
-                write_seed_record(fold_dir, record)
-        if num_gpus > 1:
-            import torch.multiprocessing as mp
-            from nnunetv2.run.run_training import find_free_network_port
-
-            os.environ["MASTER_ADDR"] = "localhost"
-            os.environ.setdefault("MASTER_PORT", str(find_free_network_port()))
-            mp.spawn(
-                _ddp_rank,
-                args=(num_gpus, name, seed, build_args, options),
-                nprocs=num_gpus,
-                join=True,
-            )
-        else:
-            trainer = _build_trainer(seeded_trainer_class(trainer_class, seed), *build_args, device=device)
-            if Path(trainer.output_folder) != fold_dir:
-                raise RuntimeError(f"nnU-Net trains into {trainer.output_folder}, expected {fold_dir}")
-            _train_and_validate(trainer, **options)
-    return fold_dir
+            _record_seed(lookup, seed, options)
+        _launch(lookup, seed, options, num_gpus, device)
+    return lookup.fold_dir
