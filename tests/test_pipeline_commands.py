@@ -294,7 +294,7 @@ def test_crossval_steps_in_order(tmp_path: Path) -> None:
     assert evaluation_runs(resolve_plan(config))[:2] == [("A", config.workdir / "crossval" / "TrainerA" / "seed_0"),
                                            ("A", config.workdir / "crossval" / "TrainerA" / "seed_1")]  # fmt: skip
     # the case pictures of cross-validation cases come from imagesTr
-    assert describe_steps(compare_steps(config))[-1].endswith(f"--images {config.raw_dataset / 'imagesTr'}")
+    assert describe_steps(compare_steps(resolve_plan(config)))[-1].endswith(f"--images {config.raw_dataset / 'imagesTr'}")
 
 
 def test_plan_reads_the_dataset_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -606,13 +606,13 @@ def test_summary_moves_the_paired_comparison_after_the_table() -> None:
 def test_summary_names_the_case_pictures(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from nnunet_topkdice.pipeline.session import print_summary
 
-    config = _config(tmp_path, test_set=True)
-    out = config.evaluation_dir
+    plan = resolve_plan(_config(tmp_path, test_set=True))
+    out = plan.evaluation_dir
     out.mkdir(parents=True)
     (out / "table.md").write_text("## Title\n\n| a |\n")
     pictures = {"files": {"B": "cases/B_vs_A.png"}}
     (out / "results.json").write_text(json.dumps({"comparisons": [], "case_pictures": pictures}))
-    print_summary(config)
+    print_summary(plan)
     lines = capsys.readouterr().out.splitlines()
     assert f"Cases:       {out / 'cases' / 'B_vs_A.png'}" in lines
     tables = ", ".join(str(out / name) for name in ("table.md", "table.csv", "per_case.csv", "results.json"))
