@@ -294,7 +294,8 @@ def test_crossval_steps_in_order(tmp_path: Path) -> None:
     assert evaluation_runs(resolve_plan(config))[:2] == [("A", config.workdir / "crossval" / "TrainerA" / "seed_0"),
                                            ("A", config.workdir / "crossval" / "TrainerA" / "seed_1")]  # fmt: skip
     # the case pictures of cross-validation cases come from imagesTr
-    assert describe_steps(compare_steps(resolve_plan(config)))[-1].endswith(f"--images {config.raw_dataset / 'imagesTr'}")
+    last = describe_steps(compare_steps(resolve_plan(config)))[-1]
+    assert last.endswith(f"--images {config.raw_dataset / 'imagesTr'}")
 
 
 def test_plan_reads_the_dataset_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
