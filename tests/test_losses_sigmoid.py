@@ -515,8 +515,9 @@ def test_bad_inputs_raise_on_metadata_only(target_shape, mask_shape, match):
     target = torch.empty(target_shape, dtype=torch.bool, device="meta")
     mask = None if mask_shape is None else torch.empty(mask_shape, dtype=torch.bool, device="meta")
     with pytest.raises(ValueError, match=match):
-        sigmoid_module._check_region_inputs(logits, target, mask)
-    sigmoid_module._check_region_inputs(logits, torch.empty(2, 3, 8, 8, device="meta"), None)
+        sigmoid_topk_dice_loss(logits, target, loss_mask=mask)
+    value = sigmoid_topk_dice_loss(logits, torch.empty(2, 3, 8, 8, device="meta"))
+    assert value.device.type == "meta" and value.shape == ()
     with pytest.raises(ValueError, match="logits must be a float tensor"):
         sigmoid_topk_dice_loss(torch.randn(2, 3, 8), torch.zeros(2, 3, 8))
 

@@ -17,7 +17,6 @@ from nnunet_topkdice.losses import (
 )
 from nnunet_topkdice.losses import selection as selection_module
 from nnunet_topkdice.losses import tie_break as tie_break_module
-from nnunet_topkdice.losses import topk_dice as topk_module
 from nnunet_topkdice.losses.reference import reference_exclusion, reference_topk_dice
 
 SHAPES = [(2, 4, 12, 10), (2, 3, 5, 6, 7)]
@@ -373,15 +372,15 @@ def test_bad_inputs_raise_naming_the_argument(logits_shape, target_shape, target
 
 
 def test_checks_read_only_metadata():
-    # the argument checks run on meta tensors (which have no data), so they cannot sync a GPU
+    # the public loss runs on meta tensors (which have no data), so its checks cannot sync a GPU
     logits = torch.empty(2, 3, 8, 8, device="meta")
-    topk_module._check_inputs(logits, torch.empty(2, 1, 8, 8, dtype=torch.long, device="meta"), None)
+    value = topk_dice_loss(logits, torch.empty(2, 1, 8, 8, dtype=torch.long, device="meta"))
+    assert value.device.type == "meta" and value.shape == ()
     with pytest.raises(ValueError, match="differ in batch or spatial size"):
-        topk_module._check_inputs(logits, torch.empty(2, 1, 8, 9, dtype=torch.long, device="meta"), None)
+        topk_dice_loss(logits, torch.empty(2, 1, 8, 9, dtype=torch.long, device="meta"))
     with pytest.raises(ValueError, match="loss_mask must have the shape"):
-        topk_module._check_inputs(
-            logits, torch.empty(2, 1, 8, 8, dtype=torch.long, device="meta"), torch.empty(2, 8, 8, device="meta")
-        )
+        target = torch.empty(2, 1, 8, 8, dtype=torch.long, device="meta")
+        topk_dice_loss(logits, target, loss_mask=torch.empty(2, 8, 8, device="meta"))
 
 
 def test_function_equals_module(random_case):
