@@ -9,12 +9,16 @@ tensor memory allocated during one forward+backward: ``torch.cuda.max_memory_all
 profiler's allocation trace on the CPU. ``--scaling`` times one loss call (no deep supervision) from 2D
 64x64 to 512x512 and 3D 32^3 to 192^3 (batch 2, 4 classes): a ratio that stays flat means no term of ours
 grows faster than the voxels. Each loss's fixed cost per call is timed first, on a tiny input (2, 4, 8, 8).
+``--regions`` times what the trainers' ``_build_loss`` returns for a region dataset (3 nested regions, batch
+Dice, deep supervision off and on): ``nnUNetTrainerTopKDice``'s fused node and its autograd reference
+(``fuse_deep_supervision = False``) against nnU-Net's ``DC_and_BCE_loss`` in its ``DeepSupervisionWrapper``;
+goals: at most 1.0x time and 1.0x peak memory.
 On the CPU the script runs on a steady heap unless ``--cpu-allocator system`` (see ``cpu_allocator.py``).
 
     python benchmarks/bench_loss.py                 # CPU, and CUDA when present
     python benchmarks/bench_loss.py --repeats 20 --device cpu --threads 2
     python benchmarks/bench_loss.py --scaling --repeats 5 --device cpu
-    python benchmarks/bench_loss.py --regions --device cpu     # the region (sigmoid) loss
+    python benchmarks/bench_loss.py --regions --device cpu     # the region trainers' loss objects
     python benchmarks/bench_loss.py --clock cpu --threads 1   # CPU time: steadier on a loaded machine
     python benchmarks/bench_loss.py --cpu-allocator system    # glibc's page faults, as a CPU training
 """
@@ -26,18 +30,20 @@ import statistics
 import time
 from collections.abc import Callable
 from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from cpu_allocator import CHOICES as ALLOCATORS
 from cpu_allocator import use_cpu_allocator
-from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss, DC_and_topk_loss
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss, DC_and_topk_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import Tensor, nn
 
-from nnunet_topkdice.losses import BCE_and_TopKDice_loss, CE_and_TopKDice_loss
-from nnunet_topkdice.trainers import TopKDiceDeepSupervision
+from nnunet_topkdice.losses import CE_and_TopKDice_loss
+from nnunet_topkdice.trainers import TopKDiceDeepSupervision, nnUNetTrainerTopKDice
 
 SHAPES = {
     "2D Synapse (4, 9, 320, 320)": (4, 9, 320, 320),
@@ -53,6 +59,7 @@ REGION_SHAPES = {
     "3D regions (2, 3, 64, 128, 128)": (2, 3, 64, 128, 128),
 }
 REGION_BASE, REGION_OURS = "nnU-Net DC_and_BCE", "BCE + TopK-Dice k=50"
+REGION_AUTOGRAD = "BCE + TopK-Dice k=50, autograd"
 
 
 def nnunet_default(batch_dice: bool = True) -> nn.Module:
@@ -86,23 +93,56 @@ def _losses() -> dict[str, nn.Module]:
     return {BASE: nnunet_default(), TOPK: nnunet_dice_topk10(), OURS: ce_topk_dice()}
 
 
-def _region_losses() -> dict[str, nn.Module]:
-    """nnU-Net's region loss (its trainers' ``DC_and_BCE_loss``) and the region TopK-Dice trainers' loss."""
-    dice_kwargs = {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": False}
+class _RegionLossSetup:
+    """What the trainers' ``_build_loss`` reads, for a region dataset (no ignore label, batch Dice, one
+    process, no torch.compile): ``_build_loss`` called on it returns the loss object a training uses."""
+
+    def __init__(self, n_outputs: int, deep_supervision: bool, fused: bool = True) -> None:
+        self.label_manager = SimpleNamespace(has_regions=True, ignore_label=None)
+        self.configuration_manager = SimpleNamespace(batch_dice=True)
+        self.is_ddp = False
+        self.enable_deep_supervision = deep_supervision
+        self.fuse_deep_supervision = fused
+        self.topk_k = nnUNetTrainerTopKDice.topk_k
+        self.n_outputs = n_outputs
+
+    def _get_deep_supervision_scales(self) -> list[None]:
+        return [None] * self.n_outputs
+
+    def _do_i_compile(self) -> bool:
+        return False
+
+
+def _region_losses(n_outputs: int, deep_supervision: bool) -> dict[str, nn.Module]:
+    """What ``_build_loss`` returns for a region dataset: nnU-Net's default trainer (``DC_and_BCE_loss``, in
+    its ``DeepSupervisionWrapper`` with deep supervision), ``nnUNetTrainerTopKDice`` (the fused node), and the
+    same trainer with ``fuse_deep_supervision = False`` (the autograd reference in nnU-Net's wrapper)."""
+    setup = partial(_RegionLossSetup, n_outputs, deep_supervision)
     return {
-        REGION_BASE: DC_and_BCE_loss({}, dice_kwargs, dice_class=MemoryEfficientSoftDiceLoss),
-        REGION_OURS: BCE_and_TopKDice_loss({"k": 50, **dice_kwargs}, {}),
+        REGION_BASE: nnUNetTrainer._build_loss(setup()),
+        REGION_OURS: nnUNetTrainerTopKDice._build_loss(setup()),
+        REGION_AUTOGRAD: nnUNetTrainerTopKDice._build_loss(setup(fused=False)),
     }
 
 
-def make_region_inputs(shape: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Logits and nested 0/1 regions (label >= 1, >= 2, == 3 of random labels), bool as nnU-Net delivers them."""
+def make_region_inputs(
+    shape: tuple[int, ...], pyramid: bool, device: torch.device
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Logits and nested 0/1 regions (label >= 1, >= 2, == 3 of random labels), bool as nnU-Net delivers them,
+    at full resolution and, with ``pyramid``, at nnU-Net's halved scales down to 8 voxels."""
     generator = torch.Generator().manual_seed(0)
     batch, n_regions, *spatial = shape
-    logits = torch.randn(shape, generator=generator).mul_(3)
-    labels = torch.randint(0, 4, (batch, *spatial), generator=generator)
-    regions = torch.stack([labels >= 1, labels >= 2, labels == 3][:n_regions], 1)
-    return logits.to(device), regions.to(device)
+    logits, targets = [], []
+    scale = 1
+    while True:
+        size = [s // scale for s in spatial]
+        logits.append(torch.randn((batch, n_regions, *size), generator=generator).mul_(3).to(device))
+        labels = torch.randint(0, 4, (batch, *size), generator=generator)
+        targets.append(torch.stack([labels >= 1, labels >= 2, labels == 3][:n_regions], 1).to(device))
+        scale *= 2
+        if not pyramid or min(s // scale for s in spatial) < 8:
+            break
+    return logits, targets
 
 
 def deep_supervision(loss: nn.Module, n_scales: int) -> nn.Module:
@@ -250,27 +290,37 @@ def run_scaling(device: torch.device, repeats: int, clock: Callable[[], float]) 
 
 
 def run_regions(device: torch.device, repeats: int, clock: Callable[[], float]) -> list[dict]:
-    """The region loss against nnU-Net's, one call without deep supervision (both trainers wrap it alike)."""
+    """The region trainers' loss objects against nnU-Net's, deep supervision off and on (see _region_losses)."""
     rows = []
     for name, shape in REGION_SHAPES.items():
-        logits, regions = make_region_inputs(shape, device)
-        fns = {n: partial(_step, loss, [logits], [regions], False) for n, loss in _region_losses().items()}
-        times = time_interleaved(fns, repeats, device, clock)
-        memory = {n: peak_memory(fn, device) for n, fn in fns.items()}
-        row = {
-            "device": device.type,
-            "shape": name,
-            **{f"{n} ms": 1e3 * t for n, t in times.items()},
-            "time ratio": times[REGION_OURS] / times[REGION_BASE],
-            "memory ratio": memory[REGION_OURS] / max(memory[REGION_BASE], 1),
-        }
-        rows.append(row)
-        print(
-            f"{device.type:4s} | {name:32s} | DC_and_BCE {row[REGION_BASE + ' ms']:8.1f} ms  "
-            f"ours {row[REGION_OURS + ' ms']:8.1f} ms  time x{row['time ratio']:.2f} | "
-            f"memory x{row['memory ratio']:.2f}",
-            flush=True,
-        )
+        for pyramid in (False, True):
+            logits, regions = make_region_inputs(shape, pyramid, device)
+            losses = _region_losses(len(logits), pyramid)
+            fns = {n: partial(_step, loss, logits, regions, pyramid) for n, loss in losses.items()}
+            times = time_interleaved(fns, repeats, device, clock)
+            memory = {n: peak_memory(fn, device) for n, fn in fns.items()}
+            row = {
+                "device": device.type,
+                "shape": name,
+                "deep supervision": "yes" if pyramid else "no",
+                **{f"{n} ms": 1e3 * t for n, t in times.items()},
+                **{f"{n} MiB": m / 2**20 for n, m in memory.items()},
+                "time ratio": times[REGION_OURS] / times[REGION_BASE],
+                "memory ratio": memory[REGION_OURS] / max(memory[REGION_BASE], 1),
+                "autograd time ratio": times[REGION_AUTOGRAD] / times[REGION_BASE],
+                "autograd memory ratio": memory[REGION_AUTOGRAD] / max(memory[REGION_BASE], 1),
+            }
+            rows.append(row)
+            print(
+                f"{device.type:4s} | {name:32s} | DS {row['deep supervision']:3s} | "
+                f"DC_and_BCE {row[REGION_BASE + ' ms']:8.1f} ms  ours {row[REGION_OURS + ' ms']:8.1f} ms  "
+                f"autograd {row[REGION_AUTOGRAD + ' ms']:8.1f} ms  time x{row['time ratio']:.2f} "
+                f"(autograd x{row['autograd time ratio']:.2f}) | DC_and_BCE {row[REGION_BASE + ' MiB']:7.1f} MiB  "
+                f"ours {row[REGION_OURS + ' MiB']:7.1f} MiB  memory x{row['memory ratio']:.2f} "
+                f"(autograd x{row['autograd memory ratio']:.2f})",
+                flush=True,
+            )
+            del logits, regions
     return rows
 
 
@@ -278,13 +328,15 @@ def markdown(rows: list[dict], scaling: bool, regions: bool = False) -> str:
     """The rows as in docs/benchmarks.md (times in ms; ratios ours / DC_and_CE, in brackets ours / DC_and_topk)."""
     if regions:
         lines = [
-            "| device | shape | DC_and_BCE | BCE + TopK-Dice | time ratio | memory ratio |",
-            "|---|---|---|---|---|---|",
+            "| device | shape | deep supervision | DC_and_BCE | BCE + TopK-Dice | time ratio | memory ratio | "
+            "autograd time ratio | autograd memory ratio |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
-                f"| {r['device']} | {r['shape']} | {r[REGION_BASE + ' ms']:.1f} ms | {r[REGION_OURS + ' ms']:.1f} ms | "
-                f"{r['time ratio']:.2f}x | {r['memory ratio']:.2f}x |"
+                f"| {r['device']} | {r['shape']} | {r['deep supervision']} | {r[REGION_BASE + ' ms']:.1f} ms | "
+                f"{r[REGION_OURS + ' ms']:.1f} ms | {r['time ratio']:.2f}x | {r['memory ratio']:.2f}x | "
+                f"{r['autograd time ratio']:.2f}x | {r['autograd memory ratio']:.2f}x |"
             )
         return "\n".join(lines)
     if scaling:
@@ -356,7 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows, args.scaling, args.regions))
     worst_time = max(r["time ratio"] for r in rows)
     if args.regions:
-        print(f"worst ratio ours / DC_and_BCE: time x{worst_time:.2f} (no goal: plain autograd)")
+        worst_memory = max(r["memory ratio"] for r in rows)
+        print(
+            f"worst ratio ours / DC_and_BCE: time x{worst_time:.2f}, memory x{worst_memory:.2f} "
+            "(goals: time <= 1.0, memory <= 1.0)"
+        )
     elif args.scaling:
         print(f"ratio ours / DC_and_CE from x{min(r['time ratio'] for r in rows):.2f} to x{worst_time:.2f}")
     else:

@@ -16,8 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_topkdice.losses.focal import FocalLoss
+from nnunet_topkdice.losses.region_fused import RegionConfig, RegionOutput, fused_bce_and_topk_dice
 from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss
-from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss
+from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss, check_region_inputs
+from nnunet_topkdice.losses.tie_break import tie_break_map
 from nnunet_topkdice.losses.topk_dice import TopKDiceLoss
 
 __all__ = [
@@ -240,6 +242,9 @@ class BCE_and_TopKDice_loss(nn.Module):
         bce_kwargs: ``weight`` and/or ``pos_weight`` of ``torch.nn.BCEWithLogitsLoss``.
         weight_ce, weight_dice: weights of the two terms (a term with weight 0 is not built).
         use_ignore_label: the target's last channel is nnU-Net's ignore mask.
+        fused: compute both terms as one autograd node (:mod:`~nnunet_topkdice.losses.region_fused`; not
+            with ``weight``/``pos_weight``); False: plain autograd through ``self.dc`` and ``self.ce``, the
+            reference the node is tested against (the same values and gradients, bit for bit).
     Raises:
         ValueError: bad TopK-Dice arguments, or bce_kwargs other than ``weight``/``pos_weight``.
 
@@ -256,6 +261,8 @@ class BCE_and_TopKDice_loss(nn.Module):
         weight_ce: float = 1,
         weight_dice: float = 1,
         use_ignore_label: bool = False,
+        *,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         bce_kwargs = dict(bce_kwargs)
@@ -270,13 +277,43 @@ class BCE_and_TopKDice_loss(nn.Module):
         # nnU-Net's names, so that its trainers' ``loss.dc = torch.compile(loss.dc)`` works here too
         self.dc = SigmoidTopKDiceLoss(**dict(topk_dice_kwargs)) if self.weight_dice != 0 else None
         self.ce = nn.BCEWithLogitsLoss(**bce_kwargs) if self.weight_ce != 0 else None
+        # the node has the BCE without class weights; the dice options are read from self.dc when called
+        self.fused = bool(fused) and not ("weight" in bce_kwargs or "pos_weight" in bce_kwargs)
+
+    def region_config(self) -> RegionConfig:
+        """The options of :func:`~nnunet_topkdice.losses.region_fused.fused_bce_and_topk_dice` this loss fixes
+        (no dice options where the dice term has weight 0: the node does not compute it)."""
+        return RegionConfig(None if self.dc is None else self.dc.options, self.weight_dice, self.weight_ce)
+
+    def region_output(self, net_output: Tensor, target: Tensor) -> RegionOutput:
+        """One output for the fused node: the target split as nnU-Net does, the inputs checked (metadata only),
+        and the tie-break map of the spatial shape.
+
+        Shape: net_output (B, R, *spatial) float; target (B, R [+ 1], *spatial) 0/1.
+        Raises:
+            ValueError: the target's channels do not match; shapes or dtypes as in ``sigmoid_topk_dice_loss``.
+        """
+        target_regions, mask = _split_region_target(net_output, target, self.use_ignore_label)
+        check_region_inputs(net_output, target_regions, mask)
+        tie_break = None
+        if self.dc is not None:
+            shape, device = net_output.shape[2:], net_output.device
+            options = self.dc.options
+            tie_break = tie_break_map(shape, device, seed=options.tie_break_seed, scale=options.tie_break_scale)
+            tie_break = tie_break.view(-1)
+        return RegionOutput(net_output, target_regions, mask, tie_break)
 
     def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
         """Shape: net_output (B, R, *spatial) float; target (B, R [+ 1], *spatial) 0/1. Returns a scalar.
 
+        With ``fused`` (the default, without BCE weights) one autograd node computes both terms
+        (``nnunet_topkdice.losses.region_fused``, bit for bit the values and gradients of the path below).
+
         Raises:
             ValueError: the target's channels do not match (R, or R + 1 with ``use_ignore_label``).
         """
+        if self.fused:
+            return fused_bce_and_topk_dice([self.region_output(net_output, target)], self.region_config())
         target_regions, mask = _split_region_target(net_output, target, self.use_ignore_label)
         compute_dtype = torch.float64 if net_output.dtype == torch.float64 else torch.float32
         total = net_output.new_zeros((), dtype=compute_dtype)

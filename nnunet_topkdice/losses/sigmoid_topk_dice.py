@@ -24,14 +24,14 @@ from nnunet_topkdice.losses.options import TopKDiceOptions
 from nnunet_topkdice.losses.selection import select_per_channel
 from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED
 
-__all__ = ["SIGMOID_DEFAULT_OPTIONS", "SigmoidTopKDiceLoss", "sigmoid_topk_dice_loss"]
+__all__ = ["SIGMOID_DEFAULT_OPTIONS", "SigmoidTopKDiceLoss", "check_region_inputs", "sigmoid_topk_dice_loss"]
 
 # nnU-Net's region Dice counts every region (do_bg=True); otherwise the softmax loss's defaults
 SIGMOID_DEFAULT_OPTIONS = TopKDiceOptions(do_bg=True)
 
 
-def _check_region_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | None) -> None:
-    """Metadata-only checks (shapes and dtypes; no host synchronisation).
+def check_region_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | None) -> None:
+    """Metadata-only checks of the region loss's inputs (shapes and dtypes; no host synchronisation).
 
     Raises:
         ValueError: shapes, dtypes, or an empty batch (no image, region or voxel), naming the argument.
@@ -135,7 +135,7 @@ def sigmoid_topk_dice_loss(
         >>> float(sigmoid_topk_dice_loss(logits, regions, options=TopKDiceOptions(k=30, do_bg=True))) < 1.0
         True
     """
-    _check_region_inputs(logits, target, loss_mask)
+    check_region_inputs(logits, target, loss_mask)
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     batch, n_regions = logits.shape[:2]
     with without_autocast(logits.device.type):

@@ -12,6 +12,7 @@ from nnunet_topkdice.trainers.baselines import (
     nnUNetTrainerTopKCEDice30,
 )
 from nnunet_topkdice.trainers.deep_supervision import (
+    RegionTopKDiceDeepSupervision,
     TopKDiceDeepSupervision,
     deep_supervision_weights,
     wrap_deep_supervision,
@@ -88,6 +89,7 @@ __all__ = [
     "TRAINER_NAMES",
     "DemoSchedule",
     "PaperSchedule",
+    "RegionTopKDiceDeepSupervision",
     "TopKDiceDeepSupervision",
     "deep_supervision_weights",
     "paper_trainer",

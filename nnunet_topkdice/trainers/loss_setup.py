@@ -8,7 +8,8 @@ import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
-from nnunet_topkdice.trainers.deep_supervision import TopKDiceDeepSupervision
+from nnunet_topkdice.losses import BCE_and_TopKDice_loss
+from nnunet_topkdice.trainers.deep_supervision import RegionTopKDiceDeepSupervision, TopKDiceDeepSupervision
 
 if TYPE_CHECKING:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -39,12 +40,16 @@ def compile_dice_term(trainer: nnUNetTrainer, loss: nn.Module) -> nn.Module:
     gets the same. For ``CE_and_TopKDice_loss`` that compiles both terms, since its ``dc`` computes them in
     one fused autograd node (one graph: under compile the selection takes its fixed-shape path). The
     :class:`TopKDiceDeepSupervision`, which calls that node once for all outputs, is compiled as a whole.
-    Inside nnU-Net's ``DeepSupervisionWrapper`` the wrapped loss is compiled the same way, so that a trainer
-    can wrap first and compile last whatever its loss.
+    The fused region loss ``BCE_and_TopKDice_loss`` (one node for both terms, which does not call its
+    ``dc``) and its :class:`RegionTopKDiceDeepSupervision` are compiled as a whole too. Inside nnU-Net's
+    ``DeepSupervisionWrapper`` the wrapped loss is compiled the same way, so that a trainer can wrap first
+    and compile last whatever its loss.
     """
     if not trainer._do_i_compile():
         return loss
-    if isinstance(loss, TopKDiceDeepSupervision):
+    if isinstance(loss, (TopKDiceDeepSupervision, RegionTopKDiceDeepSupervision)):
+        return torch.compile(loss)
+    if isinstance(loss, BCE_and_TopKDice_loss) and loss.fused:  # one node: loss.dc is not called
         return torch.compile(loss)
     if isinstance(loss, DeepSupervisionWrapper):
         loss.loss = compile_dice_term(trainer, loss.loss)

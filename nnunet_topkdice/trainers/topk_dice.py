@@ -23,7 +23,9 @@ class nnUNetTrainerTopKDice(nnUNetTrainer):
     """
 
     topk_k: float = 50.0
-    # deep supervision as one fused node (TopKDiceDeepSupervision); False: nnU-Net's DeepSupervisionWrapper
+    # the loss and its deep supervision as one fused node (TopKDiceDeepSupervision, and for region datasets
+    # a fused BCE_and_TopKDice_loss in RegionTopKDiceDeepSupervision); False: autograd for the region loss
+    # and nnU-Net's DeepSupervisionWrapper for both
     fuse_deep_supervision: bool = True
 
     def _build_loss(self) -> nn.Module:
@@ -31,11 +33,16 @@ class nnUNetTrainerTopKDice(nnUNetTrainer):
         ignore_label = self.label_manager.ignore_label
         if self.label_manager.has_regions:
             loss = BCE_and_TopKDice_loss(
-                topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, use_ignore_label=ignore_label is not None
+                topk_dice_kwargs,
+                {},
+                weight_ce=1,
+                weight_dice=1,
+                use_ignore_label=ignore_label is not None,
+                fused=self.fuse_deep_supervision,
             )
         else:
             loss = CE_and_TopKDice_loss(topk_dice_kwargs, {}, weight_ce=1, weight_dice=1, ignore_label=ignore_label)
-        # fused: one node for every output (TopKDiceDeepSupervision), compiled whole where nnU-Net compiles
+        # fused: one node for every output, compiled whole where nnU-Net compiles
         return compile_dice_term(self, wrap_deep_supervision(self, loss, fused=self.fuse_deep_supervision))
 
 
