@@ -325,7 +325,11 @@ def test_region_dice_term_is_compiled_as_nnunet_compiles_its_own(
 ) -> None:
     trainer = _make(name, tmp_path, regions=True)
     monkeypatch.setattr(trainer, "_do_i_compile", lambda: compiled)
-    inner = trainer._build_loss().loss  # as nnU-Net's DC_and_BCE_loss: only loss.dc is compiled
+    loss = trainer._build_loss()
+    if compiled and name == "nnUNetTrainerTopKDice":  # one node: compiled whole (test_region_loss_is_compiled_...)
+        assert isinstance(loss, OptimizedModule) and not isinstance(loss._orig_mod.loss.dc, OptimizedModule)
+        return
+    inner = loss.loss  # as nnU-Net's DC_and_BCE_loss: only loss.dc is compiled
     assert isinstance(inner.dc, OptimizedModule) is compiled and not isinstance(inner.ce, OptimizedModule)
 
 
@@ -444,6 +448,8 @@ def test_region_loss_is_nnunets_with_the_rows_term_replaced(name: str, ignore_la
         reference.dc.ddp,
     )
     if region_loss is BCE_and_TopKDice_loss:
+        # one node for the loss and every deep-supervision output (tests/test_losses_region_fused.py)
+        assert type(trainer.loss) is trainers.RegionTopKDiceDeepSupervision and inner.fused
         assert type(inner.dc) is SigmoidTopKDiceLoss and inner.dc.k == k
         assert inner.ce.reduction == reference.ce.reduction
         assert (inner.weight_ce, inner.weight_dice) == (reference.weight_ce, reference.weight_dice)
@@ -452,6 +458,29 @@ def test_region_loss_is_nnunets_with_the_rows_term_replaced(name: str, ignore_la
         assert (inner.weight_pixel, inner.weight_dice) == (reference.weight_ce, reference.weight_dice)
         assert inner.ce.gamma == 2.0 if pixel_term is SigmoidFocalLoss else inner.ce.k == k
     assert trainer.loss.weight_factors == reference_wrapped.weight_factors
+
+
+def test_region_loss_fusion_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = _make("nnUNetTrainerTopKDice", tmp_path, regions=True, ignore_label=True)
+    monkeypatch.setattr(trainer, "fuse_deep_supervision", False)
+    plain = trainer._build_loss()
+    assert type(plain) is DeepSupervisionWrapper and type(plain.loss) is BCE_and_TopKDice_loss
+    assert not plain.loss.fused  # the autograd reference
+    assert plain.weight_factors == trainer.loss.weight_factors
+    trainer.enable_deep_supervision = False
+    assert type(trainer._build_loss()) is BCE_and_TopKDice_loss
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
+def test_region_loss_is_compiled_whole_when_fused(fused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = _make("nnUNetTrainerTopKDice", tmp_path, regions=True)
+    monkeypatch.setattr(trainer, "_do_i_compile", lambda: True)
+    monkeypatch.setattr(trainer, "fuse_deep_supervision", fused)
+    loss = trainer._build_loss()  # compilation is lazy: nothing is compiled yet
+    if fused:  # loss.dc is not called by the node: the wrapper is the compiled unit
+        assert isinstance(loss, OptimizedModule) and type(loss._orig_mod) is trainers.RegionTopKDiceDeepSupervision
+    else:
+        assert type(loss) is DeepSupervisionWrapper and isinstance(loss.loss.dc, OptimizedModule)
 
 
 def test_nnunet_loss_rows_on_regions_are_nnunets(tmp_path: Path) -> None:
