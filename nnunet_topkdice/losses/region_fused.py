@@ -136,7 +136,8 @@ def _select(
     output on its own).
 
     Shape: probs, regions (B, R, N_s) per output (regions bool, the mask applied); tie_breaks (N_s,).
-    returns: the exclusion (B, R, N_s) bool per output, n_region and n_excluded (B * R, S) int64.
+    returns: the exclusion (B, R, N_s) float32 0/1 per output (views of one buffer, the caller's to
+    overwrite), n_region and n_excluded (B * R, S) int64.
     """
     batch, n_regions = probs[0].shape[:2]
     rows = batch * n_regions
@@ -152,7 +153,7 @@ def _select(
         labels = torch.cat(output_ids).expand(mask.shape)
     selection = select_easiest(value, labels, len(probs), k, mask, True, with_codes=False)
     excluded = selection.excluded.view(batch, n_regions, -1).split(sizes, -1)
-    return [e.bool() for e in excluded], selection.n_foreground, selection.n_excluded
+    return list(excluded), selection.n_foreground, selection.n_excluded
 
 
 def _bce(logits: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
@@ -168,25 +169,36 @@ def _bce(logits: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     return (per_voxel * mask).sum() / mask.sum(dtype=logits.dtype).clamp_min(1e-8)
 
 
-def _bce_grad(probs: Tensor, target: Tensor, mask: Tensor | None, grad: Tensor) -> Tensor:
-    """``dBCE/dz`` times ``grad``, as ``binary_cross_entropy_with_logits``'s backward forms it, from ``P``.
+def _bce_grad_(probs: Tensor, target: Tensor, mask: Tensor | None, grad: Tensor) -> Tensor:
+    """``dBCE/dz`` times ``grad``, as ``binary_cross_entropy_with_logits``'s backward forms it, from ``P``;
+    written into ``target``.
 
-    Shape: probs (B, R, *spatial); target 0/1 float, broadcastable to probs; mask (B, 1, *spatial) or None;
-    grad ().  returns: (B, R, *spatial).
+    Shape: probs (B, R, N); target (B, R, N) 0/1 of the probabilities' dtype (overwritten); mask (B, 1, N) or
+    None; grad ().  returns: (B, R, N), ``target``'s storage.
     """
-    out = probs - target
+    out = target.neg_().add_(probs)  # P - y, exactly
     if mask is None:
         return out.mul_(grad).div_(probs.numel())
     return out.mul_(grad / mask.sum(dtype=probs.dtype).clamp_min(1e-8)).mul_(mask)
 
 
-def _counted(excluded: Tensor, mask: Tensor | None) -> Tensor:
-    """The voxels whose ``P^2`` is summed, ``m - E`` (1 - E without a mask), as float32 0/1.
+def _counted_(excluded: Tensor, mask: Tensor | None) -> Tensor:
+    """The voxels whose ``P^2`` is summed, ``m - E`` (``1 - E`` without a mask), written into ``excluded``.
 
-    Shape: excluded (B, R, N) bool or float32 0/1 (overwritten where float32); mask (B, 1, N) bool or None.
+    Shape: excluded (B, R, N) float 0/1 (overwritten); mask (B, 1, N) bool or None.  returns: ``excluded``.
     """
-    counted = excluded.to(torch.float32).neg_()
-    return counted.add_(1) if mask is None else counted.add_(mask)
+    return excluded.neg_().add_(1 if mask is None else mask.to(excluded.dtype))
+
+
+def _region_as_float(target: Tensor, region: Tensor, dtype: torch.dtype) -> Tensor:
+    """``Y`` as 0/1 of ``dtype``, (B, R, N): from a bool target (the BCE's own target; where the mask takes
+    voxels out of the region, their factors are 0 anyway), or from the region map for other dtypes.
+
+    Float arithmetic is several times faster on the CPU than arithmetic that mixes in a bool operand, and
+    products with 0/1 are exact.
+    """
+    source = target if target.dtype == torch.bool else region
+    return source.reshape(region.shape).to(dtype)
 
 
 class _RegionTopKDiceBCE(torch.autograd.Function):
@@ -239,8 +251,8 @@ class _RegionTopKDiceBCE(torch.autograd.Function):
             selected, n_region, n_excluded = _select(flat_probs, regions, tie_breaks, config.options.k)
             for s, p in enumerate(flat_probs):
                 excluded[s] = selected[s].bool()
-                counted = _counted(selected[s], masks[s])
-                kept = regions[s].to(torch.float32).mul_(counted)  # Y (m - E) = Y - E
+                counted = _counted_(selected[s], masks[s])
+                kept = _region_as_float(outputs[s].target, regions[s], compute_dtype).mul_(counted)  # Y (m - E)
                 n_r = n_region[:, s].view(batch, n_regions)
                 sums = _DiceSums(
                     (p * kept).sum(-1, dtype=compute_dtype),
@@ -274,25 +286,23 @@ class _RegionTopKDiceBCE(torch.autograd.Function):
             flat = p.view(batch, n_regions, -1)
             mask = None if masks[s] is None else masks[s].view(batch, 1, -1)
             dice_grad = bce_grad = None
-            if config.weight_ce != 0:
-                target = targets[s]
-                # a bool target is its region as float32 (the mask applied: masked voxels get no gradient)
-                target = regions[s].to(p.dtype) if target.dtype == torch.bool and regions[s] is not None else target
-                bce_grad = _bce_grad(flat, target.reshape(flat.shape).to(p.dtype), mask, grad * config.weight_ce)
             if config.weight_dice != 0:
                 grad_inter, grad_pred = _dice_backward(
                     ctx.dice_states[s], grad * config.weight_dice, flat.shape[:2], config.options
                 )
-                # (gS counted) (2 P) + gI kept, then through the sigmoid
-                counted = _counted(excluded[s], mask)
-                dice_grad = (flat * 2).mul_(grad_pred.unsqueeze(-1)).mul_(counted)
-                kept = regions[s].to(torch.float32).mul_(counted)
-                del counted
-                dice_grad.add_(
-                    kept.mul_(grad_inter.unsqueeze(-1)) if kept.dtype == p.dtype else kept * grad_inter.unsqueeze(-1)
+                # (gS counted)(2 P) + gI kept, then through the sigmoid; counted P (2 gS) is the same product
+                counted = _counted_(excluded[s].to(p.dtype), mask)
+                region = _region_as_float(targets[s], regions[s], p.dtype)
+                kept = region * counted
+                dice_grad = (
+                    counted.mul_(flat).mul_(grad_pred.unsqueeze(-1) * 2).addcmul_(kept, grad_inter.unsqueeze(-1))
                 )
                 del kept
-                dice_grad = torch.ops.aten.sigmoid_backward(dice_grad, flat)
+                dice_grad = torch.ops.aten.sigmoid_backward.grad_input(dice_grad, flat, grad_input=dice_grad)
+            if config.weight_ce != 0:
+                if dice_grad is None or targets[s].dtype != torch.bool:  # else the bool target, made float above
+                    region = targets[s].reshape(flat.shape).to(p.dtype, copy=True)
+                bce_grad = _bce_grad_(flat, region, mask, grad * config.weight_ce)
             if dice_grad is None or bce_grad is None:
                 grad_s = (bce_grad if dice_grad is None else dice_grad).to(dtype)
             elif dtype == p.dtype:
