@@ -558,14 +558,16 @@ def test_no_trainer_collides_with_nnunet_builtins() -> None:
 
 
 @pytest.mark.slow
-def test_loss_under_torch_compile_matches_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    eager_trainer = _make("nnUNetTrainerTopKDice", tmp_path, ignore_label=True)
-    compiled_trainer = _make("nnUNetTrainerTopKDice", tmp_path, ignore_label=True)
+@pytest.mark.parametrize("regions", [False, True], ids=["labels", "regions"])
+def test_loss_under_torch_compile_matches_eager(regions: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    eager_trainer = _make("nnUNetTrainerTopKDice", tmp_path, regions=regions, ignore_label=True)
+    compiled_trainer = _make("nnUNetTrainerTopKDice", tmp_path, regions=regions, ignore_label=True)
     monkeypatch.setattr(compiled_trainer, "_do_i_compile", lambda: True)
     compiled_loss = compiled_trainer._build_loss()  # what the trainer builds on a GPU
     # the compiled unit is the whole deep-supervised loss: one graph for every output
     assert isinstance(compiled_loss, OptimizedModule)
-    assert type(compiled_loss._orig_mod) is trainers.TopKDiceDeepSupervision
+    wrapper = trainers.RegionTopKDiceDeepSupervision if regions else trainers.TopKDiceDeepSupervision
+    assert type(compiled_loss._orig_mod) is wrapper
     batch = synthetic_batch(eager_trainer, seed=3, ignore_fraction=0.25)
     with torch.no_grad():
         outputs = eager_trainer.network(batch["data"])
@@ -581,4 +583,6 @@ def test_loss_under_torch_compile_matches_eager(tmp_path: Path, monkeypatch: pyt
     torch.testing.assert_close(compiled_value, eager_value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-7)
     target = targets[0]
-    assert torch.all(compiled_grad.masked_select((target == 3).expand_as(compiled_grad)) == 0)
+    # the ignored voxels: nnU-Net's ignore label, or for regions the target's last channel
+    ignored = target[:, -1:].bool() if regions else target == 3
+    assert torch.all(compiled_grad.masked_select(ignored.expand_as(compiled_grad)) == 0)
