@@ -30,7 +30,7 @@ from nnunet_topkdice.pipeline.demo import DEMO_DATASET_ID, DEMO_SEEDS, demo_conf
 from nnunet_topkdice.pipeline.progress import TrainingProgress
 from nnunet_topkdice.pipeline.reproduce import paper_trainers, table_names
 from nnunet_topkdice.pipeline.runner import describe_steps, run_steps
-from nnunet_topkdice.pipeline.slurm import slurm_script
+from nnunet_topkdice.pipeline.slurm import slurm_resources, slurm_script
 from nnunet_topkdice.pipeline.steps import Command, Step
 
 # --- command builders ------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_evaluate_command_repeats_a_name_per_seed_and_parses_back() -> None:
     argv = commands.evaluate_command(Path("/labels"), runs, 201, Path("/out"), baseline="CE + Dice", paper="synapse",
                                      images_dir=Path("/raw/imagesTs"))  # fmt: skip
     assert argv == [
-        "topkdice", "evaluate", "-r", "/labels", "-p", "CE + Dice=/p/a0", "CE + Dice=/p/a1", "X=/p/b0",
+        "topkdice", "evaluate", "-r", "/labels", "-pred", "CE + Dice=/p/a0", "CE + Dice=/p/a1", "X=/p/b0",
         "--baseline", "CE + Dice", "-d", "201", "-o", "/out", "-np", "1", "--paper", "synapse",
         "--images", "/raw/imagesTs",
     ]  # fmt: skip
@@ -95,8 +95,8 @@ def test_evaluate_command_repeats_a_name_per_seed_and_parses_back() -> None:
 
 
 def test_shell_line_quotes_and_shows_environment() -> None:
-    command = Command(("topkdice", "evaluate", "-p", "CE + Dice=/p"), {"CUDA_VISIBLE_DEVICES": "0,1"})
-    assert command.shell() == "CUDA_VISIBLE_DEVICES=0,1 topkdice evaluate -p 'CE + Dice=/p'"
+    command = Command(("topkdice", "evaluate", "-pred", "CE + Dice=/p"), {"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert command.shell() == "CUDA_VISIBLE_DEVICES=0,1 topkdice evaluate -pred 'CE + Dice=/p'"
 
 
 @pytest.mark.parametrize(
@@ -491,10 +491,11 @@ def test_slurm_script_one_task_per_training(tmp_path: Path) -> None:
     config = _config(tmp_path, folds=("0", "1"), device="cuda", train_env={"nnUNet_n_proc_DA": "0"})
     jobs = training_jobs(resolve_plan(config))
     text = slurm_script(jobs, {"nnUNet_raw": "/r a"}, topkdice=["/venv/bin/topkdice"], log_dir=tmp_path,
-                        collect_command="topkdice compare -d 4", gpus_per_task=1)  # fmt: skip
+                        collect_command="topkdice compare -d 4",
+                        resources=slurm_resources("cuda", 1, environ={}))  # fmt: skip
     assert "#SBATCH --array=0-7" in text and "#SBATCH --gres=gpu:1" in text
     assert "export nnUNet_raw='/r a'" in text and "#   topkdice compare -d 4" in text
-    assert text.count(" export nnUNet_n_proc_DA=0;") == 8
+    assert text.count(" export nnUNet_n_proc_DA=0;") == 8  # the job's own variables win in its task
     assert "    args=(train --seed 1 4 3d_fullres 1 -tr TrainerB -device cuda) ;;" in text
     with pytest.raises(ValueError, match="no training left"):
         slurm_script([], {}, topkdice=["t"], log_dir=tmp_path, collect_command="")
@@ -586,7 +587,7 @@ def test_the_collect_command_is_the_same_call_without_the_mode(tmp_path: Path) -
             "--device", "cpu", "--emit-slurm", "x.sh", "--verbose"]  # fmt: skip
     args = build_parser().parse_args(argv)
     assert pipeline_cli.same_call("compare", args.parser, args) == (
-        "topkdice compare -d 4 -c 2d --trainers A B --test-set --seeds 0 2 --device cpu"
+        "topkdice compare -d 4 -c 2d -tr A B --test-set --seeds 0 2 -device cpu"
     )
 
 

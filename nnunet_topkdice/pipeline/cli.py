@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 from pathlib import Path
@@ -51,7 +52,9 @@ def _default_device() -> str:
 
 
 def _device(args: argparse.Namespace) -> str:
-    device = args.device or _default_device()
+    """``--device``; by default ``cuda`` for a SLURM script (it trains on the cluster's GPU nodes, not on the
+    machine that writes it), else cuda when this machine has one, else cpu."""
+    device = args.device or ("cuda" if getattr(args, "emit_slurm", None) else _default_device())
     if (getattr(args, "gpus", None) or getattr(args, "num_gpus", 1) > 1) and device != "cuda":
         raise InputError(f"--gpus and --num-gpus need --device cuda, got --device {device}")
     return device
@@ -61,7 +64,7 @@ def same_call(prog: str, parser: argparse.ArgumentParser, args: argparse.Namespa
     """The command line of this call without ``--dry-run``/``--emit-slurm``, options in a fixed order."""
     argv = ["topkdice", prog]
     for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "emit_slurm", "dry_run", "verbose"):
+        if not action.option_strings or action.dest in ("help", "emit_slurm", "slurm_header", "dry_run", "verbose"):
             continue
         value = getattr(args, action.dest, None)
         if value is None or value is False or value == action.default:
@@ -78,35 +81,68 @@ def same_call(prog: str, parser: argparse.ArgumentParser, args: argparse.Namespa
 
 def _invocation(prog: str, args: argparse.Namespace):
     from nnunet_topkdice.pipeline.session import Invocation
+    from nnunet_topkdice.pipeline.slurm import read_slurm_header
 
+    if args.slurm_header is not None and args.emit_slurm is None:
+        raise InputError("--slurm-header is for --emit-slurm FILE")
     return Invocation(
         dry_run=args.dry_run,
         emit_slurm=args.emit_slurm.resolve() if args.emit_slurm else None,
         verbose=args.verbose,
         gpu_slots=gpu_slots(args.gpus, args.num_gpus) if args.gpus else (),
         collect_command=same_call(prog, args.parser, args),
+        slurm_header=read_slurm_header(args.slurm_header) if args.slurm_header else (),
+        n_proc_da=args.n_proc_da,
     )
 
 
+def _train_env(args: argparse.Namespace, device: str) -> dict[str, str]:
+    """The trainings' own variables: the device's defaults, and ``--n-proc-da`` where given."""
+    from nnunet_topkdice.pipeline.compare import default_train_env
+
+    env = default_train_env(device)
+    if args.n_proc_da is not None:
+        env["nnUNet_n_proc_DA"] = str(args.n_proc_da)
+    return env
+
+
+def _raw_dataset(dataset: str, workdir: Path | None) -> tuple[int, Path]:
+    """``(dataset id, its raw folder)``: looked for in ``$nnUNet_raw``, or where that is unset in
+    ``./nnUNet_raw`` and then ``WORKDIR/nnUNet_raw``.
+
+    Raises:
+        InputError: not found (naming every folder looked in, and where to put it).
+    """
+    from nnunet_topkdice.pipeline.state import NnunetFolders, locate_raw_dataset, parse_dataset, raw_roots
+
+    dataset_number, name = parse_dataset(dataset)
+    folders = NnunetFolders.resolve(workdir or Path("."))
+    _, raw = locate_raw_dataset(folders, dataset_number, name)
+    if raw is None:
+        roots = " or ".join(str(root) for root in raw_roots(folders))
+        hint = ""
+        if "nnUNet_raw" not in folders.from_environment:
+            hint = (f"; nnUNet_raw is not set: put the dataset in {Path('nnUNet_raw').resolve()}/"
+                    f"{name or f'Dataset{dataset_number:03d}_NAME'} or export nnUNet_raw")  # fmt: skip
+        raise InputError(f"-d {dataset}: no such dataset with a dataset.json in {roots}{hint}")
+    return dataset_number, raw
+
+
 def _compare_command(args: argparse.Namespace) -> int:
-    from nnunet_topkdice.pipeline.compare import CompareConfig, default_train_env
+    from nnunet_topkdice.pipeline.compare import CompareConfig
     from nnunet_topkdice.pipeline.prechecks import check_distinct_trainers
     from nnunet_topkdice.pipeline.session import run_session
-    from nnunet_topkdice.pipeline.state import NnunetFolders, find_dataset, parse_dataset
+    from nnunet_topkdice.pipeline.state import NnunetFolders
 
     device = _device(args)
     check_distinct_trainers(args.trainers)
-    dataset_number, name = parse_dataset(args.dataset)
-    folders = NnunetFolders.resolve(Path("."))
-    raw = folders.raw / name if name else find_dataset(folders.raw, dataset_number)
-    if raw is None or not (raw / "dataset.json").is_file():
-        raise InputError(f"-d {args.dataset}: no such dataset with a dataset.json in nnUNet_raw ({folders.raw})")
+    dataset_number, raw = _raw_dataset(args.dataset, args.workdir)
     if args.test_set and not ((raw / "imagesTs").is_dir() and (raw / "labelsTs").is_dir()):
         raise InputError(f"--test-set needs imagesTs and labelsTs in {raw}")
     trainers = {t: t for t in args.trainers}
     plans_tag = "" if args.plans == "nnUNetPlans" else f"__{args.plans}"
     workdir = (args.workdir or Path("topkdice_compare") / f"{raw.name}__{args.configuration}{plans_tag}").resolve()
-    folders = NnunetFolders.resolve(workdir)
+    folders = NnunetFolders.resolve(workdir).with_raw(raw.parent)  # every command sees the dataset where it is
     config = CompareConfig(
         dataset_id=dataset_number,
         raw_dataset=raw,
@@ -122,13 +158,13 @@ def _compare_command(args: argparse.Namespace) -> int:
         device=device,
         num_processes=args.num_processes,
         num_gpus=args.num_gpus,
-        train_env=default_train_env(device),
+        train_env=_train_env(args, device),
     )
     return run_session(config, _invocation("compare", args))
 
 
 def _reproduce_command(args: argparse.Namespace) -> int:
-    from nnunet_topkdice.pipeline.compare import default_train_env
+    from nnunet_topkdice.paper_datasets import paper_dataset
     from nnunet_topkdice.pipeline.prechecks import check_distinct_trainers
     from nnunet_topkdice.pipeline.reproduce import (
         check_source,
@@ -138,17 +174,21 @@ def _reproduce_command(args: argparse.Namespace) -> int:
         table_names,
     )
     from nnunet_topkdice.pipeline.session import run_session
-    from nnunet_topkdice.pipeline.state import NnunetFolders
+    from nnunet_topkdice.pipeline.state import NnunetFolders, locate_raw_dataset
 
     device = _device(args)
     check_distinct_trainers(args.trainers or [])
     trainers = (table_names(args.dataset, args.schedule, args.trainers) if args.trainers
                 else paper_trainers(args.dataset, args.schedule))  # fmt: skip
     workdir = (args.workdir or Path(f"topkdice_{args.dataset}")).resolve()
+    # a dataset converted earlier into ./nnUNet_raw (nnUNet_raw unset) is used there; else it is converted
+    # into nnUNet_raw, or WORKDIR/nnUNet_raw where that is unset
+    dataset_number = args.dataset_id or paper_dataset(args.dataset).dataset_id
+    folders, _ = locate_raw_dataset(NnunetFolders.resolve(workdir), dataset_number)
     config = reproduce_config(
         args.dataset,
         workdir=workdir,
-        folders=NnunetFolders.resolve(workdir),
+        folders=folders,
         trainers=trainers,
         dataset_id=args.dataset_id,
         fold=args.fold,
@@ -156,7 +196,7 @@ def _reproduce_command(args: argparse.Namespace) -> int:
         device=device,
         num_processes=args.num_processes,
         num_gpus=args.num_gpus,
-        train_env=default_train_env(device),
+        train_env=_train_env(args, device),
     )
     check_source(args.input, config)
     return run_session(config, _invocation("reproduce", args), before=[convert_step(args.dataset, args.input, config)])
@@ -170,6 +210,8 @@ def _demo_command(args: argparse.Namespace) -> int:
         args.workdir or Path("topkdice_demo"), device=_device(args), all_rows=args.all, seeds=tuple(args.seeds),
         num_processes=args.num_processes,
     )  # fmt: skip
+    if args.n_proc_da is not None:
+        config = dataclasses.replace(config, train_env={**config.train_env, "nnUNet_n_proc_DA": str(args.n_proc_da)})
     return run_session(config, _invocation("demo", args), before=demo_steps_before(config))
 
 
@@ -185,8 +227,14 @@ def _add_run_options(
         f"and batches, so results are paired (default: {' '.join(map(str, default_seeds))})",
     )  # fmt: skip
     p.add_argument(
-        "--device", choices=DEVICE_CHOICES, default=None,
-        help="device of training and prediction (default: cuda when available, else cpu)",
+        "-device", "--device", choices=DEVICE_CHOICES, default=None,
+        help="device of training and prediction, as nnUNetv2_train -device (default: cuda when available, else "
+        "cpu; with --emit-slurm always cuda, since the script runs on the cluster's nodes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--n-proc-da", type=non_negative_int, default=None, metavar="N",
+        help="data-augmentation worker processes per GPU of each training (nnUNet_n_proc_DA; default: nnU-Net's "
+        "choice on a GPU, 12 in a SLURM script, with --cpus-per-task GPUs x (N + 1); 0 on the CPU)",
     )  # fmt: skip
     p.add_argument(
         "-np", "--num-processes", type=positive_int, default=default_np, metavar="N",
@@ -209,7 +257,13 @@ def _add_run_options(
     mode.add_argument(
         "--emit-slurm", type=Path, default=None, metavar="FILE",
         help="prepare the data here, then write a SLURM job-array script with one training per array task "
-        "and print the command that collects the results afterwards",
+        "(on cuda unless --device says otherwise: --gres=gpu:NUM_GPUS and --cpus-per-task per task) and print "
+        "the command that collects the results afterwards",
+    )  # fmt: skip
+    p.add_argument(
+        "--slurm-header", type=Path, default=None, metavar="FILE",
+        help="with --emit-slurm: your cluster's lines for the script (#SBATCH --partition, --time, --mem, "
+        "module load ...); an #SBATCH option set there replaces the script's own",
     )  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="also show the full output of every command")
 
@@ -239,13 +293,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="dataset id or name in nnUNet_raw, e.g. 4 or Dataset004_Hippocampus")  # fmt: skip
     p.add_argument("-c", "--configuration", required=True, metavar="CONFIGURATION",
                    help="nnU-Net configuration: 2d, 3d_fullres, 3d_lowres (or one of your plans)")  # fmt: skip
-    p.add_argument("--trainers", required=True, nargs="+", metavar="TRAINER",
+    p.add_argument("-tr", "--trainers", required=True, nargs="+", metavar="TRAINER",
                    help="nnU-Net trainer class names: nnU-Net's, ours, or yours (nnUNet_extTrainer)")  # fmt: skip
     p.add_argument("--baseline", default=None, metavar="TRAINER",
                    help="the trainer the others are compared with (default: the first of --trainers)")  # fmt: skip
     folds = p.add_mutually_exclusive_group()
     folds.add_argument(
-        "--folds", nargs="+", type=_fold, default=None, metavar="F",
+        "-f", "--folds", nargs="+", type=_fold, default=None, metavar="F",
         help="cross-validation folds to train and score (default: every fold of the dataset's "
         "splits_final.json, else nnU-Net's 5 folds 0-4)",
     )  # fmt: skip
@@ -277,11 +331,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("-d", "--dataset-id", type=dataset_id, default=None, metavar="ID",
                    help="nnU-Net dataset id (default: 201 synapse, 202 acdc, 203 msseg)")  # fmt: skip
-    p.add_argument("--trainers", nargs="+", default=None, metavar="TRAINER",
+    p.add_argument("-tr", "--trainers", nargs="+", default=None, metavar="TRAINER",
                    help="nnU-Net trainer class names to run (default: the paper's five rows for --schedule); "
                    "trainers of a row of the table keep the row's name")  # fmt: skip
     p.add_argument(
-        "--fold", choices=FOLD_CHOICES, default=None,
+        "-f", "--fold", choices=FOLD_CHOICES, default=None,
         help="nnU-Net fold: the paper's protocol is 0 for acdc (its split file holds the paper's train/val "
         "split) and all for synapse and msseg (no validation set), the default",
     )  # fmt: skip

@@ -129,13 +129,13 @@ def evaluate_command(
     num_processes: int = 1,
     images_dir: Path | None = None,
 ) -> list[str]:
-    """``topkdice evaluate -r LABELS -p NAME=PRED [NAME=PRED ...] [--baseline NAME] -d ID -o OUT -np N [--paper X]
+    """``topkdice evaluate -r LABELS -pred NAME=PRED [NAME=PRED ...] [--baseline NAME] -d ID -o OUT -np N [--paper X]
     [--images IMAGES]``.
 
     ``runs`` keeps its order; a name given several times is one method over several repeats (seeds).
     ``images_dir`` (imagesTs or imagesTr) makes ``evaluate`` draw the cases that decide each comparison.
     """
-    argv = ["topkdice", "evaluate", "-r", str(labels_dir), "-p"]
+    argv = ["topkdice", "evaluate", "-r", str(labels_dir), "-pred"]
     argv += [f"{name}={predictions}" for name, predictions in runs]
     if baseline is not None:
         argv += ["--baseline", baseline]

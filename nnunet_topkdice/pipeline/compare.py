@@ -10,7 +10,7 @@
 4. cross-validation: each (trainer, seed)'s validation predictions of every fold, hard-linked into one
    folder (every training case is predicted once, by the fold that did not train on it);
    test set: ``nnUNetv2_predict`` on ``imagesTs`` with the seed's models (the folds ensembled);
-5. ``topkdice evaluate`` with one ``-p NAME=DIR`` per trainer and seed (a name repeated over its seeds)
+5. ``topkdice evaluate`` with one ``-pred NAME=DIR`` per trainer and seed (a name repeated over its seeds)
    and ``--baseline``, which ends with the paired verdict of every trainer against the baseline.
 
 The steps consume a :class:`~nnunet_topkdice.pipeline.plan.ComparePlan`, the comparison resolved against

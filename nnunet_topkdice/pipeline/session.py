@@ -37,6 +37,8 @@ class Invocation:
     verbose: bool = False
     gpu_slots: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES of each concurrent training
     collect_command: str = ""  # the command line that finishes a SLURM sweep (the same call)
+    slurm_header: tuple[str, ...] = ()  # the user's lines for the SLURM script (--slurm-header)
+    n_proc_da: int | None = None  # --n-proc-da: data-augmentation workers per GPU, if given
 
 
 def _err(message: str) -> None:
@@ -55,9 +57,8 @@ def run_session(config: CompareConfig, invocation: Invocation, before: Sequence[
         InputError: bad input found by a step.
     """
     env = child_environment(config)
-    unset = [v for v in state.NNUNET_FOLDER_VARIABLES if v not in config.folders.from_environment]
-    if unset:
-        _err(f"{', '.join(unset)} not set: using folders in {config.workdir}")
+    for line in unset_notes(config):
+        _err(line)
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in exported_variables(config, env).items())
     _err(f"To run a command by hand, first: export {exports}")
 
@@ -93,6 +94,20 @@ def run_session(config: CompareConfig, invocation: Invocation, before: Sequence[
     return 0
 
 
+def unset_notes(config: CompareConfig) -> list[str]:
+    """Where the commands find nnU-Net's folders whose variable is unset (one line each kind)."""
+    unset = [v for v in state.NNUNET_FOLDER_VARIABLES if v not in config.folders.from_environment]
+    notes = []
+    if "nnUNet_raw" in unset:
+        found = (config.raw_dataset / "dataset.json").is_file()
+        where = "where the dataset is" if found else f"{config.raw_dataset.name} goes there"
+        notes.append(f"nnUNet_raw not set: using {config.folders.raw} ({where})")
+    others = [v for v in unset if v != "nnUNet_raw"]
+    if others:
+        notes.append(f"{', '.join(others)} not set: using folders in {config.workdir}")
+    return notes
+
+
 def _first_training(steps: Sequence[Step]) -> int:
     return next(i for i, step in enumerate(steps) if step.parallel == "train")
 
@@ -100,7 +115,7 @@ def _first_training(steps: Sequence[Step]) -> int:
 def _emit_slurm(
     plan: ComparePlan, invocation: Invocation, steps: Sequence[Step], env: Mapping[str, str], *, first: int = 1
 ) -> int:
-    from nnunet_topkdice.pipeline.slurm import slurm_script
+    from nnunet_topkdice.pipeline.slurm import slurm_resources, slurm_script
 
     config = plan.config
     jobs = training_jobs(plan)
@@ -112,10 +127,11 @@ def _emit_slurm(
     if not left:
         _err(f"Every training is done; nothing to submit. Collect the results with:\n  {invocation.collect_command}")
         return 0
+    resources = slurm_resources(config.device, config.num_gpus, n_proc_da=invocation.n_proc_da,
+                                header=invocation.slurm_header)  # fmt: skip
     text = slurm_script(
         left, exported_variables(config, env), topkdice=resolve_executable("topkdice"), log_dir=config.log_dir,
-        collect_command=invocation.collect_command, gpus_per_task=config.num_gpus if config.device == "cuda" else 0,
-        job_name=f"topkdice_{config.name}",
+        collect_command=invocation.collect_command, resources=resources, job_name=f"topkdice_{config.name}",
     )  # fmt: skip
     path = invocation.emit_slurm
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +140,11 @@ def _emit_slurm(
     path.chmod(0o755)
     done = len(jobs) - len(left)
     print(f"Wrote {path}: {len(left)} array task(s), one training each ({done} already done).")
+    asks = [f"--gres=gpu:{resources.gpus_per_task}"] if resources.gpus_per_task else []
+    asks += [f"--cpus-per-task={resources.cpus_per_task}"] if resources.cpus_per_task else []
+    asks += [f"nnUNet_n_proc_DA={resources.n_proc_da}"] if resources.n_proc_da is not None else []
+    print(f"Each task trains with -device {config.device}" + (f" ({', '.join(asks)})" if asks else "")
+          + "; change it with --device, --num-gpus, --n-proc-da or --slurm-header.")  # fmt: skip
     print(f"Submit it:   sbatch {shlex.quote(str(path))}")
     print(f"Then collect: {invocation.collect_command}")
     return 0

@@ -5,15 +5,129 @@ nnU-Net needs exported, and a ``case "$SLURM_ARRAY_TASK_ID"`` choosing one train
 its fold folder when it starts, like the local runner: finished -> exits 0, interrupted -> ``--c``,
 final validation missing -> ``--val``; so a requeued or resubmitted array continues where it stopped.
 Running the script by hand with ``SLURM_ARRAY_TASK_ID=i bash FILE`` runs task ``i`` on this machine.
+
+The resources a task asks for (:class:`SlurmResources`) follow the device the script trains on, never the
+machine that writes it (a login node has no GPU): on ``cuda`` one ``--gres=gpu:N`` per training (``N`` =
+``--num-gpus``), ``nnUNet_n_proc_DA`` data-augmentation workers per GPU (nnU-Net's default 12) and
+``--cpus-per-task`` = ``N x (workers + 1)`` (one main process per GPU, as nnU-Net counts). The user's own
+lines (partition, time, memory, modules) come from ``--slurm-header FILE``.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.pipeline.compare import TrainingJob
+
+#: nnU-Net's number of data-augmentation workers per GPU on a machine it does not know (the ``else`` of
+#: ``nnunetv2.utilities.default_n_proc_DA.get_allowed_n_proc_DA``), where ``nnUNet_n_proc_DA`` is unset.
+NNUNET_DEFAULT_N_PROC_DA = 12
+#: ``#SBATCH`` options that the script must set itself (the array's task ids pick the trainings).
+_OWN_ONLY = ("--array",)
+#: ``#SBATCH`` options that the script sets unless the user's header sets them.
+_DEFAULTED = ("--job-name", "--output", "--gres", "--cpus-per-task")
+_OPTION = re.compile(r"^#SBATCH\s+(--[a-z-]+|-[a-zA-Z])")
+_SHORT = {"-J": "--job-name", "-o": "--output", "-c": "--cpus-per-task", "-a": "--array"}
+
+
+@dataclass(frozen=True)
+class SlurmResources:
+    """What each array task asks SLURM for, and the user's own lines.
+
+    Attributes:
+        gpus_per_task: ``#SBATCH --gres=gpu:N`` (0: no GPU line, training on the CPU).
+        n_proc_da: ``nnUNet_n_proc_DA`` exported for the tasks (None: not exported).
+        cpus_per_task: ``#SBATCH --cpus-per-task`` (None: no line).
+        header: the user's lines (``--slurm-header``): ``#SBATCH`` lines go with the script's directives,
+            the others (``module load ...``) run before the task starts.
+    """
+
+    gpus_per_task: int = 0
+    n_proc_da: int | None = None
+    cpus_per_task: int | None = None
+    header: tuple[str, ...] = ()
+
+
+def _sbatch_option(line: str) -> str | None:
+    match = _OPTION.match(line.strip())
+    return _SHORT.get(match.group(1), match.group(1)) if match else None
+
+
+def read_slurm_header(path: Path) -> tuple[str, ...]:
+    """The lines of a ``--slurm-header`` file, without a ``#!`` line and trailing blank lines.
+
+    Raises:
+        InputError: the file cannot be read, or it sets ``--array`` (the script's own).
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise InputError(f"--slurm-header {path}: cannot read it ({e.strerror})") from None
+    lines = [line.rstrip() for line in lines if not line.startswith("#!")]
+    for line in lines:
+        if _sbatch_option(line) in _OWN_ONLY:
+            raise InputError(f"--slurm-header {path}: {line.strip()!r}: the script sets --array itself "
+                             "(one task per training)")  # fmt: skip
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(lines)
+
+
+def slurm_resources(
+    device: str,
+    num_gpus: int,
+    *,
+    n_proc_da: int | None = None,
+    header: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> SlurmResources:
+    """The resources of one task training on ``device`` (decided by the caller, never by this machine).
+
+    Args:
+        device: ``cuda``, ``cpu`` or ``mps``.
+        num_gpus: GPUs per training (nnU-Net's ``-num_gpus``).
+        n_proc_da: data-augmentation workers per GPU (``--n-proc-da``); default: the user's
+            ``nnUNet_n_proc_DA``, else ``--cpus-per-task`` of the header divided among the GPUs (one core
+            each for the main process), else :data:`NNUNET_DEFAULT_N_PROC_DA`.
+        header: the user's lines; a ``--cpus-per-task`` there is kept and the workers follow it.
+        environ: where the user's ``nnUNet_n_proc_DA`` is looked up (default ``os.environ``).
+    Returns:
+        On ``cuda``: ``--gres=gpu:num_gpus``, the workers, ``--cpus-per-task = num_gpus x (workers + 1)``.
+        Elsewhere: no GPU, no workers exported here (the trainings' own ``nnUNet_n_proc_DA``, 0 on the CPU,
+        stays) and no ``--cpus-per-task`` (CPU training uses every core the task gets).
+    Raises:
+        InputError: a header's ``--cpus-per-task`` too small for one main process per GPU.
+    """
+    environ = os.environ if environ is None else environ
+    header = tuple(header)
+    if device != "cuda":
+        return SlurmResources(0, None, None, header)
+    user_cpus = _header_cpus(header)
+    if n_proc_da is None and environ.get("nnUNet_n_proc_DA", "").isdigit():
+        n_proc_da = int(environ["nnUNet_n_proc_DA"])
+    if n_proc_da is None and user_cpus is not None:
+        if user_cpus < num_gpus:
+            raise InputError(f"--slurm-header asks for --cpus-per-task={user_cpus}, fewer than the "
+                             f"{num_gpus} training process(es) of --num-gpus {num_gpus}")  # fmt: skip
+        n_proc_da = user_cpus // num_gpus - 1
+    if n_proc_da is None:
+        n_proc_da = NNUNET_DEFAULT_N_PROC_DA
+    return SlurmResources(num_gpus, n_proc_da, num_gpus * (n_proc_da + 1), header)
+
+
+def _header_cpus(header: Sequence[str]) -> int | None:
+    for line in header:
+        if _sbatch_option(line) == "--cpus-per-task":
+            value = re.search(r"(?:=|\s)(\d+)\s*(?:#.*)?$", line.strip())
+            if value:
+                return int(value.group(1))
+    return None
 
 
 def slurm_script(
@@ -23,7 +137,7 @@ def slurm_script(
     topkdice: Sequence[str],
     log_dir: Path,
     collect_command: str,
-    gpus_per_task: int = 0,
+    resources: SlurmResources = SlurmResources(),
     job_name: str = "topkdice",
 ) -> str:
     """The job-array script (pure: returns the text).
@@ -35,7 +149,7 @@ def slurm_script(
         topkdice: the argv prefix that runs ``topkdice`` in the environment the script must use.
         log_dir: SLURM's output files go here (``slurm_<job>_<task>.log``).
         collect_command: printed in the header: what to run once every task is done.
-        gpus_per_task: ``#SBATCH --gres=gpu:N`` (0: no GPU line).
+        resources: GPUs, data-augmentation workers, cores and the user's lines (:func:`slurm_resources`).
 
     Raises:
         ValueError: no jobs.
@@ -43,24 +157,34 @@ def slurm_script(
     if not jobs:
         raise ValueError("no training left to run: the job array would be empty")
     q = shlex.quote
-    lines = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name={job_name}",
-        f"#SBATCH --array=0-{len(jobs) - 1}",
-        f"#SBATCH --output={log_dir}/slurm_%A_%a.log",
-    ]
-    if gpus_per_task:
-        lines.append(f"#SBATCH --gres=gpu:{gpus_per_task}")
+    own = {
+        "--job-name": f"#SBATCH --job-name={job_name}",
+        "--output": f"#SBATCH --output={log_dir}/slurm_%A_%a.log",
+        "--gres": f"#SBATCH --gres=gpu:{resources.gpus_per_task}" if resources.gpus_per_task else None,
+        "--cpus-per-task": f"#SBATCH --cpus-per-task={resources.cpus_per_task}" if resources.cpus_per_task else None,
+    }
+    user_directives = [line for line in resources.header if _sbatch_option(line)]
+    user_lines = [line for line in resources.header if not _sbatch_option(line)]
+    users = {_sbatch_option(line) for line in user_directives}
+    lines = ["#!/bin/bash", f"#SBATCH --array=0-{len(jobs) - 1}"]
+    lines += [line for option, line in own.items() if line and option not in users]
+    if user_directives:
+        lines += ["# from --slurm-header:", *user_directives]
+    else:
+        lines.append("# Add your cluster's #SBATCH lines here (partition, time, memory), or pass --slurm-header FILE.")
+    if resources.cpus_per_task is None and not resources.gpus_per_task:
+        lines.append("# Training on the CPU uses every core the task gets: ask for them with #SBATCH --cpus-per-task.")
     lines += [
-        "# Add your cluster's own #SBATCH lines above (partition, time, memory).",
         f"# One nnU-Net training per array task ({len(jobs)} in all). Submit with: sbatch {{this file}}",
         "# Run one task here: SLURM_ARRAY_TASK_ID=0 bash {this file}",
         "# When every task is done, collect the results (it finds the trainings done and only evaluates):",
         f"#   {collect_command}",
-        "set -euo pipefail",
-        "",
     ]
+    lines += user_lines
+    lines += ["set -euo pipefail", ""]
     lines += [f"export {key}={q(value)}" for key, value in env.items()]
+    if resources.n_proc_da is not None:
+        lines.append(f"export nnUNet_n_proc_DA={resources.n_proc_da}  # data-augmentation workers per GPU")
     lines += [f"TOPKDICE=({' '.join(q(part) for part in topkdice)})", ""]
     lines.append('case "${SLURM_ARRAY_TASK_ID:?set SLURM_ARRAY_TASK_ID (sbatch --array does)}" in')
     for index, job in enumerate(jobs):

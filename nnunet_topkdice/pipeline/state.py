@@ -42,6 +42,10 @@ class NnunetFolders:
         set_vars = tuple(v for v in NNUNET_FOLDER_VARIABLES if environ.get(v))
         return cls(paths["nnUNet_raw"], paths["nnUNet_preprocessed"], paths["nnUNet_results"], set_vars)
 
+    def with_raw(self, raw: Path) -> NnunetFolders:
+        """The same folders with ``nnUNet_raw`` at ``raw`` (where an unset variable's dataset was found)."""
+        return NnunetFolders(Path(raw).resolve(), self.preprocessed, self.results, self.from_environment)
+
     def env(self) -> dict[str, str]:
         return {"nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
                 "nnUNet_results": str(self.results)}  # fmt: skip
@@ -67,6 +71,37 @@ def find_dataset(root: Path, dataset_id: int) -> Path | None:
     if len(matches) > 1:
         raise InputError(f"several datasets with id {dataset_id} in {root}: {', '.join(p.name for p in matches)}")
     return matches[0] if matches else None
+
+
+#: Where nnU-Net's raw folder is looked for when ``nnUNet_raw`` is unset: the current folder's ``nnUNet_raw``.
+LOCAL_RAW = Path("nnUNet_raw")
+
+
+def raw_roots(folders: NnunetFolders, local: Path = LOCAL_RAW) -> list[Path]:
+    """The ``nnUNet_raw`` folders a dataset is looked for in, in order: the variable's folder when it is set;
+    otherwise ``./nnUNet_raw``, then the work dir's (``folders.raw``)."""
+    if "nnUNet_raw" in folders.from_environment:
+        return [folders.raw]
+    return list(dict.fromkeys([Path(local).resolve(), folders.raw]))
+
+
+def locate_raw_dataset(
+    folders: NnunetFolders, dataset_id: int, name: str | None = None, local: Path = LOCAL_RAW
+) -> tuple[NnunetFolders, Path | None]:
+    """Find a raw dataset and make ``nnUNet_raw`` of every command the folder it was found in.
+
+    Returns:
+        ``(folders, dataset)``: ``folders.raw`` is the first of :func:`raw_roots` holding the dataset (with
+        a ``dataset.json``), ``dataset`` its ``DatasetXXX_Name`` folder; ``(folders, None)`` unchanged when
+        no root holds it.
+    Raises:
+        InputError: two folders share the id in one root.
+    """
+    for root in raw_roots(folders, local):
+        dataset = root / name if name else find_dataset(root, dataset_id)
+        if dataset is not None and (dataset / "dataset.json").is_file():
+            return folders.with_raw(root), dataset
+    return folders, None
 
 
 def parse_dataset(text: str) -> tuple[int, str | None]:

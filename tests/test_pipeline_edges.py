@@ -1,0 +1,251 @@
+"""The pipeline where users run it: a SLURM script written on a login node without a GPU, a bare shell
+without nnU-Net's variables (the dataset in ``./nnUNet_raw``), and nnU-Net's own flag spellings."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from pipeline_fixtures import TOPKDICE, clean_environment, make_tiny_dataset
+
+from nnunet_topkdice.cli import build_parser, main
+from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.pipeline import cli as pipeline_cli
+from nnunet_topkdice.pipeline import state
+from nnunet_topkdice.pipeline.slurm import NNUNET_DEFAULT_N_PROC_DA, read_slurm_header, slurm_resources
+
+DATASET = "Dataset004_Hippo"
+
+
+@pytest.fixture
+def bare_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A shell in ``tmp_path`` without nnU-Net's variables, whose machine has no GPU (and is never asked)."""
+    for var in (*state.NNUNET_FOLDER_VARIABLES, "nnUNet_n_proc_DA"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def no_questions() -> str:
+        raise AssertionError("the device was decided from this machine")
+
+    monkeypatch.setattr(pipeline_cli, "_default_device", no_questions)
+    return tmp_path
+
+
+def _prepared_dataset(raw_root: Path, preprocessed_root: Path) -> Path:
+    """A raw dataset (2 training cases) that is already preprocessed for 2d, with a 2-fold split."""
+    raw = raw_root / DATASET
+    raw.mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps(
+        {"labels": {"background": 0, "a": 1}, "numTraining": 2, "file_ending": ".nii.gz", "channel_names": {"0": "x"}}
+    ))  # fmt: skip
+    data = preprocessed_root / DATASET / "nnUNetPlans_2d"
+    data.mkdir(parents=True)
+    (preprocessed_root / DATASET / "nnUNetPlans.json").write_text(
+        json.dumps({"configurations": {"2d": {"data_identifier": "nnUNetPlans_2d"}}})
+    )
+    for case in ("c0", "c1"):
+        (data / f"{case}.pkl").touch()
+    (preprocessed_root / DATASET / "splits_final.json").write_text(
+        json.dumps([{"train": ["c1"], "val": ["c0"]}, {"train": ["c0"], "val": ["c1"]}])
+    )
+    return raw
+
+
+def _emit(bare_shell: Path, *extra: str) -> tuple[int, str]:
+    work = bare_shell / "w"
+    _prepared_dataset(bare_shell / "nnUNet_raw", work / "nnUNet_preprocessed")
+    script = bare_shell / "sweep.sh"
+    code = main(["compare", "-d", "4", "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerTopKDice", "-w", str(work),
+                 "--emit-slurm", str(script), *extra])  # fmt: skip
+    return code, script.read_text() if script.is_file() else ""
+
+
+# --- SLURM ---------------------------------------------------------------------------------------------
+
+
+def test_slurm_script_trains_on_the_gpu_by_default(bare_shell: Path, capsys: pytest.CaptureFixture) -> None:
+    code, text = _emit(bare_shell)
+    assert code == 0
+    assert "#SBATCH --array=0-3" in text and "#SBATCH --gres=gpu:1" in text
+    assert f"#SBATCH --cpus-per-task={NNUNET_DEFAULT_N_PROC_DA + 1}" in text
+    assert f"export nnUNet_n_proc_DA={NNUNET_DEFAULT_N_PROC_DA} " in text and "nnUNet_n_proc_DA=0" not in text
+    assert text.count(" -device cuda) ;;") == 4 and "-device cpu" not in text
+    assert "Each task trains with -device cuda (--gres=gpu:1, --cpus-per-task=13, nnUNet_n_proc_DA=12)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_slurm_script_follows_num_gpus_and_workers(bare_shell: Path) -> None:
+    code, text = _emit(bare_shell, "--num-gpus", "2", "--n-proc-da", "5")
+    assert code == 0
+    assert "#SBATCH --gres=gpu:2" in text and "#SBATCH --cpus-per-task=12" in text  # 2 x (5 workers + 1)
+    assert "export nnUNet_n_proc_DA=5 " in text and text.count(" -device cuda -num_gpus 2) ;;") == 4
+
+
+def test_slurm_script_on_the_cpu(bare_shell: Path) -> None:
+    code, text = _emit(bare_shell, "-device", "cpu")
+    assert code == 0
+    directives = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+    assert not any("--gres" in line or "--cpus-per-task" in line for line in directives)
+    assert "# Training on the CPU uses every core the task gets: ask for them with #SBATCH --cpus-per-task." in text
+    assert text.count(" export nnUNet_n_proc_DA=0;") == 4 and text.count(" -device cpu) ;;") == 4
+
+
+def test_slurm_header_lines_are_kept_and_win(bare_shell: Path) -> None:
+    header = bare_shell / "cluster.sh"
+    header.write_text("#!/bin/bash\n#SBATCH --partition=gpu\n#SBATCH -c 8\n#SBATCH --time=1-00:00:00\n"
+                      "module load cuda\n\n")  # fmt: skip
+    code, text = _emit(bare_shell, "--slurm-header", str(header))
+    assert code == 0
+    lines = text.splitlines()
+    assert lines.count("#!/bin/bash") == 1 and "#SBATCH --partition=gpu" in lines and "#SBATCH -c 8" in lines
+    assert not any(line.startswith("#SBATCH --cpus-per-task") for line in lines)  # the user's -c 8 instead
+    assert "export nnUNet_n_proc_DA=7  # data-augmentation workers per GPU" in lines  # 8 cores: 7 workers + 1
+    # every directive before the first command (sbatch stops reading them there), module load before the tasks
+    first_command = lines.index("module load cuda")
+    assert max(i for i, line in enumerate(lines) if line.startswith("#SBATCH")) < first_command
+    assert first_command < lines.index("set -euo pipefail")
+
+
+def test_slurm_header_refuses_array_and_slurm_only(tmp_path: Path) -> None:
+    header = tmp_path / "h.sh"
+    header.write_text("#SBATCH --array=0-9\n")
+    with pytest.raises(InputError, match=r"h.sh: '#SBATCH --array=0-9': the script sets --array itself"):
+        read_slurm_header(header)
+    with pytest.raises(InputError, match="--slurm-header .*missing.sh: cannot read it"):
+        read_slurm_header(tmp_path / "missing.sh")
+    with pytest.raises(InputError, match="fewer than the 2 training process"):
+        slurm_resources("cuda", 2, header=["#SBATCH --cpus-per-task=1"], environ={})
+    args = build_parser().parse_args(["compare", "-d", "4", "-c", "2d", "-tr", "A", "--slurm-header", str(header)])
+    with pytest.raises(InputError, match="--slurm-header is for --emit-slurm FILE"):
+        pipeline_cli._invocation("compare", args)
+
+
+def test_slurm_resources_take_the_users_workers() -> None:
+    assert slurm_resources("cuda", 1, environ={"nnUNet_n_proc_DA": "3"}).cpus_per_task == 4
+    assert slurm_resources("cuda", 1, n_proc_da=0, environ={"nnUNet_n_proc_DA": "3"}).cpus_per_task == 1
+    cpu = slurm_resources("cpu", 1, n_proc_da=4, environ={})
+    assert (cpu.gpus_per_task, cpu.n_proc_da, cpu.cpus_per_task) == (0, None, None)
+
+
+def test_slurm_task_runs_here_with_the_cpu(bare_shell: Path) -> None:
+    """A task of the emitted script runs by hand as on a node: a finished training exits 0 at once."""
+    code, text = _emit(bare_shell, "--device", "cpu", "--seeds", "3")
+    assert code == 0
+    run_dir = Path(re.search(r"run_dir='?([^';]+)'?;", text).group(1))
+    (run_dir / "validation").mkdir(parents=True)
+    (run_dir / "checkpoint_final.pth").touch()
+    (run_dir / "validation" / "summary.json").touch()
+    script = bare_shell / "sweep.sh"
+    done = subprocess.run(["bash", str(script)], env={**clean_environment(), "SLURM_ARRAY_TASK_ID": "0"},
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == f"already trained: {run_dir}"
+    beyond = subprocess.run(["bash", str(script)], env={**clean_environment(), "SLURM_ARRAY_TASK_ID": "9"},
+                            capture_output=True, text=True)  # fmt: skip
+    assert beyond.returncode == 2 and "no task 9 in this array (0-3)" in beyond.stderr
+
+
+# --- a bare shell ----------------------------------------------------------------------------------------
+
+
+def _exports(stderr: str) -> dict[str, str]:
+    line = next(line for line in stderr.splitlines() if line.startswith("To run a command by hand, first: export"))
+    return dict(part.split("=", 1) for part in line.removeprefix("To run a command by hand, first: export ").split())
+
+
+def test_compare_uses_the_dataset_where_it_was_found(bare_shell: Path, capsys: pytest.CaptureFixture) -> None:
+    work = bare_shell / "w"
+    raw = _prepared_dataset(bare_shell / "nnUNet_raw", work / "nnUNet_preprocessed")
+    assert main(["compare", "-d", "4", "-c", "2d", "-tr", "A", "-w", str(work), "-device", "cpu", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    exports = _exports(err)
+    assert exports["nnUNet_raw"] == str(raw.parent.resolve())
+    assert exports["nnUNet_preprocessed"] == str(work / "nnUNet_preprocessed")
+    assert f"nnUNet_raw not set: using {raw.parent.resolve()} (where the dataset is)" in err
+    assert f"-r {raw.resolve() / 'labelsTr'}" in out  # the evaluation reads the labels there too
+
+
+def test_compare_finds_the_dataset_in_the_workdir(bare_shell: Path, capsys: pytest.CaptureFixture) -> None:
+    work = bare_shell / "w"
+    raw = _prepared_dataset(work / "nnUNet_raw", work / "nnUNet_preprocessed")
+    assert main(["compare", "-d", DATASET, "-c", "2d", "-tr", "A", "-w", str(work), "--dry-run", "-device", "cpu"]) == 0
+    assert _exports(capsys.readouterr().err)["nnUNet_raw"] == str(raw.parent)
+
+
+def test_compare_says_where_to_put_the_dataset(bare_shell: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", "-d", "4", "-c", "2d", "-tr", "A", "--dry-run", "-device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"no such dataset with a dataset.json in {bare_shell / 'nnUNet_raw'}" in err
+    assert f"nnUNet_raw is not set: put the dataset in {bare_shell / 'nnUNet_raw'}/Dataset004_NAME" in err
+
+
+def test_reproduce_uses_a_dataset_converted_into_the_current_folder(
+    bare_shell: Path, capsys: pytest.CaptureFixture
+) -> None:
+    raw = bare_shell / "nnUNet_raw" / "Dataset202_ACDC"
+    raw.mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps({"numTraining": 2, "file_ending": ".nii.gz"}))
+    argv = ["reproduce", "--dataset", "acdc", "-tr", "nnUNetTrainer", "-f", "0", "-w", str(bare_shell / "w"),
+            "-device", "cpu", "--dry-run"]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert _exports(err)["nnUNet_raw"] == str(bare_shell / "nnUNet_raw")
+    assert "topkdice convert" not in out and f"-i {raw / 'imagesTs'}" in out
+
+
+def test_demo_exports_the_folder_it_generates_into(bare_shell: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["demo", "-w", "d", "--dry-run", "-device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    exports = _exports(err)
+    assert exports["nnUNet_raw"] == str(bare_shell / "d" / "nnUNet_raw")
+    assert f"-o {bare_shell / 'd' / 'nnUNet_raw'} -d 990" in out  # converted into the folder that is exported
+    assert f"nnUNet_raw not set: using {bare_shell / 'd' / 'nnUNet_raw'} (Dataset990_Synapse goes there)" in err
+
+
+# --- nnU-Net's spellings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nnunet", "ours"),
+    [
+        (["-tr", "A", "B", "-f", "0", "1", "-device", "cpu"],
+         ["--trainers", "A", "B", "--folds", "0", "1", "--device", "cpu"]),
+    ],
+    ids=["compare"],
+)
+def test_compare_accepts_nnunets_flags_and_the_long_ones(nnunet: list[str], ours: list[str]) -> None:
+    parse = build_parser().parse_args
+    a = parse(["compare", "-d", "4", "-c", "2d", *nnunet])
+    b = parse(["compare", "-d", "4", "-c", "2d", *ours])
+    assert (a.trainers, a.folds, a.device) == (b.trainers, b.folds, b.device) == (["A", "B"], ["0", "1"], "cpu")
+
+
+def test_reproduce_accepts_nnunets_flags_and_the_long_ones() -> None:
+    parse = build_parser().parse_args
+    a = parse(["reproduce", "--dataset", "acdc", "-tr", "A", "-f", "all", "-device", "mps"])
+    b = parse(["reproduce", "--dataset", "acdc", "--trainers", "A", "--fold", "all", "--device", "mps"])
+    assert (a.trainers, a.fold, a.device) == (b.trainers, b.fold, b.device) == (["A"], "all", "mps")
+
+
+# --- end to end ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_from_a_bare_shell(tmp_path: Path) -> None:
+    """No nnU-Net variable set, the dataset in ./nnUNet_raw: preprocessing, a seeded training of nnU-Net's
+    1-epoch trainer, prediction of imagesTs and the evaluation all find it."""
+    make_tiny_dataset(tmp_path / "nnUNet_raw", 985, n_train=2, n_test=1)
+    env = {k: v for k, v in clean_environment().items() if not k.startswith("nnUNet_")}  # not one of nnU-Net's
+    argv = [TOPKDICE, "compare", "-d", "985", "-c", "2d", "-tr", "nnUNetTrainer_1epoch", "--test-set",
+            "-device", "cpu", "-np", "1", "-w", "work"]  # fmt: skip
+    proc = subprocess.run([str(a) for a in argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"nnUNet_raw not set: using {tmp_path / 'nnUNet_raw'}" in proc.stderr
+    results = json.loads((tmp_path / "work" / "evaluation" / "fold_all" / "results.json").read_text())
+    assert results["cases"] == ["case002"]
+    assert results["reference_dir"] == str(tmp_path / "nnUNet_raw" / "Dataset985_PipelineTest" / "labelsTs")
+    assert (tmp_path / "work" / "nnUNet_preprocessed" / "Dataset985_PipelineTest" / "nnUNetPlans.json").is_file()
+    assert not (tmp_path / "work" / "nnUNet_raw").exists()
