@@ -92,7 +92,7 @@ def test_output_that_is_a_file_fails_before_evaluating(
         raise AssertionError("the cases were evaluated before the output folder was checked")
 
     monkeypatch.setattr("nnunet_topkdice.evaluation.evaluate.run_case_jobs", no_work)
-    argv = ["evaluate", "-r", str(setup["reference"]), "-p", f"x={setup['pred']}", "-d", str(setup["dataset"])]
+    argv = ["evaluate", "-r", str(setup["reference"]), "-pred", f"x={setup['pred']}", "-d", str(setup["dataset"])]
     assert topkdice_main([*argv, "-o", str(out)]) == 2
     assert f"output folder {out} is a file; expected a folder" in capsys.readouterr().err
     assert topkdice_main([*argv, "-o", str(out / "sub")]) == 2
@@ -103,7 +103,7 @@ def test_output_that_is_a_file_fails_before_evaluating(
 @pytest.mark.parametrize("content", [[], ["labels"], "text", 3], ids=["empty-list", "list", "string", "number"])
 def test_dataset_json_that_is_not_an_object(setup: dict, content, capsys: pytest.CaptureFixture[str]) -> None:
     setup["dataset"].write_text(json.dumps(content))
-    argv = ["evaluate", "-r", str(setup["reference"]), "-p", f"x={setup['pred']}", "-d", str(setup["dataset"])]
+    argv = ["evaluate", "-r", str(setup["reference"]), "-pred", f"x={setup['pred']}", "-d", str(setup["dataset"])]
     assert topkdice_main([*argv, "-o", str(setup["root"] / "out")]) == 2
     kind = {list: "list", str: "string", int: "number"}[type(content)]
     assert f"{setup['dataset']} must hold a JSON object" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def test_evaluate_command_end_to_end(acdc_like: dict) -> None:
             "evaluate",
             "-r",
             str(acdc_like["labels"]),
-            "-p",
+            "-pred",
             *runs,
             "-d",
             "902",
@@ -92,7 +92,7 @@ def test_evaluate_command_mismatched_cases_exits_2(acdc_like: dict) -> None:
             "evaluate",
             "-r",
             str(acdc_like["labels"]),
-            "-p",
+            "-pred",
             f"B={acdc_like['runs']['B']}",
             "-d",
             "902",
@@ -139,11 +139,11 @@ def test_show_ignore_map_command(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["evaluate", "-r", "r", "-p", "a=b", "-d", "1", "-o", "o", "-np", "0"],
-        ["evaluate", "-r", "r", "-p", "a=b", "-d", "1", "-o", "o", "--paper", "brats"],
-        ["evaluate", "-r", "r", "-p", "=b", "-d", "1", "-o", "o"],
+        ["evaluate", "-r", "r", "-pred", "a=b", "-d", "1", "-o", "o", "-np", "0"],
+        ["evaluate", "-r", "r", "-pred", "a=b", "-d", "1", "-o", "o", "--paper", "brats"],
+        ["evaluate", "-r", "r", "-pred", "=b", "-d", "1", "-o", "o"],
         ["evaluate", "-r", "r", "-d", "1", "-o", "o"],
-        ["evaluate", "-r", "r", "-p", "a=b", "-d", "1", "-o", "o", "--hd95-missing", "zero"],
+        ["evaluate", "-r", "r", "-pred", "a=b", "-d", "1", "-o", "o", "--hd95-missing", "zero"],
         ["show-ignore-map", "-i", "i", "-l", "l", "--probabilities", "p", "-o", "o", "--k", "0"],
         ["show-ignore-map", "-i", "i", "-l", "l", "--probabilities", "p", "-o", "o", "--k", "101"],
         ["show-ignore-map", "-i", "i", "-l", "l", "--probabilities", "p", "-m", "m", "-o", "o"],
@@ -176,7 +176,7 @@ def test_same_folder_twice_for_one_name_exits_2(acdc_like: dict, capsys: pytest.
             "evaluate",
             "-r",
             str(acdc_like["labels"]),
-            "-p",
+            "-pred",
             f"A={folder}",
             f"A={folder}",
             "-d",
@@ -193,8 +193,8 @@ def test_repeated_name_is_one_method_and_baseline_is_chosen(acdc_like: dict) -> 
     """B twice (two repeats: B itself and a copy of A), --baseline B: A is compared with B."""
     runs = acdc_like["runs"]
     out = acdc_like["root"] / "out"
-    argv = ["evaluate", "-r", str(acdc_like["labels"]), "-p", f"B={runs['B']}", f"A={runs['A']}"]
-    argv += ["-p", f"B={runs['A']}", "-d", "902", "-o", str(out), "--baseline", "B"]
+    argv = ["evaluate", "-r", str(acdc_like["labels"]), "-pred", f"B={runs['B']}", f"A={runs['A']}"]
+    argv += ["-pred", f"B={runs['A']}", "-d", "902", "-o", str(out), "--baseline", "B"]
     result = _run(argv, acdc_like["root"])
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
@@ -213,7 +213,7 @@ def test_repeated_name_is_one_method_and_baseline_is_chosen(acdc_like: dict) -> 
 
 def test_unknown_baseline_exits_2(acdc_like: dict, capsys: pytest.CaptureFixture) -> None:
     code = main(
-        ["evaluate", "-r", str(acdc_like["labels"]), "-p", f"A={acdc_like['runs']['A']}", "-d", "x.json",
+        ["evaluate", "-r", str(acdc_like["labels"]), "-pred", f"A={acdc_like['runs']['A']}", "-d", "x.json",
          "-o", "o", "--baseline", "Z"]
     )
     assert code == 2
@@ -263,6 +263,6 @@ def test_repeated_predictions_option_adds_runs() -> None:
     from nnunet_topkdice.cli import build_parser
 
     args = build_parser().parse_args(
-        ["evaluate", "-r", "labels", "-p", "A=a", "B=b", "-p", "C=c", "-d", "1", "-o", "out"]
+        ["evaluate", "-r", "labels", "-pred", "A=a", "B=b", "-pred", "C=c", "-d", "1", "-o", "out"]
     )
     assert [name for name, _ in args.predictions] == ["A", "B", "C"]

@@ -341,7 +341,7 @@ def test_a_failing_picture_leaves_the_previous_outputs(cases: dict, monkeypatch:
 
 def test_cli_images_and_nsd_tolerance(cases: dict, capsys: pytest.CaptureFixture) -> None:
     out = cases["root"] / "out"
-    argv = ["evaluate", "-r", str(cases["labelsTs"]), "-p", f"A={cases['A']}", f"B={cases['B']}",
+    argv = ["evaluate", "-r", str(cases["labelsTs"]), "-pred", f"A={cases['A']}", f"B={cases['B']}",
             "-d", str(cases["dataset_json"]), "-o", str(out), "--images", str(cases["imagesTs"]),
             "--nsd-tolerance", "0.5"]  # fmt: skip
     assert main(argv) == 0
@@ -360,7 +360,7 @@ def test_cli_images_and_nsd_tolerance(cases: dict, capsys: pytest.CaptureFixture
     ids=["negative", "not-a-number"],
 )
 def test_cli_rejects_bad_nsd_tolerance(cases: dict, capsys: pytest.CaptureFixture, extra: list, message: str) -> None:
-    argv = ["evaluate", "-r", str(cases["labelsTs"]), "-p", f"A={cases['A']}", "-d", "1", "-o", "o", *extra]
+    argv = ["evaluate", "-r", str(cases["labelsTs"]), "-pred", f"A={cases['A']}", "-d", "1", "-o", "o", *extra]
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
@@ -369,7 +369,7 @@ def test_cli_rejects_bad_nsd_tolerance(cases: dict, capsys: pytest.CaptureFixtur
 def test_cli_missing_image_exits_2_and_writes_nothing(cases: dict, capsys: pytest.CaptureFixture) -> None:
     _remove_case(cases)
     out = cases["root"] / "out"
-    argv = ["evaluate", "-r", str(cases["labelsTs"]), "-p", f"A={cases['A']}", f"B={cases['B']}",
+    argv = ["evaluate", "-r", str(cases["labelsTs"]), "-pred", f"A={cases['A']}", f"B={cases['B']}",
             "-d", str(cases["dataset_json"]), "-o", str(out), "--images", str(cases["imagesTs"])]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -50,11 +50,12 @@ def test_commands_offer_the_registry_keys(capsys: pytest.CaptureFixture[str]) ->
     subparsers = parser.add_subparsers(dest="command")
     conversion_cli.add_parsers(subparsers)
     add_evaluation_parsers(subparsers)
-    for argv in (["convert", "brats"], ["evaluate", "-r", "r", "-p", "a", "-d", "1", "-o", "o", "--paper", "x"]):
+    for argv in (["convert", "brats"], ["evaluate", "-r", "r", "-pred", "a", "-d", "1", "-o", "o", "--paper", "x"]):
         with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
             parser.parse_args(argv)
         err = capsys.readouterr().err
         assert "invalid choice" in err and all(key in err.split("choose from")[1] for key in PAPER_DATASET_KEYS)
     for key in PAPER_DATASET_KEYS:  # each is accepted; the convert default id is the registry's
         assert parser.parse_args(["convert", key, "-i", "x"]).dataset_id == PAPER_DATASETS[key].dataset_id
-        assert parser.parse_args(["evaluate", "-r", "r", "-p", "a", "-d", "1", "-o", "o", "--paper", key]).paper == key
+        argv = ["evaluate", "-r", "r", "-pred", "a", "-d", "1", "-o", "o", "--paper", key]
+        assert parser.parse_args(argv).paper == key

@@ -10,7 +10,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nnunet_topkdice.evaluation.dataset import DatasetInfo
-from nnunet_topkdice.evaluation.label_io import check_label_values, check_same_geometry, read_label_image
+from nnunet_topkdice.evaluation.label_io import (
+    SIMPLEITK_READER,
+    check_label_values,
+    check_same_geometry,
+    read_label_image,
+)
 from nnunet_topkdice.evaluation.metrics import NSD_TOLERANCE_MM, case_metrics
 from nnunet_topkdice.input_checks import check_finite_file
 from nnunet_topkdice.workers import run_in_workers
@@ -46,13 +51,14 @@ def evaluate_case(job: CaseJob) -> tuple[str, dict[int, dict[str, dict]]]:
         :mod:`nnunet_topkdice.input_checks`), label values outside the dataset, a prediction not on the
         reference's image grid (size, spacing, origin, direction).
     """
+    reader_writer = job.info.reader_writer or SIMPLEITK_READER
     check_finite_file(job.reference, f"case {job.case}: reference")
-    reference = read_label_image(job.reference)
+    reference = read_label_image(job.reference, reader_writer)
     check_label_values(reference.array, job.reference, job.info.allowed_values)
     out: dict[int, dict[str, dict]] = {}
     for index, path in job.predictions.items():
         check_finite_file(path, f"case {job.case}: prediction")
-        prediction = read_label_image(path)
+        prediction = read_label_image(path, reader_writer)
         check_same_geometry(job.case, reference, job.reference, prediction, path)
         check_label_values(prediction.array, path, job.info.allowed_values)
         out[index] = case_metrics(

@@ -25,24 +25,87 @@ def _tolerance_mm(text: str) -> float:
     return value
 
 
+#: The release in which ``evaluate -p`` (predictions; ``-p`` is plans everywhere else) stops working.
+P_REMOVED_IN = "0.3.0"
+
+
+def _cut(text: str, index: int) -> tuple[str, str] | None:
+    """``text`` split at ``index`` into ``(name, folder)``; None when the name holds a path separator."""
+    name, folder = text[:index], text[index + 1 :]
+    return None if "/" in name or "\\" in name else (name, folder)
+
+
 def _run_spec(text: str) -> tuple[str, Path]:
-    """``NAME=PRED_DIR``, or just ``PRED_DIR`` (named after the folder)."""
-    name, sep, folder = text.partition("=")
-    if not sep or "/" in name or "\\" in name:  # no name given, the whole text is the folder
+    """``NAME=PRED_DIR``, ``NAME:PRED_DIR``, or just ``PRED_DIR`` (named after the folder).
+
+    The split is the last ``=`` (then the first ``:``) that leaves an existing folder, so a folder such as
+    ``lr=0.01/preds`` keeps its ``=``; a text that is itself an existing folder is that folder. Where no
+    folder exists (yet), the first ``=`` (else ``:``) splits, and the evaluation names the missing folder.
+    """
+    equals = [i for i, char in enumerate(text) if char == "="]
+    colons = [i for i, char in enumerate(text) if char == ":"]
+    splits = [pair for i in [*reversed(equals), *colons] if (pair := _cut(text, i)) is not None]
+    existing = next((pair for pair in splits if pair[1] and Path(pair[1]).is_dir()), None)
+    if existing is not None:
+        name, folder = existing
+    elif Path(text).is_dir() or not splits:
         name, folder = Path(text).name, text
+    else:
+        first = [pair for i in equals[:1] + colons[:1] if (pair := _cut(text, i)) is not None]
+        name, folder = first[0] if first else (Path(text).name, text)
     if not name.strip() or not folder:
         raise argparse.ArgumentTypeError(f"expected NAME=PRED_DIR, got {text!r}")
     return name.strip(), Path(folder)
+
+
+class _PredictionsAction(argparse._ExtendAction):
+    """``-pred`` / ``--predictions`` add runs; the old ``-p`` too, with a deprecation warning on stderr."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: list[tuple[str, Path]],
+        option_string: str | None = None,
+    ) -> None:
+        if option_string == "-p":
+            print(
+                f"topkdice evaluate: warning: -p for predictions is deprecated (in nnU-Net -p means plans) and "
+                f"will be removed in {P_REMOVED_IN}: use -pred",
+                file=sys.stderr,
+            )
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _dataset_of_predictions(folders: list[Path]) -> Path:
+    """The ``dataset.json`` nnU-Net writes into a prediction folder: the first of ``folders`` holding one.
+
+    Raises:
+        InputError: none holds one (``-d`` is then needed).
+    """
+    from nnunet_topkdice.errors import InputError
+
+    for folder in folders:
+        if (Path(folder) / "dataset.json").is_file():
+            return Path(folder) / "dataset.json"
+    raise InputError(
+        "-d is needed: none of the prediction folders holds the dataset.json that nnUNetv2_predict writes "
+        f"({', '.join(str(f) for f in folders[:3])}{' ...' if len(folders) > 3 else ''})"
+    )
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
     from nnunet_topkdice.evaluation.evaluate import evaluate_runs
 
     # a NAME given several times is one method over several repeats, in the order given
+    dataset = args.dataset
+    if dataset is None:
+        dataset = _dataset_of_predictions([folder for _, folder in args.predictions])
+        print(f"dataset: {dataset} (no -d given)", file=sys.stderr)
     results = evaluate_runs(
         args.reference,
         args.predictions,
-        args.dataset,
+        dataset,
         args.output,
         baseline=args.baseline,
         num_processes=args.num_processes,
@@ -112,24 +175,28 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         help="folder of reference label files, e.g. $nnUNet_raw/Dataset201_Synapse/labelsTs",
     )
     p.add_argument(
-        "-p",
+        "-pred",
         "--predictions",
+        "-p",
+        dest="predictions",
         required=True,
         nargs="+",
-        action="extend",  # a repeated -p adds runs instead of replacing the earlier ones
+        action=_PredictionsAction,  # a repeated -pred adds runs instead of replacing the earlier ones
         type=_run_spec,
         metavar="NAME=PRED_DIR",
-        help="one or more prediction folders (nnUNetv2_predict output), each named NAME=; a NAME given "
-        "several times is one method over several repeats (seeds or folds); the order of the names is "
-        "the table's row order",
+        help="one or more prediction folders (nnUNetv2_predict output), each named NAME= (or NAME:, for a "
+        "folder whose name holds '='); a NAME given several times is one method over several repeats "
+        "(seeds or folds); the order of the names is the table's row order. -p is the deprecated spelling "
+        f"(removed in {P_REMOVED_IN}; -p is plans in nnU-Net)",
     )
     p.add_argument(
         "-d",
         "--dataset",
-        required=True,
+        default=None,
         metavar="DATASET_ID_OR_DATASET_JSON",
         help="dataset id or name (looked up in $nnUNet_raw) or the path of its dataset.json; "
-        "gives the label names and the file ending",
+        "gives the label names, the file ending and the reader nnU-Net uses (default: the dataset.json that "
+        "nnUNetv2_predict wrote into the first prediction folder)",
     )
     p.add_argument(
         "-o", "--output", required=True, type=Path, metavar="OUT_DIR", help="output folder (created)"
@@ -204,7 +271,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", choices=("cpu", "cuda", "mps"), default="cpu", help="with -m: device (default cpu)"
     )
-    p.add_argument("--disable-tta", action="store_true", help="with -m: no mirroring test-time augmentation")
+    p.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
+                   help="with -m: no mirroring test-time augmentation (as nnUNetv2_predict --disable_tta)")
 
 
 def _add_show_ignore_map_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -3,6 +3,7 @@ and the table's class columns (the paper's names where the labels match one of i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -28,6 +29,9 @@ class DatasetInfo:
         classes: foreground label name -> label value (a tuple for a region), in dataset.json's order.
         ignore_label: the ``ignore`` label value, if any.
         allowed_values: every value a reference or prediction file may contain.
+        reader_writer: nnU-Net's reader-writer class for the dataset's files (``SimpleITKIO``, ``Tiff3DIO``,
+            ``NaturalImage2DIO``, ...); from a dataset.json, its ``overwrite_image_reader_writer`` (None when
+            unset) until :func:`~nnunet_topkdice.evaluation.label_io.reader_writer_name` settles it with a file.
     """
 
     name: str | None
@@ -36,6 +40,7 @@ class DatasetInfo:
     classes: dict[str, ClassValue]
     ignore_label: int | None
     allowed_values: frozenset[int]
+    reader_writer: str | None = None
 
 
 def _label_value(name: str, value: Any, source: str) -> ClassValue:
@@ -91,6 +96,7 @@ def dataset_info_from_json(dataset_json: Mapping[str, Any], source: str = "datas
     allowed.update(int(v) for v in dataset_json.get("regions_class_order", ()) or ())
     if not classes:
         raise InputError(f"{source} defines no foreground label")
+    overwrite = dataset_json.get("overwrite_image_reader_writer")
     return DatasetInfo(
         name=dataset_json.get("name"),
         json_path=None,
@@ -98,6 +104,7 @@ def dataset_info_from_json(dataset_json: Mapping[str, Any], source: str = "datas
         classes=classes,
         ignore_label=ignore_label,
         allowed_values=frozenset(allowed),
+        reader_writer=None if overwrite in (None, "None") else str(overwrite),
     )
 
 
@@ -131,7 +138,7 @@ def resolve_dataset(dataset: Path | Mapping | int | str) -> DatasetInfo:
             raise InputError(f"dataset.json not found: {path}")
         info = dataset_info_from_json(_load_json(path), str(path))
         name = path.parent.name if path.parent.name.startswith("Dataset") else info.name or path.parent.name
-        return DatasetInfo(name, path, info.file_ending, info.classes, info.ignore_label, info.allowed_values)
+        return dataclasses.replace(info, name=name, json_path=path)
     if isinstance(dataset, bool) or not isinstance(dataset, (int, str)):
         raise InputError(f"dataset must be an id, a name, a dataset.json path or a dict, got {dataset!r}")
     if isinstance(dataset, str) and Path(dataset).is_dir() and (Path(dataset) / "dataset.json").is_file():

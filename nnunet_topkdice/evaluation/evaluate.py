@@ -10,6 +10,7 @@ cases that decide each comparison (:mod:`~nnunet_topkdice.evaluation.case_pictur
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,13 @@ from typing import Any
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.evaluation.case_jobs import CaseJob, run_case_jobs
 from nnunet_topkdice.evaluation.dataset import DatasetInfo, resolve_dataset, table_classes
-from nnunet_topkdice.evaluation.label_io import check_same_cases, find_cases, read_label_file
+from nnunet_topkdice.evaluation.label_io import (
+    check_same_cases,
+    find_cases,
+    read_label_file,
+    reader_writer_name,
+    spacing_note,
+)
 from nnunet_topkdice.evaluation.metrics import HD95_MISSING_POLICIES, METRICS, NSD_TOLERANCE_MM, check_nsd_tolerance
 from nnunet_topkdice.evaluation.paper import PAPER_TABLES
 from nnunet_topkdice.evaluation.results import (
@@ -164,6 +171,8 @@ def _assemble(
             "name": info.name,
             "dataset_json": str(info.json_path) if info.json_path else None,
             "file_ending": info.file_ending,
+            "reader_writer": info.reader_writer,
+            "spacing_note": spacing_note(info.reader_writer),
             "ignore_label": info.ignore_label,
             "matches_paper_table": matched_paper,
         },
@@ -307,6 +316,9 @@ def evaluate_runs(
     classes, matched_paper = table_classes(info, paper)
     reference_dir = Path(reference_dir)
     reference_cases = find_cases(reference_dir, info.file_ending)
+    reader_writer = reader_writer_name(info.file_ending, info.reader_writer, next(iter(reference_cases.values())),
+                                       str(info.json_path or "dataset.json"))  # fmt: skip
+    info = dataclasses.replace(info, reader_writer=reader_writer)
     folders = _find_predictions(methods, reference_cases, info.file_ending)
     case_images = None
     if images_dir is not None:  # checked before the evaluation starts: a bad folder costs no time

@@ -1,18 +1,33 @@
 """Reading and checking label files: the case files of a folder, one label map with its geometry, and the
 checks that a prediction is the same image grid as its reference (size, spacing, origin, direction) and
-holds only the dataset's label values."""
+holds only the dataset's label values.
+
+Files are read with nnU-Net's reader-writer for the dataset (:func:`reader_writer_name`: the dataset.json's
+``overwrite_image_reader_writer``, else the first reader for its ``file_ending``), so the spacing is the one
+nnU-Net trains with: a ``.tif`` file's comes from the ``<case>.json`` beside it. ``SimpleITKIO`` files are read
+with SimpleITK directly (the same calls; the labels keep their integer type). 2D natural images
+(``NaturalImage2DIO``: ``.png``, ``.bmp``, ``.tif`` without a spacing) have no spacing: 1 per axis.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.geometry import GEOMETRY_TOLERANCE, differs
+
+if TYPE_CHECKING:
+    from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 
 __all__ = [
     "GEOMETRY_TOLERANCE",
@@ -28,7 +43,14 @@ __all__ = [
     "read_image",
     "read_label_file",
     "read_label_image",
+    "reader_writer_name",
+    "spacing_note",
 ]
+
+#: nnU-Net's reader of ``.nii.gz``/``.nrrd``/``.mha``: read here with the same SimpleITK calls.
+SIMPLEITK_READER = "SimpleITKIO"
+#: nnU-Net's reader of 2D natural images: no spacing (nnU-Net reports 999 for its dummy axis), 1 per axis here.
+NATURAL_IMAGE_READER = "NaturalImage2DIO"
 
 
 
@@ -39,8 +61,10 @@ class LabelImage:
     Attributes:
         array: integer labels in SimpleITK's array order (z, y, x).
         spacing: voxel size per array axis (z, y, x), mm.
-        origin: physical position of the first voxel, SimpleITK's order (x, y, z), mm.
-        direction: direction cosines, SimpleITK's row-major 3x3 (or 2x2) matrix as a flat tuple.
+        origin: physical position of the first voxel, SimpleITK's order (x, y, z), mm; empty for formats
+            without one (``.tif``, 2D natural images).
+        direction: direction cosines, SimpleITK's row-major 3x3 (or 2x2) matrix as a flat tuple; empty for
+            formats without one.
     """
 
     array: np.ndarray
@@ -148,12 +172,99 @@ def _grid(image) -> dict[str, tuple[float, ...]]:
     }
 
 
-def read_label_image(path: Path) -> LabelImage:
-    """Read an nnU-Net label file with SimpleITK, with its spacing, origin and direction.
+def spacing_note(reader_writer: str) -> str | None:
+    """What the tables say about the spacing of a reader's files (None: they have one, in mm)."""
+    if reader_writer == NATURAL_IMAGE_READER:
+        return "2D natural images have no spacing: 1 per pixel, so HD95 and NSD are in pixels, not mm"
+    return None
 
+
+def reader_writer_name(
+    file_ending: str, overwrite: str | None = None, example_file: Path | None = None, source: str = "dataset.json"
+) -> str:
+    """The name of nnU-Net's reader-writer class for a dataset, as nnU-Net picks it
+    (``determine_reader_writer_from_dataset_json``): ``overwrite`` (dataset.json's
+    ``overwrite_image_reader_writer``) when nnU-Net finds that class, else the first reader for
+    ``file_ending`` that can read ``example_file`` (a 3D ``.tif`` is not a 2D natural image).
+
+    Raises:
+        InputError: no reader of nnU-Net handles ``file_ending`` (or reads ``example_file``).
+    """
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    content = {"file_ending": file_ending, "overwrite_image_reader_writer": overwrite or "None"}
+    example = None if example_file is None else str(example_file)
+    # nnU-Net prints the tracebacks of the readers it tries and a warning for an unknown overwrite class
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return determine_reader_writer_from_dataset_json(content, example, verbose=False).__name__
+        except RuntimeError as e:
+            message = str(e)
+    what = f"file_ending {file_ending!r}" + (f" (tried on {example_file})" if example_file else "")
+    raise InputError(f"{source}: nnU-Net has no reader for {what}: {message}")
+
+
+@functools.cache
+def _reader(name: str) -> BaseReaderWriter:
+    """One instance of nnU-Net's reader-writer class ``name`` per process."""
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+
+    return recursive_find_reader_writer_by_name(name)()
+
+
+def _integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    if not np.array_equal(array, np.round(array)):
+        raise InputError(f"{path} holds non-integer values; expected a label map")
+    return array.astype(np.int64)
+
+
+def _affine_geometry(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Origin and direction cosines (columns normalised, row-major) of a 4x4 NIfTI affine."""
+    rotation = np.asarray(affine, dtype=np.float64)[:3, :3]
+    direction = rotation / np.linalg.norm(rotation, axis=0).clip(min=1e-12)
+    return tuple(float(v) for v in np.asarray(affine)[:3, 3]), tuple(float(v) for v in direction.ravel())
+
+
+def _read_with_nnunet(path: Path, reader_writer: str) -> LabelImage:
+    """Read with nnU-Net's ``reader_writer().read_seg`` (its ``(1, *spatial)`` float array and properties)."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # its warnings (no spacing file) are not results
+            seg, properties = _reader(reader_writer).read_seg(str(path))
+    except Exception as e:  # nnU-Net's readers raise assertions and their libraries' own errors
+        raise InputError(f"cannot read {path} with nnU-Net's {reader_writer}: {e}") from e
+    array = _integer_labels(np.asarray(seg)[0], path)
+    if reader_writer == NATURAL_IMAGE_READER:
+        return LabelImage(array=array[0], spacing=(1.0, 1.0), origin=(), direction=())
+    origin: tuple[float, ...] = ()
+    direction: tuple[float, ...] = ()
+    if "sitk_stuff" in properties:
+        origin = tuple(float(v) for v in properties["sitk_stuff"]["origin"])
+        direction = tuple(float(v) for v in properties["sitk_stuff"]["direction"])
+    elif "nibabel_stuff" in properties:
+        origin, direction = _affine_geometry(properties["nibabel_stuff"]["original_affine"])
+    spacing = tuple(float(v) for v in properties["spacing"])
+    if len(spacing) != array.ndim:
+        raise InputError(f"{path}: nnU-Net's {reader_writer} gives spacing {spacing} for an array of shape "
+                         f"{array.shape}")  # fmt: skip
+    return LabelImage(array=array, spacing=spacing, origin=origin, direction=direction)
+
+
+def read_label_image(path: Path, reader_writer: str = SIMPLEITK_READER) -> LabelImage:
+    """Read an nnU-Net label file with its spacing, origin and direction, as nnU-Net's ``reader_writer``.
+
+    Args:
+        path: the label file.
+        reader_writer: the class name of nnU-Net's reader for the dataset (:func:`reader_writer_name`).
+    Returns:
+        The labels (integers, array order); spacing per array axis in mm (1 per axis for 2D natural
+        images); origin and direction where the format has them (empty otherwise, e.g. ``.tif``).
     Raises:
         InputError: the file cannot be read, has several components per pixel or non-integer values.
     """
+    if reader_writer != SIMPLEITK_READER:
+        return _read_with_nnunet(Path(path), reader_writer)
     import SimpleITK as sitk
 
     image = _read_sitk(path)
@@ -161,11 +272,7 @@ def read_label_image(path: Path) -> LabelImage:
         raise InputError(
             f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected a label map"
         )
-    array = sitk.GetArrayFromImage(image)
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.array_equal(array, np.round(array)):
-            raise InputError(f"{path} holds non-integer values; expected a label map")
-        array = array.astype(np.int64)
+    array = _integer_labels(sitk.GetArrayFromImage(image), path)
     return LabelImage(array=array, **_grid(image))
 
 
@@ -204,13 +311,15 @@ def read_geometry(path: Path) -> ImageGeometry:
     return ImageGeometry(shape=tuple(int(n) for n in reversed(reader.GetSize())), **_grid(reader))
 
 
-def read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_label_file(
+    path: Path, reader_writer: str = SIMPLEITK_READER
+) -> tuple[np.ndarray, tuple[float, ...]]:
     """``(labels, spacing)`` of a label file, both in array order (z, y, x); see :func:`read_label_image`.
 
     Raises:
         InputError: as :func:`read_label_image`.
     """
-    image = read_label_image(path)
+    image = read_label_image(path, reader_writer)
     return image.array, image.spacing
 
 
@@ -226,6 +335,8 @@ def geometry_differences(reference: LabelImage | ImageGeometry, other: LabelImag
     differences = []
     for name, order in checks:
         expected, got = getattr(reference, name), getattr(other, name)
+        if not expected and not got:  # a format without it (.tif has no origin, a PNG no spacing)
+            continue
         if differs(name, expected, got, reference.spacing):
             differences.append(f"{name} {order} {_fmt(got)} vs {_fmt(expected)}")
     return differences

@@ -266,6 +266,8 @@ def _notes(results: dict) -> list[str]:
             f"{what} where only one of reference and prediction contains the class (class-case pairs per "
             f"method, all repeats: {counts})"
         )
+    if results["dataset"].get("spacing_note"):
+        notes.append(results["dataset"]["spacing_note"])
     return notes
 
 
