@@ -485,3 +485,50 @@ def test_workers_give_the_same_stream(runs: SeededRuns, reference: tuple[list[st
 def test_train_is_registered() -> None:
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert "train" in subcommands.choices
+
+
+class _FakeWandbRun:
+    """What nnU-Net's ``WandbLogger`` uses of a ``wandb.init`` run."""
+
+    def __init__(self, **init_kwargs: object) -> None:
+        self.init_kwargs, self.config, self.summary, self.step = init_kwargs, _FakeConfig(), {}, 0
+
+
+class _FakeConfig(dict):
+    def update(self, values: dict) -> None:  # type: ignore[override]  # wandb's config.update(dict)
+        super().update(values)
+
+
+def test_seeded_run_records_its_seed_in_nnunets_wandb_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nnUNet_wandb_enabled=1 nnU-Net's MetaLogger holds a WandbLogger; the seed lands in its run's config."""
+    from nnunetv2.training.logging import nnunet_logger
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_topkdice.training.seeded import SCHEME, seeded_trainer_class
+
+    runs: list[_FakeWandbRun] = []
+    fake_wandb = argparse.Namespace(init=lambda **kwargs: runs.append(_FakeWandbRun(**kwargs)) or runs[-1])
+    monkeypatch.setattr(nnunet_logger, "wandb", fake_wandb)
+    monkeypatch.setenv("nnUNet_wandb_enabled", "1")
+    for job_id in ("SLURM_JOB_ID", "LSB_JOBID"):  # nnU-Net records a cluster's job id as JobID
+        monkeypatch.delenv(job_id, raising=False)
+
+    def nnunets_initialize(self: nnUNetTrainer) -> None:  # the part of initialize() that logs
+        self.logger.update_config({"hparas": {"num_epochs": 3}})
+        self.was_initialized = True
+
+    monkeypatch.setattr(nnUNetTrainer, "initialize", nnunets_initialize)
+    trainer = object.__new__(seeded_trainer_class(nnUNetTrainer, 7))
+    trainer.was_initialized = False
+    trainer.logger = nnunet_logger.MetaLogger(str(tmp_path), resume=False)  # as nnUNetTrainer.__init__ makes it
+    trainer.initialize()
+    assert len(runs) == 1 and runs[0].init_kwargs["dir"] == str(tmp_path)
+    assert runs[0].config == {"JobID": None, "hparas": {"num_epochs": 3}, "topkdice_seed": 7,
+                              "topkdice_seed_scheme": SCHEME}  # fmt: skip
+    monkeypatch.delenv("nnUNet_wandb_enabled")
+    quiet = object.__new__(seeded_trainer_class(nnUNetTrainer, 7))
+    quiet.was_initialized, quiet.logger = False, nnunet_logger.MetaLogger(str(tmp_path), resume=False)
+    quiet.initialize()  # W&B off: nnU-Net's logger has no W&B run, nothing else changes
+    assert quiet.logger.loggers == [] and len(runs) == 1

@@ -13,6 +13,9 @@ same name in which every random draw of the training is a function of the seed a
 * the training step ``i`` (dropout, if a network has it) is seeded from ``(seed, TRAIN_STEP_STREAM,
   rank, i)``.
 
+The seed is recorded in ``seed.json`` in the fold folder and in the configuration of nnU-Net's own loggers
+(``topkdice_seed``, ``topkdice_seed_scheme``; Weights & Biases when ``nnUNet_wandb_enabled=1``).
+
 Batches are served by batchgenerators' ``MultiThreadedAugmenter`` (one queue per worker, read in a fixed
 round-robin order; worker ``t`` of ``n`` makes batches ``t, t + n, ...``) instead of nnU-Net's
 ``NonDetMultiThreadedAugmenter``, or in the main process with ``nnUNet_n_proc_DA=0``. The stream is
@@ -156,10 +159,15 @@ class SeededTrainerMixin:
     topkdice_step: int = 0  # index of the next training step over the whole training (set each epoch)
 
     def initialize(self) -> None:
-        if not self.was_initialized:
+        first = not self.was_initialized
+        if first:
             # the network is the first thing initialize() builds: its weights are a function of the seed
             seed_global_rngs(self.topkdice_seed, WEIGHTS_STREAM)
         super().initialize()
+        if first:
+            # nnU-Net's loggers (W&B with nnUNet_wandb_enabled=1) record the run's configuration; initialize()
+            # adds its "hparas" there, the seed goes beside them
+            self.logger.update_config({"topkdice_seed": self.topkdice_seed, "topkdice_seed_scheme": SCHEME})
 
     def get_dataloaders(self):
         # The trainer (or an override of it) builds its loaders and transforms as usual; its augmenters are
