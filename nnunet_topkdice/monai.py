@@ -13,7 +13,7 @@ At ``k=100`` nothing is removed and the loss equals ``monai.losses.DiceLoss(squa
 same arguments, absent classes included: MONAI averages every channel, present or not, where
 :class:`nnunet_topkdice.losses.TopKDiceLoss` (the paper's eq. 1) averages only the classes present.
 
-MONAI is an optional dependency: ``pip install 'nnunet-topkdice[monai]'``.
+MONAI is an optional dependency (the ``monai`` extra): ``pip install 'monai>=1.3'``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from nnunet_topkdice.losses import TopKDiceOptions, channel_exclusion_mask
 from nnunet_topkdice.losses.arguments import as_real, check_non_negative
 from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED
 
-_INSTALL_HINT = "nnunet_topkdice.monai needs MONAI (>= 1.3); install it with: pip install 'nnunet-topkdice[monai]'"
+_INSTALL_HINT = "nnunet_topkdice.monai needs MONAI (>= 1.3); install it with: pip install 'monai>=1.3'"
 
 try:
     from monai.networks import one_hot

@@ -451,4 +451,4 @@ def test_without_monai_the_package_imports_and_the_dropin_names_the_extra() -> N
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "pip install 'nnunet-topkdice[monai]'" in result.stdout
+    assert "install it with: pip install 'monai>=1.3'" in result.stdout
