@@ -586,9 +586,17 @@ def test_the_collect_command_is_the_same_call_without_the_mode(tmp_path: Path) -
     argv = ["compare", "-d", "4", "-c", "2d", "--trainers", "A", "B", "--seeds", "0", "2", "--test-set",
             "--device", "cpu", "--emit-slurm", "x.sh", "--verbose"]  # fmt: skip
     args = build_parser().parse_args(argv)
-    assert pipeline_cli.same_call("compare", args.parser, args) == (
+    assert pipeline_cli.same_call("compare", args) == (
         "topkdice compare -d 4 -c 2d -tr A B --test-set --seeds 0 2 -device cpu"
     )
+    argv = ["reproduce", "--dataset", "acdc", "-f", "0", "--gpus", "0,1", "--emit-slurm", "s.sh", "--slurm-header",
+            "h.txt", "--device", "cuda", "--schedule", "paper", "--seeds", "0", "1", "2"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    assert pipeline_cli.same_call("reproduce", args) == (
+        "topkdice reproduce --dataset acdc -f 0 --schedule paper --seeds 0 1 2 -device cuda --gpus 0,1"
+    )
+    args = build_parser().parse_args(["demo", "--all", "--dry-run", "-w", "x y"])
+    assert pipeline_cli.same_call("demo", args) == "topkdice demo -w 'x y' --all"
 
 
 def test_summary_moves_the_paired_comparison_after_the_table() -> None:

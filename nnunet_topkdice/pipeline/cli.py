@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import os
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nnunet_topkdice.argtypes import dataset_id, non_negative_int, positive_int
 from nnunet_topkdice.errors import InputError
@@ -60,23 +62,53 @@ def _device(args: argparse.Namespace) -> str:
     return device
 
 
-def same_call(prog: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """The command line of this call without ``--dry-run``/``--emit-slurm``, options in a fixed order."""
+#: Options of how a call runs, not of what it computes: the collect command leaves them out.
+MODE_OPTIONS = ("emit_slurm", "slurm_header", "dry_run", "verbose")
+
+
+def same_call(prog: str, args: argparse.Namespace) -> str:
+    """The command line of this call without ``--dry-run``/``--emit-slurm``, options in a fixed order.
+
+    Written from the parsed values of the options the subcommand recorded (``args.call_options``, see
+    :class:`_Options`): each option that differs from its default, under its first spelling.
+    """
     argv = ["topkdice", prog]
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "emit_slurm", "slurm_header", "dry_run", "verbose"):
+    for action in args.call_options:
+        value = getattr(args, action.dest)
+        if action.dest in MODE_OPTIONS or value is None or value is False or value == action.default:
             continue
-        value = getattr(args, action.dest, None)
-        if value is None or value is False or value == action.default:
-            continue
-        option = action.option_strings[0]  # as declared: the short alias where there is one
-        if isinstance(action, argparse._StoreTrueAction):
-            argv.append(option)
-        elif isinstance(value, (list, tuple)) and action.dest != "gpus":
-            argv += [option, *map(str, value)]
+        flag = action.option_strings[0]  # as declared: the short alias where there is one
+        if action.nargs == 0:
+            argv.append(flag)
+        elif action.dest == "gpus":  # parsed into a tuple of ids, given as one comma-separated word
+            argv += [flag, ",".join(value)]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
         else:
-            argv += [option, ",".join(value) if action.dest == "gpus" else str(value)]
+            argv += [flag, str(value)]
     return shlex.join(argv)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Adds a subcommand's options and keeps the actions ``add_argument`` returns, so that
+    :func:`same_call` can write the call again from the parsed values."""
+
+    container: Any  # the subcommand's parser or one of its mutually exclusive groups
+    actions: list[argparse.Action] = field(default_factory=list)
+
+    def add(self, *flags: str, **kwargs: Any) -> argparse.Action:
+        action = self.container.add_argument(*flags, **kwargs)
+        self.actions.append(action)
+        return action
+
+    def exclusive(self) -> _Options:
+        """A mutually exclusive group whose options are recorded with the others."""
+        return _Options(self.container.add_mutually_exclusive_group(), self.actions)
+
+    def finish(self, **defaults: Any) -> None:
+        """Set the subcommand's defaults (``func``) and the recorded options."""
+        self.container.set_defaults(call_options=tuple(self.actions), **defaults)
 
 
 def _invocation(prog: str, args: argparse.Namespace):
@@ -90,7 +122,7 @@ def _invocation(prog: str, args: argparse.Namespace):
         emit_slurm=args.emit_slurm.resolve() if args.emit_slurm else None,
         verbose=args.verbose,
         gpu_slots=gpu_slots(args.gpus, args.num_gpus) if args.gpus else (),
-        collect_command=same_call(prog, args.parser, args),
+        collect_command=same_call(prog, args),
         slurm_header=read_slurm_header(args.slurm_header) if args.slurm_header else (),
         n_proc_da=args.n_proc_da,
     )
@@ -219,57 +251,57 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 
 def _add_run_options(
-    p: argparse.ArgumentParser, *, default_np: int, default_seeds: list[int], gpus: bool = True
+    p: _Options, *, default_np: int, default_seeds: list[int], gpus: bool = True
 ) -> None:
-    p.add_argument(
+    p.add(
         "--seeds", nargs="+", type=non_negative_int, default=default_seeds, metavar="S",
         help="train every trainer once per seed; the same seed gives every trainer the same initial weights "
         f"and batches, so results are paired (default: {' '.join(map(str, default_seeds))})",
     )  # fmt: skip
-    p.add_argument(
+    p.add(
         "-device", "--device", choices=DEVICE_CHOICES, default=None,
         help="device of training and prediction, as nnUNetv2_train -device (default: cuda when available, else "
         "cpu; with --emit-slurm always cuda, since the script runs on the cluster's nodes)",
     )  # fmt: skip
-    p.add_argument(
+    p.add(
         "--n-proc-da", type=non_negative_int, default=None, metavar="N",
         help="data-augmentation worker processes per GPU of each training (nnUNet_n_proc_DA; default: nnU-Net's "
         "choice on a GPU, 12 in a SLURM script, with --cpus-per-task GPUs x (N + 1); 0 on the CPU)",
     )  # fmt: skip
-    p.add_argument(
+    p.add(
         "-np", "--num-processes", type=positive_int, default=default_np, metavar="N",
         help=f"worker processes of conversion, preprocessing, prediction and evaluation (default: {default_np})",
     )  # fmt: skip
     if gpus:
-        p.add_argument(
+        p.add(
             "--gpus", type=_gpu_list, default=None, metavar="IDS",
             help="run the trainings concurrently, one per GPU (or per group of --num-gpus GPUs), by setting "
             "CUDA_VISIBLE_DEVICES, e.g. --gpus 0,1,2,3",
         )  # fmt: skip
-        p.add_argument(
+        p.add(
             "--num-gpus", type=positive_int, default=1, metavar="N",
             help="GPUs per training, passed to nnUNetv2_train -num_gpus (nnU-Net's DDP); default 1",
         )  # fmt: skip
     else:
-        p.set_defaults(gpus=None, num_gpus=1)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", help="print every step's command without running anything")
-    mode.add_argument(
+        p.container.set_defaults(gpus=None, num_gpus=1)
+    mode = p.exclusive()
+    mode.add("--dry-run", action="store_true", help="print every step's command without running anything")
+    mode.add(
         "--emit-slurm", type=Path, default=None, metavar="FILE",
         help="prepare the data here, then write a SLURM job-array script with one training per array task "
         "(on cuda unless --device says otherwise: --gres=gpu:NUM_GPUS and --cpus-per-task per task) and print "
         "the command that collects the results afterwards",
     )  # fmt: skip
-    p.add_argument(
+    p.add(
         "--slurm-header", type=Path, default=None, metavar="FILE",
         help="with --emit-slurm: your cluster's lines for the script (#SBATCH --partition, --time, --mem, "
         "module load ...); an #SBATCH option set there replaces the script's own",
     )  # fmt: skip
-    p.add_argument("--verbose", action="store_true", help="also show the full output of every command")
+    p.add("--verbose", action="store_true", help="also show the full output of every command")
 
 
-def _workdir_option(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument(
+def _workdir_option(p: _Options, default: str) -> None:
+    p.add(
         "-w", "--workdir", type=Path, default=None, metavar="DIR",
         help="predictions, evaluation and logs go here, and nnU-Net's folders when nnUNet_raw, "
         f"nnUNet_preprocessed or nnUNet_results are unset (default: {default})",
@@ -289,30 +321,31 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "training resumes, so running the same command again continues where it stopped. Each step's output "
         "goes to WORKDIR/logs; the table and verdict go to stdout.",
     )
-    p.add_argument("-d", "--dataset", required=True, metavar="DATASET",
+    p = _Options(p)
+    p.add("-d", "--dataset", required=True, metavar="DATASET",
                    help="dataset id or name in nnUNet_raw, e.g. 4 or Dataset004_Hippocampus")  # fmt: skip
-    p.add_argument("-c", "--configuration", required=True, metavar="CONFIGURATION",
+    p.add("-c", "--configuration", required=True, metavar="CONFIGURATION",
                    help="nnU-Net configuration: 2d, 3d_fullres, 3d_lowres (or one of your plans)")  # fmt: skip
-    p.add_argument("-tr", "--trainers", required=True, nargs="+", metavar="TRAINER",
+    p.add("-tr", "--trainers", required=True, nargs="+", metavar="TRAINER",
                    help="nnU-Net trainer class names: nnU-Net's, ours, or yours (nnUNet_extTrainer)")  # fmt: skip
-    p.add_argument("--baseline", default=None, metavar="TRAINER",
+    p.add("--baseline", default=None, metavar="TRAINER",
                    help="the trainer the others are compared with (default: the first of --trainers)")  # fmt: skip
-    folds = p.add_mutually_exclusive_group()
-    folds.add_argument(
+    folds = p.exclusive()
+    folds.add(
         "-f", "--folds", nargs="+", type=_fold, default=None, metavar="F",
         help="cross-validation folds to train and score (default: every fold of the dataset's "
         "splits_final.json, else nnU-Net's 5 folds 0-4)",
     )  # fmt: skip
-    folds.add_argument(
+    folds.add(
         "--test-set", action="store_true",
         help="train fold all (every training case) and score its predictions of imagesTs against labelsTs "
         "instead of the cross-validation",
     )  # fmt: skip
-    p.add_argument("-p", "--plans", default="nnUNetPlans", metavar="PLANS",
+    p.add("-p", "--plans", default="nnUNetPlans", metavar="PLANS",
                    help="nnU-Net plans identifier, e.g. nnUNetResEncUNetMPlans (default: nnUNetPlans)")  # fmt: skip
     _workdir_option(p, "./topkdice_compare/DATASET__CONFIGURATION")
     _add_run_options(p, default_np=DEFAULT_NUM_PROCESSES, default_seeds=[0])
-    p.set_defaults(func=_compare_command, parser=p)
+    p.finish(func=_compare_command)
 
     p = subparsers.add_parser(
         "reproduce",
@@ -323,27 +356,28 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "reported rows, ending with the paired verdict against CE + Dice. Finished steps are skipped and an "
         "interrupted training resumes, so running it again continues where it stopped.",
     )
-    p.add_argument("--dataset", required=True, choices=PAPER_DATASET_KEYS, help="which of the paper's datasets")
-    p.add_argument(
+    p = _Options(p)
+    p.add("--dataset", required=True, choices=PAPER_DATASET_KEYS, help="which of the paper's datasets")
+    p.add(
         "-i", "--input", type=Path, default=None, metavar="RAW_DIR",
         help="the dataset as downloaded (what topkdice convert DATASET -i expects); needed only until the "
         "dataset has been converted",
     )  # fmt: skip
-    p.add_argument("-d", "--dataset-id", type=dataset_id, default=None, metavar="ID",
+    p.add("-d", "--dataset-id", type=dataset_id, default=None, metavar="ID",
                    help="nnU-Net dataset id (default: 201 synapse, 202 acdc, 203 msseg)")  # fmt: skip
-    p.add_argument("-tr", "--trainers", nargs="+", default=None, metavar="TRAINER",
+    p.add("-tr", "--trainers", nargs="+", default=None, metavar="TRAINER",
                    help="nnU-Net trainer class names to run (default: the paper's five rows for --schedule); "
                    "trainers of a row of the table keep the row's name")  # fmt: skip
-    p.add_argument(
+    p.add(
         "-f", "--fold", choices=FOLD_CHOICES, default=None,
         help="nnU-Net fold: the paper's protocol is 0 for acdc (its split file holds the paper's train/val "
         "split) and all for synapse and msseg (no validation set), the default",
     )  # fmt: skip
-    p.add_argument("--schedule", choices=SCHEDULE_CHOICES, default="nnunet",
+    p.add("--schedule", choices=SCHEDULE_CHOICES, default="nnunet",
                    help="nnunet: nnU-Net's 1000 epochs of SGD (default); paper: 300 epochs of Adam")  # fmt: skip
     _workdir_option(p, "./topkdice_DATASET")
     _add_run_options(p, default_np=DEFAULT_NUM_PROCESSES, default_seeds=[0])
-    p.set_defaults(func=_reproduce_command, parser=p)
+    p.finish(func=_reproduce_command)
 
     from nnunet_topkdice.pipeline.demo import DEMO_SEEDS
 
@@ -356,8 +390,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "Needs no data, no GPU and no environment variables: nnU-Net's folders are created in the work "
         "directory unless nnUNet_raw, nnUNet_preprocessed and nnUNet_results are set.",
     )
+    p = _Options(p)
     _workdir_option(p, "./topkdice_demo")
-    p.add_argument("--all", action="store_true",
+    p.add("--all", action="store_true",
                    help="compare every row of the paper's table (and its controls), not just two")  # fmt: skip
     _add_run_options(p, default_np=min(2, DEFAULT_NUM_PROCESSES), default_seeds=list(DEMO_SEEDS), gpus=False)
-    p.set_defaults(func=_demo_command, parser=p)
+    p.finish(func=_demo_command)
