@@ -42,4 +42,5 @@ def n_excluded_voxels(n_foreground: Tensor, k: float) -> Tensor:
         ValueError: ``k`` not in (0, 100].
     """
     numerator, denominator = drop_fraction(k)
-    return torch.div(n_foreground.long() * numerator, denominator, rounding_mode="floor")
+    counts = n_foreground if n_foreground.dtype == torch.int64 else n_foreground.long()
+    return torch.div(counts * numerator, denominator, rounding_mode="floor")

@@ -90,12 +90,14 @@ def dice_loss_and_grads(
     n_rows_total = present.shape[0]
     present = present.clamp(max=1).view(n_rows_total, n_outputs, -1)  # (rows, S, C)
     if not options.do_bg:
-        present[..., 0] = 0
+        present[..., 0].zero_()
     den = torch.add(sum_gt, sum_pred_sq).add_(options.smooth).clamp_min_(1e-8)
     dice = torch.add(intersect, intersect).add_(options.smooth).div_(den)
     n_present = present.sum(-1, keepdim=True)
-    n_rows = n_present.clamp(max=1).sum(0, keepdim=True).clamp_min_(1)  # per output
-    weight = present.div_(n_present.clamp_min(1).mul_(n_rows))
+    per_row = n_present.clamp_min(1)
+    if n_rows_total > 1:  # one row (batch_dice, or batch 1) counts as one: nothing to multiply
+        per_row.mul_(n_present.clamp(max=1).sum(0, keepdim=True).clamp_min_(1))  # rows with a present class
+    weight = present.div_(per_row)
     for output, output_weight in enumerate(output_weights):
         if output_weight != 1:
             weight[:, output].mul_(output_weight)  # a Python scalar: no tensor made from host values
@@ -121,6 +123,11 @@ class Output(NamedTuple):
     labels: Tensor
     mask: Tensor | None
     tie_break: Tensor
+
+
+def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``tensor.to(dtype)`` without dispatching an operation when it already has that dtype (a few per call)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _concat(parts: list[Tensor], dim: int) -> Tensor:
@@ -176,7 +183,7 @@ def _dice_term(
     """
     batch, n_classes = probs[0].shape[:2]
     n_columns = len(outputs) * n_classes
-    value = true_class_prob if true_class_prob.dtype == torch.float32 else true_class_prob.float()
+    value = _as_dtype(true_class_prob, torch.float32)
     value = value + _concat([output.tie_break for output in outputs], 0)
     # output s's class c is class s C + c of one selection over the concatenated voxels
     labels = _concat([o.labels + s * n_classes if s else o.labels for s, o in enumerate(outputs)], 1)
@@ -184,7 +191,7 @@ def _dice_term(
     selection = select_easiest(
         value, labels, n_columns, k=options.k, mask=mask, do_bg=options.do_bg, classes_per_group=n_classes
     )
-    excluded = selection.excluded.to(true_class_prob.dtype)
+    excluded = _as_dtype(selection.excluded, true_class_prob.dtype)
     # v_i: q where kept, q^2 where excluded (masked voxels land in the discarded column 0)
     contribution = torch.lerp(true_class_prob, true_class_prob.square(), excluded)
     n_sums = 2 * n_columns + 1
@@ -224,7 +231,8 @@ def _ce_term(
     ce = None
     factors: list[Tensor | None] = [None] * len(outputs)
     scales = [0.0] * len(outputs)
-    per_output = zip(outputs, log_q.split([o.labels.shape[1] for o in outputs], 1), masks_f, strict=True)
+    log_qs = [log_q] if len(outputs) == 1 else log_q.split([o.labels.shape[1] for o in outputs], 1)
+    per_output = zip(outputs, log_qs, masks_f, strict=True)
     for s, (output, log_q_s, mask_f) in enumerate(per_output):
         factor = None
         if ce_weight is not None:
@@ -316,7 +324,7 @@ class _TopKDiceCE(torch.autograd.Function):
         n_outputs = len(outputs)
         terms, output_weights = settings.terms, settings.output_weights
         compute_dtype = torch.float64 if outputs[0].logits.dtype == torch.float64 else torch.float32
-        probs = [torch.softmax(output.logits.to(compute_dtype), 1) for output in outputs]
+        probs = [torch.softmax(_as_dtype(output.logits, compute_dtype), 1) for output in outputs]
         true_class_prob = _concat(  # (B, sum N_s)
             [p.gather(1, output.labels.unsqueeze(1)).squeeze(1) for p, output in zip(probs, outputs, strict=True)], 1
         )
@@ -352,25 +360,29 @@ class _TopKDiceCE(torch.autograd.Function):
         dice = _DiceSaved._make(saved[:n_dice])
         per_output: list[_OutputSaved] = _groups(saved[n_dice:], _OutputSaved)
         n = len(per_output)
-        grad_loss = grad_loss.to(per_output[0].probs.dtype)
+        grad_loss = _as_dtype(grad_loss, per_output[0].probs.dtype)
         n_classes = per_output[0].probs.shape[1]
         at_targets: list[Tensor | None] = [None] * n
         grad_sqs: list[Tensor | None] = [None] * n
         if ctx.dice:
-            scale = grad_loss * ctx.weight_dice
+            scale = grad_loss if ctx.weight_dice == 1 else grad_loss * ctx.weight_dice  # x * 1 == x: no operation
             grad_inter, grad_sq = dice.grad_inter, dice.grad_sq
             # G per code column (masked, kept, excluded), then s_i = G[code_i] v_i
             per_column = torch.cat([grad_inter.new_zeros(grad_inter.shape[0], 1), grad_inter, grad_sq * -2], 1)
             at_target = per_column.mul_(scale).gather(1, dice.code).mul_(dice.contribution)
-            at_targets = list(at_target.split([saved_s.labels.shape[1] for saved_s in per_output], 1))
-            grad_sqs = list((grad_sq * (2 * scale)).split(n_classes, 1))
+            grad_sq = grad_sq * (2 * scale)
+            if n == 1:  # nothing to split
+                at_targets, grad_sqs = [at_target], [grad_sq]
+            else:
+                at_targets = list(at_target.split([saved_s.labels.shape[1] for saved_s in per_output], 1))
+                grad_sqs = list(grad_sq.split(n_classes, 1))
         grads = []
         for s, saved_s in enumerate(per_output):
             ce = None
             if ctx.ce:  # a_i: a scalar tensor, or per voxel with class weights or a mask
                 ce = grad_loss * ctx.ce_scales[s] if saved_s.ce_factor is None else saved_s.ce_factor * grad_loss
             grad = _output_grad(saved_s.probs, saved_s.labels, saved_s.mask_f, at_targets[s], grad_sqs[s], ce)
-            grads.append(grad.to(ctx.logits_dtypes[s]))
+            grads.append(_as_dtype(grad, ctx.logits_dtypes[s]))
         # no gradient for the settings and ce_weight; per output, for its logits only (not labels, mask, tie_break)
         no_grad_fields = (None,) * (len(Output._fields) - 1)
         return None, None, *(g for grad in grads for g in (grad, *no_grad_fields))

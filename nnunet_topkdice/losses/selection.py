@@ -191,6 +191,32 @@ def _n_excluded_per_class(n_foreground: Tensor, k: float, do_bg: bool, group: in
     return n_excluded
 
 
+_CONSTANTS_ENTRIES = 64  # per path: a few shapes per configuration (deep supervision concatenates them)
+_sort_constants_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _remember(cache: dict, key: tuple, value: object) -> None:
+    """Store ``value`` in a bounded cache of constants, dropping the oldest entry when it is full."""
+    while len(cache) >= _CONSTANTS_ENTRIES:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
+def _sort_constants(batch: int, n_rows: int, n_voxels: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The row ids ``0 .. n_rows`` per image (B, n_rows + 1) and the positions ``0 .. N - 1`` (N,), int64.
+
+    Cached per shape and device (not under ``torch.compile``, where they are constants of the graph).
+    """
+    if torch.compiler.is_compiling():
+        return torch.arange(n_rows + 1, device=device).repeat(batch, 1), torch.arange(n_voxels, device=device)
+    key = (batch, n_rows, n_voxels, device)
+    constants = _sort_constants_cache.get(key)
+    if constants is None:
+        constants = (torch.arange(n_rows + 1, device=device).repeat(batch, 1), torch.arange(n_voxels, device=device))
+        _remember(_sort_constants_cache, key, constants)
+    return constants
+
+
 def _sort_selection(
     value: Tensor, labels: Tensor, mask: Tensor | None, n_classes: int, k: float, do_bg: bool, group: int
 ) -> Selection:
@@ -208,18 +234,17 @@ def _sort_selection(
     sorted_row = row.gather(1, order)
     # row r fills the sorted positions [start_r, start_r + n_r) of its image, easiest first; counting by a
     # binary search of the row starts needs no atomics on a few counters (GPU)
-    row_ids = torch.arange(n_rows + 1, device=labels.device).repeat(batch, 1)
+    row_ids, position = _sort_constants(batch, n_rows, n_voxels, labels.device)
     bounds = torch.searchsorted(sorted_row, row_ids)  # (B, C + 2)
     counts = bounds.diff(dim=1)
     # D per row: eq. 3, none for the masked row 0 and, without do_bg, for the backgrounds (rows 1 + every
     # group-th class)
     n_excluded_rows = n_excluded_voxels(counts, k)
-    n_excluded_rows[:, : 1 if do_bg else 2] = 0
+    n_excluded_rows[:, : 1 if do_bg else 2].zero_()
     if not do_bg and group < n_classes:
-        n_excluded_rows[:, 1 + group :: group] = 0
+        n_excluded_rows[:, 1 + group :: group].zero_()
     # exclude the first D_r of each row
     end_excluded = bounds[:, :-1].add_(n_excluded_rows)
-    position = torch.arange(n_voxels, device=labels.device)
     excluded_sorted = position < end_excluded.gather(1, sorted_row)
     excluded = torch.empty_like(excluded_sorted).scatter_(1, order, excluded_sorted)
     code = row.add_(excluded, alpha=n_classes * STATE_EXCLUDED)
@@ -262,7 +287,7 @@ def _cut(hist: Tensor, n_top: Tensor) -> tuple[Tensor, Tensor]:
     total = inclusive[..., -1:]
     # the cut is the highest bin with at least n_top elements at or above it
     cut = ((inclusive - hist <= total - n_top.unsqueeze(-1)).sum(-1) - 1).clamp_min(0)
-    n_above = (total - inclusive.gather(-1, cut.unsqueeze(-1))).squeeze(-1).long()
+    n_above = (total - inclusive.gather(-1, cut.unsqueeze(-1))).squeeze(-1)
     return cut, n_above
 
 
@@ -294,10 +319,49 @@ def _resolve_candidates(
         keys, segment, flat_index = keys[inside], segment[inside], flat_index[inside]
         key_bits = shift
     order = torch.sort((segment << _VALUE_BITS) | (((1 << _VALUE_BITS) - 1) - keys), stable=True).indices
-    sorted_segment = segment[order]
+    # index_select and masked_select: the same as Python indexing, without its per-call cost
+    sorted_segment = segment.index_select(0, order)
     rank = torch.arange(order.numel(), device=order.device) - torch.searchsorted(sorted_segment, sorted_segment)
-    chosen.append(flat_index[order[rank < still_needed[sorted_segment]]])
-    return torch.cat(chosen)
+    kept_order = order.masked_select(rank < still_needed.index_select(0, sorted_segment))
+    chosen.append(flat_index.index_select(0, kept_order))
+    return chosen[0] if len(chosen) == 1 else torch.cat(chosen)
+
+
+class _HistogramConstants(NamedTuple):
+    """What :func:`_histogram_selection` needs besides the data, the same for every call on a shape.
+
+    Shapes: row_offset (B, 1) int32, the first bucket of each image (plus one row without a mask: its labels
+    are ``c``, not ``1 + c``); buckets (n_buckets,) int64, ``0 .. n_buckets - 1``; codes (B, C + 1, 3)
+    float32, an expanded view: the code of row ``r`` in state ``(KEPT, UNDECIDED, EXCLUDED)[side]``.
+    """
+
+    row_offset: Tensor
+    buckets: Tensor
+    codes: Tensor
+
+
+_histogram_constants_cache: dict[tuple, _HistogramConstants] = {}
+
+
+def _histogram_constants(
+    batch: int, n_classes: int, bits: int, masked: bool, device: torch.device
+) -> _HistogramConstants:
+    """:class:`_HistogramConstants` for one shape, cached (a bounded dict, oldest entry dropped first): made
+    once, not as a handful of small allocations and host-to-device copies per call."""
+    key = (batch, n_classes, bits, masked, device)
+    constants = _histogram_constants_cache.get(key)
+    if constants is not None:
+        return constants
+    n_buckets = 1 << bits
+    row_offset = torch.arange(0, batch * (n_classes + 1) * n_buckets, (n_classes + 1) * n_buckets, dtype=torch.int32)
+    row_offset = row_offset[:, None] + (0 if masked else n_buckets)
+    state = torch.tensor([STATE_KEPT, _STATE_UNDECIDED, STATE_EXCLUDED], dtype=torch.float32)
+    codes = state.mul(n_classes).add(torch.arange(n_classes + 1, dtype=torch.float32)[:, None])  # (C + 1, 3)
+    constants = _HistogramConstants(
+        row_offset.to(device), torch.arange(n_buckets, device=device), codes.to(device).expand(batch, -1, -1)
+    )
+    _remember(_histogram_constants_cache, key, constants)
+    return constants
 
 
 def _histogram_selection(
@@ -318,13 +382,13 @@ def _histogram_selection(
     bits = min(_MAX_BUCKET_BITS, max(_MIN_BUCKET_BITS, bits))
     n_buckets = 1 << bits
     n_rows = batch * (n_classes + 1)
-    image_offset = torch.arange(0, n_rows * n_buckets, (n_classes + 1) * n_buckets, device=device, dtype=torch.int32)
+    constants = _histogram_constants(batch, n_classes, bits, mask is not None, device)
     # the first bucket of each voxel's row (1 + c, or 0 if masked), in int32: cheaper than int64 in the
     # per-voxel work of this path
     rows = labels.to(torch.int32, copy=True)
     if mask is not None:
         rows.add_(1).mul_(mask)
-    row_offset = rows.mul_(n_buckets).add_(image_offset[:, None] + (n_buckets if mask is None else 0))
+    row_offset = rows.mul_(n_buckets).add_(constants.row_offset)
     row_bucket = _coarse_bucket(value, bits, row_offset).view(-1)
     hist = torch.bincount(row_bucket, minlength=n_rows * n_buckets).view(batch, n_classes + 1, n_buckets)[:, 1:]
     n_foreground = hist.sum(-1)
@@ -332,20 +396,21 @@ def _histogram_selection(
     cut, n_above = _cut(hist, n_excluded.clamp_min(1))
     # classes that exclude nothing, and the masked row, get a cut above every bucket
     cut = torch.nn.functional.pad(torch.where(n_excluded > 0, cut, n_buckets), (1, 0), value=n_buckets)
-    # each bucket's state from its side of the cut (below, at, above), then its code per row
-    side = (torch.arange(n_buckets, device=device) - cut.unsqueeze(-1)).sign_().long() + 1
-    state = torch.tensor([STATE_KEPT, _STATE_UNDECIDED, STATE_EXCLUDED], dtype=torch.float32, device=device)
-    lookup = state[side].mul_(n_classes).add_(torch.arange(n_classes + 1, device=device, dtype=torch.float32)[:, None])
+    # each bucket's state from its side of the cut (below 0, at 1, above 2), then its code per row
+    side = torch.sub(constants.buckets, cut.unsqueeze(-1)).sign_().add_(1)
+    lookup = constants.codes.gather(2, side)
     code = lookup.view(-1).index_select(0, row_bucket).view(batch, n_voxels)  # float32: cheaper than int64 here
 
-    candidates = (code.view(-1) > _STATE_UNDECIDED * n_classes).nonzero().squeeze(1)
+    flat_code = code.view(-1)
+    candidates = (flat_code > _STATE_UNDECIDED * n_classes).nonzero().squeeze(1)
     if candidates.numel() > 0:
-        row = code.view(-1)[candidates] - _STATE_UNDECIDED * n_classes
-        code.view(-1)[candidates] = row
-        segment = torch.div(candidates, n_voxels, rounding_mode="floor") * n_classes + (row.long() - 1)
+        row = flat_code.index_select(0, candidates).sub_(_STATE_UNDECIDED * n_classes)
+        flat_code.index_copy_(0, candidates, row)
+        segment = torch.div(candidates, n_voxels, rounding_mode="floor").mul_(n_classes).add_(row.long().sub_(1))
         still_needed = (n_excluded - n_above).view(-1)
-        chosen = _resolve_candidates(value.view(-1)[candidates], segment, candidates, still_needed, batch * n_classes)
-        code.view(-1)[chosen] += n_classes * STATE_EXCLUDED
+        candidate_values = value.view(-1).index_select(0, candidates)
+        chosen = _resolve_candidates(candidate_values, segment, candidates, still_needed, batch * n_classes)
+        flat_code.index_add_(0, chosen, torch.full_like(chosen, n_classes * STATE_EXCLUDED, dtype=code.dtype))
     code_index = code.long() if with_codes else None
     excluded = code.sub_(n_classes).clamp_(0, 1)  # 1 + C + c -> >= 1, 1 + c -> <= 0
     return Selection(code_index, excluded, n_foreground, n_excluded)

@@ -107,7 +107,8 @@ def _prepare(logits: Tensor, target: Tensor, loss_mask: Tensor | None, options: 
     seed, scale = options.tie_break_seed, options.tie_break_scale
     tie_break = tie_break_map(logits.shape[2:], logits.device, seed=seed, scale=scale)
     batch, n_classes = logits.shape[:2]
-    labels = target.reshape(batch, -1).long()
+    labels = target.reshape(batch, -1)
+    labels = labels if labels.dtype == torch.int64 else labels.long()
     mask = None
     if loss_mask is not None:
         mask = loss_mask.reshape(batch, -1)
