@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check of the TopK-Dice loss (issue 13), one script for one GPU, at most 8 minutes:
+# The GPU check of the TopK-Dice losses (issues 13 and 23), one script for one GPU, at most 8 minutes:
 #   1. environment (GPU, torch, CUDA);
-#   2. the CUDA tests: exactness on CUDA against the CPU reference, fp16/bf16 autocast, torch.compile
-#      (inductor), and no device-to-host synchronisation in a loss call (torch.cuda.set_sync_debug_mode);
-#   3. benchmarks/bench_loss.py on CUDA (goal: at most 1.2x nnU-Net's DC_and_CE_loss) and its scaling table;
+#   2. the CUDA tests of every loss file (tests/test_losses_*.py), the softmax and the region (sigmoid)
+#      loss: exactness on CUDA against the CPU reference, fp16/bf16 autocast, torch.compile (inductor),
+#      and no device-to-host synchronisation in a loss call (torch.cuda.set_sync_debug_mode);
+#   3. benchmarks/bench_loss.py on CUDA: the trainers' softmax losses (goal: at most 1.2x nnU-Net's
+#      DC_and_CE_loss), the region loss against DC_and_BCE_loss (--regions), and the scaling table;
 #   4. benchmarks/bench_train_step.py on CUDA (goal: train step at most 1.02x nnUNetTrainer).
-# Every step has its own timeout (together 450 s, plus 5 s grace each) and the script goes on after a
+# Every step has its own timeout (together 455 s, plus 5 s grace each) and the script goes on after a
 # failed step; the report (Markdown) lists each step's command, exit status, duration and output. Exit
 # status: the number of failed steps. Without CUDA the tests are skipped and the benchmarks fail (exit 2).
 #
@@ -62,15 +64,17 @@ step "Environment" 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_v
 \"available\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"\")'"
 
 # -rs lists the skipped tests: without CUDA every one of them is skipped, which the report must show
-step "CUDA tests (exactness, autocast, compile, host syncs)" 140 \
-    "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_losses_topk_dice.py \
-    tests/test_losses_deep_supervision.py tests/test_losses_sigmoid.py -k "cuda"
+# every loss test file: the softmax loss's and the region loss's (whatever files hold them), CUDA cases only
+step "CUDA tests, softmax and region losses (exactness, autocast, compile, host syncs)" 140 \
+    "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_losses_*.py -k "cuda"
 
-step "Loss benchmark on CUDA" 110 "$PYTHON" benchmarks/bench_loss.py --device cuda --repeats 10
+step "Loss benchmark on CUDA" 100 "$PYTHON" benchmarks/bench_loss.py --device cuda --repeats 10
 
-step "Loss scaling on CUDA" 60 "$PYTHON" benchmarks/bench_loss.py --device cuda --scaling --repeats 5
+step "Region loss benchmark on CUDA" 60 "$PYTHON" benchmarks/bench_loss.py --device cuda --regions --repeats 10
 
-step "Train step on CUDA" 110 "$PYTHON" benchmarks/bench_train_step.py --device cuda --repeats 10 --warmup 3
+step "Loss scaling on CUDA" 75 "$PYTHON" benchmarks/bench_loss.py --device cuda --scaling --repeats 5
+
+step "Train step on CUDA" 50 "$PYTHON" benchmarks/bench_train_step.py --device cuda --repeats 10 --warmup 3
 
 {
     echo "## Summary"
