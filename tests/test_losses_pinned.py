@@ -26,7 +26,7 @@ import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import Tensor, nn
 
-from nnunet_topkdice.losses import CE_and_TopKDice_loss, topk_dice_loss
+from nnunet_topkdice.losses import CE_and_TopKDice_loss, TopKDiceOptions, topk_dice_loss
 from nnunet_topkdice.trainers import TopKDiceDeepSupervision
 
 PINS = Path(__file__).parent / "data" / "loss_pins.json"
@@ -59,7 +59,7 @@ def _ce_topk(k: float = 50.0, batch_dice: bool = True, do_bg: bool = False, **kw
 
 class _DiceOnly(nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return topk_dice_loss(logits, target, 30.0, batch_dice=False)
+        return topk_dice_loss(logits, target, options=TopKDiceOptions(k=30.0, batch_dice=False))
 
 
 # name: (loss, input shape, outputs, ignore label, logits dtype); more than 4096 voxels per call take the
