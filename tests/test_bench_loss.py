@@ -13,6 +13,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss, DC_and_topk_l
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
 from nnunet_topkdice.losses import CE_and_TopKDice_loss
+from nnunet_topkdice.losses.counts import n_excluded_voxels
 from nnunet_topkdice.trainers import TopKDiceDeepSupervision
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -67,6 +68,13 @@ def test_op_profile_counts_the_operations_of_a_call_not_those_nested_inside(benc
     assert n_ops == 3
     assert names == {"ones": 1, "add": 1, "mul_": 1}
     assert milliseconds > 0
+
+
+def test_op_sources_name_the_function_that_dispatched_each_operation(bench: ModuleType) -> None:
+    counts, other = torch.tensor([10, 3]), torch.ones(3)
+    # eq. 3's count: one multiplication and one floor division, no dtype conversion of int64 counts
+    assert bench.op_sources(lambda: n_excluded_voxels(counts, 50.0)) == {"counts.py:n_excluded_voxels": 2}
+    assert bench.op_sources(lambda: other.add(1)) == {"elsewhere": 1}
 
 
 def test_scaling_goals_name_the_rows_that_miss_them(bench: ModuleType) -> None:
