@@ -88,8 +88,8 @@ class TrainerLosses(NamedTuple):
 
 
 def trainer_losses(shape: tuple[int, ...], deep_supervision: bool, device: torch.device) -> TrainerLosses:
-    """Each trainer's own loss, as its ``_build_loss`` returns it for patches of ``shape`` (batch Dice, 4 stages
-    or more: nnU-Net's deep-supervision weights), and the scales of its outputs.
+    """Each trainer's own loss, as its ``_build_loss`` returns it for patches of ``shape`` (synthetic plans of
+    that patch size: batch Dice, one output per stage but the lowest, nnU-Net's weights), and their scales.
 
     With ``deep_supervision`` the losses are wrapped as the trainers wrap them (nnU-Net's
     ``DeepSupervisionWrapper``, for CE + TopK-Dice the fused ``TopKDiceDeepSupervision``), and :data:`BY_HAND`
