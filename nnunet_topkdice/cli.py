@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dataset_conversion.cli import add_parsers as add_conversion_parsers
     from nnunet_topkdice.evaluation.cli import add_parsers as add_evaluation_parsers
     from nnunet_topkdice.pipeline.cli import add_parsers as add_pipeline_parsers
+    from nnunet_topkdice.pipeline.predict import add_parsers as add_prediction_parsers
     from nnunet_topkdice.training.cli import add_parsers as add_training_parsers
 
     parser = argparse.ArgumentParser(
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_conversion_parsers(subparsers)
     add_evaluation_parsers(subparsers)
     add_pipeline_parsers(subparsers)
+    add_prediction_parsers(subparsers)
     add_training_parsers(subparsers)
     return parser
 

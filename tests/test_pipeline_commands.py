@@ -56,13 +56,18 @@ def test_train_command(kwargs: dict, expected: str) -> None:
 
 def test_predict_command_ensembles_folds_and_resumes() -> None:
     argv = commands.predict_command(
-        Path("/raw/D/imagesTs"), Path("/w/p"), 4, "3d_fullres", ["0", "1"], "T", plans="P", device="cpu",
-        num_processes=3, resume=True,
+        Path("/raw/D/imagesTs"), [("T", Path("/w/p")), ("U", Path("/w/q"))], 4, "3d_fullres", ["0", "1"],
+        plans="P", device="cpu", resume=True,
     )  # fmt: skip
     assert argv == [
-        "nnUNetv2_predict", "-i", "/raw/D/imagesTs", "-o", "/w/p", "-d", "4", "-c", "3d_fullres", "-f", "0", "1",
-        "-tr", "T", "-p", "P", "-device", "cpu", "-npp", "3", "-nps", "3", "--continue_prediction",
+        "topkdice", "predict", "-i", "/raw/D/imagesTs", "-d", "4", "-c", "3d_fullres", "-f", "0", "1",
+        "-p", "P", "-device", "cpu", "--models", "T=/w/p", "U=/w/q", "--continue_prediction",
     ]  # fmt: skip
+    from nnunet_topkdice.cli import build_parser
+
+    args = build_parser().parse_args(argv[1:])  # what it builds is what topkdice predict reads
+    assert args.models == [("T", Path("/w/p")), ("U", Path("/w/q"))]
+    assert (args.folds, args.plans, args.device, args.continue_prediction) == (["0", "1"], "P", "cpu", True)
 
 
 def test_plan_commands_pick_nnunets_planner() -> None:
@@ -348,15 +353,51 @@ def _mkdir(path: Path) -> Path:
 def test_test_set_steps_train_fold_all_and_predict_per_seed(tmp_path: Path) -> None:
     config = _config(tmp_path, test_set=True, baseline="B")
     lines = describe_steps(compare_steps(resolve_plan(config)))
+    assert len(lines) == 8
     assert (
-        lines[0] == "[1/10] $ nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres -np 1 -npfp 1 --verify_dataset_integrity"
+        lines[0] == "[1/8] $ nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres -np 1 -npfp 1 --verify_dataset_integrity"
     )
-    assert lines[1] == "[2/10] $ topkdice train --seed 0 4 3d_fullres all -tr TrainerA -device cpu"
+    assert lines[1] == "[2/8] $ topkdice train --seed 0 4 3d_fullres all -tr TrainerA -device cpu"
     seed_root = tmp_path.resolve() / "nnUNet_results" / "seed_1"
-    assert lines[7].startswith(f"[8/10] $ nnUNet_results={seed_root} nnUNetv2_predict -i ")
-    assert lines[7].endswith("-f all -tr TrainerA -device cpu -npp 1 -nps 1")
-    assert "--baseline B -d 4 -o" in lines[9] and f"-r {config.raw_dataset / 'labelsTs'}" in lines[9]
-    assert lines[9].endswith(f"--images {config.raw_dataset / 'imagesTs'}")
+    predictions = config.workdir / "predictions" / "fold_all"
+    # one process per seed predicts with every trainer's model of that seed
+    assert lines[6] == (
+        f"[7/8] $ nnUNet_results={seed_root} topkdice predict -i {config.raw_dataset / 'imagesTs'} -d 4 "
+        f"-c 3d_fullres -f all -device cpu --models TrainerA={predictions / 'TrainerA' / 'seed_1'} "
+        f"TrainerB={predictions / 'TrainerB' / 'seed_1'}"
+    )
+    assert "--baseline B -d 4 -o" in lines[7] and f"-r {config.raw_dataset / 'labelsTs'}" in lines[7]
+    assert lines[7].endswith(f"--images {config.raw_dataset / 'imagesTs'}")
+
+
+def test_prediction_step_leaves_out_predicted_models_and_resumes_only_without_stale_files(tmp_path: Path) -> None:
+    config = _config(tmp_path, test_set=True, seeds=(0,))
+    images = config.raw_dataset / "imagesTs"
+    images.mkdir()
+    for case in ("c1", "c2"):
+        (images / f"{case}_0000.nii.gz").touch()
+    for trainer in ("TrainerA", "TrainerB"):
+        run_dir = config.training_dir(trainer, 0, "all")
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoint_final.pth").touch()
+        os.utime(run_dir / "checkpoint_final.pth", (1000, 1000))
+    plan = resolve_plan(config)
+    step = compare_steps(plan)[-2]
+    out_a, out_b = plan.predictions_dir("A", 0), plan.predictions_dir("B", 0)
+    assert step.name == "predict_seed0" and step.done() is None
+    assert step.command().argv[-2:] == (f"TrainerA={out_a}", f"TrainerB={out_b}")  # nothing yet: no resume
+
+    out_a.mkdir(parents=True)
+    for case in ("c1", "c2"):
+        (out_a / f"{case}.nii.gz").touch()  # A done
+    out_b.mkdir(parents=True)
+    (out_b / "c1.nii.gz").touch()  # B interrupted after one case
+    assert step.command().argv[-2:] == (f"TrainerB={out_b}", "--continue_prediction")
+    os.utime(out_b / "c1.nii.gz", (500, 500))  # ... by an older model: predict B again, overwriting
+    assert step.command().argv[-1] == f"TrainerB={out_b}"
+    (out_b / "c1.nii.gz").touch()
+    (out_b / "c2.nii.gz").touch()
+    assert step.done() == "already predicted"
 
 
 def test_training_step_resumes_and_revalidates(tmp_path: Path) -> None:
@@ -571,10 +612,11 @@ def test_reproduce_dry_run_is_the_papers_preset(
             "-w", str(tmp_path / "w"), "--dry-run"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
-    # convert, preprocess, 5 rows x 2 seeds of fold 0, 10 predictions, evaluate
-    assert len(out) == 23 and out[0].startswith("[1/23] $ topkdice convert acdc -i ")
+    # convert, preprocess, 5 rows x 2 seeds of fold 0, a prediction per seed, evaluate
+    assert len(out) == 15 and out[0].startswith("[1/15] $ topkdice convert acdc -i ")
     assert "topkdice train --seed 1 202 2d 0 -tr nnUNetTrainerTopKDice -device cpu" in out[11]
-    assert "-f 0 -tr nnUNetTrainerCELoss" in out[12]
+    assert "-f 0 -device cpu --models nnUNetTrainerCELoss=" in out[12]
+    assert out[13].startswith("[14/15] $ nnUNet_results=")
     assert out[-1].endswith("--baseline 'CE + Dice' -d 202 -o " + str(tmp_path / "w" / "evaluation" / "fold_0")
                             + " -np " + str(pipeline_cli.DEFAULT_NUM_PROCESSES) + " --paper acdc --images "
                             + str(tmp_path / "w" / "nnUNet_raw" / "Dataset202_ACDC" / "imagesTs"))  # fmt: skip

@@ -1,4 +1,4 @@
-"""``topkdice demo`` twice gives the same numbers, and its terminal output fits on one screen.
+"""``topkdice demo``: twice the same numbers, a terminal that fits on one screen, and the time of each phase.
 
 A reduced demo through the real command line: the same steps and code as ``topkdice demo``, with a
 smaller synthetic set (generated into the work directory first, so the demo's generation step finds it)
@@ -9,12 +9,19 @@ reuses the first one's converted and preprocessed data and trains, predicts and 
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from pathlib import Path
 
 import pytest
 from pipeline_fixtures import TOPKDICE, clean_environment, run
 
+from nnunet_topkdice.pipeline.compare import compare_steps
+from nnunet_topkdice.pipeline.demo import DEMO_SEEDS, demo_config, demo_steps_before
+from nnunet_topkdice.pipeline.plan import resolve_plan
+from nnunet_topkdice.pipeline.runner import run_steps
+from nnunet_topkdice.pipeline.steps import PHASES, Step, format_duration, format_phase_times, phase_of
 from nnunet_topkdice.pipeline.synthetic import generate_synapse_like
 
 SHADOW_TRAINERS = """
@@ -77,4 +84,43 @@ def test_demo_twice_gives_identical_results_and_a_short_terminal(tmp_path: Path)
     picture = first / "evaluation" / "fold_all" / "cases" / "CE_+_topK-Dice_vs_CE_+_Dice.png"
     assert picture.is_file() and any(line.startswith("Cases:") and line.endswith(picture.name) for line in lines)
     assert "Please cite" not in one.stderr + one.stdout
+    # the time of each phase ends the run (stderr), one training and one prediction process per seed
+    assert one.stderr.strip().splitlines()[-1].startswith("Time: generation ")
+    assert "trainings " in one.stderr and "(2 steps)" in one.stderr.splitlines()[-1]
+    assert one.stderr.count("$ nnUNet_results=") == 1 and "topkdice predict -i " in one.stderr
     assert "Please cite" in (first / "logs" / "train_nnUNetTrainerTopKDiceDemo_seed1_foldall.log").read_text()
+
+
+def test_the_demo_has_three_seeds_and_every_step_a_phase(tmp_path: Path) -> None:
+    config = demo_config(tmp_path, device="cpu", environ={})
+    assert len(config.seeds) == len(DEMO_SEEDS) >= 3  # the fewest with which the verdict may say better or worse
+    steps = [*demo_steps_before(config), *compare_steps(resolve_plan(config))]
+    phases = [phase_of(step.name) for step in steps]
+    assert set(phases) <= set(PHASES.values())
+    assert list(dict.fromkeys(phases)) == [
+        "generation", "conversion", "preprocessing", "trainings", "predictions", "evaluation",
+    ]  # fmt: skip
+    assert phases.count("trainings") == 2 * len(DEMO_SEEDS) and phases.count("predictions") == len(DEMO_SEEDS)
+
+
+def test_phase_times_sum_each_phase_in_pipeline_order() -> None:
+    seconds = {
+        "generate": 1.2, "convert": 2.6, "preprocess": 21.4, "train_A_seed0_foldall": 50.0,
+        "train_B_seed0_foldall": 70.4, "predict_seed0": 9.0, "evaluate": 8.0, "mystery_step": 0.4,
+    }  # fmt: skip
+    assert format_phase_times(seconds, total=163.4) == (
+        "Time: generation 1 s, conversion 3 s, preprocessing 21 s, trainings 2 min 0 s (2 steps), predictions 9 s, "
+        "evaluation 8 s, mystery 0 s; total 2 min 43 s"
+    )
+    assert format_phase_times({}, total=0.2) == "Time: nothing ran; total 0 s"
+    assert [format_duration(s) for s in (0.4, 59.5, 60.0, 3599.6)] == ["0 s", "1 min 0 s", "1 min 0 s", "60 min 0 s"]
+
+
+def test_the_runner_times_each_step_that_runs(tmp_path: Path) -> None:
+    def sleeping(name: str, seconds: float, done: str | None = None) -> Step:
+        return Step(name, name, lambda: done, action=lambda log: time.sleep(seconds))
+
+    steps = [sleeping("generate", 0.05), sleeping("train_a", 0.2), sleeping("train_b", 0.0, done="already trained")]
+    report = run_steps(steps, {}, log_dir=tmp_path, stream=io.StringIO())
+    assert list(report.seconds) == ["generate", "train_a"]  # not the skipped one
+    assert 0.05 <= report.seconds["generate"] < 0.2 <= report.seconds["train_a"] < 2.0

@@ -10,7 +10,7 @@ from a user's own ``nnUNet_extTrainer`` folder, two seeds. Per configuration:
    the validation predictions and ends with the verdict; the terminal shows steps, not nnU-Net's output;
 4. the same call again has nothing to do and changes no file;
 5. ``--test-set``: fold ``all`` per trainer and seed (a second job array), then ``imagesTs`` predicted
-   with each seed's models and evaluated; in 2d only, since the pipeline has no step that depends on the
+   with each seed's models (one ``topkdice predict`` per seed) and evaluated; in 2d only, since the pipeline has no step that depends on the
    configuration beyond the ``-c`` it passes on, which steps 1-4 already check in 3d_fullres (and the
    four extra trainings would cost the suite about a minute).
 """
@@ -142,14 +142,15 @@ def test_compare_sweep_on_slurm_then_resume_then_test_set(
     if not with_test_set:
         return
     # 5. The test set: fold all per trainer and seed (an array of 4 tasks, run here two at a time), then
-    #    nnUNetv2_predict with each seed's models.
+    #    topkdice predict with each seed's models, one process per seed.
     test_set = _compare(data, configuration, work, "--test-set")
     run([*test_set, "--emit-slurm", work / "test_set.sh"], data["env"])
     assert _run_array_locally(work / "test_set.sh", 4, data["env"]) == [0, 0, 0, 0]
     tested = run(test_set, data["env"])
     assert tested.stderr.count("skipped (already trained)") == 4
     seed_root = data["results"] / "seed_1"
-    assert f"$ nnUNet_results={seed_root} nnUNetv2_predict -i {data['dataset'] / 'imagesTs'}" in tested.stderr
+    assert f"$ nnUNet_results={seed_root} topkdice predict -i {data['dataset'] / 'imagesTs'}" in tested.stderr
+    assert tested.stderr.count("topkdice predict -i") == 2
     verdict = tested.stdout.strip().splitlines()[-1]
     assert verdict.startswith(f"{SECOND} vs {FIRST}: ") and "over 2 cases x 2 repeats" in verdict
     for seed in (0, 1):

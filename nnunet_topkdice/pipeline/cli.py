@@ -244,7 +244,7 @@ def _demo_command(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.n_proc_da is not None:
         config = dataclasses.replace(config, train_env={**config.train_env, "nnUNet_n_proc_DA": str(args.n_proc_da)})
-    return run_session(config, _invocation("demo", args), before=demo_steps_before(config))
+    return run_session(config, _invocation("demo", args), before=demo_steps_before(config), show_times=True)
 
 
 # --- parsers ------------------------------------------------------------------------------------------

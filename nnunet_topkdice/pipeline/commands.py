@@ -89,30 +89,25 @@ def train_command(
 
 def predict_command(
     images_dir: Path,
-    out_dir: Path,
+    models: Sequence[tuple[str, Path]],
     dataset_id: int,
     configuration: str,
     folds: Sequence[str],
-    trainer: str,
     *,
     plans: str = DEFAULT_PLANS,
     device: str = "cuda",
-    num_processes: int = 1,
     resume: bool = False,
 ) -> list[str]:
-    """``nnUNetv2_predict -i IMAGES -o OUT -d ID -c CONFIGURATION -f FOLD... -tr TRAINER [-p PLANS] -device D``.
+    """``topkdice predict -i IMAGES -d ID -c CONFIGURATION -f FOLD... [-p PLANS] -device D --models TRAINER=OUT ...``.
 
-    Several folds are ensembled by nnU-Net. ``resume`` adds ``--continue_prediction`` (nnU-Net then
-    skips the cases already predicted).
+    Every model predicts ``images_dir`` in one process (:mod:`.predict`), the same segmentations as one
+    ``nnUNetv2_predict`` per model. Several folds are ensembled. ``resume`` adds ``--continue_prediction``
+    (the cases already predicted are kept).
     """
-    n = str(num_processes)
-    argv = [
-        "nnUNetv2_predict", "-i", str(images_dir), "-o", str(out_dir), "-d", str(dataset_id),
-        "-c", configuration, "-f", *folds, "-tr", trainer,
-    ]  # fmt: skip
+    argv = ["topkdice", "predict", "-i", str(images_dir), "-d", str(dataset_id), "-c", configuration, "-f", *folds]
     if plans != DEFAULT_PLANS:
         argv += ["-p", plans]
-    argv += ["-device", device, "-npp", n, "-nps", n]
+    argv += ["-device", device, "--models", *(f"{trainer}={out_dir}" for trainer, out_dir in models)]
     if resume:
         argv.append("--continue_prediction")
     return argv

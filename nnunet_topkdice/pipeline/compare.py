@@ -9,7 +9,8 @@
    ``--val`` redoes only nnU-Net's final validation when that was interrupted);
 4. cross-validation: each (trainer, seed)'s validation predictions of every fold, hard-linked into one
    folder (every training case is predicted once, by the fold that did not train on it);
-   test set: ``nnUNetv2_predict`` on ``imagesTs`` with the seed's models (the folds ensembled);
+   test set: ``topkdice predict`` on ``imagesTs`` with each seed's models in one process (the folds
+   ensembled; the same segmentations as ``nnUNetv2_predict``);
 5. ``topkdice evaluate`` with one ``-pred NAME=DIR`` per trainer and seed (a name repeated over its seeds)
    and ``--baseline``, which ends with the paired verdict of every trainer against the baseline.
 
@@ -42,7 +43,7 @@ def compare_steps(plan: ComparePlan) -> list[Step]:
         steps.append(split_step(plan))
     steps += [training_step(job) for job in training_jobs(plan)]
     if config.test_set:
-        steps += [prediction_step(plan, name, seed) for seed in config.seeds for name in config.trainers]
+        steps += [prediction_step(plan, seed) for seed in config.seeds]
     else:
         if not plan.covers_every_case:
             steps.append(reference_step(plan))
@@ -156,36 +157,39 @@ def training_step(job: TrainingJob) -> Step:
     )  # fmt: skip
 
 
-def prediction_step(plan: ComparePlan, name: str, seed: int) -> Step:
+def prediction_step(plan: ComparePlan, seed: int) -> Step:
+    """Every trainer's model of one seed predicts ``imagesTs``, in one process (models already done are left out)."""
     config = plan.config
-    trainer = config.trainers[name]
-    out_dir = plan.predictions_dir(name, seed)
     images = config.raw_dataset / "imagesTs"
-    models = [config.training_dir(trainer, seed, fold) / "checkpoint_final.pth" for fold in plan.folds]
 
-    def missing() -> tuple[list[str], list[str]]:
+    def missing(name: str) -> tuple[list[str], list[str]]:
+        trainer = config.trainers[name]
+        models = [config.training_dir(trainer, seed, fold) / "checkpoint_final.pth" for fold in plan.folds]
         case_ids = state.list_case_ids(images, plan.file_ending)
+        out_dir = plan.predictions_dir(name, seed)
         return case_ids, state.missing_files(case_ids, out_dir, plan.file_ending, newer_than=state.newest(models))
 
     def done() -> str | None:
-        case_ids, left = missing()
-        return "already predicted" if case_ids and not left else None
+        left = {name: missing(name) for name in config.trainers}
+        return "already predicted" if all(cases and not absent for cases, absent in left.values()) else None
 
     def command() -> Command:
-        case_ids, left = missing()
-        if images.is_dir() and not case_ids:
+        todo = {name: missing(name) for name in config.trainers}
+        todo = {name: (cases, absent) for name, (cases, absent) in todo.items() if absent or not cases}
+        if images.is_dir() and not state.list_case_ids(images, plan.file_ending):
             raise InputError(f"no test images in {images}")
-        # Only absent cases (an interrupted prediction, no stale file): nnU-Net skips the others.
-        stale = [case for case in left if (out_dir / (case + plan.file_ending)).exists()]
+        # Resume (keep the files there) only where no file is stale; nnU-Net skips the others.
+        stale = any((plan.predictions_dir(name, seed) / (case + plan.file_ending)).exists()
+                    for name, (_, absent) in todo.items() for case in absent)  # fmt: skip
         argv = commands.predict_command(
-            images, out_dir, config.dataset_id, config.configuration, plan.folds, trainer,
-            plans=config.plans, device=config.device, num_processes=config.num_processes,
-            resume=bool(case_ids) and not stale and len(left) < len(case_ids),
+            images, [(config.trainers[name], plan.predictions_dir(name, seed)) for name in todo],
+            config.dataset_id, config.configuration, plan.folds, plans=config.plans, device=config.device,
+            resume=not stale and any(len(absent) < len(cases) for cases, absent in todo.values()),
         )  # fmt: skip
         seed_root = state.seed_results_root(config.folders.results, seed)
         return Command(tuple(argv), {"nnUNet_results": str(seed_root)})
 
-    return Step(f"predict_{file_safe(trainer)}_seed{seed}", f"{name}, seed {seed}: predicting imagesTs",
+    return Step(f"predict_seed{seed}", f"seed {seed}: predicting imagesTs with {', '.join(config.trainers)}",
                 done, command, parallel="predict")  # fmt: skip
 
 

@@ -31,13 +31,14 @@ FAILURE_TAIL_LINES = 20
 
 @dataclass
 class RunReport:
-    """How many steps ran and how many were already done."""
+    """Which steps ran (and how long each took, wall-clock seconds) and which were already done."""
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # step name -> wall-clock seconds, steps that ran
 
     def __add__(self, other: RunReport) -> RunReport:
-        return RunReport(self.ran + other.ran, self.skipped + other.skipped)
+        return RunReport(self.ran + other.ran, self.skipped + other.skipped, {**self.seconds, **other.seconds})
 
 
 def describe_steps(steps: Sequence[Step]) -> list[str]:
@@ -119,11 +120,13 @@ def run_steps(
             else:
                 todo.append((number, step))
         if len(todo) > 1 and len(slots) > 1:
-            _run_concurrently(todo, total, env, log_dir, verbose, slots, terminal)
+            report.seconds.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal))
         else:
             slot = dict(slots[0]) if slots else {}
             for number, step in todo:
-                _execute(number, total, step, env, log_dir, verbose, slot, terminal, position=0)
+                report.seconds[step.name] = _execute(
+                    number, total, step, env, log_dir, verbose, slot, terminal, position=0
+                )  # fmt: skip
         report.ran += [step.name for _, step in todo]
         index += len(batch)
     return report
@@ -137,25 +140,28 @@ def _run_concurrently(
     verbose: bool,
     slots: Sequence[Mapping[str, str]],
     terminal: _Terminal,
-) -> None:
+) -> dict[str, float]:
+    """Run the steps, one per slot at a time; returns each step's wall-clock seconds."""
     free: queue.Queue[int] = queue.Queue()
     for position in range(len(slots)):
         free.put(position)
 
-    def work(number: int, step: Step) -> None:
+    def work(number: int, step: Step) -> float:
         position = free.get()
         try:
-            _execute(number, total, step, env, log_dir, verbose, dict(slots[position]), terminal, position=position)
+            return _execute(number, total, step, env, log_dir, verbose, dict(slots[position]), terminal,
+                            position=position)  # fmt: skip
         finally:
             free.put(position)
 
+    seconds: dict[str, float] = {}
     failures: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         futures = [pool.submit(work, number, step) for number, step in todo]
         try:
-            for future in futures:
+            for (_, step), future in zip(todo, futures, strict=True):
                 try:
-                    future.result()
+                    seconds[step.name] = future.result()
                 except Exception as e:  # the others keep running; the first failure is raised at the end
                     failures.append(e)
         except BaseException:  # Ctrl-C or SIGTERM: stop the commands so that the threads can end
@@ -165,6 +171,7 @@ def _run_concurrently(
             raise
     if failures:
         raise failures[0]
+    return seconds
 
 
 # Child processes still running, so that an interrupt (Ctrl-C) stops them too.
@@ -183,7 +190,9 @@ def _execute(
     terminal: _Terminal,
     *,
     position: int,
-) -> None:
+) -> float:
+    """Run one step (its ``after`` too); returns the wall-clock seconds it took."""
+    started = time.monotonic()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{step.name}.log"
     if step.action is not None:
@@ -232,6 +241,7 @@ def _execute(
             raise subprocess.CalledProcessError(returncode, command.shell())
     if step.after is not None:
         step.after()
+    return time.monotonic() - started
 
 
 def _stop_children_on_sigterm() -> None:

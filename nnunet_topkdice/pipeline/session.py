@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from nnunet_topkdice.pipeline.compare import (
 )
 from nnunet_topkdice.pipeline.prechecks import check_before_running
 from nnunet_topkdice.pipeline.runner import describe_steps, run_steps
-from nnunet_topkdice.pipeline.steps import Step, resolve_executable
+from nnunet_topkdice.pipeline.steps import Step, format_phase_times, resolve_executable
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,15 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_session(config: CompareConfig, invocation: Invocation, before: Sequence[Step] = ()) -> int:
+def run_session(
+    config: CompareConfig, invocation: Invocation, before: Sequence[Step] = (), *, show_times: bool = False
+) -> int:
     """List, emit or run the comparison (``before`` first), then print the summary; returns the exit code.
 
     The comparison is resolved against the disk (:func:`resolve_plan`) once its dataset is there: at the
     start, or after the ``before`` steps that write it (a conversion). A dry run does not run them, so
-    it lists the comparison as resolved from what is on disk now.
+    it lists the comparison as resolved from what is on disk now. ``show_times`` ends a run with one
+    line on stderr: the wall-clock time of each phase and the total.
 
     Raises:
         subprocess.CalledProcessError: a command failed.
@@ -78,6 +82,7 @@ def run_session(config: CompareConfig, invocation: Invocation, before: Sequence[
     total = len(before) + (_first_training(steps) if emit else len(steps))
     if not emit:
         _err(f"Logs: {config.log_dir}/<step>.log")
+    started = time.monotonic()
     report = run_steps(before, env, log_dir=config.log_dir, verbose=invocation.verbose, total=total)
     if before:
         plan = resolve_plan(config)
@@ -88,9 +93,13 @@ def run_session(config: CompareConfig, invocation: Invocation, before: Sequence[
     slots = [{"CUDA_VISIBLE_DEVICES": ids} for ids in invocation.gpu_slots]
     report += run_steps(steps, env, log_dir=config.log_dir, verbose=invocation.verbose, slots=slots,
                         first=len(before) + 1, total=total)  # fmt: skip
+    elapsed = time.monotonic() - started
     print_summary(plan)
     if not report.ran:
         _err("Nothing left to do: every step had already been done.")
+    elif show_times:
+        sys.stdout.flush()  # the summary first, then the times, also when both go to one terminal
+        _err(format_phase_times(report.seconds, elapsed))
     return 0
 
 

@@ -40,7 +40,8 @@ class Step:
     """One unit of work of a pipeline.
 
     Attributes:
-        name: unique and file-safe; the log is ``<log_dir>/<name>.log``.
+        name: unique and file-safe; the log is ``<log_dir>/<name>.log``. Its first word (up to ``_``)
+            is the step's phase in :data:`PHASES` (``train_...`` is one of the trainings).
         title: one line saying what the step does (the progress bar label of a training).
         done: returns why the step has nothing left to do ("already trained"), or None when it has work.
         command: builds the command to run; called only when the step runs (or is listed by a dry run).
@@ -70,6 +71,49 @@ class Step:
         if self.command is not None:
             return "$ " + self.command().shell()
         return self.title
+
+
+#: The phase of a step by the first word of its name, in pipeline order (the demo's time summary).
+PHASES: dict[str, str] = {
+    "generate": "generation",
+    "convert": "conversion",
+    "preprocess": "preprocessing",
+    "split": "preprocessing",
+    "train": "trainings",
+    "predict": "predictions",
+    "collect": "collection",
+    "evaluate": "evaluation",
+}
+
+
+def phase_of(step_name: str) -> str:
+    """``"train_nnUNetTrainer_seed0_foldall"`` -> ``"trainings"``; an unknown first word is its own phase."""
+    word = step_name.split("_", 1)[0]
+    return PHASES.get(word, word)
+
+
+def phase_seconds(seconds: Mapping[str, float]) -> dict[str, tuple[float, int]]:
+    """Step name -> seconds (in running order) as phase -> (seconds summed, number of steps), in that order."""
+    phases: dict[str, tuple[float, int]] = {}
+    for name, value in seconds.items():
+        total, count = phases.get(phase_of(name), (0.0, 0))
+        phases[phase_of(name)] = (total + value, count + 1)
+    return phases
+
+
+def format_duration(seconds: float) -> str:
+    """``4.2`` -> ``"4 s"``, ``312.6`` -> ``"5 min 13 s"`` (rounded to the second)."""
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60} s" if whole >= 60 else f"{whole} s"
+
+
+def format_phase_times(seconds: Mapping[str, float], total: float) -> str:
+    """One line: each phase's time (with its number of steps when several) and the total wall-clock time."""
+    parts = [
+        f"{phase} {format_duration(value)}" + (f" ({count} steps)" if count > 1 else "")
+        for phase, (value, count) in phase_seconds(seconds).items()
+    ]
+    return f"Time: {', '.join(parts) or 'nothing ran'}; total {format_duration(total)}"
 
 
 def file_safe(text: str) -> str:

@@ -1,0 +1,135 @@
+"""``topkdice predict``: several trained models predict one folder of images, in one process.
+
+Each ``nnUNetv2_predict`` process imports torch and nnU-Net and, with worker processes, starts as many
+more interpreters that import them again: on a small CPU that start-up costs more than predicting a
+small test set. ``topkdice predict`` runs nnU-Net's own predictor (``nnUNetPredictor`` with
+``nnUNetv2_predict``'s defaults: step size 0.5, Gaussian weighting, mirroring) for each model in turn,
+without worker processes (nnU-Net's ``predict_from_files_sequential``), and writes the same
+segmentations as one ``nnUNetv2_predict -npp 0 -nps 0`` call per model. A model is found the way
+``nnUNetv2_predict`` finds it: ``$nnUNet_results/DATASET/TRAINER__PLANS__CONFIGURATION``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_topkdice.errors import InputError
+
+#: nnU-Net's checkpoint of a finished training (``nnUNetv2_predict -chk`` default).
+CHECKPOINT = "checkpoint_final.pth"
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """One model to predict with: its training output folder and the folder its predictions go to."""
+
+    model_dir: Path  # $nnUNet_results/DATASET/TRAINER__PLANS__CONFIGURATION
+    out_dir: Path
+
+
+def parse_model_pair(text: str) -> tuple[str, Path]:
+    """``"TRAINER=OUT_DIR"`` -> ``("TRAINER", Path("OUT_DIR"))`` (argparse type of ``--models``).
+
+    Raises:
+        argparse.ArgumentTypeError: no ``=``, or an empty trainer or folder.
+    """
+    trainer, sep, out_dir = text.partition("=")
+    if not sep or not trainer or not out_dir:
+        raise argparse.ArgumentTypeError(f"expected TRAINER=OUTPUT_DIR, got {text!r}")
+    return trainer, Path(out_dir)
+
+
+def model_jobs(
+    dataset: str, configuration: str, plans: str, models: Sequence[tuple[str, Path]], folds: Sequence[str]
+) -> list[ModelJob]:
+    """The model folder of each ``(trainer, out_dir)``, checked to hold a finished training of every fold.
+
+    Raises:
+        InputError: an unknown dataset, a duplicate output folder, or a missing model folder or checkpoint
+            (named).
+    """
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    try:
+        dataset_name = maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
+    except RuntimeError as e:
+        raise InputError(str(e)) from None
+    outs = [out_dir.resolve() for _, out_dir in models]
+    if len(set(outs)) != len(outs):
+        raise InputError(f"--models: each model needs its own output folder, got {[str(o) for o in outs]}")
+    jobs = []
+    for trainer, out_dir in models:
+        model_dir = Path(get_output_folder(dataset_name, trainer, plans, configuration))
+        for fold in folds:
+            checkpoint = model_dir / f"fold_{fold}" / CHECKPOINT
+            if not checkpoint.is_file():
+                raise InputError(f"{checkpoint} does not exist: is {trainer} trained (fold {fold})?")
+        jobs.append(ModelJob(model_dir, out_dir))
+    return jobs
+
+
+def predict_models(
+    images: Path, jobs: Sequence[ModelJob], folds: Sequence[str], device: str, *, resume: bool = False
+) -> None:
+    """Predict every image of ``images`` with each model in turn, in this process.
+
+    Args:
+        images: nnU-Net raw images (``CASE_0000.nii.gz``, ...), as ``nnUNetv2_predict -i``.
+        jobs: the models and their output folders (created if needed).
+        folds: the folds of each model; several are ensembled, as by ``nnUNetv2_predict -f``.
+        device: ``cpu``, ``cuda`` or ``mps``; threads set up as ``nnUNetv2_predict`` does.
+        resume: keep the cases already predicted (``nnUNetv2_predict --continue_prediction``).
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_topkdice.training.seeded import torch_device
+
+    torch_dev = torch_device(device)
+    use_folds = [fold if fold == "all" else int(fold) for fold in folds]
+    for job in jobs:
+        print(f"Predicting {images} with {job.model_dir} (folds {' '.join(folds)}) into {job.out_dir}", flush=True)
+        predictor = nnUNetPredictor(
+            tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=True,
+            device=torch_dev, verbose=False, verbose_preprocessing=False, allow_tqdm=False,
+        )  # fmt: skip
+        predictor.initialize_from_trained_model_folder(str(job.model_dir), use_folds, checkpoint_name=CHECKPOINT)
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        predictor.predict_from_files_sequential(str(images), str(job.out_dir), overwrite=not resume)
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    if not args.input.is_dir():
+        raise InputError(f"-i {args.input}: no such folder")
+    jobs = model_jobs(args.dataset, args.configuration, args.plans, args.models, args.folds)
+    predict_models(args.input, jobs, args.folds, args.device, resume=args.continue_prediction)
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``predict`` on the ``topkdice`` parser."""
+    p = subparsers.add_parser(
+        "predict",
+        help="predict one folder of images with several trained models in one process",
+        description="Predict the images of -i with each trained model of --models in turn, in one process and "
+        "without worker processes, with nnU-Net's own predictor and nnUNetv2_predict's defaults (the same "
+        "segmentations as one nnUNetv2_predict call per model, without its start-up cost per model). Models "
+        "are looked up in nnUNet_results like nnUNetv2_predict -d -c -tr -p does.",
+    )
+    p.add_argument("-i", "--input", type=Path, required=True, metavar="IMAGES",
+                   help="folder of nnU-Net raw images (CASE_0000.nii.gz, ...)")  # fmt: skip
+    p.add_argument("-d", "--dataset", required=True, metavar="DATASET", help="dataset id or name")
+    p.add_argument("-c", "--configuration", required=True, metavar="CONFIGURATION", help="e.g. 2d, 3d_fullres")
+    p.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"], metavar="F",
+                   help="folds of each model, ensembled (default: 0 1 2 3 4, as nnUNetv2_predict)")  # fmt: skip
+    p.add_argument("-p", "--plans", default="nnUNetPlans", metavar="PLANS", help="plans identifier")
+    p.add_argument("-device", "--device", choices=("cpu", "cuda", "mps"), default="cuda",
+                   help="device (default: cuda, as nnUNetv2_predict)")  # fmt: skip
+    p.add_argument("--models", nargs="+", type=parse_model_pair, required=True, metavar="TRAINER=OUTPUT_DIR",
+                   help="each trainer's model and the folder its predictions go to")  # fmt: skip
+    p.add_argument("--continue_prediction", action="store_true",
+                   help="keep the cases already predicted in each output folder")  # fmt: skip
+    p.set_defaults(func=_predict_command)

@@ -1,0 +1,81 @@
+"""``topkdice predict``: several models in one process write what ``nnUNetv2_predict`` writes per model.
+
+Two tiny trainings (fold ``all``, 2 epochs of 1 iteration, a user's ``nnUNet_extTrainer`` folder) on the
+tiny 3D dataset of the pipeline tests, in 2d; then one ``topkdice predict`` for both models against one
+``nnUNetv2_predict`` per model with its worker processes (``-npp 1 -nps 1``, the path the pipeline used
+before).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pipeline_fixtures import BIN, TOPKDICE, clean_environment, make_tiny_dataset, run, snapshot, write_user_trainers
+
+from nnunet_topkdice.pipeline.predict import parse_model_pair
+
+DATASET_ID = 985
+FIRST, SECOND = "nnUNetTrainerPredictTestDiceCE", "nnUNetTrainerPredictTestTopKDice"
+
+
+def test_model_pairs_are_parsed_and_checked() -> None:
+    assert parse_model_pair("T=/out/a=b") == ("T", Path("/out/a=b"))
+    for bad in ("T", "=/out", "T="):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected TRAINER=OUTPUT_DIR"):
+            parse_model_pair(bad)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("predict")
+    raw, preprocessed, results = root / "raw", root / "preprocessed", root / "results"
+    dataset = make_tiny_dataset(raw, DATASET_ID)
+    env = clean_environment(
+        nnUNet_raw=str(raw), nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(results),
+        nnUNet_extTrainer=str(write_user_trainers(root / "my_trainers", FIRST, SECOND)),
+    )  # fmt: skip
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"], env)
+    for trainer in (FIRST, SECOND):  # without data augmentation workers (planning breaks with it)
+        argv = [TOPKDICE, "train", "--seed", "0", str(DATASET_ID), "2d", "all", "-tr", trainer, "-device", "cpu"]
+        run(argv, {**env, "nnUNet_n_proc_DA": "0"})
+    # the models of seed 0 are where nnUNetv2_predict looks for them with this nnUNet_results
+    return {"root": root, "images": dataset / "imagesTs", "env": {**env, "nnUNet_results": str(results / "seed_0")}}
+
+
+def _read(path: Path) -> tuple[np.ndarray, tuple]:
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+
+@pytest.mark.slow
+def test_one_process_predicts_every_model_as_nnunetv2_predict_does(trained: dict) -> None:
+    root, images, env = trained["root"], trained["images"], trained["env"]
+    together = root / "together"
+    argv = [TOPKDICE, "predict", "-i", images, "-d", str(DATASET_ID), "-c", "2d", "-f", "all", "-device", "cpu",
+            "--models", f"{FIRST}={together / 'first'}", f"{SECOND}={together / 'second'}"]  # fmt: skip
+    run(argv, env)
+    for trainer, name in ((FIRST, "first"), (SECOND, "second")):
+        alone = root / "alone" / name
+        run([BIN / "nnUNetv2_predict", "-i", images, "-o", alone, "-d", str(DATASET_ID), "-c", "2d", "-f", "all",
+             "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], env)  # fmt: skip
+        ours = together / name
+        assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in alone.iterdir())
+        cases = sorted(p.name for p in alone.glob("*.nii.gz"))
+        assert cases == ["case004.nii.gz", "case005.nii.gz"]
+        for case in cases:
+            (mine, mine_geometry), (theirs, their_geometry) = _read(ours / case), _read(alone / case)
+            assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs) and mine_geometry == their_geometry
+        assert np.isin(_read(ours / cases[0])[0], [0, 1, 2]).all()
+
+    # resuming keeps the predictions there (nnU-Net rewrites only its json records); a model that was
+    # never trained is named, and nothing is written for it
+    before = {k: v for k, v in snapshot(together).items() if k.endswith(".nii.gz")}
+    run([*argv, "--continue_prediction"], env)
+    assert {k: v for k, v in snapshot(together).items() if k.endswith(".nii.gz")} == before
+    missing = run([*argv[:-2], f"nnUNetTrainerNeverTrained={root / 'never'}"], env, expect=2)
+    assert "nnUNetTrainerNeverTrained__nnUNetPlans__2d/fold_all/checkpoint_final.pth does not exist" in missing.stderr
+    assert not (root / "never").exists()
