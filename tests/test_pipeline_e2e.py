@@ -10,9 +10,9 @@ from a user's own ``nnUNet_extTrainer`` folder, two seeds. Per configuration:
    the validation predictions and ends with the verdict; the terminal shows steps, not nnU-Net's output;
 4. the same call again has nothing to do and changes no file;
 5. ``--test-set``: fold ``all`` per trainer and seed (a second job array), then ``imagesTs`` predicted
-   with each seed's models (one ``topkdice predict`` per seed) and evaluated; in 2d only, since the pipeline has no step that depends on the
-   configuration beyond the ``-c`` it passes on, which steps 1-4 already check in 3d_fullres (and the
-   four extra trainings would cost the suite about a minute).
+   with each seed's models (one ``topkdice predict`` per seed) and evaluated; in 2d only, since the
+   pipeline has no step that depends on the configuration beyond the ``-c`` it passes on, which steps 1-4
+   already check in 3d_fullres (and the four extra trainings would cost the suite about a minute).
 """
 
 from __future__ import annotations
