@@ -29,6 +29,15 @@ def test_model_pairs_are_parsed_and_checked() -> None:
             parse_model_pair(bad)
 
 
+def test_a_missing_image_folder_is_named_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from nnunet_topkdice.cli import main
+
+    argv = ["predict", "-i", str(tmp_path / "nope"), "-d", "985", "-c", "2d", "--models", f"T={tmp_path / 'out'}"]
+    assert main(argv) == 2
+    assert f"topkdice predict: error: -i {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("predict")
