@@ -38,7 +38,7 @@ class CompareConfig:
             initial weights and batches.
         folds: the folds trained. Cross-validation: default every fold of the dataset's
             ``splits_final.json``, else nnU-Net's 5. Test set: default ``("all",)``; several folds are
-            ensembled by ``nnUNetv2_predict``.
+            ensembled by nnU-Net's predictor (``topkdice predict``).
         test_set: evaluate ``imagesTs`` against ``labelsTs`` instead of the cross-validation.
         train_env: variables for the trainings only, shown in front of their commands.
         extra_env: variables for every command.
