@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 from pipeline_fixtures import BIN, TOPKDICE, clean_environment, make_tiny_dataset, run, snapshot, write_user_trainers
 
+from nnunet_topkdice.pipeline import predict
 from nnunet_topkdice.pipeline.predict import parse_model_pair
 
 DATASET_ID = 985
@@ -27,6 +28,55 @@ def test_model_pairs_are_parsed_and_checked() -> None:
     for bad in ("T", "=/out", "T="):
         with pytest.raises(argparse.ArgumentTypeError, match="expected TRAINER=OUTPUT_DIR"):
             parse_model_pair(bad)
+
+
+def test_image_lists_are_nnunets_without_forking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The case lists equal nnU-Net's own, made without its pool of forked processes (a fork of a process
+    that runs torch's threads can hang)."""
+    import os
+
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    for case in ("b", "a", "c_1"):
+        for channel in (0, 1):
+            (tmp_path / f"{case}_{channel:04d}.nii.gz").touch()
+    (tmp_path / "notes.txt").touch()
+    expected = create_lists_from_splitted_dataset_folder(str(tmp_path), ".nii.gz", num_processes=1)
+
+    def no_fork() -> int:
+        raise AssertionError("forked")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    lists = predict.image_lists(tmp_path, ".nii.gz")
+    assert lists == expected and [Path(f).name for f in lists[2]] == ["c_1_0000.nii.gz", "c_1_0001.nii.gz"]
+
+
+def test_the_predictor_gets_the_lists_not_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nnunetv2.inference.predict_from_raw_data as nnunet_inference
+
+    calls = []
+
+    class Predictor:
+        dataset_json = {"file_ending": ".nii.gz"}
+
+        def __init__(self, **kwargs) -> None:
+            pass
+
+        def initialize_from_trained_model_folder(self, folder: str, folds: list, checkpoint_name: str) -> None:
+            calls.append(("init", folder, folds, checkpoint_name))
+
+        def predict_from_files_sequential(self, cases, out_dir: str, overwrite: bool) -> None:
+            calls.append(("predict", cases, out_dir, overwrite))
+
+    monkeypatch.setattr(nnunet_inference, "nnUNetPredictor", Predictor)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "x_0000.nii.gz").touch()
+    job = predict.ModelJob(tmp_path / "model", tmp_path / "out")
+    predict.predict_models(tmp_path / "images", [job], ["all"], "cpu", resume=True)
+    assert calls == [
+        ("init", str(tmp_path / "model"), ["all"], "checkpoint_final.pth"),
+        ("predict", [[str(tmp_path / "images" / "x_0000.nii.gz")]], str(tmp_path / "out"), False),
+    ]
 
 
 def test_a_missing_image_folder_is_named_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

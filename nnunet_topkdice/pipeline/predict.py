@@ -72,6 +72,21 @@ def model_jobs(
     return jobs
 
 
+def image_lists(images: Path, file_ending: str) -> list[list[str]]:
+    """The files of each case of an nnU-Net images folder (``CASE_0000<ending>``, ``CASE_0001<ending>``, ...),
+    listed in this process.
+
+    nnU-Net's predictor lists a folder with a pool of 12 forked processes; forking a process that already
+    runs torch's threads can leave a child hanging on a lock held by a thread that did not survive the fork
+    (seen once in about a dozen predictions here), so the lists are made here with nnU-Net's own functions.
+    """
+    from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
+
+    files = sorted(p.name for p in images.iterdir() if p.name.endswith(file_ending))
+    identifiers = get_identifiers_from_splitted_dataset_folder(str(images), file_ending)
+    return [create_paths_fn(str(images), files, file_ending, case) for case in identifiers]
+
+
 def predict_models(
     images: Path, jobs: Sequence[ModelJob], folds: Sequence[str], device: str, *, resume: bool = False
 ) -> None:
@@ -98,7 +113,8 @@ def predict_models(
         )  # fmt: skip
         predictor.initialize_from_trained_model_folder(str(job.model_dir), use_folds, checkpoint_name=CHECKPOINT)
         job.out_dir.mkdir(parents=True, exist_ok=True)
-        predictor.predict_from_files_sequential(str(images), str(job.out_dir), overwrite=not resume)
+        cases = image_lists(images, predictor.dataset_json["file_ending"])
+        predictor.predict_from_files_sequential(cases, str(job.out_dir), overwrite=not resume)
 
 
 def _predict_command(args: argparse.Namespace) -> int:
