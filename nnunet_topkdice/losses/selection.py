@@ -71,6 +71,7 @@ SORT_CANDIDATES_AT_MOST = 2048
 _VOXELS_PER_BUCKET_BITS = 5
 _MIN_BUCKET_BITS = 8
 _MAX_BUCKET_BITS = 16
+_REGION_MAX_BUCKET_BITS = 12
 
 _VALUE_BITS = 31  # non-negative float32 values, read as int32, order like the values
 _HALF_BITS = 0x3F000000  # float32 bits of 0.5
@@ -124,6 +125,8 @@ def select_easiest(
         selection = _sort_selection(value, labels, mask, n_classes, k, do_bg, group)
         return selection if with_codes else selection._replace(code=None)
     if path == "histogram":
+        if mask is not None and labels.stride(0) == 0 and not with_codes:  # every row alike: the region callers
+            return _column_class_selection(value, labels[0], mask, n_classes, k, do_bg, group)
         return _histogram_selection(value, labels, mask, n_classes, k, do_bg, group, with_codes)
     raise ValueError(f"selection path must be one of {PATHS}, got {path!r}")
 
@@ -414,3 +417,58 @@ def _histogram_selection(
     code_index = code.long() if with_codes else None
     excluded = code.sub_(n_classes).clamp_(0, 1)  # 1 + C + c -> >= 1, 1 + c -> <= 0
     return Selection(code_index, excluded, n_foreground, n_excluded)
+
+
+def _column_class_selection(
+    value: Tensor, column_class: Tensor, mask: Tensor, n_classes: int, k: float, do_bg: bool, group: int
+) -> Selection:
+    """The histogram path where every row has the same class per column (the region selection: one class per
+    (image, region) row, or deep supervision's outputs side by side) and the mask says which voxels count.
+
+    What it saves against :func:`_histogram_selection` on the region loss's inputs: no per-voxel labels are
+    read, the mask enters the bucket keys as one int32 product, the histogram is kept within the cache
+    (:data:`_REGION_MAX_BUCKET_BITS` bits per segment: on (2, 3, 64, 128, 128) the general path's 2**16
+    buckets made the histogram, its cuts and its look-up miss the cache), the undecided voxels are found by
+    an int32 shift rather than a comparison, and only excluded-or-not is formed (no codes). The same exact
+    result.
+
+    Shape: value (B, N) float32, non-negative; column_class (N,) int in [0, C) (an expanded scalar allowed);
+    mask (B, N) bool.  returns: a :class:`Selection` without codes.
+    """
+    batch, n_voxels = value.shape
+    device = value.device
+    bits = (n_voxels // n_classes).bit_length() - _VOXELS_PER_BUCKET_BITS
+    bits = min(_REGION_MAX_BUCKET_BITS, max(_MIN_BUCKET_BITS, bits))
+    n_buckets = 1 << bits
+    n_segments = batch * n_classes
+    n_bins = n_segments * n_buckets
+    # key = segment * n_buckets + bucket, plus n_bins for masked voxels: they fill a second histogram that is
+    # dropped, spread over its buckets like the counted ones (one bin for all would serialise the counting)
+    key = _coarse_bucket(value, bits, n_bins).sub_(mask.to(torch.int32).mul_(n_bins))
+    key.add_(torch.arange(0, n_bins, n_classes * n_buckets, device=device, dtype=torch.int32)[:, None])
+    if column_class.stride(0) != 0:  # classes differ between columns
+        key.add_(column_class.to(torch.int32) * n_buckets)
+    hist = torch.bincount(key.view(-1), minlength=2 * n_bins)[:n_bins].view(batch, n_classes, n_buckets)
+    n_foreground = hist.sum(-1)
+    n_excluded = _n_excluded_per_class(n_foreground, k, do_bg, group)
+    cut, n_above = _cut(hist, n_excluded.clamp_min(1))
+    # segments that exclude nothing get a cut above every bin; per bin: 0 kept (below the cut), 1 excluded
+    # (above), _STATE_UNDECIDED at the cut, from d = sign(bin - cut) as 2 - 1.5 d^2 + 0.5 d
+    cut = torch.where(n_excluded > 0, cut, n_buckets).to(torch.float32)
+    side = (torch.arange(n_buckets, device=device, dtype=torch.float32) - cut.unsqueeze(-1)).sign_()
+    lookup = side.square().mul_(-1.5).add_(side, alpha=0.5).add_(_STATE_UNDECIDED)
+    lookup = torch.cat([lookup.view(-1), torch.zeros_like(lookup.view(-1))])  # the masked voxels: kept
+    excluded = lookup.index_select(0, key.view(-1)).view(batch, n_voxels)
+    # the undecided (2.0, float bits 0x40000000) are the only values with bit 30 set: an int32 shift and
+    # nonzero cost less than a float comparison (bool) and nonzero
+    candidates = (excluded.view(-1).view(torch.int32) >> 30).nonzero().squeeze(1)
+    if candidates.numel() > 0:
+        excluded.view(-1)[candidates] = STATE_KEPT
+        image = torch.div(candidates, n_voxels, rounding_mode="floor")
+        segment = image * n_classes
+        if column_class.stride(0) != 0:
+            segment += column_class[candidates - image * n_voxels]
+        still_needed = (n_excluded - n_above).view(-1)
+        chosen = _resolve_candidates(value.view(-1)[candidates], segment, candidates, still_needed, n_segments)
+        excluded.view(-1)[chosen] = STATE_EXCLUDED
+    return Selection(None, excluded, n_foreground, n_excluded)
