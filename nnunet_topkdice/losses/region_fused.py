@@ -176,10 +176,10 @@ def _bce_grad_(probs: Tensor, target: Tensor, mask: Tensor | None, grad: Tensor)
     Shape: probs (B, R, N); target (B, R, N) 0/1 of the probabilities' dtype (overwritten); mask (B, 1, N) or
     None; grad ().  returns: (B, R, N), ``target``'s storage.
     """
-    out = target.neg_().add_(probs)  # P - y, exactly
+    out = torch.sub(probs, target, out=target)  # P - y
     if mask is None:
         return out.mul_(grad).div_(probs.numel())
-    return out.mul_(grad / mask.sum(dtype=probs.dtype).clamp_min(1e-8)).mul_(mask)
+    return out.mul_(grad / mask.sum(dtype=probs.dtype).clamp_min(1e-8)).mul_(_as_float(mask, probs.dtype))
 
 
 def _counted_(excluded: Tensor, mask: Tensor | None) -> Tensor:
@@ -187,7 +187,7 @@ def _counted_(excluded: Tensor, mask: Tensor | None) -> Tensor:
 
     Shape: excluded (B, R, N) float 0/1 (overwritten); mask (B, 1, N) bool or None.  returns: ``excluded``.
     """
-    return excluded.neg_().add_(1 if mask is None else mask.to(excluded.dtype))
+    return excluded.neg_().add_(1 if mask is None else _as_float(mask, excluded.dtype))
 
 
 def _region_as_float(target: Tensor, region: Tensor, dtype: torch.dtype) -> Tensor:
@@ -198,7 +198,15 @@ def _region_as_float(target: Tensor, region: Tensor, dtype: torch.dtype) -> Tens
     products with 0/1 are exact.
     """
     source = target if target.dtype == torch.bool else region
-    return source.reshape(region.shape).to(dtype)
+    return _as_float(source.reshape(region.shape), dtype)
+
+
+def _as_float(zero_one: Tensor, dtype: torch.dtype, copy: bool = False) -> Tensor:
+    """A 0/1 map as ``dtype``; a bool map is read as uint8 (the same bytes, 0 and 1): on the CPU the
+    conversion from uint8 is vectorised and the one from bool is not (0.07 ms against 0.54 ms for 1.6 M
+    voxels, one thread).  Shape: unchanged."""
+    source = zero_one.view(torch.uint8) if zero_one.dtype == torch.bool else zero_one
+    return source.to(dtype, copy=copy)
 
 
 class _RegionTopKDiceBCE(torch.autograd.Function):
@@ -264,7 +272,7 @@ class _RegionTopKDiceBCE(torch.autograd.Function):
                 losses[s] = losses[s] + config.weight_dice * dice
         if config.weight_ce != 0:
             for s, o in enumerate(outputs):
-                bce = _bce(logits[s], o.target.to(compute_dtype), o.mask)
+                bce = _bce(logits[s], _as_float(o.target, compute_dtype), o.mask)
                 losses[s] = losses[s] + config.weight_ce * bce
         loss = losses[0] if output_weights is None else sum(w * x for w, x in zip(output_weights, losses, strict=True))
         targets, masks = [o.target for o in outputs], [o.mask for o in outputs]
@@ -291,7 +299,7 @@ class _RegionTopKDiceBCE(torch.autograd.Function):
                     ctx.dice_states[s], grad * config.weight_dice, flat.shape[:2], config.options
                 )
                 # (gS counted)(2 P) + gI kept, then through the sigmoid; counted P (2 gS) is the same product
-                counted = _counted_(excluded[s].to(p.dtype), mask)
+                counted = _counted_(_as_float(excluded[s], p.dtype), mask)
                 region = _region_as_float(targets[s], regions[s], p.dtype)
                 kept = region * counted
                 dice_grad = (
@@ -301,7 +309,7 @@ class _RegionTopKDiceBCE(torch.autograd.Function):
                 dice_grad = torch.ops.aten.sigmoid_backward.grad_input(dice_grad, flat, grad_input=dice_grad)
             if config.weight_ce != 0:
                 if dice_grad is None or targets[s].dtype != torch.bool:  # else the bool target, made float above
-                    region = targets[s].reshape(flat.shape).to(p.dtype, copy=True)
+                    region = _as_float(targets[s].reshape(flat.shape), p.dtype, copy=True)
                 bce_grad = _bce_grad_(flat, region, mask, grad * config.weight_ce)
             if dice_grad is None or bce_grad is None:
                 grad_s = (bce_grad if dice_grad is None else dice_grad).to(dtype)

@@ -76,6 +76,7 @@ _REGION_MAX_BUCKET_BITS = 12
 _VALUE_BITS = 31  # non-negative float32 values, read as int32, order like the values
 _HALF_BITS = 0x3F000000  # float32 bits of 0.5
 _FLOOR_BITS = 0x33800000  # float32 bits of 2**-24
+_ONE_BITS = 0x3F800000  # float32 bits of 1.0
 
 
 class Selection(NamedTuple):
@@ -419,6 +420,21 @@ def _histogram_selection(
     return Selection(code_index, excluded, n_foreground, n_excluded)
 
 
+def _easy_end_bucket(value: Tensor, bits: int) -> Tensor:
+    """Histogram bucket of ``v`` in ``[0, 2**bits)``, non-decreasing in ``v``, from the float bits of
+    ``1 - v`` clipped to ``[2**-24, 1]``: logarithmic towards ``v = 1``, where the confident voxels and the
+    cuts of a trained network lie, linear below ``v = 0.5`` (``2**(bits - 5)`` buckets there). Four
+    float32/int32 operations, against ten for :func:`_coarse_bucket`'s two logarithmic ends.
+
+    Shape: value (B, N) float32 in ``[0, 1 + scale)``.  returns: (B, N) int32, a fresh buffer.
+    """
+    # 1 - v lies in [2**-24, 1] after the clip, float bits in [_FLOOR_BITS, _ONE_BITS]: a span of 0.75 * 2**28,
+    # so a shift by 28 - bits leaves 0.75 * 2**bits levels
+    shift = 28 - bits
+    level = torch.rsub(value, 1).clamp_(min=2.0**-24).view(torch.int32).bitwise_right_shift_(shift)
+    return torch.sub(_ONE_BITS >> shift, level, out=level)
+
+
 def _column_class_selection(
     value: Tensor, column_class: Tensor, mask: Tensor, n_classes: int, k: float, do_bg: bool, group: int
 ) -> Selection:
@@ -426,7 +442,8 @@ def _column_class_selection(
     (image, region) row, or deep supervision's outputs side by side) and the mask says which voxels count.
 
     What it saves against :func:`_histogram_selection` on the region loss's inputs: no per-voxel labels are
-    read, the mask enters the bucket keys as one int32 product, the histogram is kept within the cache
+    read, the buckets are those of :func:`_easy_end_bucket` (four operations), the mask enters the keys as one
+    int32 product, the histogram is kept within the cache
     (:data:`_REGION_MAX_BUCKET_BITS` bits per segment: on (2, 3, 64, 128, 128) the general path's 2**16
     buckets made the histogram, its cuts and its look-up miss the cache), the undecided voxels are found by
     an int32 shift rather than a comparison, and only excluded-or-not is formed (no codes). The same exact
@@ -444,8 +461,8 @@ def _column_class_selection(
     n_bins = n_segments * n_buckets
     # key = segment * n_buckets + bucket, plus n_bins for masked voxels: they fill a second histogram that is
     # dropped, spread over its buckets like the counted ones (one bin for all would serialise the counting)
-    key = _coarse_bucket(value, bits, n_bins).sub_(mask.to(torch.int32).mul_(n_bins))
-    key.add_(torch.arange(0, n_bins, n_classes * n_buckets, device=device, dtype=torch.int32)[:, None])
+    base = torch.arange(0, n_bins, n_classes * n_buckets, device=device, dtype=torch.int32)[:, None]
+    key = _easy_end_bucket(value, bits).add_(base + n_bins).sub_(mask.to(torch.int32), alpha=n_bins)
     if column_class.stride(0) != 0:  # classes differ between columns
         key.add_(column_class.to(torch.int32) * n_buckets)
     hist = torch.bincount(key.view(-1), minlength=2 * n_bins)[:n_bins].view(batch, n_classes, n_buckets)
