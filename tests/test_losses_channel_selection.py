@@ -51,3 +51,41 @@ def test_bad_arguments(kwargs, match) -> None:
     arguments = {"probs": probs, "target": target, **kwargs}
     with pytest.raises(ValueError, match=match):
         channel_exclusion_mask(**arguments)
+
+
+@pytest.mark.parametrize("do_bg", [True, False], ids=["all-classes", "no-background"])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("refine", [False, True], ids=["sorted-candidates", "radix-refined"])
+def test_classes_per_column_match_the_sort_path(monkeypatch, do_bg, ties, refine) -> None:
+    """Rows that share their classes per column (the region node's deep-supervision outputs side by side) take
+    their own histogram path, and it selects exactly what the fixed-shape sort path selects."""
+    from nnunet_topkdice.losses import selection
+
+    generator = torch.Generator().manual_seed(3)
+    sizes = [3000, 700, 160]  # three outputs of different sizes, as deep supervision's
+    value = torch.sigmoid(torch.randn(4, sum(sizes), generator=generator) * 3)
+    if ties:
+        value = (value * 16).round() / 16
+    mask = torch.rand(value.shape, generator=generator) < 0.6
+    column_class = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
+    labels = column_class.expand(value.shape)
+    if refine:  # every cut bucket through the radix refinement
+        monkeypatch.setattr(selection, "SORT_CANDIDATES_AT_MOST", 4)
+        monkeypatch.setattr(selection, "_MIN_BUCKET_BITS", 2)
+    monkeypatch.setattr(selection, "FORCE_PATH", "sort")
+    expected = selection.select_easiest(value, labels.contiguous(), 3, 40, mask, do_bg, with_codes=False)
+
+    def general_path(*args, **kwargs):
+        raise AssertionError("rows with shared column classes took the general histogram path")
+
+    monkeypatch.setattr(selection, "FORCE_PATH", "histogram")
+    monkeypatch.setattr(selection, "_histogram_selection", general_path)
+    ours = selection.select_easiest(value, labels, 3, 40, mask, do_bg, with_codes=False)
+    assert ours.code is None
+    assert torch.equal(ours.excluded, expected.excluded)
+    assert torch.equal(ours.n_foreground, expected.n_foreground)
+    assert torch.equal(ours.n_excluded, expected.n_excluded)
+    per_class = torch.stack([part.sum(-1) for part in ours.excluded.split(sizes, 1)], 1)
+    assert torch.equal(per_class.long(), ours.n_excluded)  # exactly D per image and class
+    assert (ours.n_excluded[:, 0] == 0).all() != do_bg  # without do_bg, class 0 excludes nothing
+    assert not (ours.excluded.bool() & ~mask).any()
