@@ -195,7 +195,7 @@ def _n_excluded_per_class(n_foreground: Tensor, k: float, do_bg: bool, group: in
     """
     n_excluded = n_excluded_voxels(n_foreground, k)
     if not do_bg:
-        n_excluded[:, ::group] = 0
+        n_excluded[:, ::group].zero_()  # zero_: no tensor made from the Python 0
     return n_excluded
 
 
@@ -326,7 +326,8 @@ def _resolve_candidates(
         inside = digit == voxel_cut
         keys, segment, flat_index = keys[inside], segment[inside], flat_index[inside]
         key_bits = shift
-    order = torch.sort((segment << _VALUE_BITS) | (((1 << _VALUE_BITS) - 1) - keys), stable=True).indices
+    # segment * 2**31 - key: each segment in its own range of 2**31, values descending (keys < 2**31)
+    order = torch.sort((segment << _VALUE_BITS).sub_(keys), stable=True).indices
     # index_select and masked_select: the same as Python indexing, without its per-call cost
     sorted_segment = segment.index_select(0, order)
     rank = torch.arange(order.numel(), device=order.device) - torch.searchsorted(sorted_segment, sorted_segment)
@@ -393,23 +394,23 @@ def _histogram_selection(
     constants = _histogram_constants(batch, n_classes, bits, mask is not None, device)
     # the first bucket of each voxel's row (1 + c, or 0 if masked), in int32: cheaper than int64 in the
     # per-voxel work of this path
-    rows = labels.to(torch.int32, copy=True)
-    if mask is not None:
-        rows.add_(1).mul_(mask)
-    row_offset = rows.mul_(n_buckets).add_(constants.row_offset)
+    if mask is None:  # row_offset + n_buckets * c, converted into an int32 buffer in one operation
+        row_offset = torch.empty_like(value, dtype=torch.int32)
+        torch.add(constants.row_offset, labels, alpha=n_buckets, out=row_offset)
+    else:
+        row_offset = labels.to(torch.int32, copy=True).add_(1).mul_(mask).mul_(n_buckets).add_(constants.row_offset)
     row_bucket = _coarse_bucket(value, bits, row_offset).view(-1)
     hist = torch.bincount(row_bucket, minlength=n_rows * n_buckets).view(batch, n_classes + 1, n_buckets)[:, 1:]
     n_foreground = hist.sum(-1)
     n_excluded = _n_excluded_per_class(n_foreground, k, do_bg, group)
     cut, n_above = _cut(hist, n_excluded.clamp_min(1))
     # classes that exclude nothing, and the masked row, get a cut above every bucket
-    cut = torch.nn.functional.pad(torch.where(n_excluded > 0, cut, n_buckets), (1, 0), value=n_buckets)
+    cut = torch.nn.functional.pad(cut.masked_fill_(n_excluded == 0, n_buckets), (1, 0), value=n_buckets)
     # each bucket's state from its side of the cut (below 0, at 1, above 2), then its code per row
     side = torch.sub(constants.buckets, cut.unsqueeze(-1)).sign_().add_(1)
     lookup = constants.codes.gather(2, side)
-    code = lookup.view(-1).index_select(0, row_bucket).view(batch, n_voxels)  # float32: cheaper than int64 here
-
-    flat_code = code.view(-1)
+    flat_code = lookup.view(-1).index_select(0, row_bucket)  # float32: cheaper than int64 here
+    code = flat_code.view(batch, n_voxels)
     candidates = (flat_code > _STATE_UNDECIDED * n_classes).nonzero().squeeze(1)
     if candidates.numel() > 0:
         row = flat_code.index_select(0, candidates).sub_(_STATE_UNDECIDED * n_classes)
