@@ -340,8 +340,8 @@ class _HistogramConstants(NamedTuple):
     """What :func:`_histogram_selection` needs besides the data, the same for every call on a shape.
 
     Shapes: row_offset (B, 1) int32, the first bucket of each image (plus one row without a mask: its labels
-    are ``c``, not ``1 + c``); buckets (n_buckets,) int64, ``0 .. n_buckets - 1``; codes (B, C + 1, 3)
-    float32, an expanded view: the code of row ``r`` in state ``(KEPT, UNDECIDED, EXCLUDED)[side]``.
+    are ``c``, not ``1 + c``); buckets (n_buckets,) int64, ``1 .. n_buckets`` (each bucket plus one); codes
+    (B, C + 1, 3) float32, an expanded view: the code of row ``r`` in state ``(KEPT, UNDECIDED, EXCLUDED)[side]``.
     """
 
     row_offset: Tensor
@@ -367,7 +367,7 @@ def _histogram_constants(
     state = torch.tensor([STATE_KEPT, _STATE_UNDECIDED, STATE_EXCLUDED], dtype=torch.float32)
     codes = state.mul(n_classes).add(torch.arange(n_classes + 1, dtype=torch.float32)[:, None])  # (C + 1, 3)
     constants = _HistogramConstants(
-        row_offset.to(device), torch.arange(n_buckets, device=device), codes.to(device).expand(batch, -1, -1)
+        row_offset.to(device), torch.arange(1, n_buckets + 1, device=device), codes.to(device).expand(batch, -1, -1)
     )
     _remember(_histogram_constants_cache, key, constants)
     return constants
@@ -407,7 +407,7 @@ def _histogram_selection(
     # classes that exclude nothing, and the masked row, get a cut above every bucket
     cut = torch.nn.functional.pad(cut.masked_fill_(n_excluded == 0, n_buckets), (1, 0), value=n_buckets)
     # each bucket's state from its side of the cut (below 0, at 1, above 2), then its code per row
-    side = torch.sub(constants.buckets, cut.unsqueeze(-1)).sign_().add_(1)
+    side = torch.sub(constants.buckets, cut.unsqueeze(-1)).clamp_(0, 2)  # bucket + 1 - cut, integers: sign + 1
     lookup = constants.codes.gather(2, side)
     flat_code = lookup.view(-1).index_select(0, row_bucket)  # float32: cheaper than int64 here
     code = flat_code.view(batch, n_voxels)
@@ -415,7 +415,8 @@ def _histogram_selection(
     if candidates.numel() > 0:
         row = flat_code.index_select(0, candidates).sub_(_STATE_UNDECIDED * n_classes)
         flat_code.index_copy_(0, candidates, row)
-        segment = torch.div(candidates, n_voxels, rounding_mode="floor").mul_(n_classes).add_(row.long().sub_(1))
+        image = torch.div(candidates, n_voxels, rounding_mode="floor")
+        segment = torch.add(row.long(), image, alpha=n_classes).sub_(1)  # image * C + c
         still_needed = (n_excluded - n_above).view(-1)
         candidate_values = value.view(-1).index_select(0, candidates)
         chosen = _resolve_candidates(candidate_values, segment, candidates, still_needed, batch * n_classes)
