@@ -287,16 +287,17 @@ def _coarse_bucket(value: Tensor, bits: int, offset: Tensor) -> Tensor:
 def _cut(hist: Tensor, n_top: Tensor) -> tuple[Tensor, Tensor]:
     """Find, per row of a histogram, the bin that holds the ``n_top``-th largest element.
 
-    Shape: hist (..., W) int, n_top (...) int64 with ``0 < n_top <= hist.sum(-1)`` (rows violating it get a
-    meaningless bin that the caller must disregard).
+    Shape: hist (..., W) int, n_top (...) int64 with ``0 < n_top <= hist.sum(-1)`` (``n_top >= 1`` is required;
+    rows with ``n_top > hist.sum(-1)`` get a meaningless bin that the caller must disregard).
     returns: the bin (...) and how many elements lie strictly above it (...), both int64.
     """
     inclusive = hist.cumsum(-1)
     total = inclusive[..., -1:]
-    # the cut is the highest bin with at least n_top elements at or above it
-    cut = ((inclusive - hist <= total - n_top.unsqueeze(-1)).sum(-1) - 1).clamp_min(0)
-    n_above = (total - inclusive.gather(-1, cut.unsqueeze(-1))).squeeze(-1)
-    return cut, n_above
+    # the cut is the highest bin with at least n_top elements at or above it: the number of bins with at most
+    # total - n_top elements at or below them (never the last one, which holds all, as n_top > 0)
+    cut = torch.searchsorted(inclusive, total - n_top.unsqueeze(-1), right=True)
+    n_above = (total - inclusive.gather(-1, cut)).squeeze(-1)
+    return cut.squeeze(-1), n_above
 
 
 def _resolve_candidates(
