@@ -45,3 +45,15 @@ def k_percent(text: str) -> float:
     if not 0 < value <= 100:
         raise argparse.ArgumentTypeError(f"k must be a number in (0, 100] (percent of voxels kept), got {text!r}")
     return value
+
+
+def dice_difference(text: str) -> float:
+    """A difference of mean Dice as a fraction in (0, 1] (``--target-difference``; 0.01 = one Dice point)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a Dice difference in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a Dice difference in (0, 1] (a fraction: 0.01 = one Dice "
+                                         f"point), got {text!r}")  # fmt: skip
+    return value

@@ -200,15 +200,28 @@ def test_repeated_name_is_one_method_and_baseline_is_chosen(acdc_like: dict) -> 
     results = json.loads((out / "results.json").read_text())
     assert list(results["runs"]) == ["B", "A"] and results["baseline"] == "B"
     assert results["runs"]["B"]["n_repeats"] == 2
-    # B's repeats: LV missed (case score 2/3) and perfect (1): mean 5/6 per case; A is 1 everywhere
+    # A's one repeat is paired with B's first (LV missed, case score 2/3; A is 1 everywhere); B's second
+    # repeat (a copy of A) has no partner and is named in the notes
     [comparison] = results["comparisons"]
-    assert comparison["method"] == "A" and comparison["mean_difference"] == pytest.approx(1 / 6)
+    assert comparison["method"] == "A" and comparison["mean_difference"] == pytest.approx(1 / 3)
+    assert (comparison["n_paired_repeats"], comparison["verdict"]) == (1, "one repeat")
     # mDice over B's repeats: 66.67 and 100.00, sd 23.57
     assert "| evaluated | B | 83.33 ± 23.57 |" in result.stdout
-    assert result.stdout.rstrip().splitlines()[-1] == (
-        "A vs B: +16.67 mDice (95% CI +16.67 to +16.67), Wilcoxon p = 0.50 over 2 cases x 1 repeat "
-        "(baseline: 2): too few cases for the Wilcoxon test to reach 0.05"
-    )
+    assert result.stdout.rstrip().splitlines()[-2:] == [
+        "A vs B: +33.33 mDice over 2 cases, one repeat: it describes one trained model per method, not the loss "
+        "(3 or more seeds can judge the loss); for these trained models: 95% CI +33.33 to +33.33, Wilcoxon "
+        "p = 0.50 (fewer than 6 cases: its Wilcoxon test cannot reach 0.05)",
+        f"Note: B has 2 repeats, A 1: only the first 1 are paired; left out: B repeat 2 ({runs['A'].resolve()}).",
+    ]
+
+
+@pytest.mark.parametrize("value", ["0", "-0.01", "1.5", "one"])
+def test_bad_target_difference_exits_2(acdc_like: dict, value: str, capsys: pytest.CaptureFixture) -> None:
+    argv = ["evaluate", "-r", str(acdc_like["labels"]), "-p", f"A={acdc_like['runs']['A']}", "-d", "x.json"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "-o", "o", "--target-difference", value])
+    assert exit_info.value.code == 2
+    assert "--target-difference: expected a Dice difference in (0, 1]" in capsys.readouterr().err
 
 
 def test_unknown_baseline_exits_2(acdc_like: dict, capsys: pytest.CaptureFixture) -> None:

@@ -488,13 +488,25 @@ COMPARISON_KEYS = {
     "method",
     "baseline",
     "metric",
-    "n_cases",
-    "n_nonzero_differences",
     "n_repeats",
     "n_baseline_repeats",
+    "n_paired_repeats",
+    "n_cases",
+    "n_cases_dropped",
     "mean_difference",
+    "per_repeat_differences",
+    "per_repeat_ci95",
+    "repeats_better",
     "ci95",
     "p_value",
+    "df",
+    "variance_rule",
+    "mean_squares",
+    "p_holm",
+    "verdict",
+    "these_models",
+    "repeats_needed",
+    "notes",
     "n_boot",
     "seed",
     "per_class",
@@ -521,25 +533,39 @@ def test_repeats_baseline_and_comparisons(tiny: dict) -> None:
     assert set(comparison) == COMPARISON_KEYS
     assert (comparison["method"], comparison["baseline"]) == ("A", "B")
     assert (comparison["n_repeats"], comparison["n_baseline_repeats"], comparison["n_cases"]) == (2, 1, 2)
-    # case scores (mean Dice over the defined classes), A averaged over its repeats; B (empty) scores 0:
-    # caseA: good 6/7 (tumour undefined), perfect 1; caseB: good (1 + 2/3) / 2, perfect 1
-    differences = np.array([(6 / 7 + 1) / 2, (5 / 6 + 1) / 2])
+    # repeat 1 of A (good) is paired with B's only repeat (empty, scores 0); A's repeat 2 is left out:
+    # caseA: 6/7 (tumour undefined); caseB: (1 + 2/3) / 2
+    assert comparison["n_paired_repeats"] == 1 and comparison["verdict"] == "one repeat"
+    assert comparison["notes"] == [
+        f"A has 2 repeats, B 1: only the first 1 are paired; left out: A repeat 2 "
+        f"({tiny['runs']['perfect'].resolve()})"
+    ]
+    differences = np.array([6 / 7, 5 / 6])
     assert comparison["mean_difference"] == pytest.approx(differences.mean())
-    assert comparison["p_value"] == pytest.approx(stats.wilcoxon(differences).pvalue)
+    assert comparison["per_repeat_differences"] == pytest.approx([differences.mean()])
+    # one repeat: no crossed numbers
+    for key in ("ci95", "p_value", "df", "p_holm", "mean_squares", "repeats_needed"):
+        assert comparison[key] is None, key
+    these_models = comparison["these_models"]
+    assert these_models["p_value"] == pytest.approx(stats.wilcoxon(differences).pvalue)
     assert comparison["n_boot"] >= 2000
     rows = np.random.default_rng(comparison["seed"]).integers(0, 2, size=(comparison["n_boot"], 2))
-    assert comparison["ci95"] == pytest.approx(np.percentile(differences[rows].mean(axis=1), [2.5, 97.5]))
-    # per class: tumour is undefined in caseA for both methods, so it is paired over caseB only
+    bootstrap = np.percentile(differences[rows].mean(axis=1), [2.5, 97.5])
+    assert these_models["ci95"] == pytest.approx(bootstrap)
+    assert comparison["per_repeat_ci95"][0] == pytest.approx(bootstrap)
+    # per class (exploratory), over the paired repeats: tumour is undefined in caseA for both, so it is
+    # paired over caseB only
     tumour = comparison["per_class"]["tumour"]
-    assert tumour["n_cases"] == 1 and tumour["mean_difference"] == pytest.approx((2 / 3 + 1) / 2)
+    assert tumour["n_cases"] == 1 and tumour["mean_difference"] == pytest.approx(2 / 3)
     assert set(tumour) == {"n_cases", "n_nonzero_differences", "mean_difference", "ci95", "p_value"}
     assert comparison["per_class"]["liver"]["n_cases"] == 2
 
     markdown = (tiny["root"] / "out" / "table.md").read_text()
     assert "| evaluated | A | **89.88 ± 14.31** |" in markdown
     assert "repeats: A: 2" in markdown
-    assert markdown.rstrip().endswith("over 2 cases x 2 repeats (baseline: 1): too few cases for the Wilcoxon test "
-                                      "to reach 0.05")
+    assert ("A vs B: +84.52 mDice over 2 cases, one repeat: it describes one trained model per method, not the "
+            "loss") in markdown
+    assert markdown.rstrip().endswith(f"left out: A repeat 2 ({tiny['runs']['perfect'].resolve()}).")
     csv_lines = (tiny["root"] / "out" / "table.csv").read_text().splitlines()
     assert csv_lines[0].endswith(
         ",n_repeats,mDice sd,mIoU sd,mPrec. sd,mRec. sd,mHD95 (mm) sd,mNSD sd,liver sd,tumour sd"
@@ -565,9 +591,11 @@ def test_identical_predictions_have_no_p_value(tiny: dict) -> None:
     runs = {"A": tiny["runs"]["perfect"], "B": tiny["reference"]}
     results = evaluate_runs(tiny["reference"], runs, tiny["dataset_json"], tiny["root"] / "out")
     [comparison] = results["comparisons"]
-    assert comparison["mean_difference"] == 0.0 and comparison["p_value"] is None
+    assert comparison["mean_difference"] == 0.0 and comparison["these_models"]["p_value"] is None
     markdown = (tiny["root"] / "out" / "table.md").read_text()
-    assert "B vs A: +0.00 mDice (95% CI +0.00 to +0.00), Wilcoxon p undefined over 2 cases" in markdown
+    assert ("B vs A: +0.00 mDice over 2 cases, one repeat: it describes one trained model per method, not the "
+            "loss (3 or more seeds can judge the loss); for these trained models: 95% CI +0.00 to +0.00, Wilcoxon "
+            "p undefined (every case scores the same for both)") in markdown
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnunet_topkdice.argtypes import k_percent, non_negative_int, positive_int
+from nnunet_topkdice.argtypes import dice_difference, k_percent, non_negative_int, positive_int
 from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS as PAPER_CHOICES
 
 # the same as metrics.HD95_MISSING_POLICIES (kept here so that `topkdice --help` does not import numpy)
@@ -113,6 +113,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         hd95_missing=args.hd95_missing,
         nsd_tolerance=args.nsd_tolerance,
         images_dir=args.images,
+        target_difference=args.target_difference,
     )
     print((args.output / "table.md").read_text(), end="")
     print(f"wrote results.json, table.md, table.csv, per_case.csv, figure.png to {args.output}", file=sys.stderr)
@@ -160,11 +161,12 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "with reference labels: Dice, IoU, precision, recall, HD95 (mm) and normalised surface Dice (NSD) per case "
         "and class, averaged like "
         "the paper (each class over the test cases, then over the classes), mean ± sd over the repeats, and "
-        "a paired comparison of every method with the baseline (mean difference of the per-case Dice, "
-        "bootstrap 95% interval, Wilcoxon signed-rank p). Writes results.json, table.md, table.csv, per_case.csv "
-        "(every value in long format) and figure.png to OUT_DIR, with --images the pictures of the cases with the "
-        "largest gains and losses (cases/), and prints the markdown table. Refuses a prediction whose size, spacing, "
-        "origin or direction differ from its reference.",
+        "a paired comparison of every method with the baseline (mean difference of the per-case Dice with "
+        "seeds and cases both random: crossed t interval, Holm-adjusted verdict, seeds needed; and, for these "
+        "trained models only, the case bootstrap and Wilcoxon p). Writes results.json, table.md, table.csv, "
+        "per_case.csv (every value in long format) and figure.png to OUT_DIR, with --images the pictures of the "
+        "cases with the largest gains and losses (cases/), and prints the markdown table. Refuses a prediction "
+        "whose size, spacing, origin or direction differ from its reference.",
     )
     p.add_argument(
         "-r",
@@ -247,6 +249,14 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "cases with the largest gains and the 3 with the largest losses of the case Dice against the baseline "
         "(image, reference, baseline, method; errors outlined) into OUT_DIR/cases/<method>_vs_<baseline>.png; "
         "every evaluated case needs <case>_0000<file_ending> on its reference's grid (checked first)",
+    )
+    p.add_argument(
+        "--target-difference",
+        type=dice_difference,
+        default=0.01,
+        metavar="D",
+        help="the mean Dice difference (a fraction; default 0.01, one Dice point) for which the verdict "
+        "estimates how many seeds per method would detect it with 80%% power",
     )
     p.set_defaults(func=_evaluate_command)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from nnunet_topkdice.evaluation.results import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     CONVENTIONS,
+    DEFAULT_TARGET_DIFFERENCE,
     comparisons,
     method_result,
     nan_to_none,
@@ -95,12 +97,18 @@ def _validate_options(
     methods: Mapping[str, list[Path]], baseline: str | None, num_processes: int, paper: str | None,
     hd95_missing: str,
     nsd_tolerance: float,
+    target_difference: float = DEFAULT_TARGET_DIFFERENCE,
 ) -> str:
     """Check the options; returns the baseline (default: the first method)."""
     try:
         check_nsd_tolerance(nsd_tolerance)
     except ValueError as e:
         raise InputError(str(e)) from None
+    if isinstance(target_difference, bool) or not isinstance(target_difference, (int, float)) or not (
+        math.isfinite(target_difference) and target_difference > 0
+    ):
+        raise InputError(f"target_difference must be a positive number (a fraction, 0.01 = one Dice point), "
+                         f"got {target_difference!r}")  # fmt: skip
     if paper is not None and paper not in PAPER_TABLES:
         raise InputError(f"paper must be one of {sorted(PAPER_TABLES)}, got {paper!r}")
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
@@ -159,6 +167,7 @@ def _assemble(
     nsd_tolerance: float,
     paper: str | None,
     images_dir: Path | None,
+    target_difference: float = DEFAULT_TARGET_DIFFERENCE,
 ) -> dict:
     class_names = [c["name"] for c in classes]
     repeats: dict[str, list[dict]] = {}
@@ -188,7 +197,7 @@ def _assemble(
         "baseline": baseline,
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
         "runs": runs,
-        "comparisons": comparisons(runs, baseline, cases, class_names),
+        "comparisons": comparisons(runs, baseline, cases, class_names, target_difference=target_difference),
         "paper": _paper_block(paper),
         "case_pictures": _case_pictures_block(images_dir, list(runs), baseline),
     }
@@ -270,6 +279,7 @@ def evaluate_runs(
     hd95_missing: str = "diagonal",
     nsd_tolerance: float = NSD_TOLERANCE_MM,
     images_dir: Path | None = None,
+    target_difference: float = DEFAULT_TARGET_DIFFERENCE,
 ) -> dict:
     """Evaluate prediction folders against reference labels, compare each method with the baseline, and
     write the paper-style outputs.
@@ -293,6 +303,7 @@ def evaluate_runs(
         images_dir: the dataset's ``imagesTs`` or ``imagesTr``: draw the cases with the largest gains and
             losses of every method against the baseline; every evaluated case needs its
             ``<case>_0000<file_ending>`` on its reference's voxel grid (checked before any evaluation).
+        target_difference: the difference (fraction) that ``repeats_needed`` plans for (SPEC 6.4).
     Returns:
         The dict written to ``results.json`` (NaN written as null): ``dataset``, ``reference_dir``,
         ``cases``, ``classes`` (table order: ``name``, ``label``, ``column``), ``metrics``,
@@ -305,12 +316,13 @@ def evaluate_runs(
         InputError: missing folders, an output folder that is a file or not writable (checked before any
         work), no runs, an unknown baseline, different case sets, a dangling link, NaN or infinite voxels, a
         prediction whose size, spacing, origin or direction differs from its reference, label values outside
-        the dataset, labels that do not match ``paper``, bad ``num_processes``, ``hd95_missing`` or
-        ``nsd_tolerance``; with ``images_dir``: the folder missing, a case without its image, an image not on
-        its reference's grid.
+        the dataset, labels that do not match ``paper``, bad ``num_processes``, ``hd95_missing``,
+        ``nsd_tolerance`` or ``target_difference``; with ``images_dir``: the folder missing, a case without its
+        image, an image not on its reference's grid.
     """
     methods = normalise_runs(runs)
-    baseline = _validate_options(methods, baseline, num_processes, paper, hd95_missing, nsd_tolerance)
+    baseline = _validate_options(methods, baseline, num_processes, paper, hd95_missing, nsd_tolerance,
+                                 target_difference)
     check_output_folder(out_dir, "output folder")
     info = resolve_dataset(dataset)
     classes, matched_paper = table_classes(info, paper)
@@ -348,6 +360,7 @@ def evaluate_runs(
         nsd_tolerance=nsd_tolerance,
         paper=paper,
         images_dir=images_dir,
+        target_difference=target_difference,
     )
     write_outputs(results, out_dir, case_images)
     return results

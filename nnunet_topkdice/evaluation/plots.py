@@ -127,12 +127,12 @@ def _draw_means(ax, results: dict, colours: list, reference: dict) -> None:
 
 
 def _draw_differences(ax, results: dict, colours: dict) -> None:
-    """Paired differences with the baseline, percentage points with the 95% bootstrap interval: the case
-    score (mean Dice over classes) first, then each class's Dice."""
+    """Paired differences with the baseline, percentage points with the 95% case-bootstrap interval (for these
+    trained models; exploratory): the case score (mean Dice over classes) first, then each class's Dice."""
     comparisons, classes = results["comparisons"], results["classes"]
     width = 0.8 / len(comparisons)
     for j, comparison in enumerate(comparisons):
-        entries = [comparison, *(comparison["per_class"][c["name"]] for c in classes)]
+        entries = [comparison["these_models"], *(comparison["per_class"][c["name"]] for c in classes)]
         for i, entry in enumerate(entries):
             if entry["mean_difference"] is None:
                 continue
@@ -150,7 +150,53 @@ def _draw_differences(ax, results: dict, colours: dict) -> None:
     ax.axhline(0, color="black", linewidth=0.8)
     _class_axis(ax, classes, extra=("case score\n(all classes)",))
     ax.set_ylabel("difference (percentage points)")
-    ax.set_title(f"Paired Dice difference with the baseline {results['baseline']!r} (mean, 95% bootstrap CI)")
+    ax.set_title(f"Paired Dice difference with the baseline {results['baseline']!r} (mean, 95% case-bootstrap CI "
+                 "for these trained models; exploratory)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _seed_panel_limits(comparisons: list[dict]) -> tuple[float, float]:
+    """y limits (points) that show every repeat's interval; a crossed interval far wider is clipped."""
+    values = [0.0]
+    for c in comparisons:
+        values += [100 * v for interval in c["per_repeat_ci95"] for v in interval]
+        values += [100 * c["mean_difference"]] if c["mean_difference"] is not None else []
+    low, high = min(values), max(values)
+    margin = max(0.5, 0.5 * (high - low))
+    return low - margin, high + margin
+
+
+def _draw_seed_differences(ax, results: dict, colours: dict) -> None:
+    """Each repeat's difference of the case score with its 95% case-bootstrap interval, then the crossed
+    mean and 95% interval (seeds and cases random), per comparison; a crossed interval beyond the panel is
+    clipped and its end written at the edge."""
+    comparisons = [c for c in results["comparisons"] if c["mean_difference"] is not None]
+    n_repeats = max((c["n_paired_repeats"] for c in comparisons), default=1)
+    width = 0.8 / max(1, len(comparisons))
+    bottom, top = _seed_panel_limits(comparisons)
+    for j, c in enumerate(comparisons):
+        offset = -0.4 + width * (j + 0.5)
+        for s, (mean, (low, high)) in enumerate(zip(c["per_repeat_differences"], c["per_repeat_ci95"], strict=True)):
+            mean, low, high = 100 * mean, 100 * low, 100 * high
+            ax.errorbar(s + offset, mean, yerr=[[mean - low], [high - mean]], fmt="o", color=colours[c["method"]],
+                        capsize=3, markersize=5)  # fmt: skip
+        if c["ci95"] is None:
+            continue
+        mean, (low, high) = 100 * c["mean_difference"], (100 * v for v in c["ci95"])
+        x = n_repeats + offset
+        ax.errorbar(x, mean, yerr=[[mean - max(low, bottom)], [min(high, top) - mean]], fmt="D",
+                    color=colours[c["method"]], capsize=4, markersize=7, elinewidth=2.5)  # fmt: skip
+        for end, edge, va in ((low, bottom, "bottom"), (high, top, "top")):
+            if (end < edge) if va == "bottom" else (end > edge):
+                ax.annotate(f"{end:+.1f}", (x, edge), ha="center", va=va, fontsize=7)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylim(bottom, top)
+    labels = [f"repeat {s + 1}" for s in range(n_repeats)] + ["crossed\n(seeds and cases)"]
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_ylabel("difference (percentage points)")
+    ax.set_title("Case-score difference per repeat (95% case-bootstrap CI) and over seeds and cases (95% crossed CI)")
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -170,7 +216,8 @@ def _legend_handles(runs: list[str], colours: list, paper: dict | None) -> list:
 
 def plot_results(results: dict, out_png: Path) -> Path:
     """Per-class Dice per method (box over the cases, dots per case, diamond = mean), the mean metrics and,
-    with two or more methods, the paired differences with the baseline and their 95% intervals.
+    with two or more methods, the paired differences with the baseline and their 95% intervals, and each
+    repeat's difference next to the crossed interval (seeds and cases random).
 
     With the paper's rows in ``results``, its CE + topK-Dice values are drawn as black crosses.
     Classes are ordered by size (:func:`classes_by_size`), so that gains in small structures show at the left.
@@ -185,18 +232,19 @@ def plot_results(results: dict, out_png: Path) -> Path:
     comparisons = results.get("comparisons") or []
 
     fig_width = min(max(9.0, 0.9 * n_classes * max(1, len(runs)) ** 0.5 + 5), 24.0)
-    mosaic = [["classes", "means"]] + ([["differences", "differences"]] if comparisons else [])
+    mosaic = [["classes", "means"]] + ([["differences", "differences"], ["seeds", "seeds"]] if comparisons else [])
     fig, axes = plt.subplot_mosaic(
         mosaic,
-        figsize=(fig_width, 6.0 + (4.0 if comparisons else 0.0)),
+        figsize=(fig_width, 6.0 + (8.0 if comparisons else 0.0)),
         width_ratios=[max(2.0, 0.9 * n_classes), 2.2],
-        height_ratios=[6.0, 4.0] if comparisons else [1.0],
+        height_ratios=[6.0, 4.0, 4.0] if comparisons else [1.0],
         layout="constrained",
     )
     _draw_class_dice(axes["classes"], results, colours, reference)
     _draw_means(axes["means"], results, colours, reference)
     if comparisons:
         _draw_differences(axes["differences"], results, dict(zip(runs, colours, strict=True)))
+        _draw_seed_differences(axes["seeds"], results, dict(zip(runs, colours, strict=True)))
 
     handles = _legend_handles(runs, colours, paper)
     # as many legend columns as fit the width (long run names take about 2.5 inches)

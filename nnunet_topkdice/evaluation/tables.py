@@ -26,6 +26,7 @@ __all__ = [
     "comparison_sentence",
     "comparison_sentences",
     "rank_marks",
+    "repeats_needed_sentence",
     "table_columns",
     "table_rows",
     "to_csv",
@@ -189,36 +190,86 @@ def _points(value: float) -> str:
     return f"{100 * value:+.2f}"
 
 
-def comparison_sentence(comparison: dict) -> str:
-    """One plain sentence for one entry of ``results["comparisons"]``, for example
-    ``A vs B: +1.21 mDice (95% CI -0.34 to +2.60), Wilcoxon p = 0.11 over 12 cases x 3 repeats: not
-    significant at 0.05``. Differences in percentage points of mean Dice, signed, two decimals; p with two
-    significant digits. With fewer than 6 (differing) cases it says that the test cannot reach 0.05."""
-    method, baseline = comparison["method"], comparison["baseline"]
-    n_cases = comparison["n_cases"]
-    head = f"{method} vs {baseline}"
-    if n_cases == 0 or comparison["mean_difference"] is None:
-        return f"{head}: no case has a defined score for both, nothing to compare"
-    low, high = comparison["ci95"]
-    estimate = f"{_points(comparison['mean_difference'])} mDice (95% CI {_points(low)} to {_points(high)})"
-    over = f"over {n_cases} case{'s' if n_cases != 1 else ''}"
-    n_repeats, n_baseline = comparison["n_repeats"], comparison["n_baseline_repeats"]
-    if n_repeats != n_baseline:
-        over += f" x {n_repeats} repeat{'s' if n_repeats != 1 else ''} (baseline: {n_baseline})"
-    elif n_repeats > 1:
-        over += f" x {n_repeats} repeats"
-    p_value = comparison["p_value"]
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _these_models_text(these_models: dict) -> str:
+    """The case-only analysis, labelled as describing these trained models (SPEC 6.2, 6.3)."""
+    if these_models["ci95"] is None:
+        return "for these trained models: no interval"
+    low, high = these_models["ci95"]
+    text = f"for these trained models: 95% CI {_points(low)} to {_points(high)}"
+    p_value, n_cases = these_models["p_value"], these_models["n_cases"]
     if p_value is None:
-        return f"{head}: {estimate}, Wilcoxon p undefined {over}: every case scores the same for both"
-    test = f"Wilcoxon {_p_text(p_value)} {over}"
-    n_nonzero = comparison.get("n_nonzero_differences", n_cases)
+        return f"{text}, Wilcoxon p undefined (every case scores the same for both)"
+    text += f", Wilcoxon {_p_text(p_value)}"
+    n_nonzero = these_models.get("n_nonzero_differences", n_cases)
     if n_cases < MIN_CASES_FOR_005:
-        verdict = "too few cases for the Wilcoxon test to reach 0.05"
+        text += f" (fewer than {MIN_CASES_FOR_005} cases: its Wilcoxon test cannot reach 0.05)"
     elif n_nonzero < MIN_CASES_FOR_005:
-        verdict = f"only {n_nonzero} differ, too few for the Wilcoxon test to reach 0.05"
+        text += f" (only {n_nonzero} cases differ: its Wilcoxon test cannot reach 0.05)"
+    return text
+
+
+def _crossed_text(comparison: dict) -> str:
+    """The crossed interval, p and (for 3 or more repeats) Holm p; or why there is none."""
+    if comparison["ci95"] is None:
+        return "crossed interval undefined (no variability or fewer than 2 cases)"
+    low, high = comparison["ci95"]
+    text = (f"crossed 95% CI {_points(low)} to {_points(high)} (seeds and cases random, df "
+            f"{comparison['df']:.1f}), {_p_text(comparison['p_value'])}")  # fmt: skip
+    if comparison["n_paired_repeats"] >= 3 and comparison["p_holm"] is not None:
+        text += f", Holm {_p_text(comparison['p_holm'])}"
+    return text
+
+
+VERDICT_WORDS = {
+    "exploratory": "exploratory: two seeds cannot separate the loss from seed variability",
+    "better": "better, significant at 0.05 (Holm)",
+    "worse": "worse, significant at 0.05 (Holm)",
+    "inconclusive": "inconclusive at 0.05 (Holm)",
+}
+
+
+def comparison_sentence(comparison: dict) -> str:
+    """One plain sentence for one entry of ``results["comparisons"]`` (SPEC 6.3), for example
+    ``A vs B: +4.00 mDice over 12 cases x 2 repeats (per seed: +10.00, -2.00; 1 of 2 better); for these
+    trained models: 95% CI +3.66 to +4.35, Wilcoxon p < 0.001; crossed 95% CI -71.91 to +79.92 (seeds and
+    cases random, df 1.0), p = 0.62: exploratory: two seeds cannot separate the loss from seed
+    variability``. Differences in percentage points of mean Dice, signed, two decimals; p to two
+    digits (``p < 0.001`` below). Only ``better``/``worse`` (3 or more repeats, Holm p < 0.05) say "significant"."""
+    head = f"{comparison['method']} vs {comparison['baseline']}"
+    mean, n_cases, kind = comparison["mean_difference"], comparison["n_cases"], comparison["verdict"]
+    if kind == "undefined" or mean is None:
+        return f"{head}: undefined: no case has a defined score for both in every paired repeat, nothing to compare"
+    these_models = _these_models_text(comparison["these_models"])
+    if kind == "one repeat":
+        return (f"{head}: {_points(mean)} mDice over {_plural(n_cases, 'case')}, one repeat: it describes one "
+                "trained model per method, not the loss (3 or more seeds can judge the loss); "
+                f"{these_models}")  # fmt: skip
+    per_seed = ", ".join(_points(d) for d in comparison["per_repeat_differences"])
+    n_repeats = comparison["n_paired_repeats"]
+    over = (f"over {_plural(n_cases, 'case')} x {n_repeats} repeats (per seed: {per_seed}; "
+            f"{comparison['repeats_better']} of {n_repeats} better)")  # fmt: skip
+    return f"{head}: {_points(mean)} mDice {over}; {these_models}; {_crossed_text(comparison)}: {VERDICT_WORDS[kind]}"
+
+
+def repeats_needed_sentence(comparison: dict) -> str | None:
+    """The line printed after the verdict (SPEC 6.4): how many seeds per method would detect the target
+    difference with 80% power; None without an estimate (one repeat, fewer than 2 cases)."""
+    needed = comparison.get("repeats_needed")
+    if needed is None:
+        return None
+    target = f"{100 * needed['target_difference']:.2f} Dice points"
+    power = f"{needed['power']:.0%} power"
+    if needed["n"] is not None:
+        text = f"Seeds needed: about {needed['n']} per method to detect {target} with {power}."
     else:
-        verdict = "significant at 0.05" if p_value < 0.05 else "not significant at 0.05"
-    return f"{head}: {estimate}, {test}: {verdict}"
+        text = f"Seeds needed: no number up to 100 detects {target} with {power}: {needed['reason']}."
+    if comparison["n_paired_repeats"] == 2:
+        text += " With 2 seeds this estimate rests on one degree of freedom: a rough guide only."
+    return text
 
 
 def comparison_sentences(results: dict) -> list[str]:
@@ -272,17 +323,25 @@ def _notes(results: dict) -> list[str]:
 
 
 def _comparison_block(results: dict) -> list[str]:
-    sentences = comparison_sentences(results)
-    if not sentences:
+    comparisons = results.get("comparisons", [])
+    if not comparisons:
         return []
     lines = [
-        f"Paired comparison with the baseline {results['baseline']!r} (case score: mean Dice over the "
-        "classes, averaged over repeats; difference in percentage points; 95% percentile-bootstrap interval "
-        "over cases; two-sided Wilcoxon signed-rank test):",
+        f"Paired comparison with the baseline {results['baseline']!r} (case score: mean Dice over the classes "
+        "per repeat; differences in percentage points; repeat i paired with repeat i of the baseline; the "
+        "crossed 95% t interval treats seeds and cases as random (two-way random effects, Satterthwaite df), "
+        f"p Holm-adjusted over the {_plural(len(comparisons), 'comparison')}; 'for these trained models': "
+        "case bootstrap and Wilcoxon signed-rank test of the repeat-averaged differences, which describe "
+        "these models only):",
         "",
     ]
-    for sentence in sentences:
-        lines += [_escape(sentence), ""]
+    for comparison in comparisons:
+        lines.append(_escape(comparison_sentence(comparison)))
+        needed = repeats_needed_sentence(comparison)
+        if needed:
+            lines.append(_escape(needed))
+        lines += [_escape(f"Note: {note}.") for note in comparison.get("notes", [])]
+        lines.append("")
     return lines
 
 
