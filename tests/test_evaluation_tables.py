@@ -13,22 +13,36 @@ from nnunet_topkdice.evaluation.tables import (
     comparison_sentence,
     comparison_sentences,
     rank_marks,
+    repeats_needed_sentence,
 )
 
 
 def _comparison(**changes) -> dict:
+    """An entry of results["comparisons"] with 3 paired repeats (values as evaluate writes them)."""
     entry = {
         "method": "CE + topK-Dice",
         "baseline": "CE + Dice",
-        "n_cases": 12,
-        "n_nonzero_differences": 12,
         "n_repeats": 3,
         "n_baseline_repeats": 3,
+        "n_paired_repeats": 3,
+        "n_cases": 12,
         "mean_difference": 0.0121,
+        "per_repeat_differences": [0.02, 0.0063, 0.01],
+        "repeats_better": 3,
         "ci95": [-0.0034, 0.026],
+        "df": 2.4,
         "p_value": 0.1123,
+        "p_holm": 0.2246,
+        "verdict": "inconclusive",
+        "these_models": {"ci95": [0.004, 0.02], "p_value": 0.0049, "n_cases": 12, "n_nonzero_differences": 12},
+        "repeats_needed": {"target_difference": 0.01, "power": 0.8, "n": 7, "reason": "..."},
+        "notes": [],
     }
     return {**entry, **changes}
+
+
+HEAD = "CE + topK-Dice vs CE + Dice: "
+THESE = "for these trained models: 95% CI +0.40 to +2.00, Wilcoxon p = 0.0049"
 
 
 @pytest.mark.parametrize(
@@ -36,46 +50,101 @@ def _comparison(**changes) -> dict:
     [
         (
             {},
-            "CE + topK-Dice vs CE + Dice: +1.21 mDice (95% CI -0.34 to +2.60), Wilcoxon p = 0.11 over 12 cases "
-            "x 3 repeats: not significant at 0.05",
+            HEAD + "+1.21 mDice over 12 cases x 3 repeats (per seed: +2.00, +0.63, +1.00; 3 of 3 better); " + THESE
+            + "; crossed 95% CI -0.34 to +2.60 (seeds and cases random, df 2.4), p = 0.11, Holm p = 0.22: "
+            "inconclusive at 0.05 (Holm)",
         ),
         (
-            {"p_value": 0.0049, "n_repeats": 1, "n_baseline_repeats": 1, "ci95": [0.004, 0.02]},
-            "CE + topK-Dice vs CE + Dice: +1.21 mDice (95% CI +0.40 to +2.00), Wilcoxon p = 0.0049 over 12 "
-            "cases: significant at 0.05",
-        ),
-        ({"p_value": 0.00002}, "Wilcoxon p < 0.001 over 12 cases x 3 repeats: significant at 0.05"),
-        ({"p_value": 1.0}, "Wilcoxon p = 1.0 over"),
-        (
-            {"n_cases": 4, "n_nonzero_differences": 4, "p_value": 0.125, "n_repeats": 1, "n_baseline_repeats": 1},
-            "Wilcoxon p = 0.12 over 4 cases: too few cases for the Wilcoxon test to reach 0.05",
+            {"p_value": 0.0021, "p_holm": 0.0042, "ci95": [0.004, 0.02], "verdict": "better"},
+            HEAD + "+1.21 mDice over 12 cases x 3 repeats (per seed: +2.00, +0.63, +1.00; 3 of 3 better); " + THESE
+            + "; crossed 95% CI +0.40 to +2.00 (seeds and cases random, df 2.4), p = 0.0021, Holm p = 0.0042: "
+            "better, significant at 0.05 (Holm)",
         ),
         (
-            {"n_nonzero_differences": 3, "p_value": 0.25},
-            "Wilcoxon p = 0.25 over 12 cases x 3 repeats: only 3 differ, too few for the Wilcoxon test to "
-            "reach 0.05",
+            {"mean_difference": -0.0121, "per_repeat_differences": [-0.02, -0.0063, -0.01], "repeats_better": 0,
+             "ci95": [-0.02, -0.004], "p_value": 0.00002, "p_holm": 0.00004, "verdict": "worse"},
+            "(per seed: -2.00, -0.63, -1.00; 0 of 3 better); " + THESE + "; crossed 95% CI -2.00 to -0.40 (seeds "
+            "and cases random, df 2.4), p < 0.001, Holm p < 0.001: worse, significant at 0.05 (Holm)",
         ),
         (
-            {"mean_difference": 0.0, "ci95": [0.0, 0.0], "p_value": None, "n_nonzero_differences": 0},
-            "CE + topK-Dice vs CE + Dice: +0.00 mDice (95% CI +0.00 to +0.00), Wilcoxon p undefined over 12 "
-            "cases x 3 repeats: every case scores the same for both",
+            {"n_paired_repeats": 2, "n_repeats": 2, "n_baseline_repeats": 2, "mean_difference": 0.04,
+             "per_repeat_differences": [0.10, -0.02], "repeats_better": 1, "ci95": [-0.7191, 0.7992], "df": 1.0,
+             "p_value": 0.62, "p_holm": 0.62, "verdict": "exploratory"},
+            HEAD + "+4.00 mDice over 12 cases x 2 repeats (per seed: +10.00, -2.00; 1 of 2 better); " + THESE
+            + "; crossed 95% CI -71.91 to +79.92 (seeds and cases random, df 1.0), p = 0.62: exploratory: two "
+            "seeds cannot separate the loss from seed variability",
         ),
         (
-            {"n_repeats": 2, "n_baseline_repeats": 1},
-            "over 12 cases x 2 repeats (baseline: 1): not significant",
+            {"n_paired_repeats": 1, "n_repeats": 1, "n_baseline_repeats": 1, "per_repeat_differences": [0.0121],
+             "repeats_better": 1, "ci95": None, "df": None, "p_value": None, "p_holm": None,
+             "verdict": "one repeat", "repeats_needed": None},
+            HEAD + "+1.21 mDice over 12 cases, one repeat: it describes one trained model per method, not the loss "
+            "(3 or more seeds can judge the loss); " + THESE,
         ),
         (
-            {"n_cases": 0, "mean_difference": None, "ci95": None, "p_value": None},
-            "CE + topK-Dice vs CE + Dice: no case has a defined score for both, nothing to compare",
+            {"n_cases": 0, "mean_difference": None, "ci95": None, "p_value": None, "verdict": "undefined"},
+            HEAD + "undefined: no case has a defined score for both in every paired repeat, nothing to compare",
+        ),
+        (
+            {"n_cases": 4, "these_models": {"ci95": [0.004, 0.02], "p_value": 0.125, "n_cases": 4,
+                                            "n_nonzero_differences": 4}},
+            "for these trained models: 95% CI +0.40 to +2.00, Wilcoxon p = 0.12 (fewer than 6 cases: its "
+            "Wilcoxon test cannot reach 0.05); crossed",
+        ),
+        (
+            {"these_models": {"ci95": [0.004, 0.02], "p_value": 0.25, "n_cases": 12, "n_nonzero_differences": 3}},
+            "Wilcoxon p = 0.25 (only 3 cases differ: its Wilcoxon test cannot reach 0.05); crossed",
+        ),
+        (
+            {"these_models": {"ci95": [0.0, 0.0], "p_value": None, "n_cases": 12, "n_nonzero_differences": 0}},
+            "for these trained models: 95% CI +0.00 to +0.00, Wilcoxon p undefined (every case scores the same "
+            "for both); crossed",
+        ),
+        (
+            {"ci95": None, "df": None, "p_value": None, "p_holm": None},
+            "crossed interval undefined (no variability or fewer than 2 cases): inconclusive at 0.05 (Holm)",
         ),
     ],
-    ids=["issue-example", "significant", "tiny-p", "p-one", "few-cases", "few-differ", "all-zero",
-         "unequal-repeats", "no-pairs"],
+    ids=["inconclusive", "better", "worse", "exploratory", "one-repeat", "undefined", "few-cases", "few-differ",
+         "all-zero", "no-variability"],
 )
 def test_comparison_sentence(changes: dict, expected: str) -> None:
     sentence = comparison_sentence(_comparison(**changes))
     assert expected in sentence
-    assert sentence.startswith("CE + topK-Dice vs CE + Dice: ")
+    assert sentence.startswith(HEAD)
+    if _comparison(**changes)["verdict"] not in ("better", "worse"):
+        assert "significant" not in sentence
+
+
+def test_two_repeats_never_say_significant_even_with_tiny_p_values() -> None:
+    sentence = comparison_sentence(_comparison(n_paired_repeats=2, p_value=1e-6, p_holm=1e-6, verdict="exploratory",
+                                               these_models={"ci95": [0.01, 0.02], "p_value": 1e-4, "n_cases": 12,
+                                                             "n_nonzero_differences": 12}))  # fmt: skip
+    assert "significant" not in sentence and "Holm" not in sentence
+    assert sentence.endswith("exploratory: two seeds cannot separate the loss from seed variability")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, "Seeds needed: about 7 per method to detect 1.00 Dice points with 80% power."),
+        (
+            {"n_paired_repeats": 2, "repeats_needed": {"target_difference": 0.02, "power": 0.8, "n": 4, "reason": ""}},
+            "Seeds needed: about 4 per method to detect 2.00 Dice points with 80% power. With 2 seeds this "
+            "estimate rests on one degree of freedom: a rough guide only.",
+        ),
+        (
+            {"repeats_needed": {"target_difference": 0.01, "power": 0.8, "n": None,
+                                "reason": "more cases, not seeds, are needed: ..."}},
+            "Seeds needed: no number up to 100 detects 1.00 Dice points with 80% power: more cases, not seeds, are "
+            "needed: ....",
+        ),
+        ({"repeats_needed": None}, None),
+    ],
+    ids=["n", "two-seeds", "more-cases", "one-repeat"],
+)
+def test_repeats_needed_sentence(changes: dict, expected: str | None) -> None:
+    assert repeats_needed_sentence(_comparison(**changes)) == expected
 
 
 def test_comparison_sentences_in_order() -> None:

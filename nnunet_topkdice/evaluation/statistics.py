@@ -354,8 +354,8 @@ def crossed_comparison(differences: np.ndarray) -> Crossed:
         return base
     ms = _mean_squares(table)
     variance, df, rule = _variance_of_mean(ms, n_repeats, n_cases)
-    if not variance > 0 or math.isnan(df):
-        return replace(base, mean_squares=ms, variance=max(variance, 0.0), variance_rule=rule)
+    if np.all(table == table[0, 0]) or not variance > 0 or math.isnan(df):  # every difference the same
+        return replace(base, mean_squares=ms, variance=0.0, variance_rule=rule)
     half_width = float(stats.t.ppf(0.975, df)) * math.sqrt(variance)
     p_value = float(2 * stats.t.sf(abs(mean) / math.sqrt(variance), df))
     return replace(
