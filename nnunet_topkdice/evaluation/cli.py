@@ -1,4 +1,4 @@
-"""``topkdice evaluate`` and ``topkdice show-ignore-map``."""
+"""``topkdice evaluate``, ``topkdice summary`` and ``topkdice show-ignore-map``."""
 
 from __future__ import annotations
 
@@ -370,7 +370,50 @@ def _add_show_ignore_map_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_show_ignore_map_command)
 
 
+def _summary_command(args: argparse.Namespace) -> int:
+    from nnunet_topkdice.evaluation.summary import (
+        CriticalDifferenceUnavailable,
+        find_results,
+        load_evaluations,
+        summarise,
+        to_markdown,
+        write_summary,
+    )
+
+    summary = summarise(load_evaluations(find_results(args.results)))
+    print(to_markdown(summary), end="")
+    try:
+        written = write_summary(summary, args.output)
+    except CriticalDifferenceUnavailable as e:
+        print(f"topkdice summary: {e}; the tables are written without it", file=sys.stderr)
+        written = [args.output / name for name in ("summary.md", "summary.csv", "summary.json")]
+    print(f"wrote {', '.join(p.name for p in written)} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_summary_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "summary",
+        help="one table of several evaluations (datasets x comparisons), Holm over all, tests across datasets",
+        description="Read several results.json of topkdice evaluate (for example the runs of topkdice "
+        "reproduce on each dataset) and print one table: dataset x comparison with the difference, the crossed "
+        "95%% interval and the verdict, Holm-adjusted over all rows. With 5 or more datasets also a Wilcoxon "
+        "test of each comparison's per-dataset differences; with 3 or more methods Friedman's test of their "
+        "mean Dice and a critical-difference diagram (needs scikit-posthocs: pip install "
+        "'nnunet-topkdice[stats]'). Writes summary.md, summary.csv, summary.json and critical_difference.png "
+        "to OUT_DIR.",
+    )
+    p.add_argument(
+        "results", nargs="+", type=Path, metavar="RESULTS_OR_WORKDIR",
+        help="a results.json, an evaluation folder, or a compare/reproduce work directory (searched for "
+        "results.json)",
+    )  # fmt: skip
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT_DIR", help="output folder (created)")
+    p.set_defaults(func=_summary_command)
+
+
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``evaluate`` and ``show-ignore-map`` on the ``topkdice`` parser."""
+    """Register ``evaluate``, ``summary`` and ``show-ignore-map`` on the ``topkdice`` parser."""
     _add_evaluate_parser(subparsers)
+    _add_summary_parser(subparsers)
     _add_show_ignore_map_parser(subparsers)
