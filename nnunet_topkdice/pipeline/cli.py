@@ -6,11 +6,13 @@ import argparse
 import dataclasses
 import os
 import shlex
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnunet_topkdice.argtypes import dataset_id, non_negative_int, positive_int
+from nnunet_topkdice.argtypes import dataset_id, dice_difference, non_negative_int, positive_int
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS
 
@@ -18,6 +20,7 @@ FOLD_CHOICES = ("all", "0", "1", "2", "3", "4")
 DEVICE_CHOICES = ("cuda", "cpu", "mps")
 SCHEDULE_CHOICES = ("nnunet", "paper")
 DEFAULT_NUM_PROCESSES = max(1, min(8, os.cpu_count() or 1))
+MIN_SEEDS_FOR_A_VERDICT = 3  # SPEC 6.3: fewer repeats give "one repeat" or "exploratory"
 
 
 def _gpu_list(text: str) -> tuple[str, ...]:
@@ -160,6 +163,17 @@ def _raw_dataset(dataset: str, workdir: Path | None) -> tuple[int, Path]:
     return dataset_number, raw
 
 
+def warn_few_seeds(prog: str, seeds: Sequence[int]) -> None:
+    """On stderr: fewer than 3 seeds cannot give a verdict about the loss (SPEC 6.3)."""
+    if len(seeds) >= MIN_SEEDS_FOR_A_VERDICT:
+        return
+    what = ("one trained model per method: the verdict describes these models, not the loss" if len(seeds) == 1
+            else "two seeds cannot separate the loss from seed variability: the verdict is exploratory")
+    print(f"topkdice {prog}: warning: {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({what}); give "
+          f"--seeds with {MIN_SEEDS_FOR_A_VERDICT} or more (e.g. --seeds 0 1 2) for a verdict",
+          file=sys.stderr)  # fmt: skip
+
+
 def _compare_command(args: argparse.Namespace) -> int:
     from nnunet_topkdice.pipeline.compare import CompareConfig
     from nnunet_topkdice.pipeline.prechecks import check_distinct_trainers
@@ -190,8 +204,10 @@ def _compare_command(args: argparse.Namespace) -> int:
         device=device,
         num_processes=args.num_processes,
         num_gpus=args.num_gpus,
+        target_difference=args.target_difference,
         train_env=_train_env(args, device),
     )
+    warn_few_seeds("compare", config.seeds)
     return run_session(config, _invocation("compare", args))
 
 
@@ -228,9 +244,11 @@ def _reproduce_command(args: argparse.Namespace) -> int:
         device=device,
         num_processes=args.num_processes,
         num_gpus=args.num_gpus,
+        target_difference=args.target_difference,
         train_env=_train_env(args, device),
     )
     check_source(args.input, config)
+    warn_few_seeds("reproduce", config.seeds)
     return run_session(config, _invocation("reproduce", args), before=[convert_step(args.dataset, args.input, config)])
 
 
@@ -300,6 +318,14 @@ def _add_run_options(
     p.add("--verbose", action="store_true", help="also show the full output of every command")
 
 
+def _target_difference_option(p: _Options) -> None:
+    p.add(
+        "--target-difference", type=dice_difference, default=None, metavar="D",
+        help="passed to topkdice evaluate: the mean Dice difference (a fraction) for which the verdict estimates "
+        "how many seeds would detect it (default there: 0.01, one Dice point)",
+    )  # fmt: skip
+
+
 def _workdir_option(p: _Options, default: str) -> None:
     p.add(
         "-w", "--workdir", type=Path, default=None, metavar="DIR",
@@ -345,6 +371,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="nnU-Net plans identifier, e.g. nnUNetResEncUNetMPlans (default: nnUNetPlans)")  # fmt: skip
     _workdir_option(p, "./topkdice_compare/DATASET__CONFIGURATION")
     _add_run_options(p, default_np=DEFAULT_NUM_PROCESSES, default_seeds=[0])
+    _target_difference_option(p)
     p.finish(func=_compare_command)
 
     p = subparsers.add_parser(
@@ -377,6 +404,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="nnunet: nnU-Net's 1000 epochs of SGD (default); paper: 300 epochs of Adam")  # fmt: skip
     _workdir_option(p, "./topkdice_DATASET")
     _add_run_options(p, default_np=DEFAULT_NUM_PROCESSES, default_seeds=[0])
+    _target_difference_option(p)
     p.finish(func=_reproduce_command)
 
     from nnunet_topkdice.pipeline.demo import DEMO_SEEDS

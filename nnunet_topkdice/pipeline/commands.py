@@ -123,12 +123,14 @@ def evaluate_command(
     paper: str | None = None,
     num_processes: int = 1,
     images_dir: Path | None = None,
+    target_difference: float | None = None,
 ) -> list[str]:
     """``topkdice evaluate -r LABELS -pred NAME=PRED [NAME=PRED ...] [--baseline NAME] -d ID -o OUT -np N [--paper X]
-    [--images IMAGES]``.
+    [--images IMAGES] [--target-difference D]``.
 
     ``runs`` keeps its order; a name given several times is one method over several repeats (seeds).
     ``images_dir`` (imagesTs or imagesTr) makes ``evaluate`` draw the cases that decide each comparison.
+    ``target_difference`` None leaves evaluate's default.
     """
     argv = ["topkdice", "evaluate", "-r", str(labels_dir), "-pred"]
     argv += [f"{name}={predictions}" for name, predictions in runs]
@@ -139,4 +141,6 @@ def evaluate_command(
         argv += ["--paper", paper]
     if images_dir is not None:
         argv += ["--images", str(images_dir)]
+    if target_difference is not None:
+        argv += ["--target-difference", repr(float(target_difference))]
     return argv

@@ -266,6 +266,7 @@ def evaluation_step(plan: ComparePlan) -> Step:
         reference_dir(plan), runs, config.dataset_id, plan.evaluation_dir,
         baseline=config.baseline_name if len(config.trainers) > 1 else None,
         paper=config.paper, num_processes=config.num_processes, images_dir=images_dir(config),
+        target_difference=config.target_difference,
     )  # fmt: skip
 
     def stamp() -> dict:

@@ -40,6 +40,7 @@ class CompareConfig:
             ``splits_final.json``, else nnU-Net's 5. Test set: default ``("all",)``; several folds are
             ensembled by nnU-Net's predictor (``topkdice predict``).
         test_set: evaluate ``imagesTs`` against ``labelsTs`` instead of the cross-validation.
+        target_difference: passed to ``topkdice evaluate --target-difference`` (None: its default).
         train_env: variables for the trainings only, shown in front of their commands.
         extra_env: variables for every command.
     """
@@ -59,6 +60,7 @@ class CompareConfig:
     num_processes: int = 1
     num_gpus: int = 1
     paper: str | None = None
+    target_difference: float | None = None
     train_env: Mapping[str, str] = field(default_factory=dict)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 

@@ -110,6 +110,7 @@ def reproduce_config(
     num_processes: int = 1,
     num_gpus: int = 1,
     paper: str | None = "",
+    target_difference: float | None = None,
     train_env: dict[str, str] | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> CompareConfig:
@@ -133,6 +134,7 @@ def reproduce_config(
         num_processes=num_processes,
         num_gpus=num_gpus,
         paper=dataset if paper == "" else paper,
+        target_difference=target_difference,
         train_env=train_env or {},
         extra_env=extra_env or {},
     )
