@@ -368,3 +368,27 @@ def test_repeats_needed_says_more_cases_when_the_case_variance_dominates() -> No
 def test_errors(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_seed_panel_draws_each_repeat_and_the_crossed_interval() -> None:
+    import matplotlib.pyplot as plt
+
+    from nnunet_topkdice.evaluation.plots import _draw_seed_differences
+
+    two_seeds = _entry(_table([0.10, -0.02]))  # crossed interval far wider than the repeats': clipped
+    one_seed = {**_entry(_table([0.03])), "method": "other"}
+    results = {"comparisons": [two_seeds, one_seed]}
+    fig, ax = plt.subplots()
+    _draw_seed_differences(ax, results, {"new": "tab:orange", "other": "tab:blue"})
+    markers = [container.lines[0].get_data() for container in ax.containers]
+    # two repeats and the crossed mean of the first comparison, one repeat (no crossed numbers) of the second
+    assert len(markers) == 4
+    ys = [float(y[0]) for _, y in markers]
+    expected = [100 * d for d in two_seeds["per_repeat_differences"]] + [100 * two_seeds["mean_difference"]]
+    assert ys == pytest.approx(expected + [100 * one_seed["per_repeat_differences"][0]])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["repeat 1", "repeat 2", "crossed\n(seeds and cases)"]
+    low, high = (100 * v for v in two_seeds["ci95"])
+    assert sorted(t.get_text() for t in ax.texts) == sorted([f"{low:+.1f}", f"{high:+.1f}"])  # the clipped ends
+    bottom, top = ax.get_ylim()
+    assert low < bottom and top < high
+    plt.close(fig)
