@@ -252,7 +252,14 @@ def test_no_variability_gives_no_interval() -> None:
     assert crossed.variance == 0 and (crossed.df, crossed.ci95, crossed.p_value) == (None, None, None)
     entry = _entry(np.full((3, 4), 0.02))
     assert entry["verdict"] == "inconclusive"
-    assert "every paired difference is the same: no variability, no interval or p value" in entry["notes"]
+    note = ("the estimated variance of the mean difference is 0 (every repeat mean and every case mean the same): "
+            "no interval or p value")
+    assert note in entry["notes"]
+    # the floor rule with a variance of 0: repeat and case means all equal, only the interaction varies
+    checkerboard = 0.02 + 0.01 * np.array([[1.0, -1.0], [-1.0, 1.0]])
+    crossed = crossed_comparison(checkerboard)
+    assert crossed.variance_rule == "floor (repeats)" and crossed.variance == 0 and crossed.p_value is None
+    assert _entry(checkerboard)["notes"] == [note]
 
 
 def _holm_by_hand(p_values: list[float]) -> list[float]:

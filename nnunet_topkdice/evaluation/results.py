@@ -239,12 +239,13 @@ def _notes(
     if dropped:
         notes.append(f"{len(dropped)} case{'s' if len(dropped) != 1 else ''} dropped (no defined case score in "
                      f"some paired repeat): {', '.join(dropped)}")  # fmt: skip
-    if crossed.variance_rule and crossed.variance_rule.startswith("floor"):
+    if crossed.variance_rule and crossed.df is None:
+        notes.append("the estimated variance of the mean difference is 0 (every repeat mean and every case mean "
+                     "the same): no interval or p value")  # fmt: skip
+    elif crossed.variance_rule and crossed.variance_rule.startswith("floor"):
         which = "MS_S" if crossed.variance_rule == "floor (repeats)" else "MS_C"
         notes.append(f"floor rule: MS_S + MS_C - MS_E < max(MS_S, MS_C), so V = {which} / (S C) with "
                      f"df = {crossed.df:g}")  # fmt: skip
-    if crossed.variance_rule and crossed.df is None:
-        notes.append("every paired difference is the same: no variability, no interval or p value")
     return notes
 
 

@@ -103,7 +103,7 @@ def load_evaluations(paths: Sequence[Path]) -> list[tuple[str, dict]]:
         InputError: a file that is not a current ``results.json`` of ``topkdice evaluate``.
     """
     loaded = [(path, _load(path)) for path in paths]
-    names = [r["dataset"].get("name") or path.parent.name for path, r in loaded]
+    names = [(r.get("dataset") or {}).get("name") or path.parent.name for path, r in loaded]
     return [
         (name if names.count(name) == 1 else f"{name} ({path.parent})", results)
         for name, (path, results) in zip(names, loaded, strict=True)
