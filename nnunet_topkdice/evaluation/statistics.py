@@ -318,7 +318,7 @@ def crossed_comparison(differences: np.ndarray) -> Crossed:
     Returns:
         :class:`Crossed`: mean, per-repeat means, the two-way random-effects mean squares, ``V``,
         Satterthwaite df (or the floor rule), t interval and p (scipy's t); those last ones None where
-        S < 2 or C < 2, and df, ci95, p None where ``V`` is 0 (every difference the same).
+        S < 2 or C < 2, and df, ci95, p None where ``V`` is 0 (all repeat means and case means equal).
     Raises:
         ValueError: ``differences`` is not 2-D or has no repeat.
     """
