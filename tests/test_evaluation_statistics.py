@@ -11,10 +11,10 @@ from scipy import stats
 from nnunet_topkdice.evaluation.statistics import (
     MIN_CASES_FOR_005,
     bootstrap_ci95,
+    case_scores,
     nanmean,
     paired_comparison,
     per_case_class_means,
-    repeat_case_scores,
     wilcoxon_p,
 )
 
@@ -108,13 +108,13 @@ def test_wilcoxon_p_undefined() -> None:
     assert wilcoxon_p(np.array([0.0, 0.0, 0.1])) == pytest.approx(stats.wilcoxon([0.0, 0.0, 0.1]).pvalue)
 
 
-def test_repeat_case_scores_leave_undefined_classes_out() -> None:
+def test_case_scores_single_repeat_and_undefined_classes() -> None:
     # (1 repeat, 3 cases, 2 classes): case 1 has one undefined class, case 2 none defined
     dice = np.array([[[0.8, 0.6], [0.9, NAN], [NAN, NAN]]])
-    np.testing.assert_allclose(repeat_case_scores(dice), [[0.7, 0.9, NAN]])
+    np.testing.assert_allclose(case_scores(dice), [0.7, 0.9, NAN])
 
 
-def test_repeat_case_scores_keep_the_repeats_apart() -> None:
+def test_case_scores_average_the_repeats_where_defined() -> None:
     # (2 repeats, 2 cases, 2 classes); case 1 is undefined in repeat 2 (nothing in reference or prediction)
     dice = np.array(
         [
@@ -122,7 +122,7 @@ def test_repeat_case_scores_keep_the_repeats_apart() -> None:
             [[1.0, 0.8], [NAN, NAN]],
         ]
     )
-    np.testing.assert_allclose(repeat_case_scores(dice), [[0.7, 0.4], [0.9, NAN]])
+    np.testing.assert_allclose(case_scores(dice), [(0.7 + 0.9) / 2, 0.4])
     np.testing.assert_allclose(per_case_class_means(dice), [[0.9, 0.7], [0.4, NAN]])
 
 
@@ -139,7 +139,7 @@ def test_nanmean_without_values_is_nan_without_warning() -> None:
         (lambda: paired_comparison(np.zeros(3), np.zeros(3), n_boot=0), "n_boot must be a positive integer"),
         (lambda: bootstrap_ci95(np.array([])), "non-empty 1-D array without NaN"),
         (lambda: bootstrap_ci95(np.array([0.1, NAN])), "non-empty 1-D array without NaN"),
-        (lambda: repeat_case_scores(np.zeros((2, 2))), r"shape \(n_repeats, n_cases, n_classes\)"),
+        (lambda: case_scores(np.zeros((2, 2))), r"shape \(n_repeats, n_cases, n_classes\)"),
     ],
     ids=["lengths", "2d", "n-boot", "empty", "nan", "case-scores-2d"],
 )

@@ -38,6 +38,7 @@ __all__ = [
     "MeanSquares",
     "RepeatsNeeded",
     "bootstrap_ci95",
+    "case_scores",
     "crossed_comparison",
     "defined_cases",
     "difference_comparison",
@@ -94,6 +95,21 @@ def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
     total = np.where(defined, values, 0.0).sum(axis=axis)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def case_scores(dice: np.ndarray) -> np.ndarray:
+    """A method's score per case: the mean over classes (where defined), then over repeats (where defined).
+
+    Shape:
+        dice: (n_repeats, n_cases, n_classes) float, NaN where a class's Dice is undefined in a case.
+        returns: (n_cases,) float64, NaN where no repeat has a defined class in that case.
+    Raises:
+        ValueError: ``dice`` is not 3-D.
+    """
+    dice = np.asarray(dice, dtype=np.float64)
+    if dice.ndim != 3:
+        raise ValueError(f"dice must have shape (n_repeats, n_cases, n_classes), got {dice.shape}")
+    return nanmean(nanmean(dice, axis=2), axis=0)
 
 
 def per_case_class_means(dice: np.ndarray) -> np.ndarray:
