@@ -69,7 +69,9 @@ def test_reproduce_warns_with_its_default_of_one_seed(
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "topkdice reproduce: warning: 1 seed (" in err
-    assert out.splitlines()[-1].endswith("--paper acdc --target-difference 0.005")
+    evaluate = out.splitlines()[-1]
+    assert "topkdice evaluate" in evaluate and " --paper acdc " in evaluate
+    assert evaluate.endswith(" --target-difference 0.005")
 
 
 def test_evaluate_command_with_target_difference_parses_back() -> None:
