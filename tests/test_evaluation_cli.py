@@ -217,7 +217,7 @@ def test_repeated_name_is_one_method_and_baseline_is_chosen(acdc_like: dict) -> 
 
 @pytest.mark.parametrize("value", ["0", "-0.01", "1.5", "one"])
 def test_bad_target_difference_exits_2(acdc_like: dict, value: str, capsys: pytest.CaptureFixture) -> None:
-    argv = ["evaluate", "-r", str(acdc_like["labels"]), "-p", f"A={acdc_like['runs']['A']}", "-d", "x.json"]
+    argv = ["evaluate", "-r", str(acdc_like["labels"]), "-pred", f"A={acdc_like['runs']['A']}", "-d", "x.json"]
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "-o", "o", "--target-difference", value])
     assert exit_info.value.code == 2

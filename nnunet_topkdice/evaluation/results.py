@@ -69,7 +69,7 @@ CONVENTIONS = {
     "ignore_label": "reference voxels with dataset.json's ignore label are left out of every metric",
     "units": "Dice, IoU, Precision, Recall, NSD are fractions in [0, 1]; HD95 in millimetres",
     "case_score": "mean over the dataset's foreground classes of a case's Dice in one repeat, where defined",
-    "pairing": "repeat i of a method is paired with repeat i of the baseline (the order given in -p); with "
+    "pairing": "repeat i of a method is paired with repeat i of the baseline (the order given in -pred); with "
     "unequal counts only the first min(S_method, S_baseline) repeats are paired, the others are named in the "
     "notes and left out; a case whose difference is undefined in any paired repeat is dropped (counted in the "
     "notes)",
