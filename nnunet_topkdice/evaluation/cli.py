@@ -397,7 +397,7 @@ def _add_summary_parser(subparsers: argparse._SubParsersAction) -> None:
         help="one table of several evaluations (datasets x comparisons), Holm over all, tests across datasets",
         description="Read several results.json of topkdice evaluate (for example the runs of topkdice "
         "reproduce on each dataset) and print one table: dataset x comparison with the difference, the crossed "
-        "95%% interval and the verdict, Holm-adjusted over all rows. With 5 or more datasets also a Wilcoxon "
+        "95% interval and the verdict, Holm-adjusted over all rows. With 5 or more datasets also a Wilcoxon "
         "test of each comparison's per-dataset differences; with 3 or more methods Friedman's test of their "
         "mean Dice and a critical-difference diagram (needs scikit-posthocs: pip install "
         "'nnunet-topkdice[stats]'). Writes summary.md, summary.csv, summary.json and critical_difference.png "
