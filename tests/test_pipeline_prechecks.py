@@ -98,3 +98,22 @@ def test_find_trainer_class_is_nnunets_lookup(compare_env: dict) -> None:
         check_trainers(["NotATrainer"], user)
     with pytest.raises(InputError, match=r"no trainer class Nope1, Nope2 "):
         check_trainers(["nnUNetTrainer", "Nope1", "Nope2"], user)
+
+
+def test_the_trainer_lookup_keeps_import_warnings_off_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing every trainer module warns (torch's deprecations); those warnings are not this check's."""
+    import warnings
+
+    import nnunetv2.utilities.find_class_by_name as finder
+
+    from nnunet_topkdice.pipeline.prechecks import find_trainer_class
+
+    def noisy_lookup(*args, **kwargs):
+        warnings.warn("`torch.jit.interface` is deprecated", FutureWarning, stacklevel=1)
+        return int
+
+    monkeypatch.setattr(finder, "recursive_find_python_class", noisy_lookup)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert find_trainer_class("AnyTrainer", []) is int
+    assert caught == []

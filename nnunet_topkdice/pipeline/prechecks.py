@@ -12,6 +12,7 @@ must not fail hours later, at its first training, after the preprocessing and th
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -45,23 +46,29 @@ def check_distinct_trainers(names: Sequence[str]) -> None:
 
 def find_trainer_class(name: str, ext_trainer_folders: Iterable[str]) -> type | None:
     """The class ``nnUNetv2_train -tr name`` would use, or None: nnU-Net's own trainer folder first, then
-    each folder of ``nnUNet_extTrainer`` in order (nnU-Net's lookup, without its messages on stdout)."""
+    each folder of ``nnUNet_extTrainer`` in order (nnU-Net's lookup, without its messages on stdout).
+
+    The look-up imports every trainer module; the deprecation warnings of those imports (torch's, for
+    example) are the trainings' business, not the terminal's of this check."""
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-    found = recursive_find_python_class(
-        os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"),
-        name,
-        "nnunetv2.training.nnUNetTrainer",
-        nnunetv2.__path__[0],
-    )
-    for folder in ext_trainer_folders:
-        if found is not None:
-            break
-        if folder.strip() and os.path.exists(folder):
-            found = recursive_find_python_class(
-                folder, name, None, base_folder=folder, cleanup_imports_from_base_folder=True
-            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        found = recursive_find_python_class(
+            os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"),
+            name,
+            "nnunetv2.training.nnUNetTrainer",
+            nnunetv2.__path__[0],
+        )
+        for folder in ext_trainer_folders:
+            if found is not None:
+                break
+            if folder.strip() and os.path.exists(folder):
+                found = recursive_find_python_class(
+                    folder, name, None, base_folder=folder, cleanup_imports_from_base_folder=True
+                )
     return found
 
 
