@@ -97,6 +97,14 @@ def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def _dice_array(dice: np.ndarray) -> np.ndarray:
+    """``dice`` as float64. Raises: ValueError: not (n_repeats, n_cases, n_classes)."""
+    dice = np.asarray(dice, dtype=np.float64)
+    if dice.ndim != 3:
+        raise ValueError(f"dice must have shape (n_repeats, n_cases, n_classes), got {dice.shape}")
+    return dice
+
+
 def case_scores(dice: np.ndarray) -> np.ndarray:
     """A method's score per case: the mean over classes (where defined), then over repeats (where defined).
 
@@ -106,9 +114,7 @@ def case_scores(dice: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: ``dice`` is not 3-D.
     """
-    dice = np.asarray(dice, dtype=np.float64)
-    if dice.ndim != 3:
-        raise ValueError(f"dice must have shape (n_repeats, n_cases, n_classes), got {dice.shape}")
+    dice = _dice_array(dice)
     return nanmean(nanmean(dice, axis=2), axis=0)
 
 
@@ -120,9 +126,7 @@ def per_case_class_means(dice: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: ``dice`` is not 3-D.
     """
-    dice = np.asarray(dice, dtype=np.float64)
-    if dice.ndim != 3:
-        raise ValueError(f"dice must have shape (n_repeats, n_cases, n_classes), got {dice.shape}")
+    dice = _dice_array(dice)
     return nanmean(dice, axis=0)
 
 
@@ -229,9 +233,7 @@ def repeat_case_scores(dice: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: ``dice`` is not 3-D.
     """
-    dice = np.asarray(dice, dtype=np.float64)
-    if dice.ndim != 3:
-        raise ValueError(f"dice must have shape (n_repeats, n_cases, n_classes), got {dice.shape}")
+    dice = _dice_array(dice)
     return nanmean(dice, axis=2)
 
 

@@ -57,11 +57,7 @@ class TopKDiceDeepSupervision(DeepSupervisionWrapper):
         Raises:
             ValueError: the lists do not have one entry per weight; shapes as in ``self.loss``.
         """
-        if len(net_outputs) != len(self.weight_factors) or len(targets) != len(self.weight_factors):
-            raise ValueError(
-                f"{len(self.weight_factors)} weight factors need as many outputs and targets, "
-                f"got {len(net_outputs)} and {len(targets)}"
-            )
+        _check_one_per_weight(self.weight_factors, net_outputs, targets)
         masks = None if self.loss.ignore_label is None else [self.loss.loss_mask(t) for t in targets]
         return deep_supervised_ce_and_topk_dice_loss(
             net_outputs,
@@ -70,6 +66,17 @@ class TopKDiceDeepSupervision(DeepSupervisionWrapper):
             loss_masks=masks,
             options=self.loss.dc.options,
             **self.loss.ce_terms(),
+        )
+
+
+def _check_one_per_weight(
+    weight_factors: Sequence[float], outputs: Sequence[Tensor], targets: Sequence[Tensor]
+) -> None:
+    """Raises: ValueError: the outputs or the targets are not one per weight factor."""
+    if len(outputs) != len(weight_factors) or len(targets) != len(weight_factors):
+        raise ValueError(
+            f"{len(weight_factors)} weight factors need as many outputs and targets, "
+            f"got {len(outputs)} and {len(targets)}"
         )
 
 
@@ -107,11 +114,7 @@ class RegionTopKDiceDeepSupervision(DeepSupervisionWrapper):
         Raises:
             ValueError: the lists do not have one entry per weight; shapes as in ``self.loss``.
         """
-        if len(net_outputs) != len(self.weight_factors) or len(targets) != len(self.weight_factors):
-            raise ValueError(
-                f"{len(self.weight_factors)} weight factors need as many outputs and targets, "
-                f"got {len(net_outputs)} and {len(targets)}"
-            )
+        _check_one_per_weight(self.weight_factors, net_outputs, targets)
         kept = [i for i, weight in enumerate(self.weight_factors) if weight != 0]
         if any(net_outputs[i].shape[:2] != net_outputs[kept[0]].shape[:2] for i in kept):
             shapes = [tuple(x.shape[:2]) for x in net_outputs]
