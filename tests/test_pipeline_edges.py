@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import TOPKDICE, clean_environment, make_tiny_dataset
+from pipeline_fixtures import TOPKDICE, clean_environment, make_tiny_dataset, write_user_trainers
 
 from nnunet_topkdice.cli import build_parser, main
 from nnunet_topkdice.errors import InputError
@@ -235,11 +235,14 @@ def test_reproduce_accepts_nnunets_flags_and_the_long_ones() -> None:
 
 @pytest.mark.slow
 def test_compare_end_to_end_from_a_bare_shell(tmp_path: Path) -> None:
-    """No nnU-Net variable set, the dataset in ./nnUNet_raw: preprocessing, a seeded training of nnU-Net's
-    1-epoch trainer, prediction of imagesTs and the evaluation all find it."""
+    """None of nnU-Net's folder variables set, the dataset in ./nnUNet_raw: preprocessing, a seeded training
+    of a tiny trainer (a user's, from nnUNet_extTrainer: a few iterations, where nnU-Net's 1-epoch trainer
+    runs 250), prediction of imagesTs and the evaluation all find it."""
     make_tiny_dataset(tmp_path / "nnUNet_raw", 985, n_train=2, n_test=1)
+    trainers = write_user_trainers(tmp_path / "my_trainers", "nnUNetTrainerBareShellA", "nnUNetTrainerBareShellB")
     env = {k: v for k, v in clean_environment().items() if not k.startswith("nnUNet_")}  # not one of nnU-Net's
-    argv = [TOPKDICE, "compare", "-d", "985", "-c", "2d", "-tr", "nnUNetTrainer_1epoch", "--test-set",
+    env["nnUNet_extTrainer"] = str(trainers)  # where the trainer is, not where the data is
+    argv = [TOPKDICE, "compare", "-d", "985", "-c", "2d", "-tr", "nnUNetTrainerBareShellA", "--test-set",
             "-device", "cpu", "-np", "1", "-w", "work"]  # fmt: skip
     proc = subprocess.run([str(a) for a in argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
