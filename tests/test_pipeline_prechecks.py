@@ -117,3 +117,21 @@ def test_the_trainer_lookup_keeps_import_warnings_off_the_terminal(monkeypatch: 
         warnings.simplefilter("always")
         assert find_trainer_class("AnyTrainer", []) is int
     assert caught == []
+
+
+def test_only_trainers_with_a_training_left_are_looked_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look-up imports every trainer module (seconds): a run whose trainings are all done skips it."""
+    from nnunet_topkdice.pipeline import prechecks
+    from nnunet_topkdice.pipeline.plan import CompareConfig
+
+    looked_up: list[list[str]] = []
+    monkeypatch.setattr(prechecks, "check_trainers", lambda names, ext: looked_up.append(list(names)))
+    config = CompareConfig(
+        dataset_id=4, raw_dataset=tmp_path / "raw" / "Dataset004_X", configuration="2d",
+        trainers={"A": "TA", "B": "TB"}, workdir=tmp_path / "work", folders=state.NnunetFolders.resolve(tmp_path, {}),
+        device="cpu",
+    )  # fmt: skip
+    prechecks.check_before_running(config, {}, to_train=[])
+    prechecks.check_before_running(config, {}, to_train=["TB"])
+    prechecks.check_before_running(config, {})
+    assert looked_up == [["TB"], ["TA", "TB"]]

@@ -119,15 +119,25 @@ def written_folders(config: CompareConfig, *, emit_slurm: Path | None, writes_ra
 
 
 def check_before_running(
-    config: CompareConfig, env: Mapping[str, str], *, emit_slurm: Path | None = None, writes_raw: bool = False
+    config: CompareConfig,
+    env: Mapping[str, str],
+    *,
+    emit_slurm: Path | None = None,
+    writes_raw: bool = False,
+    to_train: Collection[str] | None = None,
 ) -> None:
     """Everything a run needs that can be checked before it starts (see the module docstring); writes nothing.
 
     Args:
         env: the environment of the commands (its ``nnUNet_extTrainer`` is where the trainings look).
+        to_train: the trainers with a training left to run (default: every trainer); only these are looked
+            up, since the look-up imports every trainer module (seconds) and a finished training's trainer
+            was found when it ran.
     Raises:
         InputError: a folder that is a file or not writable, an unknown trainer.
     """
     for folder, what in written_folders(config, emit_slurm=emit_slurm, writes_raw=writes_raw):
         check_output_folder(folder, what)
-    check_trainers(list(config.trainers.values()), env.get(EXT_TRAINER_VARIABLE, ""))
+    names = list(config.trainers.values()) if to_train is None else list(to_train)
+    if names:
+        check_trainers(names, env.get(EXT_TRAINER_VARIABLE, ""))

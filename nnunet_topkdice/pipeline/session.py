@@ -73,7 +73,8 @@ def run_session(
         return 0
 
     # before anything runs: a misspelt trainer or an unwritable folder must not fail hours later
-    check_before_running(config, env, emit_slurm=invocation.emit_slurm, writes_raw=bool(before))
+    to_train = sorted({job.trainer for job in training_jobs(plan) if job.remaining() is not None})
+    check_before_running(config, env, emit_slurm=invocation.emit_slurm, writes_raw=bool(before), to_train=to_train)
     # The step count of a plan resolved before the dataset exists is the final one: the presets that
     # write their dataset first (reproduce, demo) evaluate a test set with explicit folds.
     steps = compare_steps(plan)
