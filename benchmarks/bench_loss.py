@@ -7,7 +7,8 @@ entropy, in nnU-Net's ``DeepSupervisionWrapper``), with deep supervision off and
 trainer's own scales); with deep supervision, also CE + TopK-Dice in nnU-Net's wrapper, as a user composing
 it by hand would run it. All losses get identical logits and labels; runs are interleaved (A, B, C, A, B,
 C, ...) so that machine noise hits them alike, and the median of each is reported, as ratios ours /
-nnU-Net. Goals against ``DC_and_CE_loss``: at most 1.0x time and 0.7x peak memory on the CPU, 1.2x time on
+nnU-Net; a shape gets at least ``--repeats`` rounds and as many more as fill ``--min-seconds`` (small
+inputs: hundreds). Goals against ``DC_and_CE_loss``: at most 1.0x time and 0.7x peak memory on the CPU, 1.2x time on
 CUDA. Peak memory is the high-water mark of tensor memory allocated during one forward+backward:
 ``torch.cuda.max_memory_allocated`` on CUDA, the profiler's allocation trace on the CPU.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import math
 import statistics
 import sys
 import tempfile
@@ -193,16 +195,38 @@ def _step(loss: nn.Module, logits: list[Tensor], labels: list[Tensor], pyramid: 
     value.backward()
 
 
+class Timing(NamedTuple):
+    """How the runs are timed: at least ``repeats`` interleaved rounds, and enough to fill ``min_seconds``."""
+
+    repeats: int
+    clock: Callable[[], float]
+    min_seconds: float
+
+
+MAX_ROUNDS = 2000
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], None]],
     repeats: int,
     device: torch.device,
     clock: Callable[[], float] = time.perf_counter,
+    min_seconds: float = 0.0,
 ) -> dict[str, float]:
-    for fn in fns.values():  # warm-up (allocator, tie-break cache, kernels)
+    """Median seconds per call of each function, over interleaved rounds (A, B, C, A, B, C, ...).
+
+    At least ``repeats`` rounds, and as many more as fill ``min_seconds`` of calls (at most
+    :data:`MAX_ROUNDS`): a call of a fraction of a millisecond needs hundreds of rounds for a steady median
+    on a shared machine, where ten rounds of a large input already take seconds.
+    """
+    start = time.perf_counter()
+    for fn in fns.values():  # warm-up (allocator, tie-break cache, kernels); also times one round
         fn()
+    _sync(device)
+    round_seconds = max(time.perf_counter() - start, 1e-6)
+    rounds = min(MAX_ROUNDS, max(repeats, math.ceil(min_seconds / round_seconds)))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, fn in fns.items():
             _sync(device)
             start = clock()
@@ -300,14 +324,14 @@ def print_profile(device: torch.device, shape: tuple[int, ...], deep_supervision
 
 
 def _measure(
-    shape: tuple[int, ...], deep_supervision: bool, device: torch.device, repeats: int, clock: Callable[[], float]
+    shape: tuple[int, ...], deep_supervision: bool, device: torch.device, timing: Timing
 ) -> tuple[dict[str, float], dict[str, Callable[[], None]]]:
     """Interleaved median seconds per forward+backward of each trainer's loss on ``shape``, and the calls."""
     built = trainer_losses(shape, deep_supervision, device)
     logits, labels = make_inputs(shape, built.scales, device)
     pyramid = built.scales is not None
     fns = {n: partial(_step, loss, logits, labels, pyramid) for n, loss in built.losses.items()}
-    return time_interleaved(fns, repeats, device, clock), fns
+    return time_interleaved(fns, timing.repeats, device, timing.clock, timing.min_seconds), fns
 
 
 def _ratios(times: dict[str, float]) -> dict[str, float]:
@@ -317,11 +341,11 @@ def _ratios(times: dict[str, float]) -> dict[str, float]:
     return ratios
 
 
-def run(device: torch.device, repeats: int, clock: Callable[[], float]) -> list[dict]:
+def run(device: torch.device, timing: Timing) -> list[dict]:
     rows = []
     for name, shape in SHAPES.items():
         for deep_supervision in (False, True):
-            times, fns = _measure(shape, deep_supervision, device, repeats, clock)
+            times, fns = _measure(shape, deep_supervision, device, timing)
             memory = {n: peak_memory(fns[n], device) for n in (BASE, OURS)}
             row = {
                 "device": device.type,
@@ -345,9 +369,9 @@ def run(device: torch.device, repeats: int, clock: Callable[[], float]) -> list[
     return rows
 
 
-def run_scaling(device: torch.device, repeats: int, clock: Callable[[], float]) -> list[dict]:
+def run_scaling(device: torch.device, timing: Timing) -> list[dict]:
     rows = []
-    fixed, _ = _measure(FIXED_COST_SHAPE, False, device, 5 * repeats, clock)
+    fixed, _ = _measure(FIXED_COST_SHAPE, False, device, timing._replace(repeats=5 * timing.repeats))
     print(
         f"{device.type:4s} | fixed cost per call {FIXED_COST_SHAPE}: "
         + "  ".join(f"{n} {1e3 * t:.2f} ms" for n, t in fixed.items()),
@@ -358,7 +382,7 @@ def run_scaling(device: torch.device, repeats: int, clock: Callable[[], float]) 
             print_profile(device, shape, deep_supervision)
     for shape in SCALING_SHAPES:
         for deep_supervision in (False, True):
-            times, _ = _measure(shape, deep_supervision, device, repeats, clock)
+            times, _ = _measure(shape, deep_supervision, device, timing)
             voxels = int(np.prod(shape[2:])) * shape[0]
             row = {
                 "device": device.type,
@@ -381,7 +405,7 @@ def run_scaling(device: torch.device, repeats: int, clock: Callable[[], float]) 
     return rows
 
 
-def run_regions(device: torch.device, repeats: int, clock: Callable[[], float]) -> list[dict]:
+def run_regions(device: torch.device, timing: Timing) -> list[dict]:
     """The region trainers' loss objects against nnU-Net's, deep supervision off and on (see _region_losses)."""
     rows = []
     for name, shape in REGION_SHAPES.items():
@@ -389,7 +413,7 @@ def run_regions(device: torch.device, repeats: int, clock: Callable[[], float]) 
             logits, regions = make_region_inputs(shape, pyramid, device)
             losses = _region_losses(len(logits), pyramid)
             fns = {n: partial(_step, loss, logits, regions, pyramid) for n, loss in losses.items()}
-            times = time_interleaved(fns, repeats, device, clock)
+            times = time_interleaved(fns, timing.repeats, device, timing.clock, timing.min_seconds)
             memory = {n: peak_memory(fn, device) for n, fn in fns.items()}
             row = {
                 "device": device.type,
@@ -478,6 +502,13 @@ def markdown(rows: list[dict], scaling: bool, regions: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="interleaved timed runs per loss (median reported)")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="more rounds than --repeats where they fill less than this many seconds per shape (at most "
+        f"{MAX_ROUNDS}): small inputs get hundreds of rounds",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     table = parser.add_mutually_exclusive_group()
@@ -508,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     heap = use_cpu_allocator(args.cpu_allocator)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.min_seconds < 0:
+        parser.error(f"--min-seconds must be >= 0, got {args.min_seconds}")
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -524,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                     print_profile(device, shape, deep_supervision)
         return 0
     runner = run_scaling if args.scaling else run_regions if args.regions else run
-    rows = [row for device in devices for row in runner(device, args.repeats, clock)]
+    timing = Timing(args.repeats, clock, args.min_seconds)
+    rows = [row for device in devices for row in runner(device, timing)]
     print(markdown(rows, args.scaling, args.regions))
     worst_time = max(r["time ratio"] for r in rows)
     if args.regions:

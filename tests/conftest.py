@@ -126,7 +126,7 @@ def random_case():
     return _random_case
 
 
-@pytest.fixture(params=["sort", "histogram", "histogram+radix"])
+@pytest.fixture(params=["sort", "numpy", "histogram", "histogram+radix"])
 def selection_path(request, monkeypatch):
     """Force one path of ``nnunet_topkdice.losses.selection`` on any input (the CPU would pick one by size);
     ``histogram+radix`` also sends every cut bucket through the radix refinement (tiny thresholds)."""

@@ -95,3 +95,18 @@ def test_scaling_goals_name_the_rows_that_miss_them(bench: ModuleType) -> None:
     assert "cpu (8192 voxels) DS no x1.21 (goal 1.2)" in missed
     assert "cpu (131072 voxels) DS yes x1.01 (goal 1.0)" in missed
     assert "524288" not in missed
+
+
+def test_time_interleaved_adds_rounds_until_the_minimum_time_is_filled(bench: ModuleType) -> None:
+    calls = {"a": 0, "b": 0}
+
+    def call(name: str) -> None:
+        calls[name] += 1
+
+    fns = {name: (lambda name=name: call(name)) for name in calls}
+    ticks = iter(range(10**6))  # a clock that advances one second per reading: every call takes 1 s
+    times = bench.time_interleaved(fns, 3, torch.device("cpu"), clock=lambda: next(ticks), min_seconds=0.0)
+    assert times == {"a": 1, "b": 1} and calls == {"a": 4, "b": 4}  # one warm-up call, then 3 rounds
+    calls.update(a=0, b=0)
+    bench.time_interleaved(fns, 3, torch.device("cpu"), min_seconds=1e9)  # far more than the cap allows
+    assert calls == {"a": bench.MAX_ROUNDS + 1, "b": bench.MAX_ROUNDS + 1}

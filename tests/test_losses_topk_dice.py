@@ -165,12 +165,14 @@ def test_every_selection_path_without_codes_selects_the_same(random_case, select
 
 
 def test_path_follows_device_and_size():
-    # the data-dependent histogram path only runs eagerly on the CPU, for inputs above the sort threshold
-    large = selection_module.SORT_INPUT_AT_MOST + 1
-    assert selection_module._path(torch.device("cpu"), large) == "histogram"
-    assert selection_module._path(torch.device("cpu"), large - 1) == "sort"
-    assert selection_module._path(torch.device("cuda"), large) == "sort"
-    assert selection_module._path(torch.device("meta"), large) == "sort"
+    # the CPU sorts with NumPy up to NUMPY_INPUT_AT_MOST values (batch x voxels) while the key fits in 63
+    # bits, and takes the data-dependent histogram path above; CUDA and meta always take the fixed-shape sort
+    most = selection_module.NUMPY_INPUT_AT_MOST
+    assert selection_module._path(torch.device("cpu"), 2, most // 2, 4) == "numpy"
+    assert selection_module._path(torch.device("cpu"), 2, most // 2 + 1, 4) == "histogram"
+    assert selection_module._path(torch.device("cpu"), 1, 64, 2**40) == "histogram"  # the key would not fit
+    assert selection_module._path(torch.device("cuda"), 2, 64, 4) == "sort"
+    assert selection_module._path(torch.device("meta"), 2, most, 4) == "sort"
 
 
 @pytest.mark.parametrize("with_ignore", [False, True], ids=["plain", "ignore-label"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,14 +34,17 @@ def drop_fraction(k: float) -> tuple[int, int]:
     return drop
 
 
-def n_excluded_voxels(n_foreground: Tensor, k: float) -> Tensor:
+def n_excluded_voxels(n_foreground: Tensor | np.ndarray, k: float) -> Tensor | np.ndarray:
     """``D = floor((100 - k) / 100 * n)`` (eq. 3), computed exactly in integer arithmetic.
 
     Shape:
-        n_foreground: any shape, integer counts.  returns: same shape, int64.
+        n_foreground: any shape, integer counts, a tensor or (the CPU selection) a NumPy array.
+        returns: same shape and kind, int64.
     Raises:
         ValueError: ``k`` not in (0, 100].
     """
     numerator, denominator = drop_fraction(k)
+    if isinstance(n_foreground, np.ndarray):
+        return n_foreground.astype(np.int64, copy=False) * numerator // denominator
     counts = n_foreground if n_foreground.dtype == torch.int64 else n_foreground.long()
     return torch.div(counts * numerator, denominator, rounding_mode="floor")

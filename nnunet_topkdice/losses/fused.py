@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -70,46 +71,84 @@ def dice_loss_and_grads(
         RuntimeError: ``ddp`` and ``batch_dice`` without an initialised process group.
     """
     dtype = intersect.dtype
-    n_outputs = len(output_weights)
-    n_kept = n_foreground - n_excluded
     grad_scale = 1.0
+    # on the CPU the small (B, S C) arithmetic runs in NumPy: elementwise float operations round exactly as
+    # PyTorch's do, and a NumPy call on a few values costs a fraction of a PyTorch dispatch
+    on_host = intersect.device.type == "cpu" and not torch.compiler.is_compiling()
     if options.batch_dice and options.ddp:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("TopKDiceLoss(ddp=True, batch_dice=True) needs an initialised process group")
         # one all_reduce of everything; float64 counts stay exact over any batch and number of ranks
+        n_kept = n_foreground - n_excluded
         stats = torch.stack([intersect.double(), sum_pred_sq.double(), n_kept.double(), n_foreground.double()])
         stats = stats.sum(1, keepdim=True)
         dist.all_reduce(stats)
         grad_scale = float(dist.get_world_size())
         intersect, sum_pred_sq, sum_gt, present = stats.to(dtype).unbind(0)
-    elif options.batch_dice:  # counts summed as integers: exact
-        intersect, sum_pred_sq = intersect.sum(0, keepdim=True), sum_pred_sq.sum(0, keepdim=True)
-        sum_gt, present = n_kept.sum(0, keepdim=True).to(dtype), n_foreground.sum(0, keepdim=True).to(dtype)
+        on_host = False
     else:
-        sum_gt, present = n_kept.to(dtype), n_foreground.to(dtype)
-    n_rows_total = present.shape[0]
-    present = present.clamp(max=1).view(n_rows_total, n_outputs, -1)  # (rows, S, C)
+        if options.batch_dice:  # float sums in PyTorch (their order of additions is PyTorch's)
+            intersect, sum_pred_sq = intersect.sum(0, keepdim=True), sum_pred_sq.sum(0, keepdim=True)
+        if on_host:
+            intersect, sum_pred_sq = intersect.numpy(), sum_pred_sq.numpy()
+            n_foreground, n_excluded = n_foreground.numpy(), n_excluded.numpy()
+        sum_gt, present = n_foreground - n_excluded, n_foreground
+        if options.batch_dice:  # counts summed as integers: exact
+            sum_gt, present = sum_gt.sum(0, keepdims=True), present.sum(0, keepdims=True)
+        sum_gt, present = _as_float(sum_gt, intersect.dtype), _as_float(present, intersect.dtype)
+    terms, grad_inter, grad_pred = _dice_arithmetic(
+        intersect, sum_pred_sq, sum_gt, present, options, output_weights, grad_scale
+    )
+    if on_host:
+        terms, grad_inter, grad_pred = (torch.from_numpy(x) for x in (terms, grad_inter, grad_pred))
+    loss = terms.sum()  # the sum's order of additions is PyTorch's on every device
+    if options.batch_dice:
+        shape = (n_foreground.shape[0], grad_inter.shape[1])
+        grad_inter, grad_pred = grad_inter.expand(shape), grad_pred.expand(shape)
+    return loss, grad_inter, grad_pred
+
+
+def _as_float(counts: Tensor | np.ndarray, dtype: torch.dtype | np.dtype) -> Tensor | np.ndarray:
+    """Integer counts as the floats of the sums (``dtype`` of the same kind: torch or NumPy)."""
+    return counts.astype(dtype) if isinstance(counts, np.ndarray) else counts.to(dtype)
+
+
+def _dice_arithmetic(
+    intersect: Tensor | np.ndarray,
+    sum_pred_sq: Tensor | np.ndarray,
+    sum_gt: Tensor | np.ndarray,
+    present: Tensor | np.ndarray,
+    options: TopKDiceOptions,
+    output_weights: Sequence[float],
+    grad_scale: float,
+) -> tuple[Tensor | np.ndarray, Tensor | np.ndarray, Tensor | np.ndarray]:
+    """The arithmetic of :func:`dice_loss_and_grads` on its reduced rows, written once for PyTorch tensors
+    and NumPy arrays (operators, ``clip``, ``sum``, ``reshape`` only; float sums only of integer values, so
+    exact in any order).
+
+    Shape: all (rows, S * C), floats; present: the foreground counts.
+    returns: the loss's terms ``W (1 - dice)`` (to be summed), ``d loss / d intersect``, ``d loss / d
+    sum_pred_sq``, all (rows, S * C).
+    """
+    n_rows = present.shape[0]
+    present = present.clip(max=1).reshape(n_rows, len(output_weights), -1)  # (rows, S, C)
     if not options.do_bg:
-        present[..., 0].zero_()
-    den = torch.add(sum_gt, sum_pred_sq).add_(options.smooth).clamp_min_(1e-8)
-    dice = torch.add(intersect, intersect).add_(options.smooth).div_(den)
-    n_present = present.sum(-1, keepdim=True)
-    per_row = n_present.clamp_min(1)
-    if n_rows_total > 1:  # one row (batch_dice, or batch 1) counts as one: nothing to multiply
-        per_row.mul_(n_present.clamp(max=1).sum(0, keepdim=True).clamp_min_(1))  # rows with a present class
-    weight = present.div_(per_row)
+        present[..., 0] = 0
+    den = (sum_gt + sum_pred_sq + options.smooth).clip(min=1e-8)
+    dice = (intersect + intersect + options.smooth) / den
+    n_present = present.sum(-1, keepdims=True)
+    per_row = n_present.clip(min=1)
+    if n_rows > 1:  # one row (batch_dice, or batch 1) counts as one: nothing to multiply
+        per_row = per_row * n_present.clip(max=1).sum(0, keepdims=True).clip(min=1)  # rows with a present class
+    weight = present / per_row
     for output, output_weight in enumerate(output_weights):
         if output_weight != 1:
-            weight[:, output].mul_(output_weight)  # a Python scalar: no tensor made from host values
-    weight = weight.view(n_rows_total, -1)
-    loss = torch.rsub(dice, 1).mul_(weight).sum()
+            weight[:, output] *= output_weight
+    weight = weight.reshape(n_rows, -1)
+    terms = (1 - dice) * weight
     if grad_scale != 1.0:
         weight = weight * grad_scale
-    grad_inter = weight.div(den).mul_(-2)
-    grad_pred = weight.mul(dice).div_(den)
-    if options.batch_dice:
-        grad_inter, grad_pred = grad_inter.expand(n_kept.shape), grad_pred.expand(n_kept.shape)
-    return loss, grad_inter, grad_pred
+    return terms, weight / den * -2, weight * dice / den
 
 
 class Output(NamedTuple):
@@ -135,13 +174,26 @@ def _concat(parts: list[Tensor], dim: int) -> Tensor:
 
 
 class _DiceSaved(NamedTuple):
-    """What the TopK-Dice term leaves for the backward: code, contribution (B, sum N_s); grad_inter, grad_sq
-    (B, S C). All None without the Dice term."""
+    """What the TopK-Dice term leaves for the backward: code, contribution (B, sum N_s); per_column
+    (B, 2 S C + 1), ``G = (0, gI, -2 gS)`` per code column (masked, kept, excluded); grad_sq (B, S C), ``2 gS``.
+    All None without the Dice term."""
 
     code: Tensor | None
     contribution: Tensor | None
-    grad_inter: Tensor | None
+    per_column: Tensor | None
     grad_sq: Tensor | None
+
+
+def _code_columns(grad_inter: Tensor, grad_sq: Tensor) -> tuple[Tensor, Tensor]:
+    """``G = (0, gI, -2 gS)`` per code column and ``2 gS``, for the backward (products with powers of 2: exact).
+
+    Shape: grad_inter, grad_sq (B, S C).  returns: (B, 2 S C + 1) and (B, S C).
+    """
+    if grad_inter.device.type == "cpu" and not torch.compiler.is_compiling():  # a few values: NumPy's cheaper calls
+        inter, sq = grad_inter.numpy(), grad_sq.numpy()
+        columns = np.concatenate([np.zeros((inter.shape[0], 1), inter.dtype), inter, sq * -2], 1)
+        return torch.from_numpy(columns), torch.from_numpy(sq * 2)
+    return torch.cat([grad_inter.new_zeros(grad_inter.shape[0], 1), grad_inter, grad_sq * -2], 1), grad_sq * 2
 
 
 class _OutputSaved(NamedTuple):
@@ -212,7 +264,8 @@ def _dice_term(
         options,
         output_weights,
     )
-    return loss, _DiceSaved(code=selection.code, contribution=contribution, grad_inter=grad_inter, grad_sq=grad_sq)
+    per_column, grad_sq = _code_columns(grad_inter, grad_sq)
+    return loss, _DiceSaved(code=selection.code, contribution=contribution, per_column=per_column, grad_sq=grad_sq)
 
 
 def _ce_term(
@@ -331,7 +384,7 @@ class _TopKDiceCE(torch.autograd.Function):
         masks_f = [None if output.mask is None else output.mask.to(compute_dtype) for output in outputs]
         ctx.dice, ctx.ce = terms.dice != 0, terms.ce != 0
         loss = None
-        dice_saved = _DiceSaved(code=None, contribution=None, grad_inter=None, grad_sq=None)
+        dice_saved = _DiceSaved(code=None, contribution=None, per_column=None, grad_sq=None)
         ce_factors: list[Tensor | None] = [None] * n_outputs
         ctx.ce_scales = [0.0] * n_outputs
         if ctx.dice:
@@ -366,11 +419,9 @@ class _TopKDiceCE(torch.autograd.Function):
         grad_sqs: list[Tensor | None] = [None] * n
         if ctx.dice:
             scale = grad_loss if ctx.weight_dice == 1 else grad_loss * ctx.weight_dice  # x * 1 == x: no operation
-            grad_inter, grad_sq = dice.grad_inter, dice.grad_sq
-            # G per code column (masked, kept, excluded), then s_i = G[code_i] v_i
-            per_column = torch.cat([grad_inter.new_zeros(grad_inter.shape[0], 1), grad_inter, grad_sq * -2], 1)
-            at_target = per_column.mul_(scale).gather(1, dice.code).mul_(dice.contribution)
-            grad_sq = grad_sq * (2 * scale)
+            # s_i = G[code_i] v_i
+            at_target = dice.per_column.mul(scale).gather(1, dice.code).mul_(dice.contribution)
+            grad_sq = dice.grad_sq * scale
             if n == 1:  # nothing to split
                 at_targets, grad_sqs = [at_target], [grad_sq]
             else:

@@ -86,7 +86,11 @@ def _check_labels(labels: Tensor, n_classes: int, validate: bool) -> None:
     """
     if torch.compiler.is_compiling() or not (validate or labels.device.type == "cpu"):
         return
-    low, high = (int(x) for x in torch.aminmax(labels))
+    if labels.device.type == "cpu":  # NumPy reads the tensor's memory: no dispatch, no host copy
+        values = labels.numpy()
+        low, high = int(values.min()), int(values.max())
+    else:
+        low, high = (int(x) for x in torch.aminmax(labels))
     if low < 0 or high >= n_classes:
         bad = low if low < 0 else high
         raise ValueError(
