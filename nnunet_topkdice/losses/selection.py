@@ -350,12 +350,14 @@ def _numpy_selection(
     counts = (bounds[1:] - bounds[:-1]).reshape(batch, n_rows)
     n_foreground = counts[:, 1:]
     n_excluded = _n_excluded_per_class(n_foreground, k, do_bg, group)
-    # the first excluded position of every segment (its end for the masked rows 0), then every sorted key at
-    # or after the first excluded position of its own segment
-    first_excluded = bounds[1:].reshape(batch, n_rows).copy()
-    first_excluded[:, 1:] -= n_excluded
-    segment = key >> constants.value_shift
-    chosen = key[constants.positions >= first_excluded.reshape(-1)[segment]]
+    # the D last sorted positions of every class segment, as one vector of ranges: output j of range s is
+    # position j + (end_s - D_s) - (D_0 + ... + D_{s-1})
+    ends = bounds[1:].reshape(batch, n_rows)[:, 1:].reshape(-1)
+    sizes = n_excluded.reshape(-1)
+    before = np.cumsum(sizes)
+    n_chosen = int(before[-1])
+    before -= sizes
+    chosen = key[constants.positions[:n_chosen] + np.repeat(ends - sizes - before, sizes)]
     index_mask = (1 << constants.index_bits) - 1
     excluded_index = index_mask - (chosen & index_mask)
     excluded = np.zeros(batch * n_voxels, dtype=np.float32)
