@@ -89,3 +89,8 @@ def test_classes_per_column_match_the_sort_path(monkeypatch, do_bg, ties, refine
     assert torch.equal(per_class.long(), ours.n_excluded)  # exactly D per image and class
     assert (ours.n_excluded[:, 0] == 0).all() != do_bg  # without do_bg, class 0 excludes nothing
     assert not (ours.excluded.bool() & ~mask).any()
+    # the NumPy path on the same rows (expanded labels, a mask, no codes): the same selection
+    monkeypatch.setattr(selection, "FORCE_PATH", "numpy")
+    lean = selection.select_easiest(value, labels, 3, 40, mask, do_bg, with_codes=False)
+    assert lean.code is None
+    assert torch.equal(lean.excluded, expected.excluded) and torch.equal(lean.n_excluded, expected.n_excluded)

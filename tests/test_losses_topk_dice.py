@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from monai.losses import DiceLoss
@@ -193,6 +194,11 @@ def test_n_excluded_voxels_is_exact_integer_arithmetic():
     assert n_excluded_voxels(n, 90).tolist() == [v // 10 for v in n.tolist()]
     assert n_excluded_voxels(n, 100).tolist() == [0] * len(n)
     assert n_excluded_voxels(torch.tensor([8]), 12.5).tolist() == [7]
+    # the NumPy selection's counts: the same exact integers, as a NumPy array
+    for k in (70, 12.5, 100):
+        counts = n_excluded_voxels(n.numpy().astype(np.int32), k)
+        assert isinstance(counts, np.ndarray) and counts.dtype == np.int64
+        assert counts.tolist() == n_excluded_voxels(n, k).tolist()
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
