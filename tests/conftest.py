@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from compare_sweep import CompareData, Sweep, make_compare_data, run_sweep
 from nnunet_e2e import BIN, DATASET_ID, TinyDataset, make_dataset, run
 
 # ---- conversion and ignore-map tests ----------------------------------------------------------------
@@ -104,6 +105,29 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
     env = dataset.environment(base / "unused_results")
     run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"], env)
     return dataset
+
+
+# ---- topkdice compare end to end (tests/compare_sweep.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def compare_data(tmp_path_factory: pytest.TempPathFactory) -> CompareData:
+    """The tiny 3D dataset and the user's two trainers of the compare sweeps (both configurations use them)."""
+    return make_compare_data(tmp_path_factory.mktemp("compare"))
+
+
+@pytest.fixture(scope="session")
+def compare_sweep_2d(compare_data: CompareData) -> Sweep:
+    """The compare sweep in 2d with ``--folds 0 1`` given, then ``--test-set`` (fold ``all`` of each trainer
+    and seed): run once per session for ``tests/test_pipeline_e2e.py`` and ``tests/test_pipeline_predict.py``."""
+    return run_sweep(compare_data, "2d", ["--folds", "0", "1"], with_test_set=True)
+
+
+@pytest.fixture(scope="session")
+def compare_sweep_3d_fullres(compare_data: CompareData) -> Sweep:
+    """The compare sweep in 3d_fullres, its folds from ``splits_final.json`` (no ``--folds``), no test set."""
+    return run_sweep(compare_data, "3d_fullres", [], with_test_set=False)
+
 
 # --- loss inputs (tests/test_losses_*.py) -------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """``topkdice predict``: several models in one process write what ``nnUNetv2_predict`` writes per model.
 
-Two tiny trainings (fold ``all``, 2 epochs of 1 iteration, a user's ``nnUNet_extTrainer`` folder) on the
-tiny 3D dataset of the pipeline tests, in 2d; then one ``topkdice predict`` for both models against one
+The models are the fold ``all`` trainings of seed 0 of the 2d compare sweep (``tests/compare_sweep.py``:
+two tiny trainers from a user's ``nnUNet_extTrainer`` folder, 2 epochs of 1 iteration, on the tiny 3D
+dataset of the pipeline tests, in 2d); one ``topkdice predict`` for both models runs against one
 ``nnUNetv2_predict`` per model with its worker processes (``-npp 1 -nps 1``, the path the pipeline used
 before).
 """
@@ -14,13 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from pipeline_fixtures import BIN, TOPKDICE, clean_environment, make_tiny_dataset, run, snapshot, write_user_trainers
+from compare_sweep import DATASET_ID, FIRST, SECOND, Sweep
+from pipeline_fixtures import BIN, TOPKDICE, run, snapshot
 
 from nnunet_topkdice.pipeline import predict
 from nnunet_topkdice.pipeline.predict import parse_model_pair
-
-DATASET_ID = 985
-FIRST, SECOND = "nnUNetTrainerPredictTestDiceCE", "nnUNetTrainerPredictTestTopKDice"
 
 
 def test_model_pairs_are_parsed_and_checked() -> None:
@@ -89,20 +88,14 @@ def test_a_missing_image_folder_is_named_before_anything_runs(tmp_path: Path, ca
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("predict")
-    raw, preprocessed, results = root / "raw", root / "preprocessed", root / "results"
-    dataset = make_tiny_dataset(raw, DATASET_ID)
-    env = clean_environment(
-        nnUNet_raw=str(raw), nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(results),
-        nnUNet_extTrainer=str(write_user_trainers(root / "my_trainers", FIRST, SECOND)),
-    )  # fmt: skip
-    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"], env)
-    for trainer in (FIRST, SECOND):  # without data augmentation workers (planning breaks with it)
-        argv = [TOPKDICE, "train", "--seed", "0", str(DATASET_ID), "2d", "all", "-tr", trainer, "-device", "cpu"]
-        run(argv, {**env, "nnUNet_n_proc_DA": "0"})
+def trained(compare_sweep_2d: Sweep, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The 2d sweep's models (fold ``all`` of FIRST and SECOND, seed 0), its test images, and an own folder."""
+    data = compare_sweep_2d.data
+    for trainer in (FIRST, SECOND):
+        assert (data.run_dir("2d", trainer, 0, "all") / "checkpoint_final.pth").is_file()
     # the models of seed 0 are where nnUNetv2_predict looks for them with this nnUNet_results
-    return {"root": root, "images": dataset / "imagesTs", "env": {**env, "nnUNet_results": str(results / "seed_0")}}
+    env = {**data.env, "nnUNet_results": str(data.results / "seed_0")}
+    return {"root": tmp_path_factory.mktemp("predict"), "images": data.dataset / "imagesTs", "env": env}
 
 
 def _read(path: Path) -> tuple[np.ndarray, tuple]:

@@ -1,0 +1,155 @@
+"""``topkdice compare`` through the real command line, as a cluster user runs it: steps 1-5 of
+``tests/test_pipeline_e2e.py`` (its docstring), run once per configuration and test session (the
+``compare_sweep_2d`` and ``compare_sweep_3d_fullres`` fixtures of ``conftest.py``), with what each step
+printed and left behind. The tests assert on that record; ``tests/test_pipeline_predict.py`` also predicts
+with the 2d sweep's fold ``all`` models of seed 0 (trainings are the expensive part of both tests).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline_fixtures import (
+    CRASH_VAR,
+    TOPKDICE,
+    clean_environment,
+    make_tiny_dataset,
+    run,
+    snapshot,
+    write_two_fold_split,
+    write_user_trainers,
+)
+
+DATASET_ID = 986
+FIRST, SECOND = "nnUNetTrainerPipelineTestDiceCE", "nnUNetTrainerPipelineTestTopKDice"
+
+
+@dataclass(frozen=True)
+class CompareData:
+    """The tiny 3D dataset (4 training cases with a 2-fold ``splits_final.json``, 2 test cases), the user's
+    trainers FIRST and SECOND in their own ``nnUNet_extTrainer`` folder, and nnU-Net's folders under ``root``."""
+
+    root: Path
+    dataset: Path  # nnUNet_raw/Dataset986_PipelineTest
+    results: Path  # nnUNet_results (seeded runs go to results/seed_N)
+    env: dict[str, str]
+    cases: list[str]  # the training cases
+
+    def run_dir(self, configuration: str, trainer: str, seed: int, fold: str) -> Path:
+        """The fold folder of one seeded training."""
+        plans = f"{trainer}__nnUNetPlans__{configuration}"
+        return self.results / f"seed_{seed}" / self.dataset.name / plans / f"fold_{fold}"
+
+
+def make_compare_data(root: Path) -> CompareData:
+    """Write the dataset, its split and the user's trainers under ``root``; nothing is preprocessed."""
+    raw, preprocessed, results = root / "raw", root / "preprocessed", root / "results"
+    dataset = make_tiny_dataset(raw, DATASET_ID)
+    cases = sorted(p.name.removesuffix(".nii.gz") for p in (dataset / "labelsTr").iterdir())
+    write_two_fold_split(preprocessed / dataset.name, cases)
+    user_ext = write_user_trainers(root / "my_trainers", FIRST, SECOND)
+    env = clean_environment(
+        nnUNet_raw=str(raw), nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(results),
+        nnUNet_extTrainer=str(user_ext),
+    )  # fmt: skip
+    return CompareData(root, dataset, results, env, cases)
+
+
+def compare_argv(configuration: str, workdir: Path, *extra: str) -> list:
+    """``topkdice compare`` of FIRST and SECOND, seeds 0 and 1, on the CPU, into ``workdir``."""
+    return [
+        TOPKDICE, "compare", "-d", str(DATASET_ID), "-c", configuration, "--trainers", FIRST, SECOND,
+        "--seeds", "0", "1", "--device", "cpu", "-np", "1", "-w", str(workdir), *extra,
+    ]  # fmt: skip
+
+
+def run_array_locally(script: Path, n_tasks: int, env: dict[str, str]) -> list[int]:
+    """Every task of the job array, two at a time; their exit codes."""
+    codes: list[int] = []
+    for start in range(0, n_tasks, 2):
+        procs = [
+            subprocess.Popen(
+                ["bash", str(script)],
+                env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            for i in range(start, min(start + 2, n_tasks))
+        ]
+        codes += [p.wait(timeout=600) for p in procs]
+    return codes
+
+
+@dataclass(frozen=True)
+class TestSetRun:
+    """Step 5: ``--test-set``'s job array (run here) and its collect call."""
+
+    __test__ = False  # not a test class, whatever its name
+
+    emitted: subprocess.CompletedProcess
+    codes: list[int]
+    collected: subprocess.CompletedProcess
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What steps 1-5 printed and left behind (the work directory itself is ``work``)."""
+
+    data: CompareData
+    configuration: str
+    work: Path
+    crossval: list  # the compare call of steps 1, 3 and 4 (without --emit-slurm)
+    script: Path
+    emitted: subprocess.CompletedProcess  # step 1
+    script_text: str  # the job array as step 1 wrote it
+    codes: list[int]  # step 2: exit codes in task order
+    interrupted_files: frozenset[str]  # step 2: the checkpoint files of the killed training after step 2
+    untouched_mtimes: tuple[float, float]  # checkpoint_final.pth of FIRST, seed 0, fold 0: before, after step 3
+    collected: subprocess.CompletedProcess  # step 3
+    before_again: dict[str, float]  # snapshot of ``work`` after step 3
+    again: subprocess.CompletedProcess  # step 4
+    after_again: dict[str, float]  # snapshot of ``work`` after step 4
+    test_set: TestSetRun | None  # step 5
+
+    @property
+    def interrupted(self) -> Path:
+        """The fold folder of the training that step 2 kills after its first epoch."""
+        return self.data.run_dir(self.configuration, SECOND, 1, "1")
+
+
+def run_sweep(data: CompareData, configuration: str, folds: list[str], with_test_set: bool) -> Sweep:
+    """Steps 1-4, and 5 with ``with_test_set``, in ``data.root / f"work_{configuration}"``.
+
+    Every command must exit 0 (the killed task 75); the tests assert on the rest.
+    """
+    work = data.root / f"work_{configuration}"
+    crossval = compare_argv(configuration, work, *folds)
+    script = work / "sweep.sh"
+    emitted = run([*crossval, "--emit-slurm", script], data.env)
+    script_text = script.read_text()
+
+    crash_in = f"seed_1/{data.dataset.name}/{SECOND}__nnUNetPlans__{configuration}/fold_1"
+    codes = run_array_locally(script, 8, {**data.env, CRASH_VAR: crash_in})
+    interrupted = data.run_dir(configuration, SECOND, 1, "1")
+    interrupted_files = frozenset(p.name for p in interrupted.glob("checkpoint_*.pth"))
+    untouched = data.run_dir(configuration, FIRST, 0, "0") / "checkpoint_final.pth"
+    untouched_before = untouched.stat().st_mtime
+
+    collected = run(crossval, data.env)
+    untouched_mtimes = (untouched_before, untouched.stat().st_mtime)
+    before_again = snapshot(work)
+    again = run(crossval, data.env)
+    after_again = snapshot(work)
+
+    test_set = None
+    if with_test_set:
+        test_set_argv = compare_argv(configuration, work, "--test-set")
+        test_set_emitted = run([*test_set_argv, "--emit-slurm", work / "test_set.sh"], data.env)
+        test_set_codes = run_array_locally(work / "test_set.sh", 4, data.env)
+        test_set = TestSetRun(test_set_emitted, test_set_codes, run(test_set_argv, data.env))
+    return Sweep(
+        data, configuration, work, crossval, script, emitted, script_text, codes, interrupted_files,
+        untouched_mtimes, collected, before_again, again, after_again, test_set,
+    )  # fmt: skip
