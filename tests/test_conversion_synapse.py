@@ -234,6 +234,8 @@ def test_nnunet_plan_and_preprocess_accepts_result(
             "--verify_dataset_integrity",
             "-np",
             "1",
+            "-npfp",  # fingerprint and integrity check: one worker process, not 8 (each imports nnU-Net)
+            "1",
         ],
         env=nnunet_env,
         capture_output=True,

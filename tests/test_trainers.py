@@ -543,30 +543,40 @@ def test_region_dataset_trains(name: str, dim: str, tmp_path: Path) -> None:
 # --- resume: the same tie-breaking map in a fresh process -------------------------------------------
 
 
-# --- discovery through nnUNet_extTrainer, in subprocesses -------------------------------------------
+# --- discovery through nnUNet_extTrainer, in a subprocess -----------------------------------------------
 
+# argv: the ext folder, then the trainer names; nnU-Net reads nnUNet_extTrainer at each look-up, so one
+# process looks up without the folder (a fresh process: only nnU-Net's built-ins are imported), then with it
 _LOOKUP = """
-import json, sys
+import json, os, sys
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-found = {}
-for name in sys.argv[1:]:
-    try:
-        cls = recursive_find_trainer_class_by_name(name)
-    except RuntimeError as e:
-        found[name] = None if "Could not find requested nnunet trainer" in str(e) else repr(e)
-    else:
-        import nnunet_topkdice.trainers as t
-        found[name] = [cls.__module__, cls is getattr(t, name)]
-print("RESULT" + json.dumps(found))
+results = {}
+for ext_trainer in ("", sys.argv[1]):
+    os.environ.pop("nnUNet_extTrainer", None)
+    if ext_trainer:
+        os.environ["nnUNet_extTrainer"] = ext_trainer
+    found = results[ext_trainer or "none"] = {}
+    for name in sys.argv[2:]:
+        try:
+            cls = recursive_find_trainer_class_by_name(name)
+        except RuntimeError as e:
+            found[name] = None if "Could not find requested nnunet trainer" in str(e) else repr(e)
+        else:
+            import nnunet_topkdice.trainers as t
+            found[name] = [cls.__module__, cls is getattr(t, name)]
+print("RESULT" + json.dumps(results))
 """
 
 
-def _lookup(names: list[str], ext_trainer: str | None) -> dict:
+@pytest.fixture(scope="module")
+def lookups() -> dict:
+    """``{"folder": topkdice trainer-dir's output, "none": {name: found}, folder: {name: found}}``: each
+    of our trainer names looked up by nnU-Net without ``nnUNet_extTrainer``, then with the README's set-up
+    (``export nnUNet_extTrainer="$(topkdice trainer-dir)"``); found is ``[module, same class]`` or None."""
+    folder = subprocess.run([BIN / "topkdice", "trainer-dir"], capture_output=True, text=True, check=True).stdout
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
-    if ext_trainer is not None:
-        env["nnUNet_extTrainer"] = ext_trainer
     proc = subprocess.run(
-        [sys.executable, "-c", _LOOKUP, *names],
+        [sys.executable, "-c", _LOOKUP, folder.strip(), *TRAINER_NAMES],
         env=env,
         capture_output=True,
         text=True,
@@ -574,23 +584,22 @@ def _lookup(names: list[str], ext_trainer: str | None) -> dict:
         check=True,
     )
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    return json.loads(line.removeprefix("RESULT"))
+    return {"folder": folder, **json.loads(line.removeprefix("RESULT"))}
 
 
-def test_nnunet_finds_every_trainer_through_the_readme_setup() -> None:
+def test_nnunet_finds_every_trainer_through_the_readme_setup(lookups: dict) -> None:
     # the README's set-up: export nnUNet_extTrainer="$(topkdice trainer-dir)"
-    folder = subprocess.run([BIN / "topkdice", "trainer-dir"], capture_output=True, text=True, check=True).stdout
+    folder = lookups["folder"]
     assert folder.endswith("\n") and Path(folder.strip()).is_dir()
-    found = _lookup(list(TRAINER_NAMES), folder.strip())
+    found = lookups[folder.strip()]
     for name in TRAINER_NAMES:
         module, same_class = found[name]
         assert module.startswith("nnunet_topkdice.trainers.") and same_class, (name, found[name])
 
 
-def test_no_trainer_collides_with_nnunet_builtins() -> None:
+def test_no_trainer_collides_with_nnunet_builtins(lookups: dict) -> None:
     # built-ins are searched first: without the ext folder none of our names may resolve
-    found = _lookup(list(TRAINER_NAMES), None)
-    assert found == dict.fromkeys(TRAINER_NAMES)
+    assert lookups["none"] == dict.fromkeys(TRAINER_NAMES)
 
 
 # --- torch.compile ----------------------------------------------------------------------------------
