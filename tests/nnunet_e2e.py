@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,29 @@ def run(args: list, env: dict[str, str], expect: int = 0, timeout: int = 600) ->
         f"{args[0]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )
     return proc
+
+
+def run_together(
+    commands: list[tuple[list, int]], env: dict[str, str], timeout: int = 600
+) -> list[subprocess.CompletedProcess]:
+    """Run independent commands at the same time (``(argv, expected exit code)`` each; a 2-core CPU runs two
+    at once); fail the test with the tail of the output of any that exits otherwise. Results in order."""
+    procs = []
+    for args, _ in commands:
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no pipe can fill and stall one
+        procs.append((subprocess.Popen([str(a) for a in args], env=env, stdout=out, stderr=err, text=True), out, err))
+    results = []
+    for (args, expect), (proc, out, err) in zip(commands, procs, strict=True):
+        proc.wait(timeout=timeout)
+        with out, err:
+            out.seek(0)
+            err.seek(0)
+            done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+        assert done.returncode == expect, (
+            f"{args[0]} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+        results.append(done)
+    return results
 
 
 def nnunet_environment(raw: Path, preprocessed: Path, results: Path) -> dict[str, str]:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from nnunet_e2e import BIN, run
+from nnunet_e2e import BIN, run, run_together
 
-__all__ = ["BIN", "CRASH_VAR", "TOPKDICE", "clean_environment", "make_tiny_dataset", "run", "snapshot",
-           "write_two_fold_split", "write_user_trainers"]  # fmt: skip
+__all__ = ["BIN", "CRASH_VAR", "TOPKDICE", "clean_environment", "make_tiny_dataset", "run", "run_together",
+           "snapshot", "write_two_fold_split", "write_user_trainers"]  # fmt: skip
 
 TOPKDICE = BIN / "topkdice"
 

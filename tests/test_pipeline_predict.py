@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from compare_sweep import DATASET_ID, FIRST, SECOND, Sweep
-from pipeline_fixtures import BIN, TOPKDICE, run, snapshot
+from pipeline_fixtures import BIN, TOPKDICE, run_together, snapshot
 
 from nnunet_topkdice.pipeline import predict
 from nnunet_topkdice.pipeline.predict import parse_model_pair
@@ -109,25 +109,28 @@ def test_one_process_predicts_every_model_as_nnunetv2_predict_does(trained: dict
     together = root / "together"
     argv = [TOPKDICE, "predict", "-i", images, "-d", str(DATASET_ID), "-c", "2d", "-f", "all", "-device", "cpu",
             "--models", f"{FIRST}={together / 'first'}", f"{SECOND}={together / 'second'}"]  # fmt: skip
-    run(argv, env)
-    for trainer, name in ((FIRST, "first"), (SECOND, "second")):
-        alone = root / "alone" / name
-        run([BIN / "nnUNetv2_predict", "-i", images, "-o", alone, "-d", str(DATASET_ID), "-c", "2d", "-f", "all",
-             "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], env)  # fmt: skip
-        ours = together / name
-        assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in alone.iterdir())
-        cases = sorted(p.name for p in alone.glob("*.nii.gz"))
+
+    def alone(trainer: str, name: str) -> list:
+        return [BIN / "nnUNetv2_predict", "-i", images, "-o", root / "alone" / name, "-d", str(DATASET_ID), "-c", "2d",
+                "-f", "all", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]  # fmt: skip
+
+    # independent commands, at the same time (two cores)
+    run_together([(argv, 0), (alone(FIRST, "first"), 0), (alone(SECOND, "second"), 0)], env)
+    for name in ("first", "second"):
+        ours, theirs_folder = together / name, root / "alone" / name
+        assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs_folder.iterdir())
+        cases = sorted(p.name for p in theirs_folder.glob("*.nii.gz"))
         assert cases == ["case004.nii.gz", "case005.nii.gz"]
         for case in cases:
-            (mine, mine_geometry), (theirs, their_geometry) = _read(ours / case), _read(alone / case)
+            (mine, mine_geometry), (theirs, their_geometry) = _read(ours / case), _read(theirs_folder / case)
             assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs) and mine_geometry == their_geometry
         assert np.isin(_read(ours / cases[0])[0], [0, 1, 2]).all()
 
     # resuming keeps the predictions there (nnU-Net rewrites only its json records); a model that was
     # never trained is named, and nothing is written for it
     before = {k: v for k, v in snapshot(together).items() if k.endswith(".nii.gz")}
-    run([*argv, "--continue_prediction"], env)
+    never = [*argv[:-2], f"nnUNetTrainerNeverTrained={root / 'never'}"]  # writes nowhere near `together`
+    _, missing = run_together([([*argv, "--continue_prediction"], 0), (never, 2)], env)
     assert {k: v for k, v in snapshot(together).items() if k.endswith(".nii.gz")} == before
-    missing = run([*argv[:-2], f"nnUNetTrainerNeverTrained={root / 'never'}"], env, expect=2)
     assert "nnUNetTrainerNeverTrained__nnUNetPlans__2d/fold_all/checkpoint_final.pth does not exist" in missing.stderr
     assert not (root / "never").exists()
