@@ -65,14 +65,17 @@ FORCE_PATH: str | None = None  # tests set it to run one path on any input
 #   more comparisons. Batch 2, 4 classes, steady heap, wall time, medians, numpy / histogram / PyTorch sort:
 #   4096 values 0.04 / 0.14 / 0.13 ms; 16384: 0.10 / 0.34 / 0.85; 32768: 0.18 / 0.25 / 1.89; 65536: 0.35 /
 #   0.37 / 4.1; 131072: 0.73 / 0.59; 262144: 2.2 / 1.3 (16 classes, deep supervision's: the same within
-#   10 %). PyTorch's CPU sort along a dimension costs 40-70 ns per value: it is the path of CUDA and compile only;
+#   10 %). In the loss (the trainers' object, CPU time, interleaved with nnU-Net's), limits of 2**15, 2**16 and
+#   2**17 read 1.25 / 1.19 / 1.18x at (2, 4, 32^3), 1.20 / 1.17 / 1.13x with deep supervision, 1.18 / 1.16 /
+#   1.18x at (2, 4, 256^2): within the machine's noise, so the limit sits where the two paths break even
+#   alone. PyTorch's CPU sort along a dimension costs 40-70 ns per value: it is the path of CUDA and compile only;
 # - the histogram has about 2**_VOXELS_PER_BUCKET_BITS voxels per bucket per class on average, within
 #   2**8 to 2**16 buckets. (8, 4, 256^2): 2**3 2.85 ms, 2**5 2.24 ms, 2**7 2.48 ms (randn * 10: 2.73, 2.07,
 #   2.02); (4, 9, 320^2): 1.93, 1.92, 2.17; (2, 4, 128^3): 59.9, 64.0, 59.4 (noise of the loaded machine);
 # - candidates in the cut buckets are refined by histograms of their next bits while more than
 #   SORT_CANDIDATES_AT_MOST remain, then sorted: 256, 2048, 16384 gave 2.29, 2.14, 2.18 ms at (8, 4, 256^2)
 #   and 1.96, 1.87, 1.83 ms at (4, 9, 320^2).
-NUMPY_INPUT_AT_MOST = 1 << 15
+NUMPY_INPUT_AT_MOST = 1 << 16
 SORT_CANDIDATES_AT_MOST = 2048
 _VOXELS_PER_BUCKET_BITS = 5
 _MIN_BUCKET_BITS = 8
