@@ -359,6 +359,10 @@ def test_repeats_needed_says_more_cases_when_the_case_variance_dominates() -> No
     # a huge seed variance but almost no case variance: more than 100 seeds, not more cases
     seeds = repeats_needed(MeanSquares(repeats=2.0, cases=0.0, error=0.0), 3, 12, 0.01)
     assert seeds.n is None and seeds.reason.startswith("more than 100 repeats per method would be needed")
+    # the reasons follow the printed target in Dice points: they do not restate it as a fraction
+    found = repeats_needed(MeanSquares(repeats=0.0001, cases=0.0001, error=0.0001), 3, 12, 0.01)
+    assert found.n is not None
+    assert all("0.01" not in r.reason for r in (needed, seeds, found))
 
 
 @pytest.mark.parametrize(

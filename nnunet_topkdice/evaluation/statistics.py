@@ -438,13 +438,13 @@ def repeats_needed(
     for n in range(2, MAX_REPEATS + 1):
         if _power_half_width(n, variances, n_cases, power) <= target_difference:
             return RepeatsNeeded(n, f"the smallest n in 2..{MAX_REPEATS} whose 95% test has {power:.0%} power "
-                                 f"for a difference of {target_difference:g}")  # fmt: skip
+                                 "for the target difference")  # fmt: skip
     if _power_half_width(MAX_REPEATS, (0.0, var_c, 0.0), n_cases, power) > target_difference:
         return RepeatsNeeded(None, f"more cases, not seeds, are needed: with {n_cases} cases the case-to-case "
-                             f"variance alone keeps the interval wider than {target_difference:g} at any number "
-                             "of seeds")  # fmt: skip
+                             "variance alone keeps the interval wider than the target difference at any number of "
+                             "seeds")  # fmt: skip
     return RepeatsNeeded(None, f"more than {MAX_REPEATS} repeats per method would be needed: the seed-to-seed "
-                         f"variance is large against a difference of {target_difference:g}")  # fmt: skip
+                         "variance is too large for the target difference")  # fmt: skip
 
 
 @dataclass(frozen=True)
