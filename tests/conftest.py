@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,19 @@ from nnunet_e2e import BIN, DATASET_ID, TinyDataset, make_dataset, run
 def bin_dir() -> Path:
     """The folder of this Python's console scripts (``topkdice``, ``nnUNetv2_*``), as a user's PATH has it."""
     return Path(sys.executable).parent
+
+
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """SIGINT handled by Python's default handler during the test, for tests that send it to this process or
+    to commands they start. A shell without job control starts a background command with SIGINT ignored
+    (POSIX), Python then leaves it ignored, and the commands it starts inherit that: a suite run as
+    ``pytest ... &`` from a script would otherwise see no Ctrl-C anywhere."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

@@ -172,6 +172,7 @@ def _group_gone(pgid: int, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.usefixtures("sigint_default")
 def test_interrupts_at_any_moment_exit_quickly_and_leave_nothing(
     tmp_path: Path, bin_dir: Path, nnunet_env: dict[str, str]
 ) -> None:

@@ -41,6 +41,7 @@ def test_the_first_error_terminates_running_jobs_instead_of_awaiting_them() -> N
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.usefixtures("sigint_default")
 def test_deferred_interrupts_act_once_the_block_is_done() -> None:
     steps = []
     with pytest.raises(KeyboardInterrupt):
