@@ -62,13 +62,9 @@ FORCE_PATH: str | None = None  # tests set it to run one path on any input
 # Tuning, measured on this project's 2-core CPU (torch 2.14, one thread, CPU time of select_easiest, k=50,
 # randn * 3 logits unless noted):
 # - NumPy sorts the whole input up to NUMPY_INPUT_AT_MOST values (batch x voxels): fewer and cheaper calls,
-#   more comparisons. Batch 2, 4 classes, steady heap, wall time, medians, numpy / histogram / PyTorch sort:
-#   4096 values 0.04 / 0.14 / 0.13 ms; 16384: 0.10 / 0.34 / 0.85; 32768: 0.18 / 0.25 / 1.89; 65536: 0.35 /
-#   0.37 / 4.1; 131072: 0.73 / 0.59; 262144: 2.2 / 1.3 (16 classes, deep supervision's: the same within
-#   10 %). In the loss (the trainers' object, CPU time, interleaved with nnU-Net's), limits of 2**15, 2**16 and
-#   2**17 read 1.25 / 1.19 / 1.18x at (2, 4, 32^3), 1.20 / 1.17 / 1.13x with deep supervision, 1.18 / 1.16 /
-#   1.18x at (2, 4, 256^2): within the machine's noise, so the limit sits where the two paths break even
-#   alone. PyTorch's CPU sort along a dimension costs 40-70 ns per value: it is the path of CUDA and compile only;
+#   more comparisons. Alone the two CPU paths break even between 2**15 and 2**16 values; inside the loss
+#   2**16 read no worse than 2**15 (docs/benchmarks.md, "The three selection paths", has the measurements).
+#   PyTorch's CPU sort along a dimension costs 40-70 ns per value: it is the path of CUDA and compile only;
 # - the histogram has about 2**_VOXELS_PER_BUCKET_BITS voxels per bucket per class on average, within
 #   2**8 to 2**16 buckets. (8, 4, 256^2): 2**3 2.85 ms, 2**5 2.24 ms, 2**7 2.48 ms (randn * 10: 2.73, 2.07,
 #   2.02); (4, 9, 320^2): 1.93, 1.92, 2.17; (2, 4, 128^3): 59.9, 64.0, 59.4 (noise of the loaded machine);
