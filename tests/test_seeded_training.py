@@ -24,6 +24,7 @@ from nnunet_e2e import BIN, DATASET_ID, DATASET_NAME, TinyDataset, run
 
 from nnunet_topkdice.cli import build_parser, main
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.pipeline import warm
 from nnunet_topkdice.training.layout import (
     SEED_RECORD,
     check_seed,
@@ -480,6 +481,24 @@ def test_workers_give_the_same_stream(runs: SeededRuns, reference: tuple[list[st
     assert (runs.base / f"{name}.log").read_text().splitlines() == log
     worker_fold = fold_folder(seed_results_root(runs.base / name, 0), DATASET_NAME, PROBE, "nnUNetPlans", "2d", 0)
     assert _same_weights(_weights(worker_fold), _weights(fold))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_proc_da", [0, 2], ids=["no-workers", "2-workers"])
+def test_a_warm_started_run_is_the_same_run(
+    runs: SeededRuns, reference: tuple[list[str], Path], n_proc_da: int
+) -> None:
+    """``topkdice train`` forked from the forkserver (pipeline/warm.py), as the runner starts it on the CPU."""
+    log, fold = reference
+    name = f"warm{n_proc_da}"
+    env = {**os.environ, **runs.environment(runs.base / name, runs.base / f"{name}.log", n_proc_da=n_proc_da)}
+    process = warm.start(train_argv(DATASET_ID, "2d", 0, PROBE, 0, device="cpu"), env)
+    output = process.stdout.read().decode()
+    assert process.wait(timeout=600) == 0, output
+    assert "Epoch 1" in output  # nnU-Net's output comes through the pipe
+    assert (runs.base / f"{name}.log").read_text().splitlines() == log
+    warm_fold = fold_folder(seed_results_root(runs.base / name, 0), DATASET_NAME, PROBE, "nnUNetPlans", "2d", 0)
+    assert _same_weights(_weights(warm_fold), _weights(fold))
 
 
 def test_train_is_registered() -> None:

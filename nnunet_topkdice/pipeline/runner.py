@@ -5,7 +5,8 @@ and a progress bar per training; each command's whole output goes to ``<log_dir>
 command fails, the last lines of its log and the log's path are printed and
 :class:`subprocess.CalledProcessError` is raised. ``verbose`` streams the commands' output as well.
 Steps that share a ``parallel`` key and stand next to each other run concurrently when several slots
-(``CUDA_VISIBLE_DEVICES`` groups) are given.
+(``CUDA_VISIBLE_DEVICES`` groups) are given. With ``warm_start``, this package's own commands start from a
+process that has imported torch and nnU-Net already (:mod:`.warm`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from nnunet_topkdice.pipeline import warm
 from nnunet_topkdice.pipeline.progress import TrainingBar
-from nnunet_topkdice.pipeline.steps import Step, resolve_executable
+from nnunet_topkdice.pipeline.steps import Command, Step, resolve_executable
 
 #: Lines of a failed command's log shown on the terminal.
 FAILURE_TAIL_LINES = 20
@@ -81,6 +83,7 @@ def run_steps(
     stream: TextIO | None = None,
     first: int = 1,
     total: int | None = None,
+    warm_start: bool = False,
 ) -> RunReport:
     """Run the steps in order, skipping those that are done.
 
@@ -94,6 +97,8 @@ def run_steps(
         stream: where the step lines go (default: stderr, so that stdout carries only results).
         first, total: the number of the first step and of all steps on the terminal (``[first/total]``),
             for a pipeline run in parts; by default ``steps`` is the whole pipeline.
+        warm_start: start ``topkdice`` commands from a process that has imported torch already
+            (:mod:`.warm`; not for CUDA: the caller decides). Other commands start as subprocesses.
 
     Raises:
         subprocess.CalledProcessError: a command failed (concurrent steps finish first).
@@ -120,12 +125,12 @@ def run_steps(
             else:
                 todo.append((number, step))
         if len(todo) > 1 and len(slots) > 1:
-            report.seconds.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal))
+            report.seconds.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal, warm_start))
         else:
             slot = dict(slots[0]) if slots else {}
             for number, step in todo:
                 report.seconds[step.name] = _execute(
-                    number, total, step, env, log_dir, verbose, slot, terminal, position=0
+                    number, total, step, env, log_dir, verbose, slot, terminal, position=0, warm_start=warm_start
                 )  # fmt: skip
         report.ran += [step.name for _, step in todo]
         index += len(batch)
@@ -140,6 +145,7 @@ def _run_concurrently(
     verbose: bool,
     slots: Sequence[Mapping[str, str]],
     terminal: _Terminal,
+    warm_start: bool,
 ) -> dict[str, float]:
     """Run the steps, one per slot at a time; returns each step's wall-clock seconds."""
     free: queue.Queue[int] = queue.Queue()
@@ -150,7 +156,7 @@ def _run_concurrently(
         position = free.get()
         try:
             return _execute(number, total, step, env, log_dir, verbose, dict(slots[position]), terminal,
-                            position=position)  # fmt: skip
+                            position=position, warm_start=warm_start)  # fmt: skip
         finally:
             free.put(position)
 
@@ -175,7 +181,7 @@ def _run_concurrently(
 
 
 # Child processes still running, so that an interrupt (Ctrl-C) stops them too.
-_RUNNING: set[subprocess.Popen] = set()
+_RUNNING: set[subprocess.Popen | warm.WarmProcess] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -190,6 +196,7 @@ def _execute(
     terminal: _Terminal,
     *,
     position: int,
+    warm_start: bool = False,
 ) -> float:
     """Run one step (its ``after`` too); returns the wall-clock seconds it took."""
     started = time.monotonic()
@@ -202,7 +209,6 @@ def _execute(
         assert step.command is not None
         command = step.command().with_env(slot_env)
         terminal.line(f"[{number}/{total}] $ {command.shell()}")
-        argv = resolve_executable(command.argv[0]) + list(command.argv[1:])
         bar = TrainingBar(step.title, step.training_dir, stream=terminal.stream, position=position)
         bar_used = step.training_dir is not None and not verbose
         with open(log_file, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: follow it live
@@ -210,7 +216,7 @@ def _execute(
             log.flush()
             # Unbuffered, so that the log and the progress bar follow the command as it runs.
             child_env = {"PYTHONUNBUFFERED": "1", **env, **command.env}
-            process = subprocess.Popen(argv, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            process = _start(command, child_env, warm_start)
             with _RUNNING_LOCK:
                 _RUNNING.add(process)
             try:
@@ -242,6 +248,19 @@ def _execute(
     if step.after is not None:
         step.after()
     return time.monotonic() - started
+
+
+#: The console scripts started warm (:mod:`.warm`): this package's own, whose imports the forkserver preloads.
+WARM_SCRIPTS = ("topkdice",)
+
+
+def _start(command: Command, env: dict[str, str], warm_start: bool) -> subprocess.Popen | warm.WarmProcess:
+    """The command with its output piped: forked warm (see :data:`WARM_SCRIPTS`) or a new interpreter."""
+    name = command.argv[0]
+    if warm_start and name in WARM_SCRIPTS and warm.warm_start_allowed(env) and warm.entry_point(name):
+        return warm.start(command.argv, env)
+    argv = resolve_executable(name) + list(command.argv[1:])
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _stop_children_on_sigterm() -> None:

@@ -84,7 +84,10 @@ def run_session(
     if not emit:
         _err(f"Logs: {config.log_dir}/<step>.log")
     started = time.monotonic()
-    report = run_steps(before, env, log_dir=config.log_dir, verbose=invocation.verbose, total=total)
+    # on the CPU, topkdice's commands fork from a process that imported torch once (pipeline/warm.py)
+    warm_start = config.device == "cpu"
+    report = run_steps(before, env, log_dir=config.log_dir, verbose=invocation.verbose, total=total,
+                       warm_start=warm_start)  # fmt: skip
     if before:
         plan = resolve_plan(config)
         steps = compare_steps(plan)
@@ -93,7 +96,7 @@ def run_session(
 
     slots = [{"CUDA_VISIBLE_DEVICES": ids} for ids in invocation.gpu_slots]
     report += run_steps(steps, env, log_dir=config.log_dir, verbose=invocation.verbose, slots=slots,
-                        first=len(before) + 1, total=total)  # fmt: skip
+                        first=len(before) + 1, total=total, warm_start=warm_start)  # fmt: skip
     elapsed = time.monotonic() - started
     print_summary(plan)
     if not report.ran:

@@ -1,0 +1,110 @@
+"""Warm starts (``pipeline/warm.py``): a forked child behaves like the command started as a new interpreter.
+
+The trained weights of a warm-started ``topkdice train`` are compared with a new interpreter's in
+``tests/test_seeded_training.py``; here: environment, directory, arguments, output, exit codes,
+termination, and the runner's choice between the two ways of starting a command.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnunet_topkdice.pipeline import runner, warm
+from nnunet_topkdice.pipeline.steps import Command, Step
+
+pytestmark = pytest.mark.skipif(not warm.warm_start_allowed({}), reason="no forkserver on this platform")
+
+
+def test_the_child_gets_the_commands_environment_directory_and_arguments(tmp_path: Path) -> None:
+    env = {"ONLY_THIS": "value", "PATH": os.environ["PATH"]}
+    process = warm.start(["some-script", "3", "x y"], env, cwd=str(tmp_path), target="warm_targets:report")
+    output = process.stdout.read().decode()
+    assert process.wait(timeout=60) == 3 and process.poll() == 3
+    first, second = output.splitlines()
+    seen = json.loads(first)
+    assert seen["argv"] == ["some-script", "3", "x y"] and seen["cwd"] == str(tmp_path)
+    assert seen["env"] == env  # the whole environment, as subprocess.Popen(env=...) gives it
+    fresh = subprocess.run([sys.executable, "-c", "import multiprocessing as m; print(m.get_start_method())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert seen["start_method"] == fresh.stdout.strip()  # a new interpreter's default, not "forkserver"
+    assert second == "a line on stderr"  # stderr comes through the same pipe, in order
+
+
+def test_the_console_scripts_entry_point_runs(tmp_path: Path) -> None:
+    assert warm.entry_point("topkdice") == "nnunet_topkdice.cli:main"
+    assert warm.entry_point("no-such-script-anywhere") is None
+    with pytest.raises(ValueError, match="'no-such-script-anywhere' is not an installed console script"):
+        warm.start(["no-such-script-anywhere"], {})
+    done = warm.start(["topkdice", "trainer-dir"], dict(os.environ))
+    assert done.stdout.read().decode().strip().endswith(str(Path("nnunet_topkdice") / "ext"))
+    assert done.wait(timeout=60) == 0
+    bad = warm.start(["topkdice", "evaluate", "--no-such-flag"], dict(os.environ))
+    assert "error: the following arguments are required: -r/--reference" in bad.stdout.read().decode()
+    assert bad.wait(timeout=60) == 2  # argparse's usage error, as from the executable
+
+
+def test_terminate_and_wait_behave_like_popen() -> None:
+    process = warm.start(["waiting"], dict(os.environ), target="warm_targets:wait")
+    assert process.stdout.readline() == b"ready\n"
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=0.1)
+    assert process.poll() is None and process.pid is not None
+    process.terminate()
+    assert process.wait(timeout=60) == -signal.SIGTERM
+    assert process.stdout.read() == b""  # EOF once the child is gone
+
+
+def _step(name: str, argv: tuple[str, ...]) -> Step:
+    return Step(name, name, lambda: None, lambda: Command(argv))
+
+
+def test_the_runner_starts_only_topkdice_warm_and_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[str, str]] = []  # (how, the last argument)
+    real_start, real_popen = warm.start, subprocess.Popen
+
+    def record_warm(argv, env, **kwargs):
+        started.append(("warm", argv[-1]))
+        return real_start(argv, env, **kwargs)
+
+    def record_popen(argv, **kwargs):
+        started.append(("new", argv[-1]))
+        return real_popen(argv, **kwargs)
+
+    monkeypatch.setattr(warm, "start", record_warm)
+    monkeypatch.setattr(runner.subprocess, "Popen", record_popen)
+    topkdice = ("topkdice", "trainer-dir")
+    other = (sys.executable, "-c", "print('other')")
+    env = dict(os.environ)
+    runner.run_steps([_step("a", topkdice), _step("b", other)], env, log_dir=tmp_path, stream=io.StringIO(),
+                     warm_start=True)  # fmt: skip
+    runner.run_steps([_step("c", topkdice)], env, log_dir=tmp_path, stream=io.StringIO())
+    runner.run_steps([_step("d", topkdice)], {**env, warm.WARM_START_VARIABLE: "0"}, log_dir=tmp_path,
+                     stream=io.StringIO(), warm_start=True)  # fmt: skip
+    new_interpreter = [("new", "trainer-dir")] * 2  # warm_start not asked for, then refused by the variable
+    assert started == [("warm", "trainer-dir"), ("new", "print('other')"), *new_interpreter]
+    logs = [(tmp_path / f"{name}.log").read_text() for name in "abcd"]
+    assert all(log.rstrip().endswith(str(Path("nnunet_topkdice") / "ext")) for log in (logs[0], logs[2], logs[3]))
+    assert logs[1].rstrip().endswith("other")
+
+
+def test_a_failing_warm_command_fails_the_step_with_its_exit_code(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    with pytest.raises(subprocess.CalledProcessError, match="returned non-zero exit status 2"):
+        runner.run_steps([_step("bad", ("topkdice", "evaluate", "--no-such-flag"))], dict(os.environ),
+                         log_dir=tmp_path, stream=stream, warm_start=True)  # fmt: skip
+    assert "FAILED (exit code 2): bad" in stream.getvalue() and "arguments are required" in stream.getvalue()
+
+
+def test_warm_start_is_refused_by_the_variable() -> None:
+    assert warm.warm_start_allowed({warm.WARM_START_VARIABLE: "1"})
+    assert not warm.warm_start_allowed({warm.WARM_START_VARIABLE: "0"})
