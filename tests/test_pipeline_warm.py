@@ -38,6 +38,15 @@ def test_the_child_gets_the_commands_environment_directory_and_arguments(tmp_pat
     assert second == "a line on stderr"  # stderr comes through the same pipe, in order
 
 
+def test_nnunet_reads_the_commands_own_variables_at_import() -> None:
+    assert not any(name.split(".")[0] in ("nnunetv2", "nnunet_topkdice") for name in warm.PRELOAD)
+    env = {**os.environ, "nnUNet_def_n_proc": "3", "nnUNet_n_proc_DA": "1"}
+    process = warm.start(["configuration"], env, target="warm_targets:nnunet_configuration")
+    output = process.stdout.read().decode()
+    assert process.wait(timeout=60) == 0, output
+    assert json.loads(output) == [3, 1]  # (the workers are capped at the number of CPUs)
+
+
 def test_the_console_scripts_entry_point_runs(tmp_path: Path) -> None:
     assert warm.entry_point("topkdice") == "nnunet_topkdice.cli:main"
     assert warm.entry_point("no-such-script-anywhere") is None
@@ -108,3 +117,18 @@ def test_a_failing_warm_command_fails_the_step_with_its_exit_code(tmp_path: Path
 def test_warm_start_is_refused_by_the_variable() -> None:
     assert warm.warm_start_allowed({warm.WARM_START_VARIABLE: "1"})
     assert not warm.warm_start_allowed({warm.WARM_START_VARIABLE: "0"})
+
+
+@pytest.mark.slow
+def test_warm_preprocessing_writes_the_same_files(tiny_dataset, tmp_path: Path) -> None:
+    """nnU-Net's planning and preprocessing forked warm: byte for byte the files of a new interpreter's run."""
+    env = tiny_dataset.environment(tmp_path / "unused_results")
+    env["nnUNet_preprocessed"] = str(tmp_path / "preprocessed")
+    argv = ["nnUNetv2_plan_and_preprocess", "-d", str(tiny_dataset.dataset_id), "-c", "2d", "-np", "1", "-npfp", "1"]
+    process = warm.start(argv, env)
+    output = process.stdout.read().decode()
+    assert process.wait(timeout=600) == 0, output
+    cold, hot = tiny_dataset.preprocessed, tmp_path / "preprocessed"
+    files = sorted(path.relative_to(cold) for path in cold.rglob("*") if path.is_file())
+    assert files and files == sorted(path.relative_to(hot) for path in hot.rglob("*") if path.is_file())
+    assert all((cold / name).read_bytes() == (hot / name).read_bytes() for name in files)

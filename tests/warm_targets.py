@@ -23,3 +23,11 @@ def wait() -> int:
     print("ready")
     time.sleep(600)
     return 0
+
+
+def nnunet_configuration() -> int:
+    """Prints nnU-Net's values read from the environment when ``nnunetv2.configuration`` is imported."""
+    from nnunetv2 import configuration
+
+    print(json.dumps([configuration.default_num_processes, configuration.default_n_proc_DA]))
+    return 0

@@ -5,8 +5,8 @@ and a progress bar per training; each command's whole output goes to ``<log_dir>
 command fails, the last lines of its log and the log's path are printed and
 :class:`subprocess.CalledProcessError` is raised. ``verbose`` streams the commands' output as well.
 Steps that share a ``parallel`` key and stand next to each other run concurrently when several slots
-(``CUDA_VISIBLE_DEVICES`` groups) are given. With ``warm_start``, this package's own commands start from a
-process that has imported torch and nnU-Net already (:mod:`.warm`).
+(``CUDA_VISIBLE_DEVICES`` groups) are given. With ``warm_start``, the commands of :data:`WARM_SCRIPTS` start
+from a process that has imported torch and nnU-Net's libraries already (:mod:`.warm`).
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def run_steps(
         stream: where the step lines go (default: stderr, so that stdout carries only results).
         first, total: the number of the first step and of all steps on the terminal (``[first/total]``),
             for a pipeline run in parts; by default ``steps`` is the whole pipeline.
-        warm_start: start ``topkdice`` commands from a process that has imported torch already
-            (:mod:`.warm`; not for CUDA: the caller decides). Other commands start as subprocesses.
+        warm_start: start the commands of :data:`WARM_SCRIPTS` from a process that has imported torch
+            already (:mod:`.warm`; not for CUDA: the caller decides). Other commands start as subprocesses.
 
     Raises:
         subprocess.CalledProcessError: a command failed (concurrent steps finish first).
@@ -250,8 +250,9 @@ def _execute(
     return time.monotonic() - started
 
 
-#: The console scripts started warm (:mod:`.warm`): this package's own, whose imports the forkserver preloads.
-WARM_SCRIPTS = ("topkdice",)
+#: The console scripts started warm (:mod:`.warm`): this package's and nnU-Net's preprocessing (whose
+#: worker pools start new interpreters either way; the same files written, compared byte for byte).
+WARM_SCRIPTS = ("topkdice", "nnUNetv2_plan_and_preprocess")
 
 
 def _start(command: Command, env: dict[str, str], warm_start: bool) -> subprocess.Popen | warm.WarmProcess:

@@ -84,7 +84,7 @@ def run_session(
     if not emit:
         _err(f"Logs: {config.log_dir}/<step>.log")
     started = time.monotonic()
-    # on the CPU, topkdice's commands fork from a process that imported torch once (pipeline/warm.py)
+    # on the CPU, the commands fork from a process that imported torch once (pipeline/warm.py)
     warm_start = config.device == "cpu"
     report = run_steps(before, env, log_dir=config.log_dir, verbose=invocation.verbose, total=total,
                        warm_start=warm_start)  # fmt: skip

@@ -1,20 +1,25 @@
-"""Warm starts: a pipeline's ``topkdice`` commands forked from a process that has imported torch already.
+"""Warm starts: a pipeline's commands forked from a process that has imported torch already.
 
-A command of a pipeline (``topkdice train``, ``predict``, ``evaluate``) started as a new interpreter
-imports torch, nnU-Net and their dependencies first: about 5 s on a 2-core CPU, a quarter of one of the
-demo's trainings. On the CPU the runner starts these commands from multiprocessing's *forkserver*
-instead: a process that imports :data:`PRELOAD` once and forks a fresh child for each command. The child
-takes the command's environment (all of it, as ``subprocess.Popen(env=...)``), working directory and
-arguments, calls the console script's own entry point as the executable would, and writes its output
-to a pipe that the runner reads like a subprocess's stdout. Exit codes, output and results are the
-executable's (a training's weights bit for bit: ``tests/test_pipeline_warm.py``).
+A command of a pipeline (``topkdice train``, ``predict``, ``evaluate``, nnU-Net's preprocessing) started as
+a new interpreter imports torch and the libraries of nnU-Net first: about 5 s on a 2-core CPU, a quarter
+of one of the demo's trainings. On the CPU the runner starts these commands from multiprocessing's
+*forkserver* instead: a process that imports those libraries once (:data:`PRELOAD`) and forks a fresh
+child for each command. The child takes the command's environment (all of it, as
+``subprocess.Popen(env=...)``), working directory and arguments, calls the console script's own entry
+point as the executable would, and writes its output to a pipe that the runner reads like a subprocess's
+stdout. Exit codes, output and results are the executable's (a training's weights bit for bit:
+``tests/test_seeded_training.py``).
 
-Where a child differs from a new interpreter: variables that a library reads when it is loaded (OpenMP's
-``OMP_*``, for instance) keep the values the runner had when the forkserver started; the commands' own
-variables (nnU-Net's folders, ``nnUNet_n_proc_DA``) are read when used. Python's ``atexit`` handlers do
-not run (multiprocessing ends its children with ``os._exit``), and stdin is ``/dev/null``. CUDA is left
-out: a process must not fork once it has touched a GPU, and on a GPU 5 s per training do not matter.
-``TOPKDICE_WARM_START=0`` starts every command as a subprocess.
+nnU-Net and this package are not preloaded (importing them costs a child about 0.15 s): nnU-Net reads
+``nnUNet_def_n_proc`` and ``nnUNet_n_proc_DA`` when ``nnunetv2.configuration`` is imported, and each
+command must see its own values. Where a child still differs from a new interpreter: variables that the
+preloaded libraries read when they load (OpenMP's ``OMP_*``, torch's ``TORCH_*``) keep the values the
+runner had when the forkserver started, which the steps' own variables (nnU-Net's) do not touch. Python's
+``atexit`` handlers do not run (multiprocessing ends its children with ``os._exit``), and stdin is
+``/dev/null``. The process that starts commands must guard its main module (``if __name__ ==
+"__main__"``), as for any forkserver. CUDA is left out: a process must not fork once it has touched a GPU,
+and on a GPU 5 s per training do not matter. ``TOPKDICE_WARM_START=0`` starts every command as a new
+interpreter.
 """
 
 from __future__ import annotations
@@ -34,13 +39,25 @@ from typing import BinaryIO
 
 __all__ = ["PRELOAD", "WARM_START_VARIABLE", "WarmProcess", "entry_point", "start", "warm_start_allowed"]
 
-#: Imported once by the forkserver: what ``topkdice train``, ``predict`` and ``evaluate`` import.
+#: Imported once by the forkserver: the third-party libraries whose imports dominate the commands' start
+#: (``python -X importtime``; more than 20 ms each, 3.2 s of 3.4 s in all), never nnU-Net or this package.
 PRELOAD: tuple[str, ...] = (
-    "nnunet_topkdice.cli",
-    "nnunet_topkdice.training.seeded",
-    "nnunet_topkdice.trainers",
-    "nnunetv2.inference.predict_from_raw_data",
-    "nnunet_topkdice.evaluation.evaluate",
+    "torch",
+    "torch._dynamo",
+    "seaborn",
+    "matplotlib.pyplot",
+    "pandas",
+    "scipy.ndimage",
+    "scipy.spatial",
+    "scipy.stats",
+    "statsmodels.stats.multitest",
+    "sklearn.model_selection",
+    "SimpleITK",
+    "blosc2",
+    "acvl_utils.cropping_and_padding.bounding_boxes",
+    "batchgeneratorsv2.transforms.spatial.spatial",
+    "batchgeneratorsv2.transforms.nnunet.random_binary_operator",
+    "dynamic_network_architectures.architectures.unet",
 )
 
 #: Set to ``0`` to start every command as a new interpreter.
