@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_topkdice.pipeline import runner, warm
+from nnunet_topkdice.cli import main
+from nnunet_topkdice.pipeline import runner, session, state, warm
 from nnunet_topkdice.pipeline.steps import Command, Step
 
 pytestmark = pytest.mark.skipif(not warm.warm_start_allowed({}), reason="no forkserver on this platform")
@@ -132,3 +133,40 @@ def test_warm_preprocessing_writes_the_same_files(tiny_dataset, tmp_path: Path) 
     files = sorted(path.relative_to(cold) for path in cold.rglob("*") if path.is_file())
     assert files and files == sorted(path.relative_to(hot) for path in hot.rglob("*") if path.is_file())
     assert all((cold / name).read_bytes() == (hot / name).read_bytes() for name in files)
+
+
+class _StopBeforeRunning(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("device", "variable", "expected"),
+    [("cpu", None, True), ("cuda", None, False), ("cpu", "0", False)],
+    ids=["cpu", "cuda", "cpu-refused"],
+)
+def test_compare_starts_warm_on_the_cpu_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, variable: str | None, expected: bool
+) -> None:
+    raw = tmp_path / "raw" / "Dataset004_Hippo"
+    raw.mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 4, "labels": {}}))
+    for name in state.NNUNET_FOLDER_VARIABLES:
+        monkeypatch.setenv(name, str(tmp_path / name.removeprefix("nnUNet_")))
+    if variable is None:
+        monkeypatch.delenv(warm.WARM_START_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(warm.WARM_START_VARIABLE, variable)
+    calls: list[object] = []
+    monkeypatch.setattr(warm, "prestart", lambda: calls.append("prestart"))
+    monkeypatch.setattr(session, "check_before_running", lambda *args, **kwargs: calls.append("checks"))
+
+    def first_step(*args, warm_start: bool = False, **kwargs):
+        calls.append(warm_start)
+        raise _StopBeforeRunning
+
+    monkeypatch.setattr(session, "run_steps", first_step)
+    argv = ["compare", "-d", "4", "-c", "2d", "--trainers", "nnUNetTrainer", "--device", device, "-w", str(tmp_path)]
+    with pytest.raises(_StopBeforeRunning):
+        main(argv)
+    # the forkserver starts before the checks (its imports overlap them), and only where commands start warm
+    assert calls == (["prestart", "checks", True] if expected else ["checks", False])

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_topkdice.pipeline import state
+from nnunet_topkdice.pipeline import state, warm
 from nnunet_topkdice.pipeline.compare import (
     CompareConfig,
     ComparePlan,
@@ -72,20 +72,23 @@ def run_session(
             print(line)
         return 0
 
+    emit = invocation.emit_slurm is not None
+    # on the CPU, the commands fork from a process that imported torch once (pipeline/warm.py); started
+    # now, its imports overlap the checks below, which import nnU-Net's trainers here
+    warm_start = config.device == "cpu" and not emit and warm.warm_start_allowed(env)
+    if warm_start:
+        warm.prestart()
     # before anything runs: a misspelt trainer or an unwritable folder must not fail hours later
     to_train = sorted({job.trainer for job in training_jobs(plan) if job.remaining() is not None})
     check_before_running(config, env, emit_slurm=invocation.emit_slurm, writes_raw=bool(before), to_train=to_train)
     # The step count of a plan resolved before the dataset exists is the final one: the presets that
     # write their dataset first (reproduce, demo) evaluate a test set with explicit folds.
     steps = compare_steps(plan)
-    emit = invocation.emit_slurm is not None
     # a SLURM sweep prepares the data here (every task then finds it) and stops before the trainings
     total = len(before) + (_first_training(steps) if emit else len(steps))
     if not emit:
         _err(f"Logs: {config.log_dir}/<step>.log")
     started = time.monotonic()
-    # on the CPU, the commands fork from a process that imported torch once (pipeline/warm.py)
-    warm_start = config.device == "cpu"
     report = run_steps(before, env, log_dir=config.log_dir, verbose=invocation.verbose, total=total,
                        warm_start=warm_start)  # fmt: skip
     if before:
