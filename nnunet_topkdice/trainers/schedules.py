@@ -60,7 +60,7 @@ class PaperSchedule(_Schedule):
 
 
 class DemoSchedule(_Schedule):
-    """A short nnU-Net schedule for demos and end-to-end tests (a minute on a CPU, not a real training).
+    """A short nnU-Net schedule for demos and end-to-end tests (under a minute on a 2-core CPU, not a real training).
 
     Only the length changes (nnU-Net's SGD, learning rate and poly decay are kept); a checkpoint is
     written every ``demo_save_every`` epochs so that an interrupted demo resumes with ``--c``. Tune the
