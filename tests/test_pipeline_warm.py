@@ -1,7 +1,7 @@
 """Warm starts (``pipeline/warm.py``): a forked child behaves like the command started as a new interpreter.
 
-The trained weights of a warm-started ``topkdice train`` are compared with a new interpreter's in
-``tests/test_seeded_training.py``; here: environment, directory, arguments, output, exit codes,
+The batches and weights of a warm-started ``topkdice train`` are compared with the same run trained in the
+test process in ``tests/test_seeded_training.py``; here: environment, directory, arguments, output, exit codes,
 termination, and the runner's choice between the two ways of starting a command.
 """
 

@@ -132,7 +132,7 @@ def start(
     if target is None:
         raise ValueError(f"{argv[0]!r} is not an installed console script")
     context = multiprocessing.get_context("forkserver")
-    forkserver.set_forkserver_preload(list(PRELOAD))  # applies when the server starts (prestart or the first command)
+    prestart()  # with the preload, unless the server runs already
     read_fd, write_fd = os.pipe()
     writer = Connection(write_fd, readable=False)  # carries the fd to the child (multiprocessing passes it)
     try:
