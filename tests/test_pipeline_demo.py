@@ -21,7 +21,14 @@ from nnunet_topkdice.pipeline.compare import compare_steps
 from nnunet_topkdice.pipeline.demo import DEMO_SEEDS, demo_config, demo_steps_before
 from nnunet_topkdice.pipeline.plan import resolve_plan
 from nnunet_topkdice.pipeline.runner import run_steps
-from nnunet_topkdice.pipeline.steps import PHASES, Step, format_duration, format_phase_times, phase_of
+from nnunet_topkdice.pipeline.steps import (
+    PHASES,
+    Step,
+    format_duration,
+    format_phase_times,
+    phase_of,
+    phase_seconds,
+)
 from nnunet_topkdice.pipeline.synthetic import generate_synapse_like
 
 SHADOW_TRAINERS = """
@@ -103,17 +110,33 @@ def test_the_demo_has_three_seeds_and_every_step_a_phase(tmp_path: Path) -> None
     assert phases.count("trainings") == 2 * len(DEMO_SEEDS) and phases.count("predictions") == len(DEMO_SEEDS)
 
 
-def test_phase_times_sum_each_phase_in_pipeline_order() -> None:
-    seconds = {
+def test_phase_times_add_up_each_phase_in_pipeline_order() -> None:
+    durations = {
         "generate": 1.2, "convert": 2.6, "preprocess": 21.4, "train_A_seed0_foldall": 50.0,
         "train_B_seed0_foldall": 70.4, "predict_seed0": 9.0, "evaluate": 8.0, "mystery_step": 0.4,
     }  # fmt: skip
-    assert format_phase_times(seconds, total=163.4) == (
+    spans, clock = {}, 100.0
+    for name, seconds in durations.items():  # one after the other
+        spans[name] = (clock, clock + seconds)
+        clock += seconds
+    assert format_phase_times(spans, total=163.4) == (
         "Time: generation 1 s, conversion 3 s, preprocessing 21 s, trainings 2 min 0 s (2 steps), predictions 9 s, "
         "evaluation 8 s, mystery 0 s; total 2 min 43 s"
     )
     assert format_phase_times({}, total=0.2) == "Time: nothing ran; total 0 s"
     assert [format_duration(s) for s in (0.4, 59.5, 60.0, 3599.6)] == ["0 s", "1 min 0 s", "1 min 0 s", "60 min 0 s"]
+
+
+def test_phase_times_count_steps_run_side_by_side_once() -> None:
+    # --cpu-jobs 2: A and B of seed 0 overlap, C starts when A ends and runs past B; D after a pause
+    spans = {
+        "train_A_seed0": (0.0, 30.0), "train_B_seed0": (1.0, 40.0), "train_C_seed1": (30.0, 65.0),
+        "train_D_seed1": (70.0, 80.0), "predict_seed0": (80.0, 84.0), "predict_seed1": (80.5, 83.0),
+    }  # fmt: skip
+    assert phase_seconds(spans) == {"trainings": (75.0, 4), "predictions": (4.0, 2)}
+    assert format_phase_times(spans, total=84.0) == (
+        "Time: trainings 1 min 15 s (4 steps), predictions 4 s (2 steps); total 1 min 24 s"
+    )
 
 
 def test_the_runner_times_each_step_that_runs(tmp_path: Path) -> None:

@@ -121,7 +121,7 @@ def test_slurm_header_refuses_array_and_slurm_only(tmp_path: Path) -> None:
         slurm_resources("cuda", 2, header=["#SBATCH --cpus-per-task=1"], environ={})
     args = build_parser().parse_args(["compare", "-d", "4", "-c", "2d", "-tr", "A", "--slurm-header", str(header)])
     with pytest.raises(InputError, match="--slurm-header is for --emit-slurm FILE"):
-        pipeline_cli._invocation("compare", args)
+        pipeline_cli._invocation("compare", args, "cuda")
 
 
 def test_slurm_resources_take_the_users_workers() -> None:

@@ -10,6 +10,7 @@ subprocesses, because forking data-augmentation workers from a process that has 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
@@ -25,6 +26,9 @@ from nnunet_e2e import BIN, DATASET_ID, DATASET_NAME, TinyDataset, run
 from nnunet_topkdice.cli import build_parser, main
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.pipeline import warm
+from nnunet_topkdice.pipeline.runner import run_steps
+from nnunet_topkdice.pipeline.session import cpu_slots
+from nnunet_topkdice.pipeline.steps import Command, Step
 from nnunet_topkdice.training.layout import (
     SEED_RECORD,
     check_seed,
@@ -499,6 +503,35 @@ def test_a_warm_started_run_is_the_same_run(
     assert (runs.base / f"{name}.log").read_text().splitlines() == log
     warm_fold = fold_folder(seed_results_root(runs.base / name, 0), DATASET_NAME, PROBE, "nnUNetPlans", "2d", 0)
     assert _same_weights(_weights(warm_fold), _weights(fold))
+
+
+@pytest.mark.slow
+def test_trainings_side_by_side_are_the_trainings_alone(runs: SeededRuns, reference: tuple[list[str], Path]) -> None:
+    """``--cpu-jobs 2``: two trainings started warm at once by the runner, one torch thread each, give the
+    weights of the same training run alone with one thread; the batches are the reference's."""
+    log, _ = reference
+    env = {**os.environ, **runs.environment(runs.base / "unused", runs.base / "unused.log")}
+    argv = tuple(train_argv(DATASET_ID, "2d", 0, PROBE, 0, device="cpu"))
+
+    def step(name: str) -> Step:
+        own = {"nnUNet_results": str(runs.base / name), "TOPKDICE_TEST_BATCH_LOG": str(runs.base / f"{name}.log")}
+        return Step(f"train_{name}", name, lambda: None, lambda: Command(argv, own), parallel="train")
+
+    slots = cpu_slots(2, cores=2)
+    logs = runs.base / "side_by_side_logs"
+    run_steps([step("alone")], env, log_dir=logs, slots=slots, stream=io.StringIO(), warm_start=True)
+    report = run_steps([step("left"), step("right")], env, log_dir=logs, slots=slots, stream=io.StringIO(),
+                       warm_start=True)  # fmt: skip
+    (left_start, left_end), (right_start, right_end) = report.spans["train_left"], report.spans["train_right"]
+    assert left_start < right_end and right_start < left_end  # they did run at the same time
+    assert "TOPKDICE_CPU_THREADS=1 topkdice train" in (logs / "train_left.log").read_text()
+    folds = {
+        name: fold_folder(seed_results_root(runs.base / name, 0), DATASET_NAME, PROBE, "nnUNetPlans", "2d", 0)
+        for name in ("alone", "left", "right")
+    }
+    assert all((runs.base / f"{name}.log").read_text().splitlines() == log for name in folds)
+    alone = _weights(folds["alone"])
+    assert _same_weights(_weights(folds["left"]), alone) and _same_weights(_weights(folds["right"]), alone)
 
 
 def test_train_is_registered() -> None:

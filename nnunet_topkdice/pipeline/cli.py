@@ -114,7 +114,22 @@ class _Options:
         self.container.set_defaults(call_options=tuple(self.actions), **defaults)
 
 
-def _invocation(prog: str, args: argparse.Namespace):
+def cpu_jobs(args: argparse.Namespace, device: str, default: int = 1) -> int:
+    """``--cpu-jobs``, else ``default`` on the CPU (1 on a GPU or in a SLURM script).
+
+    Raises:
+        InputError: ``--cpu-jobs`` without ``--device cpu``, or with ``--emit-slurm``.
+    """
+    if args.cpu_jobs is None:
+        return default if device == "cpu" and args.emit_slurm is None else 1
+    if device != "cpu":
+        raise InputError(f"--cpu-jobs needs --device cpu, got --device {device} (on GPUs: --gpus)")
+    if args.emit_slurm is not None:
+        raise InputError("--cpu-jobs runs trainings side by side here; a SLURM script runs one per array task")
+    return args.cpu_jobs
+
+
+def _invocation(prog: str, args: argparse.Namespace, device: str, default_cpu_jobs: int = 1):
     from nnunet_topkdice.pipeline.session import Invocation
     from nnunet_topkdice.pipeline.slurm import read_slurm_header
 
@@ -125,6 +140,7 @@ def _invocation(prog: str, args: argparse.Namespace):
         emit_slurm=args.emit_slurm.resolve() if args.emit_slurm else None,
         verbose=args.verbose,
         gpu_slots=gpu_slots(args.gpus, args.num_gpus) if args.gpus else (),
+        cpu_jobs=cpu_jobs(args, device, default_cpu_jobs),
         collect_command=same_call(prog, args),
         slurm_header=read_slurm_header(args.slurm_header) if args.slurm_header else (),
         n_proc_da=args.n_proc_da,
@@ -208,7 +224,7 @@ def _compare_command(args: argparse.Namespace) -> int:
         train_env=_train_env(args, device),
     )
     warn_few_seeds("compare", config.seeds)
-    return run_session(config, _invocation("compare", args))
+    return run_session(config, _invocation("compare", args, device))
 
 
 def _reproduce_command(args: argparse.Namespace) -> int:
@@ -249,27 +265,31 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     )
     check_source(args.input, config)
     warn_few_seeds("reproduce", config.seeds)
-    return run_session(config, _invocation("reproduce", args), before=[convert_step(args.dataset, args.input, config)])
+    before = [convert_step(args.dataset, args.input, config)]
+    return run_session(config, _invocation("reproduce", args, device), before=before)
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    from nnunet_topkdice.pipeline.demo import demo_config, demo_steps_before
+    from nnunet_topkdice.pipeline.demo import demo_config, demo_cpu_jobs, demo_steps_before
     from nnunet_topkdice.pipeline.session import run_session
 
+    device = _device(args)
     config = demo_config(
-        args.workdir or Path("topkdice_demo"), device=_device(args), all_rows=args.all, seeds=tuple(args.seeds),
+        args.workdir or Path("topkdice_demo"), device=device, all_rows=args.all, seeds=tuple(args.seeds),
         num_processes=args.num_processes,
     )  # fmt: skip
     if args.n_proc_da is not None:
         config = dataclasses.replace(config, train_env={**config.train_env, "nnUNet_n_proc_DA": str(args.n_proc_da)})
-    return run_session(config, _invocation("demo", args), before=demo_steps_before(config), show_times=True)
+    invocation = _invocation("demo", args, device, default_cpu_jobs=demo_cpu_jobs())
+    return run_session(config, invocation, before=demo_steps_before(config), show_times=True)
 
 
 # --- parsers ------------------------------------------------------------------------------------------
 
 
 def _add_run_options(
-    p: _Options, *, default_np: int, default_seeds: list[int], gpus: bool = True
+    p: _Options, *, default_np: int, default_seeds: list[int], gpus: bool = True,
+    cpu_jobs_default: str = "1, every core to one training, as nnU-Net",
 ) -> None:
     p.add(
         "--seeds", nargs="+", type=non_negative_int, default=default_seeds, metavar="S",
@@ -289,6 +309,11 @@ def _add_run_options(
     p.add(
         "-np", "--num-processes", type=positive_int, default=default_np, metavar="N",
         help=f"worker processes of conversion, preprocessing, prediction and evaluation (default: {default_np})",
+    )  # fmt: skip
+    p.add(
+        "--cpu-jobs", type=positive_int, default=None, metavar="N",
+        help="with --device cpu: run N trainings (and predictions) at once, each giving torch 1/N of the cores "
+        f"(TOPKDICE_CPU_THREADS, shown in front of the command; default: {cpu_jobs_default})",
     )  # fmt: skip
     if gpus:
         p.add(
@@ -407,7 +432,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _target_difference_option(p)
     p.finish(func=_reproduce_command)
 
-    from nnunet_topkdice.pipeline.demo import DEMO_SEEDS
+    from nnunet_topkdice.pipeline.demo import DEMO_CPU_JOBS, DEMO_SEEDS
 
     p = subparsers.add_parser(
         "demo",
@@ -422,5 +447,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _workdir_option(p, "./topkdice_demo")
     p.add("--all", action="store_true",
                    help="compare every row of the paper's table (and its controls), not just two")  # fmt: skip
-    _add_run_options(p, default_np=min(2, DEFAULT_NUM_PROCESSES), default_seeds=list(DEMO_SEEDS), gpus=False)
+    _add_run_options(p, default_np=min(2, DEFAULT_NUM_PROCESSES), default_seeds=list(DEMO_SEEDS), gpus=False,
+                     cpu_jobs_default=f"{DEMO_CPU_JOBS}, or 1 on a one-core CPU")  # fmt: skip
     p.finish(func=_demo_command)

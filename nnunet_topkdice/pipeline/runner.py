@@ -25,7 +25,7 @@ from typing import TextIO
 
 from nnunet_topkdice.pipeline import warm
 from nnunet_topkdice.pipeline.progress import TrainingBar
-from nnunet_topkdice.pipeline.steps import Command, Step, resolve_executable
+from nnunet_topkdice.pipeline.steps import Command, Span, Step, resolve_executable
 
 #: Lines of a failed command's log shown on the terminal.
 FAILURE_TAIL_LINES = 20
@@ -33,14 +33,19 @@ FAILURE_TAIL_LINES = 20
 
 @dataclass
 class RunReport:
-    """Which steps ran (and how long each took, wall-clock seconds) and which were already done."""
+    """Which steps ran (and when: ``time.monotonic()`` at start and end) and which were already done."""
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)  # step name -> wall-clock seconds, steps that ran
+    spans: dict[str, Span] = field(default_factory=dict)  # step name -> (start, end), steps that ran
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Step name -> wall-clock seconds, for the steps that ran."""
+        return {name: end - start for name, (start, end) in self.spans.items()}
 
     def __add__(self, other: RunReport) -> RunReport:
-        return RunReport(self.ran + other.ran, self.skipped + other.skipped, {**self.seconds, **other.seconds})
+        return RunReport(self.ran + other.ran, self.skipped + other.skipped, {**self.spans, **other.spans})
 
 
 def describe_steps(steps: Sequence[Step]) -> list[str]:
@@ -125,11 +130,11 @@ def run_steps(
             else:
                 todo.append((number, step))
         if len(todo) > 1 and len(slots) > 1:
-            report.seconds.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal, warm_start))
+            report.spans.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal, warm_start))
         else:
             slot = dict(slots[0]) if slots else {}
             for number, step in todo:
-                report.seconds[step.name] = _execute(
+                report.spans[step.name] = _execute(
                     number, total, step, env, log_dir, verbose, slot, terminal, position=0, warm_start=warm_start
                 )  # fmt: skip
         report.ran += [step.name for _, step in todo]
@@ -146,13 +151,13 @@ def _run_concurrently(
     slots: Sequence[Mapping[str, str]],
     terminal: _Terminal,
     warm_start: bool,
-) -> dict[str, float]:
-    """Run the steps, one per slot at a time; returns each step's wall-clock seconds."""
+) -> dict[str, Span]:
+    """Run the steps, one per slot at a time; returns each step's (start, end)."""
     free: queue.Queue[int] = queue.Queue()
     for position in range(len(slots)):
         free.put(position)
 
-    def work(number: int, step: Step) -> float:
+    def work(number: int, step: Step) -> Span:
         position = free.get()
         try:
             return _execute(number, total, step, env, log_dir, verbose, dict(slots[position]), terminal,
@@ -160,14 +165,14 @@ def _run_concurrently(
         finally:
             free.put(position)
 
-    seconds: dict[str, float] = {}
+    spans: dict[str, Span] = {}
     failures: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         futures = [pool.submit(work, number, step) for number, step in todo]
         try:
             for (_, step), future in zip(todo, futures, strict=True):
                 try:
-                    seconds[step.name] = future.result()
+                    spans[step.name] = future.result()
                 except Exception as e:  # the others keep running; the first failure is raised at the end
                     failures.append(e)
         except BaseException:  # Ctrl-C or SIGTERM: stop the commands so that the threads can end
@@ -177,7 +182,7 @@ def _run_concurrently(
             raise
     if failures:
         raise failures[0]
-    return seconds
+    return spans
 
 
 # Child processes still running, so that an interrupt (Ctrl-C) stops them too.
@@ -197,8 +202,8 @@ def _execute(
     *,
     position: int,
     warm_start: bool = False,
-) -> float:
-    """Run one step (its ``after`` too); returns the wall-clock seconds it took."""
+) -> Span:
+    """Run one step (its ``after`` too); returns when it started and ended (``time.monotonic()``)."""
     started = time.monotonic()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{step.name}.log"
@@ -247,7 +252,7 @@ def _execute(
             raise subprocess.CalledProcessError(returncode, command.shell())
     if step.after is not None:
         step.after()
-    return time.monotonic() - started
+    return started, time.monotonic()
 
 
 #: The console scripts started warm (:mod:`.warm`): this package's and nnU-Net's preprocessing (whose

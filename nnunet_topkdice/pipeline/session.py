@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_topkdice.cpu_threads import CPU_THREADS_VARIABLE, threads_per_job
 from nnunet_topkdice.pipeline import state, warm
 from nnunet_topkdice.pipeline.compare import (
     CompareConfig,
@@ -37,6 +38,7 @@ class Invocation:
     emit_slurm: Path | None = None
     verbose: bool = False
     gpu_slots: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES of each concurrent training
+    cpu_jobs: int = 1  # --cpu-jobs: CPU trainings (and predictions) at once, each with its share of the cores
     collect_command: str = ""  # the command line that finishes a SLURM sweep (the same call)
     slurm_header: tuple[str, ...] = ()  # the user's lines for the SLURM script (--slurm-header)
     n_proc_da: int | None = None  # --n-proc-da: data-augmentation workers per GPU, if given
@@ -97,7 +99,7 @@ def run_session(
     if emit:
         return _emit_slurm(plan, invocation, steps, env, first=len(before) + 1)
 
-    slots = [{"CUDA_VISIBLE_DEVICES": ids} for ids in invocation.gpu_slots]
+    slots = [{"CUDA_VISIBLE_DEVICES": ids} for ids in invocation.gpu_slots] or cpu_slots(invocation.cpu_jobs)
     report += run_steps(steps, env, log_dir=config.log_dir, verbose=invocation.verbose, slots=slots,
                         first=len(before) + 1, total=total, warm_start=warm_start)  # fmt: skip
     elapsed = time.monotonic() - started
@@ -106,8 +108,16 @@ def run_session(
         _err("Nothing left to do: every step had already been done.")
     elif show_times:
         sys.stdout.flush()  # the summary first, then the times, also when both go to one terminal
-        _err(format_phase_times(report.seconds, elapsed))
+        _err(format_phase_times(report.spans, elapsed))
     return 0
+
+
+def cpu_slots(jobs: int, cores: int | None = None) -> list[dict[str, str]]:
+    """The runner's slots for ``jobs`` concurrent CPU commands: each gives torch its share of the cores
+    (:mod:`nnunet_topkdice.cpu_threads`). One job: no slot, so torch gets every core, as in nnU-Net."""
+    if jobs == 1:
+        return []
+    return [{CPU_THREADS_VARIABLE: str(threads_per_job(jobs, cores))} for _ in range(jobs)]
 
 
 def unset_notes(config: CompareConfig) -> list[str]:

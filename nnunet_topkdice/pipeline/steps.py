@@ -18,6 +18,8 @@ from pathlib import Path
 
 from nnunet_topkdice.errors import InputError
 
+#: When a step ran: ``time.monotonic()`` at its start and at its end.
+Span = tuple[float, float]
 
 @dataclass(frozen=True)
 class Command:
@@ -92,13 +94,24 @@ def phase_of(step_name: str) -> str:
     return PHASES.get(word, word)
 
 
-def phase_seconds(seconds: Mapping[str, float]) -> dict[str, tuple[float, int]]:
-    """Step name -> seconds (in running order) as phase -> (seconds summed, number of steps), in that order."""
-    phases: dict[str, tuple[float, int]] = {}
-    for name, value in seconds.items():
-        total, count = phases.get(phase_of(name), (0.0, 0))
-        phases[phase_of(name)] = (total + value, count + 1)
-    return phases
+def phase_seconds(spans: Mapping[str, Span]) -> dict[str, tuple[float, int]]:
+    """Step name -> (start, end), in running order, as phase -> (wall-clock seconds, number of steps), in that
+    order. A phase's seconds are the time during which at least one of its steps ran: steps run side by
+    side (``--gpus``, ``--cpu-jobs``) count once."""
+    grouped: dict[str, list[Span]] = {}
+    for name, span in spans.items():
+        grouped.setdefault(phase_of(name), []).append(span)
+    return {phase: (_covered_seconds(group), len(group)) for phase, group in grouped.items()}
+
+
+def _covered_seconds(spans: list[Span]) -> float:
+    """The length of the union of the intervals."""
+    covered, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered
 
 
 def format_duration(seconds: float) -> str:
@@ -107,11 +120,11 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 60} min {whole % 60} s" if whole >= 60 else f"{whole} s"
 
 
-def format_phase_times(seconds: Mapping[str, float], total: float) -> str:
-    """One line: each phase's time (with its number of steps when several) and the total wall-clock time."""
+def format_phase_times(spans: Mapping[str, Span], total: float) -> str:
+    """One line: each phase's wall-clock time (with its number of steps when several) and the total."""
     parts = [
         f"{phase} {format_duration(value)}" + (f" ({count} steps)" if count > 1 else "")
-        for phase, (value, count) in phase_seconds(seconds).items()
+        for phase, (value, count) in phase_seconds(spans).items()
     ]
     return f"Time: {', '.join(parts) or 'nothing ran'}; total {format_duration(total)}"
 

@@ -45,6 +45,7 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
+from nnunet_topkdice.cpu_threads import cpu_threads
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.ext import environment_with_trainers
 from nnunet_topkdice.training.layout import (
@@ -229,9 +230,16 @@ def seeded_trainer_class(trainer_class: type, seed: int) -> type:
 
 
 def torch_device(name: str) -> torch.device:
-    """``-device`` as ``nnUNetv2_train`` sets it up: all CPU threads for ``cpu``, one thread for ``cuda``."""
+    """``-device`` as ``nnUNetv2_train`` sets it up: all CPU threads for ``cpu`` (or
+    ``TOPKDICE_CPU_THREADS``, the pipeline's share for each of several concurrent commands: :mod:`.cpu_threads`),
+    one thread for ``cuda``.
+
+    Raises:
+        InputError: ``TOPKDICE_CPU_THREADS`` is not a positive integer.
+        ValueError: an unknown device name.
+    """
     if name == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(cpu_threads())
         return torch.device("cpu")
     if name == "cuda":
         torch.set_num_threads(1)
