@@ -481,11 +481,17 @@ def test_runner_runs_parallel_steps_one_per_slot(tmp_path: Path) -> None:
     import io
 
     steps = [_command_step(f"job{i}", _WRITE_GPU, str(tmp_path / f"{i}.txt"), parallel="train") for i in range(3)]
+    alone = _command_step("evaluate", _WRITE_GPU, str(tmp_path / "evaluate.txt"))  # no parallel kind: no slot
     slots = [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
-    run_steps(steps, dict(os.environ), log_dir=tmp_path / "logs", slots=slots, stream=io.StringIO())
+    stream = io.StringIO()
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    run_steps([*steps, alone], env, log_dir=tmp_path / "logs", slots=slots, stream=stream)
     seen = [(tmp_path / f"{i}.txt").read_text() for i in range(3)]
     assert set(seen) <= {"0", "1"} and len(set(seen)) == 2
-    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["job0.log", "job1.log", "job2.log"]
+    assert (tmp_path / "evaluate.txt").read_text() == "-"
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["evaluate.log", "job0.log", "job1.log", "job2.log"]
+    # started in order, so the terminal lists them in order
+    assert [line.split("]")[0] for line in stream.getvalue().splitlines()] == ["[1/4", "[2/4", "[3/4", "[4/4"]
 
 
 def test_runner_concurrent_failure_is_raised_after_the_others(tmp_path: Path) -> None:

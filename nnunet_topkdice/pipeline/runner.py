@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -132,8 +132,9 @@ def run_steps(
         if len(todo) > 1 and len(slots) > 1:
             report.spans.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal, warm_start))
         else:
-            slot = dict(slots[0]) if slots else {}
             for number, step in todo:
+                # a step of a parallel kind runs in a slot also alone (the same command as beside others)
+                slot = dict(slots[0]) if slots and step.parallel is not None else {}
                 report.spans[step.name] = _execute(
                     number, total, step, env, log_dir, verbose, slot, terminal, position=0, warm_start=warm_start
                 )  # fmt: skip
@@ -152,24 +153,30 @@ def _run_concurrently(
     terminal: _Terminal,
     warm_start: bool,
 ) -> dict[str, Span]:
-    """Run the steps, one per slot at a time; returns each step's (start, end)."""
+    """Run the steps, one per slot at a time, started in order; returns each step's (start, end)."""
     free: queue.Queue[int] = queue.Queue()
     for position in range(len(slots)):
         free.put(position)
 
-    def work(number: int, step: Step) -> Span:
-        position = free.get()
+    def work(number: int, step: Step, position: int, announced: threading.Event) -> Span:
         try:
             return _execute(number, total, step, env, log_dir, verbose, dict(slots[position]), terminal,
-                            position=position, warm_start=warm_start)  # fmt: skip
+                            position=position, warm_start=warm_start, announced=announced)  # fmt: skip
         finally:
             free.put(position)
 
     spans: dict[str, Span] = {}
     failures: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        futures = [pool.submit(work, number, step) for number, step in todo]
+        futures: list[Future[Span]] = []
         try:
+            for number, step in todo:
+                position = free.get()
+                announced = threading.Event()
+                futures.append(pool.submit(work, number, step, position, announced))
+                # the next one's line after this one's: the terminal lists the steps in order
+                while not announced.wait(0.05) and not futures[-1].done():
+                    pass
             for (_, step), future in zip(todo, futures, strict=True):
                 try:
                     spans[step.name] = future.result()
@@ -202,18 +209,23 @@ def _execute(
     *,
     position: int,
     warm_start: bool = False,
+    announced: threading.Event | None = None,
 ) -> Span:
-    """Run one step (its ``after`` too); returns when it started and ended (``time.monotonic()``)."""
+    """Run one step (its ``after`` too); returns when it started and ended (``time.monotonic()``).
+
+    ``announced`` is set once the step's line is on the terminal."""
     started = time.monotonic()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{step.name}.log"
     if step.action is not None:
         terminal.line(f"[{number}/{total}] {step.title}")
+        _set(announced)
         step.action(log_file)
     else:
         assert step.command is not None
         command = step.command().with_env(slot_env)
         terminal.line(f"[{number}/{total}] $ {command.shell()}")
+        _set(announced)
         bar = TrainingBar(step.title, step.training_dir, stream=terminal.stream, position=position)
         bar_used = step.training_dir is not None and not verbose
         with open(log_file, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: follow it live
@@ -253,6 +265,11 @@ def _execute(
     if step.after is not None:
         step.after()
     return started, time.monotonic()
+
+
+def _set(event: threading.Event | None) -> None:
+    if event is not None:
+        event.set()
 
 
 #: The console scripts started warm (:mod:`.warm`): this package's and nnU-Net's preprocessing (whose
