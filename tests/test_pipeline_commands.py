@@ -607,6 +607,22 @@ def test_dry_run_lists_every_command_and_runs_nothing(
     assert not config.workdir.exists()
 
 
+def test_dry_run_shows_the_threads_of_cpu_jobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnUNet_raw"))
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    argv = ["compare", "-d", "Dataset004_Hippo", "-c", "2d", "--trainers", "TrainerA", "TrainerB", "--folds", "0",
+            "--device", "cpu", "-w", str(config.workdir), "--cpu-jobs", "2", "--dry-run"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    # preprocess, split, 2 trainings, 3 collections, evaluate: the trainings show their slot's threads
+    assert len(out) == 8 and "$ nnUNetv2_plan_and_preprocess " in out[0] and "topkdice evaluate " in out[7]
+    assert all("$ nnUNet_n_proc_DA=0 TOPKDICE_CPU_THREADS=4 topkdice train --seed 0" in line for line in out[2:4])
+    assert sum("TOPKDICE_CPU_THREADS" in line for line in out) == 2
+
+
 def test_reproduce_dry_run_is_the_papers_preset(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

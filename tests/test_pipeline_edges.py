@@ -252,3 +252,20 @@ def test_compare_end_to_end_from_a_bare_shell(tmp_path: Path) -> None:
     assert results["reference_dir"] == str(tmp_path / "nnUNet_raw" / "Dataset985_PipelineTest" / "labelsTs")
     assert (tmp_path / "work" / "nnUNet_preprocessed" / "Dataset985_PipelineTest" / "nnUNetPlans.json").is_file()
     assert not (tmp_path / "work" / "nnUNet_raw").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{'file_ending': '.nii.gz'}", "cannot read it as JSON"), ('{"labels": {}}', "not an nnU-Net dataset.json")],
+    ids=["not-json", "no-file-ending"],
+)
+def test_a_broken_dataset_json_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    raw = tmp_path / "nnUNet_raw" / "Dataset004_Hippo"
+    raw.mkdir(parents=True)
+    (raw / "dataset.json").write_text(content)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnUNet_raw"))
+    argv = ["compare", "-d", "4", "-c", "2d", "-tr", "A", "--device", "cpu", "-w", str(tmp_path / "w"), "--dry-run"]
+    assert main(argv) == 2
+    assert f"{raw / 'dataset.json'}: {message}" in capsys.readouterr().err

@@ -158,7 +158,10 @@ def _read_dataset_json(raw_dataset: Path) -> dict | None:
     path = raw_dataset / "dataset.json"
     if not path.is_file():
         return None
-    info = json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot read it as JSON ({e})") from e
     if not isinstance(info, dict) or "file_ending" not in info:
         raise InputError(f"{path}: not an nnU-Net dataset.json (no 'file_ending')")
     return info

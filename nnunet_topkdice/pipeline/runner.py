@@ -48,13 +48,21 @@ class RunReport:
         return RunReport(self.ran + other.ran, self.skipped + other.skipped, {**self.spans, **other.spans})
 
 
-def describe_steps(steps: Sequence[Step]) -> list[str]:
-    """One line per step, as :func:`run_steps` would print it, without running anything (a dry run)."""
+def describe_steps(steps: Sequence[Step], parallel_env: Mapping[str, str] | None = None) -> list[str]:
+    """One line per step, as :func:`run_steps` would print it, without running anything (a dry run).
+
+    ``parallel_env``: the variables every slot gives the steps of a parallel kind (``--cpu-jobs``' threads),
+    shown in front of their commands; None where the slots differ (GPUs) or there are none."""
     lines = []
     for index, step in enumerate(steps, 1):
         reason = step.done()
         prefix = f"[{index}/{len(steps)}]"
-        lines.append(f"{prefix} skipped ({reason}): {step.title}" if reason else f"{prefix} {step.describe()}")
+        if reason:
+            lines.append(f"{prefix} skipped ({reason}): {step.title}")
+        elif step.command is not None and step.parallel is not None and parallel_env:
+            lines.append(f"{prefix} $ {step.command().with_env(parallel_env).shell()}")
+        else:
+            lines.append(f"{prefix} {step.describe()}")
     return lines
 
 

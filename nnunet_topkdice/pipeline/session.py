@@ -70,7 +70,8 @@ def run_session(
 
     plan = resolve_plan(config)
     if invocation.dry_run:
-        for line in describe_steps([*before, *compare_steps(plan)]):
+        same_in_every_slot = next(iter(cpu_slots(invocation.cpu_jobs)), None)
+        for line in describe_steps([*before, *compare_steps(plan)], same_in_every_slot):
             print(line)
         return 0
 
