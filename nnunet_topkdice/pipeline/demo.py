@@ -3,8 +3,9 @@
 It generates the synthetic Synapse-like dataset (:mod:`.synthetic`), then runs the steps of
 ``topkdice reproduce --dataset synapse`` on it (conversion, planning and preprocessing, seeded training
 of each trainer for each seed, prediction of the test set with each seed's models in one process,
-evaluation) with the short demo schedule (:class:`~nnunet_topkdice.trainers.DemoSchedule`), ends with
-the verdict of CE + topK-Dice against CE + Dice over the seeds, and then with the time of each phase.
+evaluation; on the CPU two trainings or predictions at a time, :data:`DEMO_CPU_JOBS`) with the short
+demo schedule (:class:`~nnunet_topkdice.trainers.DemoSchedule`), ends with the verdict of CE + topK-Dice
+against CE + Dice over the seeds, and then with the time of each phase.
 Without nnU-Net's folder variables it keeps everything in the work directory.
 """
 
