@@ -16,13 +16,14 @@ from collections.abc import Mapping
 
 from nnunet_topkdice.errors import InputError
 
-__all__ = ["CPU_THREADS_VARIABLE", "cpu_threads", "threads_per_job"]
+__all__ = ["CPU_THREADS_VARIABLE", "cpu_cores", "cpu_threads", "threads_per_job"]
 
 #: torch's threads in ``topkdice train`` / ``topkdice predict`` with ``-device cpu``; unset: every core.
 CPU_THREADS_VARIABLE = "TOPKDICE_CPU_THREADS"
 
 
-def _cores() -> int:
+def cpu_cores() -> int:
+    """This machine's cores, as nnU-Net counts them (``os.cpu_count()``, at least 1)."""
     return os.cpu_count() or 1
 
 
@@ -34,7 +35,7 @@ def cpu_threads(environ: Mapping[str, str] = os.environ) -> int:
     """
     text = environ.get(CPU_THREADS_VARIABLE)
     if text is None or text == "":
-        return _cores()
+        return cpu_cores()
     if not text.strip().isdigit() or int(text) < 1:
         raise InputError(f"{CPU_THREADS_VARIABLE}={text!r}: expected a positive number of threads")
     return int(text)
@@ -48,4 +49,4 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    return max(1, (cores or _cores()) // jobs)
+    return max(1, (cores or cpu_cores()) // jobs)

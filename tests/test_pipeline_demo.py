@@ -145,5 +145,6 @@ def test_the_runner_times_each_step_that_runs(tmp_path: Path) -> None:
 
     steps = [sleeping("generate", 0.05), sleeping("train_a", 0.2), sleeping("train_b", 0.0, done="already trained")]
     report = run_steps(steps, {}, log_dir=tmp_path, stream=io.StringIO())
-    assert list(report.seconds) == ["generate", "train_a"]  # not the skipped one
-    assert 0.05 <= report.seconds["generate"] < 0.2 <= report.seconds["train_a"] < 2.0
+    seconds = {name: end - start for name, (start, end) in report.spans.items()}
+    assert list(seconds) == ["generate", "train_a"]  # not the skipped one
+    assert 0.05 <= seconds["generate"] < 0.2 <= seconds["train_a"] < 2.0

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from nnunet_topkdice.cpu_threads import cpu_cores
 from nnunet_topkdice.pipeline.compare import CompareConfig, unset_only
 from nnunet_topkdice.pipeline.reproduce import convert_step, every_row_trainer, paper_trainers, reproduce_config
 from nnunet_topkdice.pipeline.state import NnunetFolders
@@ -42,7 +43,7 @@ DEMO_CPU_JOBS = 2
 
 def demo_cpu_jobs(cores: int | None = None) -> int:
     """The demo's ``--cpu-jobs`` default: :data:`DEMO_CPU_JOBS`, at most one per core."""
-    return max(1, min(DEMO_CPU_JOBS, cores or os.cpu_count() or 1))
+    return min(DEMO_CPU_JOBS, cores or cpu_cores())
 
 
 def demo_config(

@@ -5,7 +5,8 @@ and a progress bar per training; each command's whole output goes to ``<log_dir>
 command fails, the last lines of its log and the log's path are printed and
 :class:`subprocess.CalledProcessError` is raised. ``verbose`` streams the commands' output as well.
 Steps that share a ``parallel`` key and stand next to each other run concurrently when several slots
-(``CUDA_VISIBLE_DEVICES`` groups) are given. With ``warm_start``, the commands of :data:`WARM_SCRIPTS` start
+(``CUDA_VISIBLE_DEVICES`` groups, or ``--cpu-jobs``' shares of the cores) are given; only such steps get a
+slot's variables, also when one runs alone. With ``warm_start``, the commands of :data:`WARM_SCRIPTS` start
 from a process that has imported torch and nnU-Net's libraries already (:mod:`.warm`).
 """
 
@@ -39,11 +40,6 @@ class RunReport:
     skipped: list[str] = field(default_factory=list)
     spans: dict[str, Span] = field(default_factory=dict)  # step name -> (start, end), steps that ran
 
-    @property
-    def seconds(self) -> dict[str, float]:
-        """Step name -> wall-clock seconds, for the steps that ran."""
-        return {name: end - start for name, (start, end) in self.spans.items()}
-
     def __add__(self, other: RunReport) -> RunReport:
         return RunReport(self.ran + other.ran, self.skipped + other.skipped, {**self.spans, **other.spans})
 
@@ -59,10 +55,8 @@ def describe_steps(steps: Sequence[Step], parallel_env: Mapping[str, str] | None
         prefix = f"[{index}/{len(steps)}]"
         if reason:
             lines.append(f"{prefix} skipped ({reason}): {step.title}")
-        elif step.command is not None and step.parallel is not None and parallel_env:
-            lines.append(f"{prefix} $ {step.command().with_env(parallel_env).shell()}")
         else:
-            lines.append(f"{prefix} {step.describe()}")
+            lines.append(f"{prefix} {step.describe(parallel_env if step.parallel is not None else None)}")
     return lines
 
 
@@ -105,8 +99,9 @@ def run_steps(
         env: the environment of every command (a command's own variables are added to it).
         log_dir: receives ``<step name>.log`` for every step that runs.
         verbose: also stream each command's output to ``stream``.
-        slots: per-slot environment (``{"CUDA_VISIBLE_DEVICES": "0"}``, ...); with two or more, steps
-            with the same ``parallel`` key next to each other run concurrently, one per slot.
+        slots: per-slot environment (``{"CUDA_VISIBLE_DEVICES": "0"}``, ``{"TOPKDICE_CPU_THREADS": "1"}``,
+            ...) for the steps with a ``parallel`` key; with two or more, such steps next to each other run
+            concurrently, one per slot.
         stream: where the step lines go (default: stderr, so that stdout carries only results).
         first, total: the number of the first step and of all steps on the terminal (``[first/total]``),
             for a pipeline run in parts; by default ``steps`` is the whole pipeline.

@@ -21,6 +21,7 @@ from nnunet_topkdice.errors import InputError
 #: When a step ran: ``time.monotonic()`` at its start and at its end.
 Span = tuple[float, float]
 
+
 @dataclass(frozen=True)
 class Command:
     """The argv a user types (executables by their name) and the variables shown in front of it."""
@@ -68,10 +69,10 @@ class Step:
         if not self.name or any(c in self.name for c in "/\\ "):
             raise ValueError(f"step name must be non-empty and file-safe, got {self.name!r}")
 
-    def describe(self) -> str:
-        """The command line (``$ ...``) of a command step, the title of an in-process step."""
+    def describe(self, env: Mapping[str, str] | None = None) -> str:
+        """The command line (``$ ...``, with ``env`` in front) of a command step, the title of an in-process step."""
         if self.command is not None:
-            return "$ " + self.command().shell()
+            return "$ " + self.command().with_env(env or {}).shell()
         return self.title
 
 
