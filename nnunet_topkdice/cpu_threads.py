@@ -18,17 +18,25 @@ from nnunet_topkdice.errors import InputError
 
 __all__ = ["CPU_THREADS_VARIABLE", "cpu_cores", "cpu_threads", "threads_per_job"]
 
-#: torch's threads in ``topkdice train`` / ``topkdice predict`` with ``-device cpu``; unset: every core.
+#: torch's threads in ``topkdice train`` / ``topkdice predict`` with ``-device cpu``; unset: every core it may use.
 CPU_THREADS_VARIABLE = "TOPKDICE_CPU_THREADS"
 
 
 def cpu_cores() -> int:
-    """This machine's cores, as nnU-Net counts them (``os.cpu_count()``, at least 1)."""
+    """The cores this process may run on (at least 1).
+
+    Its CPU affinity where the system has one (Linux: a SLURM task's allocation, ``taskset``, a container's
+    cpuset), else ``os.cpu_count()``. nnU-Net counts every core of the machine (``multiprocessing.cpu_count()``),
+    which on a cluster node gives a one-core task as many threads as the node has cores: one core running
+    16 threads took 26x the time of one thread per iteration of a small 2D network (docs/compare.md).
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
 
 
 def cpu_threads(environ: Mapping[str, str] = os.environ) -> int:
-    """The threads a CPU command gives torch: :data:`CPU_THREADS_VARIABLE`, else every core (nnU-Net's choice).
+    """The threads a CPU command gives torch: :data:`CPU_THREADS_VARIABLE`, else :func:`cpu_cores`.
 
     Raises:
         InputError: the variable is set but not a positive integer.

@@ -612,7 +612,7 @@ def test_dry_run_shows_the_threads_of_cpu_jobs(
 ) -> None:
     config = _config(tmp_path)
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnUNet_raw"))
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
     argv = ["compare", "-d", "Dataset004_Hippo", "-c", "2d", "--trainers", "TrainerA", "TrainerB", "--folds", "0",
             "--device", "cpu", "-w", str(config.workdir), "--cpu-jobs", "2", "--dry-run"]  # fmt: skip
     assert main(argv) == 0

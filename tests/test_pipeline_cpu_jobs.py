@@ -8,13 +8,16 @@ hands to the runner.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from nnunet_topkdice.cli import main
-from nnunet_topkdice.cpu_threads import CPU_THREADS_VARIABLE, cpu_threads, threads_per_job
+from nnunet_topkdice.cpu_threads import CPU_THREADS_VARIABLE, cpu_cores, cpu_threads, threads_per_job
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.pipeline import session, state, warm
 from nnunet_topkdice.pipeline.demo import demo_cpu_jobs
@@ -30,9 +33,31 @@ def test_a_bad_thread_count_names_the_variable(text: str) -> None:
 
 
 def test_threads_are_the_variable_or_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
     assert cpu_threads({CPU_THREADS_VARIABLE: "3"}) == 3
     assert cpu_threads({}) == 6 and cpu_threads({CPU_THREADS_VARIABLE: ""}) == 6
+
+
+def test_every_core_is_every_core_the_process_may_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a SLURM task given 2 cores of a 64-core node: 2 threads, not nnU-Net's 64
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {10, 11}, raising=False)
+    assert cpu_cores() == 2 and cpu_threads({}) == 2
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # no affinity (macOS, Windows): every core
+    assert cpu_cores() == 64
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_a_command_pinned_to_one_core_gives_torch_one_thread() -> None:
+    # the real affinity, as taskset or a SLURM task sets it, seen by a fresh interpreter
+    code = (
+        "import os, torch; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from nnunet_topkdice.training.seeded import torch_device; torch_device('cpu'); "
+        "print(torch.get_num_threads())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != CPU_THREADS_VARIABLE}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1"]
 
 
 @pytest.mark.parametrize(

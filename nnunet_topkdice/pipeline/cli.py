@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -13,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_topkdice.argtypes import dataset_id, dice_difference, non_negative_int, positive_int
+from nnunet_topkdice.cpu_threads import cpu_cores
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS
 
 FOLD_CHOICES = ("all", "0", "1", "2", "3", "4")
 DEVICE_CHOICES = ("cuda", "cpu", "mps")
 SCHEDULE_CHOICES = ("nnunet", "paper")
-DEFAULT_NUM_PROCESSES = max(1, min(8, os.cpu_count() or 1))
+DEFAULT_NUM_PROCESSES = min(8, cpu_cores())  # nnU-Net's default of 8 processes, fewer on fewer cores
 MIN_SEEDS_FOR_A_VERDICT = 3  # SPEC 6.3: fewer repeats give "one repeat" or "exploratory"
 
 

@@ -143,8 +143,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="folds of each model, ensembled (default: 0 1 2 3 4, as nnUNetv2_predict)")  # fmt: skip
     p.add_argument("-p", "--plans", default="nnUNetPlans", metavar="PLANS", help="plans identifier")
     p.add_argument("-device", "--device", choices=("cpu", "cuda", "mps"), default="cuda",
-                   help="device (default: cuda, as nnUNetv2_predict); on the CPU torch gets every core, or "
-                   "TOPKDICE_CPU_THREADS threads")  # fmt: skip
+                   help="device (default: cuda, as nnUNetv2_predict); on the CPU torch gets one thread per core "
+                   "this process may run on, or TOPKDICE_CPU_THREADS threads")  # fmt: skip
     p.add_argument("--models", nargs="+", type=parse_model_pair, required=True, metavar="TRAINER=OUTPUT_DIR",
                    help="each trainer's model and the folder its predictions go to")  # fmt: skip
     p.add_argument("--continue_prediction", action="store_true",

@@ -58,8 +58,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val_best", action="store_true", help="validate with checkpoint_best instead of checkpoint_final")
     p.add_argument("--disable_checkpointing", action="store_true", help="write no checkpoints")
     p.add_argument("-device", choices=DEVICE_CHOICES, default="cuda",
-                   help="device to train on (default: cuda); on the CPU torch gets every core, or "
-                   "TOPKDICE_CPU_THREADS threads")  # fmt: skip
+                   help="device to train on (default: cuda); on the CPU torch gets one thread per core this "
+                   "process may run on, or TOPKDICE_CPU_THREADS threads")  # fmt: skip
     p.add_argument(
         "--deterministic",
         action="store_true",
