@@ -147,6 +147,21 @@ def test_trainers_of_a_row_keep_the_rows_name() -> None:
     }
 
 
+def test_the_demos_comparison_is_named_without_importing_a_trainer(tmp_path: Path) -> None:
+    # nnU-Net's trainer module takes seconds to import: a demo or reproduce with nothing left to do (and any
+    # --dry-run) must not pay them to learn the trainers' names
+    code = (
+        "import sys; from pathlib import Path; from nnunet_topkdice.pipeline.demo import demo_config; "
+        "from nnunet_topkdice.pipeline.reproduce import every_row_trainer; "
+        f"config = demo_config(Path({str(tmp_path)!r}), device='cpu', environ={{}}); "
+        "every_row_trainer('msseg', 'paper'); print(sorted(config.trainers.values())); "
+        "print(sorted(m for m in sys.modules if m.startswith(('torch', 'nnunetv2.training', 'nnunet_topkdice.trainers'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    trainers, imported = done.stdout.splitlines()
+    assert trainers == "['nnUNetTrainerDiceCEDemo', 'nnUNetTrainerTopKDiceDemo']" and imported == "[]"
+
+
 def test_paper_trainers_rejects_unknown_schedule() -> None:
     with pytest.raises(InputError, match="unknown schedule 'fast'"):
         paper_trainers("synapse", "fast")

@@ -7,6 +7,8 @@ termination, and the runner's choice between the two ways of starting a command.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import json
 import os
@@ -19,6 +21,7 @@ import pytest
 
 from nnunet_topkdice.cli import main
 from nnunet_topkdice.pipeline import runner, session, state, warm
+from nnunet_topkdice.pipeline.runner import RunReport
 from nnunet_topkdice.pipeline.steps import Command, Step
 
 pytestmark = pytest.mark.skipif(not warm.warm_start_allowed({}), reason="no forkserver on this platform")
@@ -170,3 +173,39 @@ def test_compare_starts_warm_on_the_cpu_only(
         main(argv)
     # the forkserver starts before the checks (its imports overlap them), and only where commands start warm
     assert calls == (["prestart", "checks", True] if expected else ["checks", False])
+
+
+@pytest.mark.parametrize("trainings_left", [False, True], ids=["all-done", "trainings-left"])
+def test_compare_with_nothing_left_to_do_starts_no_forkserver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trainings_left: bool
+) -> None:
+    # a forkserver started for nothing outlived compare by its imports (seconds), holding its stdout open:
+    # `compare ... | tee` and subprocess.run(capture_output=True) waited 4 s longer for a run that did nothing
+    raw = tmp_path / "raw" / "Dataset004_Hippo"
+    raw.mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 4, "labels": {}}))
+    for name in state.NNUNET_FOLDER_VARIABLES:
+        monkeypatch.setenv(name, str(tmp_path / name.removeprefix("nnUNet_")))
+    monkeypatch.delenv(warm.WARM_START_VARIABLE, raising=False)
+    calls: list[object] = []
+    monkeypatch.setattr(warm, "prestart", lambda: calls.append("prestart"))
+    monkeypatch.setattr(session, "check_before_running", lambda *args, **kwargs: None)
+    monkeypatch.setattr(session, "print_summary", lambda plan: None)
+
+    def left(step: Step) -> str | None:
+        return None if trainings_left and step.parallel == "train" else "already done"
+
+    real_compare_steps = session.compare_steps
+    monkeypatch.setattr(session, "compare_steps", lambda plan: [
+        dataclasses.replace(step, done=functools.partial(left, step)) for step in real_compare_steps(plan)
+    ])  # fmt: skip
+
+    def runner(steps, env, *, warm_start: bool = False, **kwargs):
+        calls.append(warm_start)
+        return RunReport(ran=[step.name for step in steps if step.done() is None])
+
+    monkeypatch.setattr(session, "run_steps", runner)
+    argv = ["compare", "-d", "4", "-c", "2d", "--trainers", "nnUNetTrainer", "--device", "cpu", "-w", str(tmp_path)]
+    assert main(argv) == 0
+    # run_steps is called for the steps before the comparison (none here), then for its steps
+    assert calls == (["prestart", True, True] if trainings_left else [False, False])

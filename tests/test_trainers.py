@@ -192,7 +192,7 @@ def test_paper_trainer(row: str, schedule: str, k: int, expected: str) -> None:
 
 
 def test_paper_trainer_docstring_examples_run() -> None:
-    from nnunet_topkdice.trainers import paper_rows
+    from nnunet_topkdice import paper_rows
 
     assert doctest.testmod(paper_rows).failed == 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.paper_datasets import PAPER_DATASETS, paper_dataset
+from nnunet_topkdice.paper_rows import ALL_ROWS, paper_trainer
 from nnunet_topkdice.pipeline import commands, state
 from nnunet_topkdice.pipeline.compare import CompareConfig
 from nnunet_topkdice.pipeline.steps import Command, Step
@@ -27,13 +28,12 @@ def paper_trainers(dataset: str, schedule: str, rows: Sequence[str] | None = Non
     """The trainers of the paper's table for a dataset: ``{row name: trainer class name}``.
 
     Picks the paper's k for the dataset (k=50 for Synapse and ACDC, k=30 for MSSEG) from
-    ``nnunet_topkdice.trainers.PAPER_ROWS``; ``rows`` limits and orders the rows (default: the paper's five).
+    :data:`~nnunet_topkdice.paper_rows.PAPER_ROWS`; ``rows`` limits and orders the rows (default: the paper's
+    five). Imports no trainer.
 
     Raises:
         InputError: unknown dataset, schedule or row.
     """
-    from nnunet_topkdice.trainers import paper_trainer
-
     k = paper_dataset(dataset).topk_k
     try:
         return {row: paper_trainer(row, schedule, k) for row in rows or PAPER_TABLE_ROWS}
@@ -42,15 +42,13 @@ def paper_trainers(dataset: str, schedule: str, rows: Sequence[str] | None = Non
 
 
 def every_row_trainer(dataset: str, schedule: str) -> dict[str, str]:
-    """``{row: trainer}`` for every row of ``PAPER_ROWS`` that has a trainer for the dataset's k and the
-    schedule: the paper's rows plus any control rows (such as k=100)."""
-    from nnunet_topkdice import trainers
-
+    """``{row: trainer}`` for every row of :data:`~nnunet_topkdice.paper_rows.ALL_ROWS` that has a trainer
+    for the dataset's k and the schedule: the paper's rows plus the control row (k=100)."""
     k = paper_dataset(dataset).topk_k
     rows = {}
-    for row in getattr(trainers, "ALL_ROWS", trainers.PAPER_ROWS):  # ALL_ROWS: the paper's and the controls
+    for row in ALL_ROWS:
         try:
-            rows[row] = trainers.paper_trainer(row, schedule, k)
+            rows[row] = paper_trainer(row, schedule, k)
         except ValueError:
             continue  # no trainer of this row for this k and schedule
     return rows

@@ -77,8 +77,12 @@ def run_session(
 
     emit = invocation.emit_slurm is not None
     # on the CPU, the commands fork from a process that imported torch once (pipeline/warm.py); started
-    # now, its imports overlap the checks below, which import nnU-Net's trainers here
-    warm_start = config.device == "cpu" and not emit and warm.warm_start_allowed(env)
+    # now, its imports overlap the checks below, which import nnU-Net's trainers here. Not when every step
+    # is done: its imports would outlive this process by seconds and hold its output open (a pipe, `| tee`).
+    warm_start = (
+        config.device == "cpu" and not emit and warm.warm_start_allowed(env)
+        and any(step.done() is None for step in [*before, *compare_steps(plan)])
+    )  # fmt: skip
     if warm_start:
         warm.prestart()
     # before anything runs: a misspelt trainer or an unwritable folder must not fail hours later

@@ -6,6 +6,7 @@ Every trainer subclasses ``nnUNetTrainer``, keeps its constructor and changes on
 ``nnUNet_extTrainer`` (``export nnUNet_extTrainer="$(topkdice trainer-dir)"``).
 """
 
+from nnunet_topkdice.paper_rows import ALL_ROWS, CONTROL_ROW, CONTROL_ROWS, PAPER_ROWS, SCHEDULES, paper_trainer
 from nnunet_topkdice.trainers.baselines import (
     nnUNetTrainerFocalDice,
     nnUNetTrainerTopKCEDice,
@@ -18,11 +19,6 @@ from nnunet_topkdice.trainers.deep_supervision import (
     wrap_deep_supervision,
 )
 from nnunet_topkdice.trainers.paper_rows import (
-    ALL_ROWS,
-    CONTROL_ROW,
-    CONTROL_ROWS,
-    PAPER_ROWS,
-    SCHEDULES,
     nnUNetTrainerCEDemo,
     nnUNetTrainerCEPaper,
     nnUNetTrainerDiceCEDemo,
@@ -39,7 +35,6 @@ from nnunet_topkdice.trainers.paper_rows import (
     nnUNetTrainerTopKDice100Paper,
     nnUNetTrainerTopKDiceDemo,
     nnUNetTrainerTopKDicePaper,
-    paper_trainer,
 )
 from nnunet_topkdice.trainers.schedules import DemoSchedule, PaperSchedule
 from nnunet_topkdice.trainers.topk_dice import (
