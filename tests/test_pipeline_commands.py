@@ -155,7 +155,8 @@ def test_the_demos_comparison_is_named_without_importing_a_trainer(tmp_path: Pat
         "from nnunet_topkdice.pipeline.reproduce import every_row_trainer; "
         f"config = demo_config(Path({str(tmp_path)!r}), device='cpu', environ={{}}); "
         "every_row_trainer('msseg', 'paper'); print(sorted(config.trainers.values())); "
-        "print(sorted(m for m in sys.modules if m.startswith(('torch', 'nnunetv2.training', 'nnunet_topkdice.trainers'))))"
+        "heavy = ('torch', 'nnunetv2.training', 'nnunet_topkdice.trainers'); "
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     trainers, imported = done.stdout.splitlines()
