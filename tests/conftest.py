@@ -16,6 +16,8 @@ import torch
 from compare_sweep import CompareData, Sweep, make_compare_data, run_sweep
 from nnunet_e2e import BIN, DATASET_ID, TinyDataset, make_dataset, run
 
+from nnunet_topkdice.pipeline.state import NNUNET_FOLDER_VARIABLES
+
 # ---- conversion and ignore-map tests ----------------------------------------------------------------
 
 
@@ -141,6 +143,18 @@ def compare_sweep_2d(compare_data: CompareData) -> Sweep:
 def compare_sweep_3d_fullres(compare_data: CompareData) -> Sweep:
     """The compare sweep in 3d_fullres, its folds from ``splits_final.json`` (no ``--folds``), no test set."""
     return run_sweep(compare_data, "3d_fullres", [], with_test_set=False)
+
+
+@pytest.fixture
+def a_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """nnU-Net's three folders under ``tmp_path`` (returned; also a work directory) with a ``dataset.json``
+    for ``Dataset004_Hippo`` in the raw one: what ``compare -d 4`` needs to plan, nothing to train on."""
+    raw = tmp_path / "raw" / "Dataset004_Hippo"
+    raw.mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 4, "labels": {}}))
+    for name in NNUNET_FOLDER_VARIABLES:
+        monkeypatch.setenv(name, str(tmp_path / name.removeprefix("nnUNet_")))
+    return tmp_path
 
 
 # --- loss inputs (tests/test_losses_*.py) -------------------------------------------------------------

@@ -7,7 +7,6 @@ hands to the runner.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -97,16 +96,6 @@ def test_torch_takes_the_threads_the_variable_gives(monkeypatch: pytest.MonkeyPa
 
 class _Stop(Exception):
     pass
-
-
-@pytest.fixture
-def a_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    raw = tmp_path / "raw" / "Dataset004_Hippo"
-    raw.mkdir(parents=True)
-    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 4, "labels": {}}))
-    for name in state.NNUNET_FOLDER_VARIABLES:
-        monkeypatch.setenv(name, str(tmp_path / name.removeprefix("nnUNet_")))
-    return tmp_path
 
 
 def _slots_of_the_comparison(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:

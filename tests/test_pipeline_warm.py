@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_topkdice.cli import main
-from nnunet_topkdice.pipeline import runner, session, state, warm
+from nnunet_topkdice.pipeline import runner, session, warm
 from nnunet_topkdice.pipeline.runner import RunReport
 from nnunet_topkdice.pipeline.steps import Command, Step
 
@@ -147,14 +147,10 @@ class _StopBeforeRunning(Exception):
     [("cpu", None, True), ("cuda", None, False), ("cpu", "0", False)],
     ids=["cpu", "cuda", "cpu-refused"],
 )
+@pytest.mark.usefixtures("a_dataset")
 def test_compare_starts_warm_on_the_cpu_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, variable: str | None, expected: bool
 ) -> None:
-    raw = tmp_path / "raw" / "Dataset004_Hippo"
-    raw.mkdir(parents=True)
-    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 4, "labels": {}}))
-    for name in state.NNUNET_FOLDER_VARIABLES:
-        monkeypatch.setenv(name, str(tmp_path / name.removeprefix("nnUNet_")))
     if variable is None:
         monkeypatch.delenv(warm.WARM_START_VARIABLE, raising=False)
     else:
@@ -176,16 +172,12 @@ def test_compare_starts_warm_on_the_cpu_only(
 
 
 @pytest.mark.parametrize("trainings_left", [False, True], ids=["all-done", "trainings-left"])
+@pytest.mark.usefixtures("a_dataset")
 def test_compare_with_nothing_left_to_do_starts_no_forkserver(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trainings_left: bool
 ) -> None:
     # a forkserver started for nothing outlived compare by its imports (seconds), holding its stdout open:
     # `compare ... | tee` and subprocess.run(capture_output=True) waited 4 s longer for a run that did nothing
-    raw = tmp_path / "raw" / "Dataset004_Hippo"
-    raw.mkdir(parents=True)
-    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 4, "labels": {}}))
-    for name in state.NNUNET_FOLDER_VARIABLES:
-        monkeypatch.setenv(name, str(tmp_path / name.removeprefix("nnUNet_")))
     monkeypatch.delenv(warm.WARM_START_VARIABLE, raising=False)
     calls: list[object] = []
     monkeypatch.setattr(warm, "prestart", lambda: calls.append("prestart"))
