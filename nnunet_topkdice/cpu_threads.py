@@ -28,7 +28,8 @@ def cpu_cores() -> int:
     Its CPU affinity where the system has one (Linux: a SLURM task's allocation, ``taskset``, a container's
     cpuset), else ``os.cpu_count()``. nnU-Net counts every core of the machine (``multiprocessing.cpu_count()``),
     which on a cluster node gives a one-core task as many threads as the node has cores: one core running
-    16 threads took 26x the time of one thread per iteration of a small 2D network (docs/compare.md).
+    16 threads took 25-30x the time of one thread per step of a small 2D network (docs/benchmarks.md,
+    "Threads and cores").
     """
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
