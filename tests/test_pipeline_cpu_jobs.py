@@ -47,12 +47,12 @@ def test_every_core_is_every_core_the_process_may_run_on(monkeypatch: pytest.Mon
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
-def test_a_command_pinned_to_one_core_gives_torch_one_thread() -> None:
-    # the real affinity, as taskset or a SLURM task sets it, seen by a fresh interpreter
+def test_a_process_pinned_to_one_core_gives_one_thread() -> None:
+    # the real affinity, as taskset or a SLURM task sets it, seen by a fresh interpreter (torch_device hands
+    # cpu_threads() to torch: test_torch_takes_the_threads_the_variable_gives)
     code = (
-        "import os, torch; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-        "from nnunet_topkdice.training.seeded import torch_device; torch_device('cpu'); "
-        "print(torch.get_num_threads())"
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from nnunet_topkdice.cpu_threads import cpu_threads; print(cpu_threads({}))"
     )
     env = {k: v for k, v in os.environ.items() if k != CPU_THREADS_VARIABLE}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
