@@ -69,9 +69,12 @@ def run_session(
     _err(f"To run a command by hand, first: export {exports}")
 
     plan = resolve_plan(config)
+    # The step count of a plan resolved before the dataset exists is the final one: the presets that
+    # write their dataset first (reproduce, demo) evaluate a test set with explicit folds.
+    steps = compare_steps(plan)
     if invocation.dry_run:
         same_in_every_slot = next(iter(cpu_slots(invocation.cpu_jobs)), None)
-        for line in describe_steps([*before, *compare_steps(plan)], same_in_every_slot):
+        for line in describe_steps([*before, *steps], same_in_every_slot):
             print(line)
         return 0
 
@@ -81,16 +84,13 @@ def run_session(
     # is done: its imports would outlive this process by seconds and hold its output open (a pipe, `| tee`).
     warm_start = (
         config.device == "cpu" and not emit and warm.warm_start_allowed(env)
-        and any(step.done() is None for step in [*before, *compare_steps(plan)])
+        and any(step.done() is None for step in [*before, *steps])
     )  # fmt: skip
     if warm_start:
         warm.prestart()
     # before anything runs: a misspelt trainer or an unwritable folder must not fail hours later
     to_train = sorted({job.trainer for job in training_jobs(plan) if job.remaining() is not None})
     check_before_running(config, env, emit_slurm=invocation.emit_slurm, writes_raw=bool(before), to_train=to_train)
-    # The step count of a plan resolved before the dataset exists is the final one: the presets that
-    # write their dataset first (reproduce, demo) evaluate a test set with explicit folds.
-    steps = compare_steps(plan)
     # a SLURM sweep prepares the data here (every task then finds it) and stops before the trainings
     total = len(before) + (_first_training(steps) if emit else len(steps))
     if not emit:
