@@ -7,7 +7,9 @@ with the 2d sweep's fold ``all`` models of seed 0 (trainings are the expensive p
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,11 @@ class CompareData:
         plans = f"{trainer}__nnUNetPlans__{configuration}"
         return self.results / f"seed_{seed}" / self.dataset.name / plans / f"fold_{fold}"
 
+    def validation(self, fold: str) -> list[str]:
+        """The validation cases of ``fold`` in ``splits_final.json``."""
+        split = Path(self.env["nnUNet_preprocessed"]) / self.dataset.name / "splits_final.json"
+        return json.loads(split.read_text())[int(fold)]["val"]
+
 
 def make_compare_data(root: Path) -> CompareData:
     """Write the dataset, its split and the user's trainers under ``root``; nothing is preprocessed."""
@@ -65,21 +72,36 @@ def compare_argv(configuration: str, workdir: Path, *extra: str) -> list:
     ]  # fmt: skip
 
 
-def run_array_locally(script: Path, n_tasks: int, env: dict[str, str]) -> list[int]:
-    """Every task of the job array, two at a time; their exit codes."""
-    codes: list[int] = []
-    for start in range(0, n_tasks, 2):
-        procs = [
-            subprocess.Popen(
-                ["bash", str(script)],
-                env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            for i in range(start, min(start + 2, n_tasks))
-        ]
-        codes += [p.wait(timeout=600) for p in procs]
-    return codes
+def run_array_locally(script: Path, n_tasks: int, env: dict[str, str], timeout: float = 600) -> list[int]:
+    """Every task of the job array, two at a time (the next starts as soon as one ends, as a cluster
+    with two free slots would); their exit codes in task order."""
+    running: dict[int, tuple[subprocess.Popen, float]] = {}
+    codes: dict[int, int] = {}
+
+    def reap() -> None:
+        for i, (process, started) in list(running.items()):
+            if process.poll() is not None:
+                codes[i] = process.returncode
+                del running[i]
+            elif time.monotonic() - started > timeout:
+                process.kill()
+                raise TimeoutError(f"array task {i} of {script} ran over {timeout} s")
+
+    for i in range(n_tasks):
+        while len(running) == 2:
+            reap()
+            time.sleep(0.05)
+        process = subprocess.Popen(
+            ["bash", str(script)],
+            env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        running[i] = (process, time.monotonic())
+    while running:
+        reap()
+        time.sleep(0.05)
+    return [codes[i] for i in range(n_tasks)]
 
 
 @dataclass(frozen=True)
@@ -99,13 +121,14 @@ class Sweep:
 
     data: CompareData
     configuration: str
+    folds: tuple[str, ...]  # the cross-validation folds trained
     work: Path
     crossval: list  # the compare call of steps 1, 3 and 4 (without --emit-slurm)
     script: Path
     emitted: subprocess.CompletedProcess  # step 1
     script_text: str  # the job array as step 1 wrote it
     codes: list[int]  # step 2: exit codes in task order
-    interrupted_files: frozenset[str]  # step 2: the checkpoint files of the killed training after step 2
+    interrupted_files: frozenset[str] | None  # step 2: the killed training's checkpoint files (None: none killed)
     untouched_mtimes: tuple[float, float]  # checkpoint_final.pth of FIRST, seed 0, fold 0: before, after step 3
     collected: subprocess.CompletedProcess  # step 3
     before_again: dict[str, float]  # snapshot of ``work`` after step 3
@@ -115,25 +138,32 @@ class Sweep:
 
     @property
     def interrupted(self) -> Path:
-        """The fold folder of the training that step 2 kills after its first epoch."""
-        return self.data.run_dir(self.configuration, SECOND, 1, "1")
+        """The fold folder of the training that step 2 kills after its first epoch (if it kills one)."""
+        return self.data.run_dir(self.configuration, SECOND, 1, self.folds[-1])
 
 
-def run_sweep(data: CompareData, configuration: str, folds: list[str], with_test_set: bool) -> Sweep:
+def run_sweep(
+    data: CompareData, configuration: str, folds: tuple[str, ...] | None, *, kill_one: bool, with_test_set: bool
+) -> Sweep:
     """Steps 1-4, and 5 with ``with_test_set``, in ``data.root / f"work_{configuration}"``.
 
+    ``folds`` are given with ``--folds``; None trains the folds of ``splits_final.json`` (0 and 1).
+    ``kill_one``: the training of SECOND, seed 1, last fold stops after its first epoch in step 2.
     Every command must exit 0 (the killed task 75); the tests assert on the rest.
     """
     work = data.root / f"work_{configuration}"
-    crossval = compare_argv(configuration, work, *folds)
+    crossval = compare_argv(configuration, work, *(["--folds", *folds] if folds else []))
+    folds = folds or ("0", "1")
     script = work / "sweep.sh"
     emitted = run([*crossval, "--emit-slurm", script], data.env)
     script_text = script.read_text()
 
-    crash_in = f"seed_1/{data.dataset.name}/{SECOND}__nnUNetPlans__{configuration}/fold_1"
-    codes = run_array_locally(script, 8, {**data.env, CRASH_VAR: crash_in})
-    interrupted = data.run_dir(configuration, SECOND, 1, "1")
-    interrupted_files = frozenset(p.name for p in interrupted.glob("checkpoint_*.pth"))
+    sweep_env = dict(data.env)
+    killed = data.run_dir(configuration, SECOND, 1, folds[-1])
+    if kill_one:
+        sweep_env[CRASH_VAR] = str(killed.relative_to(data.results))
+    codes = run_array_locally(script, 2 * 2 * len(folds), sweep_env)
+    interrupted_files = frozenset(p.name for p in killed.glob("checkpoint_*.pth")) if kill_one else None
     untouched = data.run_dir(configuration, FIRST, 0, "0") / "checkpoint_final.pth"
     untouched_before = untouched.stat().st_mtime
 
@@ -150,6 +180,6 @@ def run_sweep(data: CompareData, configuration: str, folds: list[str], with_test
         test_set_codes = run_array_locally(work / "test_set.sh", 4, data.env)
         test_set = TestSetRun(test_set_emitted, test_set_codes, run(test_set_argv, data.env))
     return Sweep(
-        data, configuration, work, crossval, script, emitted, script_text, codes, interrupted_files,
+        data, configuration, folds, work, crossval, script, emitted, script_text, codes, interrupted_files,
         untouched_mtimes, collected, before_again, again, after_again, test_set,
     )  # fmt: skip

@@ -134,15 +134,16 @@ def compare_data(tmp_path_factory: pytest.TempPathFactory) -> CompareData:
 
 @pytest.fixture(scope="session")
 def compare_sweep_2d(compare_data: CompareData) -> Sweep:
-    """The compare sweep in 2d with ``--folds 0 1`` given, then ``--test-set`` (fold ``all`` of each trainer
-    and seed): run once per session for ``tests/test_pipeline_e2e.py`` and ``tests/test_pipeline_predict.py``."""
-    return run_sweep(compare_data, "2d", ["--folds", "0", "1"], with_test_set=True)
+    """The compare sweep in 2d, its folds from ``splits_final.json`` (no ``--folds``), one training killed
+    and resumed, then ``--test-set`` (fold ``all`` of each trainer and seed): run once per session for
+    ``tests/test_pipeline_e2e.py`` and ``tests/test_pipeline_predict.py``."""
+    return run_sweep(compare_data, "2d", None, kill_one=True, with_test_set=True)
 
 
 @pytest.fixture(scope="session")
 def compare_sweep_3d_fullres(compare_data: CompareData) -> Sweep:
-    """The compare sweep in 3d_fullres, its folds from ``splits_final.json`` (no ``--folds``), no test set."""
-    return run_sweep(compare_data, "3d_fullres", [], with_test_set=False)
+    """The compare sweep in 3d_fullres with ``--folds 0``: no training killed, no test set."""
+    return run_sweep(compare_data, "3d_fullres", ("0",), kill_one=False, with_test_set=False)
 
 
 @pytest.fixture
