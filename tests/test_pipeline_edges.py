@@ -4,7 +4,9 @@ without nnU-Net's variables (the dataset in ``./nnUNet_raw``), and nnU-Net's own
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +17,12 @@ from nnunet_topkdice.cli import build_parser, main
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.pipeline import cli as pipeline_cli
 from nnunet_topkdice.pipeline import state
-from nnunet_topkdice.pipeline.slurm import NNUNET_DEFAULT_N_PROC_DA, read_slurm_header, slurm_resources
+from nnunet_topkdice.pipeline.slurm import (
+    CPU_VALIDATION_WORKERS,
+    NNUNET_DEFAULT_N_PROC_DA,
+    read_slurm_header,
+    slurm_resources,
+)
 
 DATASET = "Dataset004_Hippo"
 
@@ -72,7 +79,7 @@ def test_slurm_script_trains_on_the_gpu_by_default(bare_shell: Path, capsys: pyt
     assert "#SBATCH --array=0-3" in text and "#SBATCH --gres=gpu:1" in text
     assert f"#SBATCH --cpus-per-task={NNUNET_DEFAULT_N_PROC_DA + 1}" in text
     assert f"export nnUNet_n_proc_DA={NNUNET_DEFAULT_N_PROC_DA} " in text and "nnUNet_n_proc_DA=0" not in text
-    assert text.count(" -device cuda) ;;") == 4 and "-device cpu" not in text
+    assert text.count(" -device cuda) ;;") == 4 and "-device cpu" not in text and "nnUNet_def_n_proc" not in text
     assert "Each task trains with -device cuda (--gres=gpu:1, --cpus-per-task=13, nnUNet_n_proc_DA=12)" in (
         capsys.readouterr().out
     )
@@ -92,6 +99,26 @@ def test_slurm_script_on_the_cpu(bare_shell: Path) -> None:
     assert not any("--gres" in line or "--cpus-per-task" in line for line in directives)
     assert "# Training on the CPU uses every core the task gets: ask for them with #SBATCH --cpus-per-task." in text
     assert text.count(" export nnUNet_n_proc_DA=0;") == 4 and text.count(" -device cpu) ;;") == 4
+    assert "\n".join(CPU_VALIDATION_WORKERS) in text
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="no taskset (util-linux)")
+@pytest.mark.parametrize(
+    ("n_cores", "variables", "expected"),
+    [(1, {}, "1"), (1, {"nnUNet_def_n_proc": "3"}, "3"), (2, {"OMP_NUM_THREADS": "1"}, "2")],
+    ids=["one-core", "the-users-value", "not-openmps"],
+)
+def test_a_cpu_task_validates_with_its_own_cores(n_cores: int, variables: dict[str, str], expected: str) -> None:
+    """nnU-Net's validation workers in a CPU task: its cores (here: taskset, as SLURM's affinity), unless set."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < n_cores:
+        pytest.skip(f"needs {n_cores} cores")
+    env = {k: v for k, v in os.environ.items() if k not in ("nnUNet_def_n_proc", "OMP_NUM_THREADS")}
+    script = "\n".join(["set -euo pipefail", *CPU_VALIDATION_WORKERS, 'echo "$nnUNet_def_n_proc"'])
+    cores = ",".join(map(str, allowed[:n_cores]))
+    proc = subprocess.run(["taskset", "-c", cores, "bash", "-c", script], env={**env, **variables},
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert proc.stdout.strip() == expected
 
 
 def test_slurm_header_lines_are_kept_and_win(bare_shell: Path) -> None:

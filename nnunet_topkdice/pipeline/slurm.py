@@ -28,6 +28,17 @@ from nnunet_topkdice.pipeline.compare import TrainingJob
 #: nnU-Net's number of data-augmentation workers per GPU on a machine it does not know (the ``else`` of
 #: ``nnunetv2.utilities.default_n_proc_DA.get_allowed_n_proc_DA``), where ``nnUNet_n_proc_DA`` is unset.
 NNUNET_DEFAULT_N_PROC_DA = 12
+#: On the CPU, nnU-Net's final validation and its evaluation start ``nnUNet_def_n_proc`` worker processes
+#: (8 where it is unset), each importing torch: in a task given one core and a few GB, 8 of them can exceed
+#: its memory limit. Unless the variable is set: the task's cores (``nproc`` counts its CPU affinity; without
+#: the OpenMP variables, which it would also obey), at most nnU-Net's 8.
+CPU_VALIDATION_WORKERS = (
+    "# nnU-Net's final validation starts nnUNet_def_n_proc workers (8 if unset): no more than the task's cores",
+    'if [[ -z "${nnUNet_def_n_proc:-}" ]]; then',
+    "  cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)",
+    "  export nnUNet_def_n_proc=$(( cores < 8 ? cores : 8 ))",
+    "fi",
+)
 #: ``#SBATCH`` options that the script must set itself (the array's task ids pick the trainings).
 _OWN_ONLY = ("--array",)
 #: ``#SBATCH`` options that the script sets unless the user's header sets them.
@@ -100,7 +111,8 @@ def slurm_resources(
     Returns:
         On ``cuda``: ``--gres=gpu:num_gpus``, the workers, ``--cpus-per-task = num_gpus x (workers + 1)``.
         Elsewhere: no GPU, no workers exported here (the trainings' own ``nnUNet_n_proc_DA``, 0 on the CPU,
-        stays) and no ``--cpus-per-task`` (CPU training uses every core the task gets).
+        stays) and no ``--cpus-per-task`` (CPU training uses every core the task gets); the script then
+        limits nnU-Net's validation workers to the task's cores (:data:`CPU_VALIDATION_WORKERS`).
     Raises:
         InputError: a header's ``--cpus-per-task`` too small for one main process per GPU.
     """
@@ -185,6 +197,8 @@ def slurm_script(
     lines += [f"export {key}={q(value)}" for key, value in env.items()]
     if resources.n_proc_da is not None:
         lines.append(f"export nnUNet_n_proc_DA={resources.n_proc_da}  # data-augmentation workers per GPU")
+    if not resources.gpus_per_task:
+        lines += CPU_VALIDATION_WORKERS
     lines += [f"TOPKDICE=({' '.join(q(part) for part in topkdice)})", ""]
     lines.append('case "${SLURM_ARRAY_TASK_ID:?set SLURM_ARRAY_TASK_ID (sbatch --array does)}" in')
     for index, job in enumerate(jobs):
