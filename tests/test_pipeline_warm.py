@@ -118,6 +118,29 @@ def test_a_failing_warm_command_fails_the_step_with_its_exit_code(tmp_path: Path
     assert "FAILED (exit code 2): bad" in stream.getvalue() and "arguments are required" in stream.getvalue()
 
 
+PRESTART_AND_LIST_CHILDREN = """
+import os, sys
+from nnunet_topkdice.pipeline import warm
+warm.prestart()
+print("out after", flush=True)
+print("err after", file=sys.stderr, flush=True)
+for pid in open(f"/proc/self/task/{os.getpid()}/children").read().split():
+    print(pid, os.readlink(f"/proc/{pid}/fd/1"), os.readlink(f"/proc/{pid}/fd/2"), flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path(f"/proc/self/task/{os.getpid()}/children").exists(), reason="Linux's /proc only")
+def test_the_forkserver_holds_no_output_of_the_caller() -> None:
+    """The server (and multiprocessing's resource tracker) write to /dev/null, so that a command ending while
+    the server still imports does not keep its caller's pipe open; the caller's own streams are back."""
+    proc = subprocess.run([sys.executable, "-c", PRESTART_AND_LIST_CHILDREN], capture_output=True, text=True,
+                          timeout=120, check=True)  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "out after" and proc.stderr.strip().splitlines()[-1] == "err after"
+    children = [line.split() for line in lines[1:]]
+    assert children and all(out == err == os.devnull for _, out, err in children), children
+
+
 def test_warm_start_is_refused_by_the_variable() -> None:
     assert warm.warm_start_allowed({warm.WARM_START_VARIABLE: "1"})
     assert not warm.warm_start_allowed({warm.WARM_START_VARIABLE: "0"})

@@ -110,10 +110,38 @@ class WarmProcess:
         self._process.kill()
 
 
+#: The process that started the forkserver through :func:`prestart` (a forked child has a server of its own).
+_started_by: int | None = None
+
+
 def prestart() -> None:
-    """Start the forkserver now (if it is not running), so that its imports overlap the caller's work."""
+    """Start the forkserver now (if it is not running), so that its imports overlap the caller's work.
+
+    The server's stdout and stderr are ``/dev/null`` (the commands write to their own pipes): had it
+    inherited this process's, a command that ends while the server still imports (a failed check, a
+    finished run) would hold the caller's pipe open until those imports end (``| tee``,
+    ``subprocess.run(capture_output=True)``).
+    """
+    global _started_by
     forkserver.set_forkserver_preload(list(PRELOAD))
-    forkserver.ensure_running()
+    if _started_by == os.getpid():  # started: a restart after a crash (rare) inherits the streams
+        forkserver.ensure_running()
+        return
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        forkserver.ensure_running()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+    _started_by = os.getpid()
 
 
 def start(
