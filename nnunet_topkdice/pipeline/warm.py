@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -112,6 +113,8 @@ class WarmProcess:
 
 #: The process that started the forkserver through :func:`prestart` (a forked child has a server of its own).
 _started_by: int | None = None
+#: The runner starts commands from several threads; only one may move the file descriptors 1 and 2.
+_start_lock = threading.Lock()
 
 
 def prestart() -> None:
@@ -123,25 +126,26 @@ def prestart() -> None:
     ``subprocess.run(capture_output=True)``).
     """
     global _started_by
-    forkserver.set_forkserver_preload(list(PRELOAD))
-    if _started_by == os.getpid():  # started: a restart after a crash (rare) inherits the streams
-        forkserver.ensure_running()
-        return
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        forkserver.ensure_running()
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
-    _started_by = os.getpid()
+    with _start_lock:
+        forkserver.set_forkserver_preload(list(PRELOAD))
+        if _started_by == os.getpid():  # started: a restart after a crash (rare) inherits the streams
+            forkserver.ensure_running()
+            return
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        saved = [os.dup(1), os.dup(2)]
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            forkserver.ensure_running()
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in (*saved, devnull):
+                os.close(fd)
+        _started_by = os.getpid()
 
 
 def start(
