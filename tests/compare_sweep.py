@@ -44,10 +44,13 @@ class CompareData:
         plans = f"{trainer}__nnUNetPlans__{configuration}"
         return self.results / f"seed_{seed}" / self.dataset.name / plans / f"fold_{fold}"
 
+    def split(self) -> list[dict]:
+        """``splits_final.json``: per fold, its ``train`` and ``val`` cases."""
+        return json.loads((Path(self.env["nnUNet_preprocessed"]) / self.dataset.name / "splits_final.json").read_text())
+
     def validation(self, fold: str) -> list[str]:
-        """The validation cases of ``fold`` in ``splits_final.json``."""
-        split = Path(self.env["nnUNet_preprocessed"]) / self.dataset.name / "splits_final.json"
-        return json.loads(split.read_text())[int(fold)]["val"]
+        """The validation cases of ``fold``."""
+        return self.split()[int(fold)]["val"]
 
 
 def make_compare_data(root: Path) -> CompareData:
@@ -147,13 +150,13 @@ def run_sweep(
 ) -> Sweep:
     """Steps 1-4, and 5 with ``with_test_set``, in ``data.root / f"work_{configuration}"``.
 
-    ``folds`` are given with ``--folds``; None trains the folds of ``splits_final.json`` (0 and 1).
+    ``folds`` are given with ``--folds``; None trains every fold of ``splits_final.json``.
     ``kill_one``: the training of SECOND, seed 1, last fold stops after its first epoch in step 2.
     Every command must exit 0 (the killed task 75); the tests assert on the rest.
     """
     work = data.root / f"work_{configuration}"
     crossval = compare_argv(configuration, work, *(["--folds", *folds] if folds else []))
-    folds = folds or ("0", "1")
+    folds = folds or tuple(str(fold) for fold in range(len(data.split())))
     script = work / "sweep.sh"
     emitted = run([*crossval, "--emit-slurm", script], data.env)
     script_text = script.read_text()
