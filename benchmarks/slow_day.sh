@@ -59,5 +59,10 @@ STATUS=$?
 kill "$DUTY" 2>/dev/null
 wait "$DUTY" 2>/dev/null
 echo "$THAWED" > "$GROUP/$FREEZE"
+# processes the command left behind end on their own (a forkserver ends once it sees its parent gone)
+for _ in $(seq 100); do
+    [ -z "$(cat "$GROUP/cgroup.procs" 2>/dev/null)" ] && break
+    sleep 0.1
+done
 rmdir "$GROUP" 2>/dev/null || echo "$0: $GROUP still holds processes; remove it when they end" >&2
 exit "$STATUS"
