@@ -69,7 +69,8 @@ def test_compare_sweep_on_slurm_then_resume_then_test_set(request: pytest.Fixtur
     assert sweep.untouched_mtimes[0] == sweep.untouched_mtimes[1]  # FIRST, seed 0, fold 0 not trained again
     # ... and ends with the verdict, then how many seeds would settle it (2 seeds: exploratory, never
     # "significant")
-    validated = [case for case in data.cases if any(case in data.validation(fold) for fold in sweep.folds)]
+    held_out = {case for fold in sweep.folds for case in data.validation(fold)}
+    validated = [case for case in data.cases if case in held_out]
     lines = out.strip().splitlines()
     [verdict] = [line for line in lines if line.startswith(f"{SECOND} vs {FIRST}: ")]
     assert re.match(

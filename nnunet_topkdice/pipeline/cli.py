@@ -15,11 +15,12 @@ from nnunet_topkdice.argtypes import dataset_id, dice_difference, non_negative_i
 from nnunet_topkdice.cpu_threads import cpu_cores
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS
+from nnunet_topkdice.pipeline.commands import NNUNET_DEFAULT_NUM_PROCESSES
 
 FOLD_CHOICES = ("all", "0", "1", "2", "3", "4")
 DEVICE_CHOICES = ("cuda", "cpu", "mps")
 SCHEDULE_CHOICES = ("nnunet", "paper")
-DEFAULT_NUM_PROCESSES = min(8, cpu_cores())  # nnU-Net's default of 8 processes, fewer on fewer cores
+DEFAULT_NUM_PROCESSES = min(NNUNET_DEFAULT_NUM_PROCESSES, cpu_cores())  # nnU-Net's default, fewer on fewer cores
 MIN_SEEDS_FOR_A_VERDICT = 3  # SPEC 6.3: fewer repeats give "one repeat" or "exploratory"
 
 

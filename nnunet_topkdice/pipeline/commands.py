@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_PLANS = "nnUNetPlans"
+#: nnU-Net's worker processes where ``nnUNet_def_n_proc`` is unset (``nnunetv2.configuration.default_num_processes``;
+#: importing it would read this process's variable instead).
+NNUNET_DEFAULT_NUM_PROCESSES = 8
 
 #: nnU-Net's planners for the plans names it ships (``nnUNetv2_plan_and_preprocess -pl``).
 PLANNERS: dict[str, str] = {

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.pipeline.commands import NNUNET_DEFAULT_NUM_PROCESSES
 from nnunet_topkdice.pipeline.compare import TrainingJob
 
 #: nnU-Net's number of data-augmentation workers per GPU on a machine it does not know (the ``else`` of
@@ -31,12 +32,14 @@ NNUNET_DEFAULT_N_PROC_DA = 12
 #: On the CPU, nnU-Net's final validation and its evaluation start ``nnUNet_def_n_proc`` worker processes
 #: (8 where it is unset), each importing torch: in a task given one core and a few GB, 8 of them can exceed
 #: its memory limit. Unless the variable is set: the task's cores (``nproc`` counts its CPU affinity; without
-#: the OpenMP variables, which it would also obey), at most nnU-Net's 8.
+#: the OpenMP variables, which it would also obey), at most nnU-Net's default.
 CPU_VALIDATION_WORKERS = (
-    "# nnU-Net's final validation starts nnUNet_def_n_proc workers (8 if unset): no more than the task's cores",
+    f"# nnU-Net's final validation starts nnUNet_def_n_proc workers ({NNUNET_DEFAULT_NUM_PROCESSES} if unset): "
+    "no more than the task's cores",
     'if [[ -z "${nnUNet_def_n_proc:-}" ]]; then',
     "  cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)",
-    "  export nnUNet_def_n_proc=$(( cores < 8 ? cores : 8 ))",
+    f"  export nnUNet_def_n_proc=$(( cores < {NNUNET_DEFAULT_NUM_PROCESSES} ? cores "
+    f": {NNUNET_DEFAULT_NUM_PROCESSES} ))",
     "fi",
 )
 #: ``#SBATCH`` options that the script must set itself (the array's task ids pick the trainings).
