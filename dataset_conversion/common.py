@@ -6,8 +6,8 @@ the label map and the split. Everything else lives here:
 * input checks that name the missing path (:func:`require_file`, :func:`require_dir`),
 * the target checks (:func:`check_target`): existing dataset, dataset id used by another dataset,
 * reading with SimpleITK (:func:`read_image`), the geometry check (:func:`check_same_geometry`) and the
-  NaN/infinity check (:func:`nnunet_topkdice.input_checks.check_finite_file`, which reads NIfTI with
-  nibabel because SimpleITK returns 0 for those voxels),
+  checks of truncation and NaN/infinity (:func:`nnunet_topkdice.input_checks.check_image_file`, which
+  reads NIfTI headers and voxels with nibabel because SimpleITK reads the missing and the non-finite voxels as 0),
 * the label checks and remapping (:func:`remap_labels`, :func:`binarize_labels`),
 * writing one case (:func:`convert_case`) and all cases with a progress bar and an optional worker pool
   (:func:`run_jobs`),
@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.geometry import differs
-from nnunet_topkdice.input_checks import check_finite_file, check_output_folder
+from nnunet_topkdice.input_checks import check_image_file, check_output_folder
 from nnunet_topkdice.workers import deferred_interrupts, run_in_workers
 
 FILE_ENDING = ".nii.gz"
@@ -278,22 +278,22 @@ def convert_case(job: CaseJob, dataset_dir: Path) -> str:
     with the image to float32 precision).
 
     Raises:
-        InputError: unreadable file, NaN or infinity in an image or label file, geometry mismatch, unexpected
-            label values.
+        InputError: unreadable or truncated file, NaN or infinity in an image or label file, geometry
+            mismatch, unexpected label values.
     """
     reference = read_image(job.images[0])
-    check_finite_file(job.images[0], f"case {job.case_id}: image")
+    check_image_file(job.images[0], f"case {job.case_id}: image")
     channels = [reference]
     for path in job.images[1:]:
         image = read_image(path)
         check_same_geometry(reference, job.images[0], image, path)
-        check_finite_file(path, f"case {job.case_id}: image")
+        check_image_file(path, f"case {job.case_id}: image")
         channels.append(image)
     label_image = None
     if job.label is not None:
         source = read_image(job.label)
         check_same_geometry(reference, job.images[0], source, job.label)
-        check_finite_file(job.label, f"case {job.case_id}: label file")
+        check_image_file(job.label, f"case {job.case_id}: label file")
         mapped = job.label_transform(sitk.GetArrayFromImage(source), case_id=job.case_id, path=job.label)
         label_image = sitk.GetImageFromArray(mapped.astype(np.uint8, copy=False))
         label_image.CopyInformation(reference)

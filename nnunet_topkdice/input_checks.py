@@ -1,5 +1,10 @@
 """Checks of user input shared by the commands, run before any work: output folders that can be written,
-and image files without NaN or infinite voxels.
+and image files that hold all their voxels, none of them NaN or infinite.
+
+Why a check for truncation: ITK's NIfTI reader (SimpleITK 2.5 / ITK 5.4) reads a ``.nii`` or ``.nii.gz`` file
+that ends early (an interrupted copy, a full disk) without an error and fills the missing voxels with 0, so a
+half-written prediction would be scored as a worse one. Its NRRD and MetaImage readers refuse such files. The
+voxel data a NIfTI header declares is compared with what the file holds (:func:`truncated_nifti`).
 
 Why a second reader for NaN: ITK's NIfTI reader (SimpleITK 2.5 / ITK 5.4, and so nnU-Net's
 ``SimpleITKIO``) returns 0 for every NaN and +-inf voxel of a ``.nii``/``.nii.gz`` file (its vendored
@@ -12,15 +17,27 @@ stored as integers cannot hold either, so for it only the header is read.
 from __future__ import annotations
 
 import os
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from nnunet_topkdice.errors import InputError
 
-__all__ = ["check_finite_file", "check_output_folder", "count_non_finite"]
+__all__ = [
+    "StoredBytes",
+    "check_complete_file",
+    "check_finite_file",
+    "check_image_file",
+    "check_output_folder",
+    "count_non_finite",
+    "truncated_nifti",
+]
 
 NIFTI_ENDINGS = (".nii", ".nii.gz")
+_READ_CHUNK_BYTES = 1 << 22
 
 
 def check_output_folder(path: Path, what: str) -> Path:
@@ -88,6 +105,134 @@ def count_non_finite(path: Path) -> tuple[int, int]:
         return 0, 0
     n_nan = int(np.isnan(values).sum())
     return n_nan, int(values.size - n_nan - np.isfinite(values).sum())
+
+
+class StoredBytes(NamedTuple):
+    """The bytes of a NIfTI file up to the end of its voxel data: as its header declares them, and as the
+    file holds them (after decompression for ``.nii.gz``)."""
+
+    declared: int
+    held: int
+
+
+def _gzip_pieces(path: Path, piece_bytes: int) -> Iterator[bytes]:
+    """The decompressed content of a gzip file in pieces of at most ``piece_bytes``, one member after the
+    other, up to where the stream breaks off (a truncated or damaged file ends the pieces, not an error)."""
+    with open(path, "rb") as file:
+        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)  # gzip framing
+        while data := file.read(max(piece_bytes, 1 << 16)):  # a header needs only the first few KB
+            while data:
+                try:
+                    piece = decompressor.decompress(data, piece_bytes)
+                except zlib.error:
+                    return
+                if piece:
+                    yield piece
+                if decompressor.eof:  # whatever follows is the next member
+                    data = decompressor.unused_data
+                    decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+                else:
+                    data = decompressor.unconsumed_tail
+
+
+def _head(path: Path, n_bytes: int) -> bytes:
+    """The first ``n_bytes`` of a file's content, decompressed for ``.gz``; fewer where the file ends first."""
+    if not path.name.lower().endswith(".gz"):
+        with open(path, "rb") as file:
+            return file.read(n_bytes)
+    head = b""
+    for piece in _gzip_pieces(path, n_bytes):
+        head += piece
+        if len(head) >= n_bytes:
+            break
+    return head[:n_bytes]
+
+
+def _declared_end(path: Path) -> int | None:
+    """Offset of the end of the voxel data from a NIfTI-1 or NIfTI-2 header, or None where the file does not
+    start with one (the caller's reader reports an unreadable file).
+
+    The header is parsed from the file's first bytes: ``nibabel.load`` reads ahead and fails on a truncated
+    ``.nii.gz`` whose header is whole.
+    """
+    import nibabel
+
+    header_classes = (nibabel.Nifti1Header, nibabel.Nifti2Header)
+    head = _head(path, max(cls.template_dtype.itemsize for cls in header_classes))
+    for header_class in header_classes:
+        size = header_class.template_dtype.itemsize
+        if len(head) < size:
+            continue
+        try:
+            header = header_class(head[:size], check=False)  # byte order guessed from sizeof_hdr
+            if int(header["sizeof_hdr"]) != size:
+                continue
+            n_voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
+            return int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
+        except Exception:  # a header nibabel cannot interpret: left to the reader
+            return None
+    return None
+
+
+def _gzip_size_field(path: Path) -> int:
+    """The last 4 bytes of a gzip file: the size of its (last member's) data modulo 2**32 where it is whole."""
+    with open(path, "rb") as file:
+        file.seek(-4, os.SEEK_END)
+        return int.from_bytes(file.read(4), "little")
+
+
+def _decompressed_bytes(path: Path) -> int:
+    """How many bytes a gzip file decompresses to, counting up to where its stream breaks off, if it does."""
+    return sum(len(piece) for piece in _gzip_pieces(path, _READ_CHUNK_BYTES))
+
+
+def truncated_nifti(path: Path) -> StoredBytes | None:
+    """The declared and held bytes of a NIfTI file that holds less voxel data than its header declares;
+    None for a complete file, another format, or a header nibabel cannot read.
+
+    A ``.nii.gz`` file is decompressed only when the size field at its end does not already match: a whole
+    single-member file (what SimpleITK, nibabel and nnU-Net write) is confirmed from its last 4 bytes.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith(NIFTI_ENDINGS):
+        return None
+    declared = _declared_end(path)
+    if declared is None:
+        return None
+    if not name.endswith(".gz"):
+        held = os.path.getsize(path)
+    elif _gzip_size_field(path) == declared % (1 << 32):
+        return None
+    else:  # several gzip members, data after the voxels, or a truncated stream
+        held = _decompressed_bytes(path)
+    return StoredBytes(declared, held) if held < declared else None
+
+
+def check_complete_file(path: Path, what: str = "") -> None:
+    """Refuse a NIfTI file that ends before the voxel data its header declares (see the module docstring).
+
+    Raises:
+        InputError: naming ``what``, the file and both sizes.
+    """
+    stored = truncated_nifti(path)
+    if stored is not None:
+        held = "decompresses to" if Path(path).name.lower().endswith(".gz") else "holds"
+        raise InputError(
+            f"{what + ' ' if what else ''}{path} is truncated: its header declares {stored.declared} bytes up to "
+            f"the end of its voxels, the file {held} {stored.held} (an interrupted copy or a full disk?)"
+        )
+
+
+def check_image_file(path: Path, what: str = "") -> None:
+    """Refuse an image or label file that is truncated (:func:`check_complete_file`) or holds NaN or
+    infinite voxels (:func:`check_finite_file`).
+
+    Raises:
+        InputError: naming ``what`` and the file.
+    """
+    check_complete_file(path, what)
+    check_finite_file(path, what)
 
 
 def check_finite_file(path: Path, what: str = "") -> None:

@@ -18,6 +18,7 @@ forever (issue 24: a worker blocked on a semaphore, another on a pipe, the comma
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -142,19 +143,31 @@ def deferred_interrupts() -> Iterator[None]:
             signal.raise_signal(received[0])  # the handler of before acts now
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated(f"received signal {signal.Signals(signum).name}")
-
-
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block, SIGTERM (``kill``, a scheduler's time limit) raises
     :class:`~nnunet_topkdice.errors.Terminated`, a KeyboardInterrupt, so that the same clean-up runs as
-    for Ctrl-C (the command then exits with 143). Only in the main thread; the previous handler is restored."""
+    for Ctrl-C (the command then exits with 143). Only in the main thread; the previous handler is restored.
+
+    A process forked inside the block inherits the handler: a library's ``multiprocessing.Pool`` worker
+    (nnU-Net lists a dataset's files with one), which the pool ends with SIGTERM. There the previous
+    handler acts instead, so that those workers end quietly rather than each printing a traceback.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    owner = os.getpid()
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None:  # installed outside Python: the default action is what the child would have had
+        previous = signal.SIG_DFL
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if os.getpid() == owner:
+            raise Terminated(f"received signal {signal.Signals(signum).name}")
+        signal.signal(signum, previous)  # a forked child: as if the block had never been entered
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:

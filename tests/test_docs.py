@@ -220,6 +220,15 @@ def test_the_docs_show_commands_of_every_subcommand() -> None:
     assert {"demo", "compare", "reproduce", "train", "convert", "evaluate", "show-ignore-map"} <= shown
 
 
+def test_the_listed_subcommands_are_the_parsers() -> None:
+    text = (ROOT / "docs" / "getting_started.md").read_text(encoding="utf-8")
+    listing = re.search(r"`topkdice --help` lists the subcommands: (.*?); `topkdice COMMAND --help`", text, re.S)
+    assert listing is not None
+    listed = re.findall(r"`([a-z-]+)`", listing.group(1))
+    [subparsers] = [a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"]
+    assert sorted(listed) == sorted(subparsers.choices)
+
+
 # --- the checker itself -----------------------------------------------------------------------------
 
 
@@ -292,3 +301,21 @@ def test_a_doc_with_an_unknown_option_fails(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("```bash\ntopkdice evaluate -r labels --no-such-flag\n```\n")
     assert undocumented_options(page) == ["page.md: topkdice evaluate: --no-such-flag is not in its --help"]
+
+
+@pytest.mark.parametrize("seed_effects", [[0.10, -0.02], [0.03, 0.026, 0.034, 0.028, 0.032]], ids=["two", "five"])
+def test_the_statistics_page_prints_what_evaluate_prints(seed_effects: list[float]) -> None:
+    """The example sentences of docs/statistics.md, recomputed from their fixture with ``evaluate``'s
+    defaults (10,000 bootstrap resamples: the tests' 2,000 moved the last digit of an interval)."""
+    import numpy as np
+    from test_evaluation_crossed import _table
+
+    from nnunet_topkdice.evaluation.results import comparison_entry, with_verdicts
+    from nnunet_topkdice.evaluation.tables import comparison_sentence
+
+    differences = _table(seed_effects)
+    baseline = np.full(differences.shape, 0.7)[:, :, None]
+    entry = comparison_entry("CE + topK-Dice", "CE + Dice", baseline + differences[:, :, None], baseline, ["a"])
+    sentence = comparison_sentence(with_verdicts([entry])[0])
+    assert sentence.startswith("CE + topK-Dice vs CE + Dice: ")
+    assert sentence in (ROOT / "docs" / "statistics.md").read_text(encoding="utf-8")

@@ -211,7 +211,7 @@ def test_repeated_name_is_one_method_and_baseline_is_chosen(acdc_like: dict) -> 
         "A vs B: +33.33 mDice over 2 cases, one repeat: it describes one trained model per method, not the loss "
         "(3 or more seeds can judge the loss); for these trained models: 95% CI +33.33 to +33.33, Wilcoxon "
         "p = 0.50 (fewer than 6 cases: its Wilcoxon test cannot reach 0.05)",
-        f"Note: B has 2 repeats, A 1: only the first 1 are paired; left out: B repeat 2 ({runs['A'].resolve()}).",
+        f"Note: B has 2 repeats, A 1: only the first 1 are paired; left out: B repeat 1 ({runs['A'].resolve()}).",
     ]
 
 

@@ -22,7 +22,7 @@ from nnunet_topkdice.evaluation.statistics import (
     repeats_needed,
     verdict,
 )
-from nnunet_topkdice.evaluation.tables import comparison_sentence, repeats_needed_sentence
+from nnunet_topkdice.evaluation.tables import _holm_family, comparison_sentence, repeats_needed_sentence
 
 NAN = math.nan
 N_CASES = 12
@@ -215,10 +215,10 @@ def test_unequal_repeat_counts_pair_the_first_min() -> None:
     assert entry["per_repeat_differences"] == pytest.approx(differences[:2].mean(axis=1))
     assert entry["p_value"] == pytest.approx(_by_hand(differences[:2])["p"])
     assert entry["verdict"] == "exploratory"
-    assert entry["notes"] == ["new has 3 repeats, old 2: only the first 2 are paired; left out: new repeat 3 (/p/s2)"]
+    assert entry["notes"] == ["new has 3 repeats, old 2: only the first 2 are paired; left out: new repeat 2 (/p/s2)"]
     # the baseline with more repeats: its extra repeats are named
     swapped = comparison_entry("old", "new", _dice(baseline), _dice(method), ["a"], n_boot=2000)
-    assert swapped["notes"] == ["new has 3 repeats, old 2: only the first 2 are paired; left out: new repeat 3"]
+    assert swapped["notes"] == ["new has 3 repeats, old 2: only the first 2 are paired; left out: new repeat 2"]
 
 
 @pytest.mark.parametrize(
@@ -296,6 +296,16 @@ def test_holm_over_three_comparisons() -> None:
     assert raw[1] < 0.05 and raw[2] < 0.05  # each alone would pass
     assert [e["verdict"] for e in entries][1:] == ["inconclusive", "inconclusive"]
     assert entries[0]["verdict"] == "better"
+
+
+def test_the_table_names_the_comparisons_holm_ran_over() -> None:
+    # a comparison with one repeat has no p-value and is left out of Holm's family (SPEC 6.2): the legend
+    # of the comparisons must count the others only
+    family = [{"p_value": 0.0065}, {"p_value": None}, {"p_value": 0.3}]
+    assert _holm_family(family) == "p Holm-adjusted over the 2 comparisons with a p-value, of 3"
+    assert _holm_family(family[:1]) == "p Holm-adjusted over the 1 comparison"
+    assert _holm_family([family[0], family[2]]) == "p Holm-adjusted over the 2 comparisons"
+    assert _holm_family(family[1:2]) == "no p-values (a crossed p needs 2 paired repeats and 2 cases)"
 
 
 def _run(scores: np.ndarray, cases: list[str]) -> dict:
@@ -397,7 +407,7 @@ def test_seed_panel_draws_each_repeat_and_the_crossed_interval() -> None:
     ys = [float(y[0]) for _, y in markers]
     expected = [100 * d for d in two_seeds["per_repeat_differences"]] + [100 * two_seeds["mean_difference"]]
     assert ys == pytest.approx(expected + [100 * one_seed["per_repeat_differences"][0]])
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["repeat 1", "repeat 2", "crossed\n(seeds and cases)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["repeat 0", "repeat 1", "crossed\n(seeds and cases)"]
     low, high = (100 * v for v in two_seeds["ci95"])
     assert sorted(t.get_text() for t in ax.texts) == sorted([f"{low:+.1f}", f"{high:+.1f}"])  # the clipped ends
     bottom, top = ax.get_ylim()

@@ -533,11 +533,11 @@ def test_repeats_baseline_and_comparisons(tiny: dict) -> None:
     assert set(comparison) == COMPARISON_KEYS
     assert (comparison["method"], comparison["baseline"]) == ("A", "B")
     assert (comparison["n_repeats"], comparison["n_baseline_repeats"], comparison["n_cases"]) == (2, 1, 2)
-    # repeat 1 of A (good) is paired with B's only repeat (empty, scores 0); A's repeat 2 is left out:
+    # repeat 0 of A (good) is paired with B's only repeat (empty, scores 0); A's repeat 1 is left out:
     # caseA: 6/7 (tumour undefined); caseB: (1 + 2/3) / 2
     assert comparison["n_paired_repeats"] == 1 and comparison["verdict"] == "one repeat"
     assert comparison["notes"] == [
-        f"A has 2 repeats, B 1: only the first 1 are paired; left out: A repeat 2 "
+        f"A has 2 repeats, B 1: only the first 1 are paired; left out: A repeat 1 "
         f"({tiny['runs']['perfect'].resolve()})"
     ]
     differences = np.array([6 / 7, 5 / 6])
@@ -563,9 +563,11 @@ def test_repeats_baseline_and_comparisons(tiny: dict) -> None:
     markdown = (tiny["root"] / "out" / "table.md").read_text()
     assert "| evaluated | A | **89.88 ± 14.31** |" in markdown
     assert "repeats: A: 2" in markdown
+    assert "no p-values (a crossed p needs 2 paired repeats and 2 cases)" in markdown
+    assert "Holm-adjusted" not in markdown
     assert ("A vs B: +84.52 mDice over 2 cases, one repeat: it describes one trained model per method, not the "
             "loss") in markdown
-    assert markdown.rstrip().endswith(f"left out: A repeat 2 ({tiny['runs']['perfect'].resolve()}).")
+    assert markdown.rstrip().endswith(f"left out: A repeat 1 ({tiny['runs']['perfect'].resolve()}).")
     csv_lines = (tiny["root"] / "out" / "table.csv").read_text().splitlines()
     assert csv_lines[0].endswith(
         ",n_repeats,mDice sd,mIoU sd,mPrec. sd,mRec. sd,mHD95 (mm) sd,mNSD sd,liver sd,tumour sd"

@@ -170,6 +170,22 @@ def test_bad_input_exits_2(tmp_path: Path, make, message: str, capsys: pytest.Ca
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("below", [False, True], ids=["a-file", "below-a-file"])
+def test_an_output_that_cannot_be_a_folder_exits_2_before_the_table(
+    tmp_path: Path, below: bool, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "e0").mkdir()
+    (tmp_path / "e0" / "results.json").write_text(json.dumps(_results("Hippo", 0)))
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    out = blocker / "x" if below else blocker
+    assert main(["summary", str(tmp_path / "e0"), "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    expected = f"{out} cannot be created: {blocker} is a file" if below else f"{out} is a file; expected a folder"
+    assert f"output folder {expected}" in captured.err and captured.out == ""
+    assert blocker.read_text() == "keep me"
+
+
 def _old(root: Path) -> Path:
     results = _results("Old", 0)
     for c in results["comparisons"]:

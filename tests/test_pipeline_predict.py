@@ -10,6 +10,7 @@ before).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import SimpleITK as sitk
 from compare_sweep import DATASET_ID, FIRST, SECOND, Sweep
 from pipeline_fixtures import BIN, TOPKDICE, run_together, snapshot
 
+from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.pipeline import predict
 from nnunet_topkdice.pipeline.predict import parse_model_pair
 
@@ -76,6 +78,42 @@ def test_the_predictor_gets_the_lists_not_the_folder(tmp_path: Path, monkeypatch
         ("init", str(tmp_path / "model"), ["all"], "checkpoint_final.pth"),
         ("predict", [[str(tmp_path / "images" / "x_0000.nii.gz")]], str(tmp_path / "out"), False),
     ]
+
+
+@pytest.mark.parametrize(("trainer", "found"), [("nnUNetTrainerTopKDice", True), ("nnUNetTrainerNowhere", False)])
+def test_the_checkpoints_trainer_is_looked_up_with_this_packages_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trainer: str, found: bool
+) -> None:
+    """Without nnUNet_extTrainer, nnU-Net found none of this package's trainers (a traceback, exit 1):
+    ``topkdice predict`` searches their folder as ``topkdice train`` does, and names what it cannot find."""
+    import nnunetv2.inference.predict_from_raw_data as nnunet_inference
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    class Predictor:  # nnU-Net's look-up by the name a checkpoint holds, then nothing else
+        dataset_json = {"file_ending": ".nii.gz"}
+
+        def __init__(self, **kwargs) -> None:
+            pass
+
+        def initialize_from_trained_model_folder(self, folder: str, folds: list, checkpoint_name: str) -> None:
+            assert recursive_find_trainer_class_by_name(trainer).__name__ == trainer
+
+        def predict_from_files_sequential(self, cases, out_dir: str, overwrite: bool) -> None:
+            pass
+
+    monkeypatch.setattr(nnunet_inference, "nnUNetPredictor", Predictor)
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    (tmp_path / "images").mkdir()
+    job = predict.ModelJob(tmp_path / f"{trainer}__nnUNetPlans__2d", tmp_path / "out")
+    if found:
+        predict.predict_models(tmp_path / "images", [job], ["0"], "cpu")
+        assert (tmp_path / "out").is_dir()
+    else:
+        with pytest.raises(InputError, match=rf"{job.model_dir}: nnU-Net cannot find the trainer class .*"
+                                             rf"Could not find requested nnunet trainer {trainer} in"):  # fmt: skip
+            predict.predict_models(tmp_path / "images", [job], ["0"], "cpu")
+        assert not (tmp_path / "out").exists()
+    assert "nnUNet_extTrainer" not in os.environ  # restored
 
 
 def test_a_missing_image_folder_is_named_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -200,11 +200,12 @@ def test_seeded_trainer_class_keeps_name_and_signature() -> None:
     [
         ({"continue_training": True, "only_run_validation": True}, "--c and --val"),
         ({"continue_training": True, "pretrained_weights": "w.pth"}, "--c and -pretrained_weights"),
+        ({"pretrained_weights": "/nonexistent/w.pth"}, "-pretrained_weights /nonexistent/w.pth: no such file"),
         ({"val_with_best": True, "disable_checkpointing": True}, "--val_best"),
         ({"num_gpus": 2, "device": "cpu"}, "needs -device cuda"),
         ({"fold": "x"}, "fold must be 'all' or an integer"),
     ],
-    ids=["c-and-val", "c-and-pretrained", "val-best-no-checkpoints", "ddp-on-cpu", "bad-fold"],
+    ids=["c-and-val", "c-and-pretrained", "no-weights-file", "val-best-no-checkpoints", "ddp-on-cpu", "bad-fold"],
 )
 def test_train_seeded_refuses_contradictions(options: dict, message: str) -> None:
     from nnunet_topkdice.training.seeded import train_seeded
@@ -234,15 +235,16 @@ def test_train_seeded_checks_the_plans_before_writing(tmp_path: Path, monkeypatc
 
 
 def test_run_environment_adds_our_trainers_after_the_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunet_topkdice.environment import environment
     from nnunet_topkdice.ext import trainer_dir
     from nnunet_topkdice.trainers import nnUNetTrainerTopKDice
-    from nnunet_topkdice.training.seeded import _environment, _find_trainer_class, run_environment
+    from nnunet_topkdice.training.seeded import _find_trainer_class, run_environment
 
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)
     env = run_environment(tmp_path / "seed_2")
     assert env == {"nnUNet_results": str(tmp_path / "seed_2"), "nnUNet_extTrainer": str(trainer_dir())}
     before = os.environ.get("nnUNet_results")
-    with _environment(env):
+    with environment(env):
         assert os.environ["nnUNet_results"] == str(tmp_path / "seed_2")
         found = _find_trainer_class("nnUNetTrainerTopKDice")
     assert os.environ.get("nnUNet_results") == before and "nnUNet_extTrainer" not in os.environ  # restored
@@ -259,13 +261,14 @@ def test_run_environment_adds_our_trainers_after_the_users(tmp_path: Path, monke
 
 def test_ddp_rendezvous_is_set_and_restored_with_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """DDP's MASTER_ADDR / MASTER_PORT are part of the run's environment, so they are restored with it."""
-    from nnunet_topkdice.training.seeded import _environment, run_environment
+    from nnunet_topkdice.environment import environment
+    from nnunet_topkdice.training.seeded import run_environment
 
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     monkeypatch.setenv("MASTER_PORT", "29555")  # a user's port wins
     env = run_environment(tmp_path, num_gpus=2)
     assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("localhost", "29555")
-    with _environment(env):
+    with environment(env):
         assert os.environ["MASTER_ADDR"] == "localhost"
     assert "MASTER_ADDR" not in os.environ and os.environ["MASTER_PORT"] == "29555"
     monkeypatch.delenv("MASTER_PORT")

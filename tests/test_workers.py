@@ -61,3 +61,16 @@ def test_sigterm_raises_terminated_inside_and_exits_143() -> None:
             time.sleep(1.0)
     assert interrupt_exit_code(info.value) == 143 and interrupt_exit_code(KeyboardInterrupt()) == 130
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_a_process_forked_inside_ends_quietly_on_sigterm(capfd: pytest.CaptureFixture[str]) -> None:
+    """A library's pool worker forked inside the block (nnU-Net lists a dataset's files with one) inherits
+    the handler; the pool ends it with SIGTERM, which printed a ``Terminated`` traceback per worker."""
+    with terminate_as_interrupt():
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+        child.start()
+        time.sleep(0.5)  # the child waits in its target, as an idle pool worker does
+        child.terminate()
+        child.join(10)
+    assert child.exitcode == -signal.SIGTERM  # killed by the signal, as without the block
+    assert "Traceback" not in capfd.readouterr().err

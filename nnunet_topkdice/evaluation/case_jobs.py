@@ -17,7 +17,7 @@ from nnunet_topkdice.evaluation.label_io import (
     read_label_image,
 )
 from nnunet_topkdice.evaluation.metrics import NSD_TOLERANCE_MM, case_metrics
-from nnunet_topkdice.input_checks import check_finite_file
+from nnunet_topkdice.input_checks import check_image_file
 from nnunet_topkdice.workers import run_in_workers
 
 __all__ = ["CaseJob", "evaluate_case", "run_case_jobs"]
@@ -47,17 +47,17 @@ def evaluate_case(job: CaseJob) -> tuple[str, dict[int, dict[str, dict]]]:
     """Metrics of one case for every folder: ``(case, {folder index: class -> metrics})``.
 
     Raises:
-        InputError: unreadable file, NaN or infinite voxels (counted as stored, see
+        InputError: unreadable or truncated file, NaN or infinite voxels (counted as stored, see
         :mod:`nnunet_topkdice.input_checks`), label values outside the dataset, a prediction not on the
         reference's image grid (size, spacing, origin, direction).
     """
     reader_writer = job.info.reader_writer or SIMPLEITK_READER
-    check_finite_file(job.reference, f"case {job.case}: reference")
+    check_image_file(job.reference, f"case {job.case}: reference")
     reference = read_label_image(job.reference, reader_writer)
     check_label_values(reference.array, job.reference, job.info.allowed_values)
     out: dict[int, dict[str, dict]] = {}
     for index, path in job.predictions.items():
-        check_finite_file(path, f"case {job.case}: prediction")
+        check_image_file(path, f"case {job.case}: prediction")
         prediction = read_label_image(path, reader_writer)
         check_same_geometry(job.case, reference, job.reference, prediction, path)
         check_label_values(prediction.array, path, job.info.allowed_values)

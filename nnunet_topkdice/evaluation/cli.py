@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from nnunet_topkdice.argtypes import dice_difference, k_percent, non_negative_int, positive_int
+from nnunet_topkdice.input_checks import check_output_folder
 from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS as PAPER_CHOICES
 
 # the same as metrics.HD95_MISSING_POLICIES (kept here so that `topkdice --help` does not import numpy)
@@ -380,6 +381,7 @@ def _summary_command(args: argparse.Namespace) -> int:
         write_summary,
     )
 
+    check_output_folder(args.output, "output folder")  # before the table is printed
     summary = summarise(load_evaluations(find_results(args.results)))
     print(to_markdown(summary), end="")
     try:

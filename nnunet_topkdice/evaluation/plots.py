@@ -191,7 +191,8 @@ def _draw_seed_differences(ax, results: dict, colours: dict) -> None:
                 ax.annotate(f"{end:+.1f}", (x, edge), ha="center", va=va, fontsize=7)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylim(bottom, top)
-    labels = [f"repeat {s + 1}" for s in range(n_repeats)] + ["crossed\n(seeds and cases)"]
+    # repeats from 0, as in per_case.csv
+    labels = [f"repeat {s}" for s in range(n_repeats)] + ["crossed\n(seeds and cases)"]
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels)
     ax.set_xlim(-0.6, len(labels) - 0.4)

@@ -221,7 +221,8 @@ def _these_models(case_differences: np.ndarray, n_boot: int, seed: int) -> dict:
 
 
 def _repeat_names(dirs: Sequence[str] | None, start: int, stop: int) -> str:
-    return ", ".join(f"{i + 1}" + (f" ({dirs[i]})" if dirs else "") for i in range(start, stop))
+    """Repeats ``start .. stop - 1`` numbered from 0 as in per_case.csv (and as compare's seeds), with their folders."""
+    return ", ".join(f"{i}" + (f" ({dirs[i]})" if dirs else "") for i in range(start, stop))
 
 
 def _notes(

@@ -322,6 +322,16 @@ def _notes(results: dict) -> list[str]:
     return notes
 
 
+def _holm_family(comparisons: list[dict]) -> str:
+    """What Holm's adjustment ran over: the comparisons with a p-value (a null one is left out)."""
+    tested = sum(comparison["p_value"] is not None for comparison in comparisons)
+    if tested == len(comparisons):
+        return f"p Holm-adjusted over the {_plural(tested, 'comparison')}"
+    if tested == 0:
+        return "no p-values (a crossed p needs 2 paired repeats and 2 cases)"
+    return f"p Holm-adjusted over the {_plural(tested, 'comparison')} with a p-value, of {len(comparisons)}"
+
+
 def _comparison_block(results: dict) -> list[str]:
     comparisons = results.get("comparisons", [])
     if not comparisons:
@@ -330,7 +340,7 @@ def _comparison_block(results: dict) -> list[str]:
         f"Paired comparison with the baseline {results['baseline']!r} (case score: mean Dice over the classes "
         "per repeat; differences in percentage points; repeat i paired with repeat i of the baseline; the "
         "crossed 95% t interval treats seeds and cases as random (two-way random effects, Satterthwaite df), "
-        f"p Holm-adjusted over the {_plural(len(comparisons), 'comparison')}; 'for these trained models': "
+        f"{_holm_family(comparisons)}; 'for these trained models': "
         "case bootstrap and Wilcoxon signed-rank test of the repeat-averaged differences, which describe "
         "these models only):",
         "",

@@ -1,4 +1,4 @@
-"""The folder that ``nnUNet_extTrainer`` points at, and the two helpers that put it there.
+"""The folder that ``nnUNet_extTrainer`` points at, and the helpers that put it there.
 
 nnU-Net imports every module of this folder as a top-level module (see ``nnunet_topkdice_trainers``);
 this ``__init__`` is not one of them and imports nothing heavy, so ``topkdice trainer-dir`` stays fast.
@@ -6,11 +6,14 @@ this ``__init__`` is not one of them and imports nothing heavy, so ``topkdice tr
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["EXT_TRAINER_VARIABLE", "environment_with_trainers", "trainer_dir"]
+from nnunet_topkdice.environment import environment
+
+__all__ = ["EXT_TRAINER_VARIABLE", "environment_with_trainers", "trainer_dir", "trainers_on_search_path"]
 
 EXT_TRAINER_VARIABLE = "nnUNet_extTrainer"
 
@@ -31,3 +34,10 @@ def environment_with_trainers(environ: Mapping[str, str] | None = None) -> dict[
     folders = [p for p in env.get(EXT_TRAINER_VARIABLE, "").split(os.pathsep) if p.strip()]
     env[EXT_TRAINER_VARIABLE] = os.pathsep.join(dict.fromkeys([*folders, str(trainer_dir())]))
     return env
+
+
+def trainers_on_search_path() -> contextlib.AbstractContextManager[None]:
+    """Inside the block ``os.environ``'s ``nnUNet_extTrainer`` also lists this package's folder (as
+    :func:`environment_with_trainers` orders it); the previous value, or its absence, is restored after it.
+    For nnU-Net code run in this process that looks a trainer up by name (a checkpoint's trainer)."""
+    return environment({EXT_TRAINER_VARIABLE: environment_with_trainers()[EXT_TRAINER_VARIABLE]})

@@ -98,9 +98,14 @@ def predict_models(
         folds: the folds of each model; several are ensembled, as by ``nnUNetv2_predict -f``.
         device: ``cpu``, ``cuda`` or ``mps``; threads set up as ``nnUNetv2_predict`` does.
         resume: keep the cases already predicted (``nnUNetv2_predict --continue_prediction``).
+
+    Raises:
+        InputError: a checkpoint's trainer class is found neither in nnU-Net, nor in ``nnUNet_extTrainer``'s
+            folders, nor in this package's (which is searched without being listed there).
     """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from nnunet_topkdice.ext import trainers_on_search_path
     from nnunet_topkdice.training.seeded import torch_device
 
     torch_dev = torch_device(device)
@@ -111,7 +116,19 @@ def predict_models(
             tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=True,
             device=torch_dev, verbose=False, verbose_preprocessing=False, allow_tqdm=False,
         )  # fmt: skip
-        predictor.initialize_from_trained_model_folder(str(job.model_dir), use_folds, checkpoint_name=CHECKPOINT)
+        # the checkpoint names its trainer class: found in this package's folder as by topkdice train
+        with trainers_on_search_path():
+            try:
+                predictor.initialize_from_trained_model_folder(
+                    str(job.model_dir), use_folds, checkpoint_name=CHECKPOINT
+                )
+            except RuntimeError as e:
+                if "Could not find requested nnunet trainer" not in str(e):
+                    raise
+                raise InputError(
+                    f"{job.model_dir}: nnU-Net cannot find the trainer class its checkpoint names; put the "
+                    f"folder of that trainer's module in nnUNet_extTrainer ({str(e).split('. ')[0]})"
+                ) from None
         job.out_dir.mkdir(parents=True, exist_ok=True)
         cases = image_lists(images, predictor.dataset_json["file_ending"])
         predictor.predict_from_files_sequential(cases, str(job.out_dir), overwrite=not resume)

@@ -8,8 +8,7 @@ a trainer's real ``train_step`` can run on a synthetic batch from :func:`synthet
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import Dow
 from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentationToRegionsTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+from nnunet_topkdice.environment import environment
 
 SYNTHETIC_DATASET_NAME = "Dataset999_TopKDiceSynthetic"
 
@@ -155,19 +156,6 @@ def synthetic_dataset_json(n_classes: int, *, ignore_label: bool = False, region
     return dataset_json
 
 
-@contextmanager
-def _temporary_env(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 def setup_trainer(
     trainer_class: type[nnUNetTrainer],
     plans: dict[str, Any],
@@ -188,7 +176,7 @@ def setup_trainer(
         whatever the trainer raises (for example nnU-Net's CE trainer's ``AssertionError`` on regions).
     """
     plans = {**plans, "continue_training": False}  # nnUNetTrainer.__init__ pops this key
-    with _temporary_env("nnUNet_results", str(Path(results_dir))):
+    with environment({"nnUNet_results": str(Path(results_dir))}):
         trainer = trainer_class(plans, configuration, 0, dataset_json, device=torch.device(device))
     trainer._set_batch_size_and_oversample()
     trainer.num_input_channels = determine_num_input_channels(

@@ -32,7 +32,7 @@ import copy
 import dataclasses
 import os
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from nnunet_topkdice.cpu_threads import cpu_threads
+from nnunet_topkdice.environment import environment
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.ext import environment_with_trainers
 from nnunet_topkdice.training.layout import (
@@ -120,21 +121,6 @@ class SeededBatches:
         seed_global_rngs(self.seed, self.stream, self.rank, self.next_index())
         self.n_made += 1
         return next(self.loader)
-
-
-@contextlib.contextmanager
-def _environment(updates: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of the block, then restore the previous values."""
-    saved = {key: os.environ.get(key) for key in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _loader_and_transform(augmenter: Any) -> tuple[Any, Any]:
@@ -418,10 +404,11 @@ class RunLookup:
 
 
 def _check_arguments(options: TrainingOptions, num_gpus: int, device: torch.device) -> None:
-    """Refuse contradictory flags before anything is looked up.
+    """Refuse contradictory flags, and a weights file that is not there, before anything is looked up.
 
     Raises:
-        InputError: such a combination (named as nnUNetv2_train spells the flags).
+        InputError: such a combination (named as nnUNetv2_train spells the flags), or a missing
+            ``-pretrained_weights`` file (nnU-Net would fail on it only after the run folder is written).
     """
     if options.continue_training and options.only_run_validation:
         raise InputError("--c and --val cannot be combined")
@@ -429,6 +416,8 @@ def _check_arguments(options: TrainingOptions, num_gpus: int, device: torch.devi
         raise InputError("--c and -pretrained_weights cannot be combined (pretrained weights start a training)")
     if options.val_with_best and options.disable_checkpointing:
         raise InputError("--val_best needs checkpoints, it cannot be combined with --disable_checkpointing")
+    if options.pretrained_weights is not None and not Path(options.pretrained_weights).is_file():
+        raise InputError(f"-pretrained_weights {options.pretrained_weights}: no such file")
     if num_gpus < 1:
         raise InputError(f"-num_gpus must be >= 1, got {num_gpus}")
     if num_gpus > 1 and device.type != "cuda":
@@ -547,7 +536,7 @@ def train_seeded(
     _check_arguments(options, num_gpus, device)
     results_root = seed_results_root(_required_folder("nnUNet_results"), seed)
     _required_folder("nnUNet_preprocessed")
-    with _environment(run_environment(results_root, deterministic, num_gpus)):
+    with environment(run_environment(results_root, deterministic, num_gpus)):
         lookup = _look_up(dataset_name_or_id, configuration, fold, trainer_name, plans_identifier,
                           results_root)  # fmt: skip
         _check_seed_record(lookup, seed, options)
