@@ -15,6 +15,7 @@ from pipeline_fixtures import TOPKDICE, clean_environment, make_tiny_dataset, wr
 
 from nnunet_topkdice.cli import build_parser, main
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.ext import trainer_dir
 from nnunet_topkdice.pipeline import cli as pipeline_cli
 from nnunet_topkdice.pipeline import state
 from nnunet_topkdice.pipeline.slurm import (
@@ -22,6 +23,7 @@ from nnunet_topkdice.pipeline.slurm import (
     NNUNET_DEFAULT_N_PROC_DA,
     read_slurm_header,
     slurm_resources,
+    task_summary,
 )
 
 DATASET = "Dataset004_Hippo"
@@ -61,11 +63,13 @@ def _prepared_dataset(raw_root: Path, preprocessed_root: Path) -> Path:
     return raw
 
 
-def _emit(bare_shell: Path, *extra: str) -> tuple[int, str]:
+def _emit(
+    bare_shell: Path, *extra: str, trainers: tuple[str, ...] = ("nnUNetTrainer", "nnUNetTrainerTopKDice")
+) -> tuple[int, str]:
     work = bare_shell / "w"
     _prepared_dataset(bare_shell / "nnUNet_raw", work / "nnUNet_preprocessed")
     script = bare_shell / "sweep.sh"
-    code = main(["compare", "-d", "4", "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerTopKDice", "-w", str(work),
+    code = main(["compare", "-d", "4", "-c", "2d", "-tr", *trainers, "-w", str(work),
                  "--emit-slurm", str(script), *extra])  # fmt: skip
     return code, script.read_text() if script.is_file() else ""
 
@@ -135,6 +139,115 @@ def test_slurm_header_lines_are_kept_and_win(bare_shell: Path) -> None:
     first_command = lines.index("module load cuda")
     assert max(i for i, line in enumerate(lines) if line.startswith("#SBATCH")) < first_command
     assert first_command < lines.index("set -euo pipefail")
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["-c4", "-c 4", "--cpus-per-task 4", "--cpus-per-task=4", "--cpus-per-task=4  # four cores"],
+    ids=["short-glued", "short-spaced", "long-spaced", "long-equals", "trailing-comment"],
+)
+def test_slurm_header_cores_set_the_workers_in_every_spelling(
+    bare_shell: Path, capsys: pytest.CaptureFixture, spelling: str
+) -> None:
+    """Every spelling sbatch accepts for 4 cores: 3 workers + 1 main process, and the summary says 4 cores."""
+    header = bare_shell / "cores.sh"
+    header.write_text(f"#SBATCH {spelling}\n")
+    code, text = _emit(bare_shell, "--slurm-header", str(header))
+    assert code == 0
+    lines = text.splitlines()
+    cores = [line for line in lines if line.startswith(("#SBATCH -c", "#SBATCH --cpus-per-task"))]
+    assert cores == [f"#SBATCH {spelling}"]  # the header's line instead of the script's own
+    assert "export nnUNet_n_proc_DA=3  # data-augmentation workers per GPU" in lines
+    assert ("Each task trains with -device cuda (--gres=gpu:1, --cpus-per-task=4 from --slurm-header, "
+            "nnUNet_n_proc_DA=3); change it with") in capsys.readouterr().out  # fmt: skip
+
+
+def test_slurm_header_cores_last_one_wins_and_must_be_a_number(tmp_path: Path) -> None:
+    # sbatch keeps the last value of an option given twice
+    assert slurm_resources("cuda", 1, header=["#SBATCH -c 8", "#SBATCH -c4"], environ={}).n_proc_da == 3
+    header = tmp_path / "h.sh"
+    header.write_text("#SBATCH -c four\n")
+    with pytest.raises(InputError, match=r"h.sh: '#SBATCH -c four': --cpus-per-task needs a whole number of "
+                                         r"cores, got 'four'"):  # fmt: skip
+        read_slurm_header(header)
+    with pytest.raises(InputError, match="--cpus-per-task needs a whole number of cores, got None"):
+        slurm_resources("cpu", 1, header=["#SBATCH --cpus-per-task"], environ={})
+
+
+def test_slurm_header_gres_is_what_the_summary_says(bare_shell: Path, capsys: pytest.CaptureFixture) -> None:
+    """A header's --gres replaces the script's line and is named in the summary; nnU-Net's -num_gpus stays."""
+    header = bare_shell / "gpus.sh"
+    header.write_text("#SBATCH --gres=gpu:a100:1\n")
+    code, text = _emit(bare_shell, "--slurm-header", str(header))
+    assert code == 0
+    directives = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+    assert [line for line in directives if line.startswith("#SBATCH --gres")] == ["#SBATCH --gres=gpu:a100:1"]
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "Each task trains with -device cuda -num_gpus 1 (--gres=gpu:a100:1 from --slurm-header, "
+        "--cpus-per-task=13, nnUNet_n_proc_DA=12); change it with --device, --num-gpus, --n-proc-da or "
+        "--slurm-header."
+    )
+
+
+def test_slurm_header_with_more_gpus_than_num_gpus_says_so(bare_shell: Path, capsys: pytest.CaptureFixture) -> None:
+    header = bare_shell / "gpus.sh"
+    header.write_text("#SBATCH --gres=gpu:2\n")
+    code, text = _emit(bare_shell, "--slurm-header", str(header))
+    assert code == 0
+    assert "#SBATCH --gres=gpu:2" in text and "#SBATCH --gres=gpu:1" not in text
+    # nothing follows the header's GPUs: one training process, 12 workers, 13 cores
+    assert text.count(" -device cuda) ;;") == 4 and "-num_gpus" not in text
+    assert "#SBATCH --cpus-per-task=13" in text and "export nnUNet_n_proc_DA=12 " in text
+    out = capsys.readouterr().out
+    assert "Each task trains with -device cuda -num_gpus 1 (--gres=gpu:2 from --slurm-header, " in out
+    assert ("--slurm-header asks for 2 GPU(s) per task, but each training uses 1 (nnU-Net's -num_gpus comes "
+            "from --num-gpus, not from --gres).") in out  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("gres", "num_gpus", "allocated"),
+    [
+        ("gpu:2", 2, None),
+        ("gpu:a100:2", 1, 2),
+        ("gpu", 2, 1),
+        ("gpu:a100", 1, None),
+        ("gpu:1,shard:4", 1, None),
+        ("none", 1, 0),
+        ("gpu:a100:x", 1, None),
+    ],
+    ids=["count", "type-and-count", "no-count", "type-no-count", "other-resource", "none", "unreadable"],
+)
+def test_task_summary_compares_the_headers_gpus_with_num_gpus(gres: str, num_gpus: int, allocated: int | None) -> None:
+    resources = slurm_resources("cuda", num_gpus, header=[f"#SBATCH --gres={gres}"], environ={})
+    summary = task_summary("cuda", resources)
+    assert summary.startswith(f"Each task trains with -device cuda -num_gpus {num_gpus} (--gres={gres} from "
+                              f"--slurm-header, --cpus-per-task={num_gpus * 13}, nnUNet_n_proc_DA=12)")  # fmt: skip
+    note = f"--slurm-header asks for {allocated} GPU(s) per task, but each training uses {num_gpus} "
+    assert (note in summary) == (allocated is not None)
+
+
+def test_task_summary_on_the_cpu_names_only_the_headers_lines() -> None:
+    assert task_summary("cpu", slurm_resources("cpu", 1, environ={})) == (
+        "Each task trains with -device cpu; change it with --device, --num-gpus, --n-proc-da or --slurm-header."
+    )
+    header = ["#SBATCH --cpus-per-task 6", "#SBATCH --gres=gpu:1"]
+    assert task_summary("cpu", slurm_resources("cpu", 1, header=header, environ={})).startswith(
+        "Each task trains with -device cpu (--gres=gpu:1 from --slurm-header, --cpus-per-task=6 from --slurm-header);"
+    )
+
+
+def test_slurm_script_exports_the_users_trainer_folder_absolute(
+    bare_shell: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`export nnUNet_extTrainer=mytr` (relative): the script and the by-hand line name /.../mytr, which a
+    task submitted from another folder still finds, as they already do nnU-Net's folders."""
+    mine = write_user_trainers(bare_shell / "mytr", "nnUNetTrainerEdgeMine", "nnUNetTrainerEdgeOther")
+    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join(["mytr", "./mytr/", "nested/../mytr"]))
+    code, text = _emit(bare_shell, trainers=("nnUNetTrainer", "nnUNetTrainerEdgeMine"))
+    assert code == 0
+    expected = os.pathsep.join([str(mine.resolve()), str(trainer_dir())])  # the same folder once, then ours
+    assert f"export nnUNet_extTrainer={expected}" in text.splitlines()
+    assert _exports(capsys.readouterr().err)["nnUNet_extTrainer"] == expected
 
 
 def test_slurm_header_refuses_array_and_slurm_only(tmp_path: Path) -> None:

@@ -297,10 +297,17 @@ def default_train_env(device: str, environ: Mapping[str, str] | None = None) -> 
 
 def child_environment(config: CompareConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of the commands: nnU-Net's folders, our trainers added to ``nnUNet_extTrainer``
-    (after any folders the user already listed) and ``extra_env``."""
-    from nnunet_topkdice.ext import environment_with_trainers
+    (after any folders the user already listed) and ``extra_env``.
+
+    nnU-Net's folders and every folder of ``nnUNet_extTrainer`` are absolute (a relative one is taken from
+    the current folder), so that the same values work in a SLURM task started elsewhere."""
+    from nnunet_topkdice.ext import EXT_TRAINER_VARIABLE, environment_with_trainers
 
     env = environment_with_trainers(environ)
+    # resolved like NnunetFolders.resolve resolves nnU-Net's folders: `export nnUNet_extTrainer=mytr` names
+    # ./mytr here, but a folder relative to wherever `sbatch` or a task starts in the exported script
+    ext_folders = (str(Path(folder).resolve()) for folder in env[EXT_TRAINER_VARIABLE].split(os.pathsep))
+    env[EXT_TRAINER_VARIABLE] = os.pathsep.join(dict.fromkeys(ext_folders))
     env.update(config.folders.env())
     env.update(config.extra_env)
     return env

@@ -146,7 +146,7 @@ def _first_training(steps: Sequence[Step]) -> int:
 def _emit_slurm(
     plan: ComparePlan, invocation: Invocation, steps: Sequence[Step], env: Mapping[str, str], *, first: int = 1
 ) -> int:
-    from nnunet_topkdice.pipeline.slurm import slurm_resources, slurm_script
+    from nnunet_topkdice.pipeline.slurm import slurm_resources, slurm_script, task_summary
 
     config = plan.config
     jobs = training_jobs(plan)
@@ -171,11 +171,7 @@ def _emit_slurm(
     path.chmod(0o755)
     done = len(jobs) - len(left)
     print(f"Wrote {path}: {len(left)} array task(s), one training each ({done} already done).")
-    asks = [f"--gres=gpu:{resources.gpus_per_task}"] if resources.gpus_per_task else []
-    asks += [f"--cpus-per-task={resources.cpus_per_task}"] if resources.cpus_per_task else []
-    asks += [f"nnUNet_n_proc_DA={resources.n_proc_da}"] if resources.n_proc_da is not None else []
-    print(f"Each task trains with -device {config.device}" + (f" ({', '.join(asks)})" if asks else "")
-          + "; change it with --device, --num-gpus, --n-proc-da or --slurm-header.")  # fmt: skip
+    print(task_summary(config.device, resources))  # what the script asks for, the header's lines included
     print(f"Submit it:   sbatch {shlex.quote(str(path))}")
     print(f"Then collect: {invocation.collect_command}")
     return 0

@@ -10,7 +10,9 @@ The resources a task asks for (:class:`SlurmResources`) follow the device the sc
 machine that writes it (a login node has no GPU): on ``cuda`` one ``--gres=gpu:N`` per training (``N`` =
 ``--num-gpus``), ``nnUNet_n_proc_DA`` data-augmentation workers per GPU (nnU-Net's default 12) and
 ``--cpus-per-task`` = ``N x (workers + 1)`` (one main process per GPU, as nnU-Net counts). The user's own
-lines (partition, time, memory, modules) come from ``--slurm-header FILE``.
+lines (partition, time, memory, modules) come from ``--slurm-header FILE``; a ``--cpus-per-task`` there
+replaces the script's and sets the workers, a ``--gres`` there replaces the script's and changes only what
+SLURM allocates (nnU-Net's ``-num_gpus`` stays ``--num-gpus``).
 """
 
 from __future__ import annotations
@@ -73,11 +75,40 @@ def _sbatch_option(line: str) -> str | None:
     return _SHORT.get(match.group(1), match.group(1)) if match else None
 
 
+def _sbatch_value(line: str) -> str | None:
+    """The value of an ``#SBATCH`` line's option as sbatch reads it (None: the line has none).
+
+    ``-c4``, ``-c 4``, ``--cpus-per-task=4`` and ``--cpus-per-task 4`` all give ``"4"``; a ``# comment``
+    after the value is not part of it."""
+    rest = line.strip().removeprefix("#SBATCH")
+    try:
+        words = shlex.split(rest, comments=True)
+    except ValueError:  # an unbalanced quote: the words as they stand
+        words = rest.split()
+    if not words:
+        return None
+    option, following = words[0], words[1] if len(words) > 1 else None
+    if option.startswith("--"):
+        return option.partition("=")[2] if "=" in option else following
+    # a short option takes its value glued on (getopt's -c4) or as the next word
+    return option[2:] if len(option) > 2 else following
+
+
+def _header_directive(header: Sequence[str], option: str) -> tuple[str, str | None] | None:
+    """``(line, value)`` of the header's last ``#SBATCH`` line setting ``option`` (sbatch keeps the last)."""
+    found = None
+    for line in header:
+        if _sbatch_option(line) == option:
+            found = (line.strip(), _sbatch_value(line))
+    return found
+
+
 def read_slurm_header(path: Path) -> tuple[str, ...]:
     """The lines of a ``--slurm-header`` file, without a ``#!`` line and trailing blank lines.
 
     Raises:
-        InputError: the file cannot be read, or it sets ``--array`` (the script's own).
+        InputError: the file cannot be read, it sets ``--array`` (the script's own), or its ``--cpus-per-task``
+            is not a whole number.
     """
     try:
         lines = Path(path).read_text().splitlines()
@@ -88,6 +119,7 @@ def read_slurm_header(path: Path) -> tuple[str, ...]:
         if _sbatch_option(line) in _OWN_ONLY:
             raise InputError(f"--slurm-header {path}: {line.strip()!r}: the script sets --array itself "
                              "(one task per training)")  # fmt: skip
+    _header_cpus(lines, where=f"--slurm-header {path}")  # here, before the preprocessing runs
     while lines and not lines[-1].strip():
         lines.pop()
     return tuple(lines)
@@ -117,13 +149,14 @@ def slurm_resources(
         stays) and no ``--cpus-per-task`` (CPU training uses every core the task gets); the script then
         limits nnU-Net's validation workers to the task's cores (:data:`CPU_VALIDATION_WORKERS`).
     Raises:
-        InputError: a header's ``--cpus-per-task`` too small for one main process per GPU.
+        InputError: a header's ``--cpus-per-task`` not a whole number, or (on ``cuda``) too small for one main
+            process per GPU.
     """
     environ = os.environ if environ is None else environ
     header = tuple(header)
+    user_cpus = _header_cpus(header)  # checked on every device: the script leaves its own line out for it
     if device != "cuda":
         return SlurmResources(0, None, None, header)
-    user_cpus = _header_cpus(header)
     if n_proc_da is None and environ.get("nnUNet_n_proc_DA", "").isdigit():
         n_proc_da = int(environ["nnUNet_n_proc_DA"])
     if n_proc_da is None and user_cpus is not None:
@@ -136,13 +169,72 @@ def slurm_resources(
     return SlurmResources(num_gpus, n_proc_da, num_gpus * (n_proc_da + 1), header)
 
 
-def _header_cpus(header: Sequence[str]) -> int | None:
-    for line in header:
-        if _sbatch_option(line) == "--cpus-per-task":
-            value = re.search(r"(?:=|\s)(\d+)\s*(?:#.*)?$", line.strip())
-            if value:
-                return int(value.group(1))
-    return None
+def _header_cpus(header: Sequence[str], where: str = "--slurm-header") -> int | None:
+    """The header's ``--cpus-per-task`` (``-c``), or None where it sets none.
+
+    Raises:
+        InputError: its value is not a whole number (the script leaves out its own line for it).
+    """
+    directive = _header_directive(header, "--cpus-per-task")
+    if directive is None:
+        return None
+    line, value = directive
+    if value is None or not value.isdigit():
+        raise InputError(f"{where}: {line!r}: --cpus-per-task needs a whole number of cores, got {value!r}")
+    return int(value)
+
+
+def _gres_gpus(gres: str) -> int | None:
+    """The GPUs a ``--gres`` value asks for: ``gpu:2`` -> 2, ``gpu:a100:1`` -> 1, ``gpu`` or ``gpu:a100`` -> 1
+    (SLURM's default count), other resources 0; None where a count cannot be read."""
+    total = 0
+    for resource in gres.split(","):
+        name, *rest = resource.split(":")
+        if name != "gpu":
+            continue
+        if rest and rest[-1].isdigit():
+            total += int(rest[-1])
+        elif len(rest) <= 1:  # no count, or a type without one
+            total += 1
+        else:
+            return None
+    return total
+
+
+def task_summary(device: str, resources: SlurmResources) -> str:
+    """The line printed once the script is written: how each task trains and what it asks SLURM for, as the
+    script has it (a header's ``--gres`` or ``--cpus-per-task`` where it replaces the script's own line).
+
+    For example ``Each task trains with -device cuda (--gres=gpu:1, --cpus-per-task=13, nnUNet_n_proc_DA=12);
+    change it with ...``. A header's ``--gres`` changes what SLURM allocates, not nnU-Net's ``-num_gpus``
+    (``--num-gpus``): the line then names ``-num_gpus``, and says so where the two GPU counts differ.
+    """
+    trains = f"-device {device}"
+    asks: list[str] = []
+    notes: list[str] = []
+    gres = _header_directive(resources.header, "--gres")
+    if gres is not None:
+        line, value = gres
+        asks.append(f"--gres={value} from --slurm-header" if value else f"{line!r} from --slurm-header")
+        if device == "cuda":
+            trains += f" -num_gpus {resources.gpus_per_task}"
+            allocated = _gres_gpus(value) if value else None
+            if allocated is not None and allocated != resources.gpus_per_task:
+                notes.append(f"--slurm-header asks for {allocated} GPU(s) per task, but each training uses "
+                             f"{resources.gpus_per_task} (nnU-Net's -num_gpus comes from --num-gpus, not from "
+                             "--gres).")  # fmt: skip
+    elif resources.gpus_per_task:
+        asks.append(f"--gres=gpu:{resources.gpus_per_task}")
+    cpus = _header_directive(resources.header, "--cpus-per-task")
+    if cpus is not None:
+        asks.append(f"--cpus-per-task={cpus[1]} from --slurm-header")
+    elif resources.cpus_per_task:
+        asks.append(f"--cpus-per-task={resources.cpus_per_task}")
+    if resources.n_proc_da is not None:
+        asks.append(f"nnUNet_n_proc_DA={resources.n_proc_da}")
+    text = f"Each task trains with {trains}" + (f" ({', '.join(asks)})" if asks else "")
+    text += "; change it with --device, --num-gpus, --n-proc-da or --slurm-header."
+    return " ".join([text, *notes])
 
 
 def slurm_script(
