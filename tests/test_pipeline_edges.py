@@ -108,6 +108,26 @@ def test_slurm_script_on_the_cpu(bare_shell: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="no taskset (util-linux)")
 @pytest.mark.parametrize(
+    ("directive", "shown", "note"),
+    [("-G 2", "--gpus=2", True), ("--gpus=a100:1", "--gpus=a100:1", False),
+     ("--gpus-per-task=2", "--gpus-per-task=2", True), ("--gpus-per-node 4", "--gpus-per-node=4", False)],
+    ids=["G", "gpus-typed", "per-task", "per-node"],
+)  # fmt: skip
+def test_slurm_header_other_gpu_options_replace_the_scripts_gres(
+    bare_shell: Path, capsys: pytest.CaptureFixture, directive: str, shown: str, note: bool
+) -> None:
+    """sbatch's other ways of asking for GPUs: the script's --gres=gpu:1 would ask for GPUs a second time."""
+    header = bare_shell / "gpus.sh"
+    header.write_text(f"#SBATCH {directive}\n")
+    code, text = _emit(bare_shell, "--slurm-header", str(header))
+    assert code == 0
+    assert "#SBATCH --gres" not in text and f"#SBATCH {directive}" in text
+    out = capsys.readouterr().out
+    assert f"Each task trains with -device cuda -num_gpus 1 ({shown} from --slurm-header, --cpus-per-task=13, " in out
+    assert ("GPU(s) per task, but each training uses 1" in out) == note
+
+
+@pytest.mark.parametrize(
     ("n_cores", "variables", "expected"),
     [(1, {}, "1"), (1, {"nnUNet_def_n_proc": "3"}, "3"), (2, {"OMP_NUM_THREADS": "1"}, "2")],
     ids=["one-core", "the-users-value", "not-openmps"],

@@ -11,8 +11,9 @@ machine that writes it (a login node has no GPU): on ``cuda`` one ``--gres=gpu:N
 ``--num-gpus``), ``nnUNet_n_proc_DA`` data-augmentation workers per GPU (nnU-Net's default 12) and
 ``--cpus-per-task`` = ``N x (workers + 1)`` (one main process per GPU, as nnU-Net counts). The user's own
 lines (partition, time, memory, modules) come from ``--slurm-header FILE``; a ``--cpus-per-task`` there
-replaces the script's and sets the workers, a ``--gres`` there replaces the script's and changes only what
-SLURM allocates (nnU-Net's ``-num_gpus`` stays ``--num-gpus``).
+replaces the script's and sets the workers, a ``--gres`` (or ``--gpus``, ``-G``, ``--gpus-per-task``,
+``--gpus-per-node``) there replaces the script's ``--gres`` and changes only what SLURM allocates (nnU-Net's
+``-num_gpus`` stays ``--num-gpus``).
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ CPU_VALIDATION_WORKERS = (
 _OWN_ONLY = ("--array",)
 #: ``#SBATCH`` options that the script sets unless the user's header sets them.
 _DEFAULTED = ("--job-name", "--output", "--gres", "--cpus-per-task")
+#: ``#SBATCH`` options that ask for GPUs: one of them in the user's header replaces the script's ``--gres``
+#: (SLURM would otherwise be asked for GPUs twice).
+_GPU_OPTIONS = ("--gres", "--gpus", "--gpus-per-task", "--gpus-per-node")
 _OPTION = re.compile(r"^#SBATCH\s+(--[a-z-]+|-[a-zA-Z])")
-_SHORT = {"-J": "--job-name", "-o": "--output", "-c": "--cpus-per-task", "-a": "--array"}
+_SHORT = {"-J": "--job-name", "-o": "--output", "-c": "--cpus-per-task", "-a": "--array", "-G": "--gpus"}
 
 
 @dataclass(frozen=True)
@@ -212,18 +216,19 @@ def task_summary(device: str, resources: SlurmResources) -> str:
     trains = f"-device {device}"
     asks: list[str] = []
     notes: list[str] = []
-    gres = _header_directive(resources.header, "--gres")
-    if gres is not None:
-        line, value = gres
-        asks.append(f"--gres={value} from --slurm-header" if value else f"{line!r} from --slurm-header")
-        if device == "cuda":
-            trains += f" -num_gpus {resources.gpus_per_task}"
-            allocated = _gres_gpus(value) if value else None
-            if allocated is not None and allocated != resources.gpus_per_task:
-                notes.append(f"--slurm-header asks for {allocated} GPU(s) per task, but each training uses "
-                             f"{resources.gpus_per_task} (nnU-Net's -num_gpus comes from --num-gpus, not from "
-                             "--gres).")  # fmt: skip
-    elif resources.gpus_per_task:
+    gpus = [(option, found) for option in _GPU_OPTIONS if (found := _header_directive(resources.header, option))]
+    for option, (line, value) in gpus:
+        asks.append(f"{option}={value} from --slurm-header" if value else f"{line!r} from --slurm-header")
+    if gpus and device == "cuda":
+        trains += f" -num_gpus {resources.gpus_per_task}"
+        option, (_, value) = gpus[0]
+        # --gres=gpu[:type]:N, --gpus[-per-*]=[type:]N
+        allocated = None if not value else _gres_gpus(value if option == "--gres" else f"gpu:{value}")
+        if len(gpus) == 1 and option != "--gpus-per-node" and allocated not in (None, resources.gpus_per_task):
+            notes.append(f"--slurm-header asks for {allocated} GPU(s) per task, but each training uses "
+                         f"{resources.gpus_per_task} (nnU-Net's -num_gpus comes from --num-gpus, not from "
+                         f"{option}).")  # fmt: skip
+    if not gpus and resources.gpus_per_task:
         asks.append(f"--gres=gpu:{resources.gpus_per_task}")
     cpus = _header_directive(resources.header, "--cpus-per-task")
     if cpus is not None:
@@ -273,6 +278,8 @@ def slurm_script(
     user_directives = [line for line in resources.header if _sbatch_option(line)]
     user_lines = [line for line in resources.header if not _sbatch_option(line)]
     users = {_sbatch_option(line) for line in user_directives}
+    if users & set(_GPU_OPTIONS):  # the header's own way of asking for GPUs replaces the script's --gres
+        users.add("--gres")
     lines = ["#!/bin/bash", f"#SBATCH --array=0-{len(jobs) - 1}"]
     lines += [line for option, line in own.items() if line and option not in users]
     if user_directives:
