@@ -416,7 +416,10 @@ class TopKDiceCELoss(nn.Module):
         lambda_ce = check_non_negative("lambda_ce", lambda_ce)
         if not _is_number(label_smoothing) or not 0 <= label_smoothing <= 1:
             raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
-        ce_weight = None if weight is None else torch.as_tensor(weight, dtype=torch.float32).detach().cpu()
+        # a float tensor keeps its dtype, as MONAI's DiceCELoss keeps it (float64 input needs float64 weights)
+        ce_weight = None if weight is None else torch.as_tensor(weight).detach().cpu()
+        if ce_weight is not None and not ce_weight.is_floating_point():
+            ce_weight = ce_weight.float()
         if ce_weight is not None and (not bool(torch.isfinite(ce_weight).all()) or bool((ce_weight < 0).any())):
             raise ValueError(f"weight must hold finite numbers >= 0, got {weight!r}")
         dice_weight = ce_weight

@@ -130,6 +130,26 @@ def test_integer_and_float_targets_are_bitwise_the_reference():
         )
 
 
+@pytest.mark.parametrize("ignore", [False, True], ids=["plain", "ignore-label"])
+@pytest.mark.parametrize("fused", [True, False], ids=["node", "autograd"])
+def test_strided_views_give_what_contiguous_tensors_give(ignore: bool, fused: bool):
+    """Targets sliced from bigger maps (a pyramid built by slicing) or transposed, and transposed logits: these
+    raised ``view size is not compatible`` where the softmax losses take them."""
+    logits, targets = region_pyramid("2d", 2, seed=7, ignore=ignore)
+    sliced = [t.repeat_interleave(2, -1)[..., ::2] for t in targets]  # the same values, every second column
+    assert not sliced[0].is_contiguous() and all(map(torch.equal, sliced, targets))
+    transposed = [x.transpose(2, 3).contiguous().transpose(2, 3) for x in logits]
+    assert not transposed[0].is_contiguous()
+    one = BCE_and_TopKDice_loss({"k": 50}, {}, use_ignore_label=ignore, fused=fused)
+    ds = RegionTopKDiceDeepSupervision(one, [1.0, 0.5]) if fused else DeepSupervisionWrapper(one, [1.0, 0.5])
+    for loss, deep_supervision in ((one, False), (ds, True)):
+        expected = value_and_grads(loss, logits, targets, deep_supervision)
+        strided = value_and_grads(loss, transposed, sliced, deep_supervision)
+        torch.testing.assert_close(strided[0], expected[0], rtol=1e-6, atol=0)  # BCE's mean adds in memory order
+        for grad, grad_expected in zip(strided[1], expected[1], strict=True):
+            torch.testing.assert_close(grad, grad_expected, rtol=0, atol=0)
+
+
 def test_the_node_saves_the_sigmoid_and_boolean_maps_only():
     logits, targets = region_pyramid("2d", 3, seed=6, ignore=True)
     loss = RegionTopKDiceDeepSupervision(BCE_and_TopKDice_loss({"k": 50}, {}, use_ignore_label=True), (0.5, 0.3, 0.2))
@@ -200,3 +220,18 @@ def test_bad_lists_are_refused_with_the_counts():
         fused_bce_and_topk_dice(outputs, RegionConfig(single.dc, 1.0, 1.0))
     with pytest.raises(ValueError, match="0 outputs need as many output weights, got 1"):
         fused_bce_and_topk_dice([], RegionConfig(single.dc, 1.0, 1.0))
+
+
+def test_a_second_derivative_is_refused_not_silently_wrong():
+    """The node's backward is closed form: under create_graph=True its gradient had no graph, so a gradient
+    penalty added nothing. The autograd path it points to differentiates twice."""
+    logits, targets = region_pyramid("2d", 1, seed=9)
+    x = logits[0].double().requires_grad_(True)
+    message = r"The fused region loss has a closed-form first derivative only: create_graph=True .* fused=False\)"
+    with pytest.raises(RuntimeError, match=message):
+        torch.autograd.grad(BCE_and_TopKDice_loss({"k": 50}, {})(x, targets[0]), x, create_graph=True)
+    unfused = BCE_and_TopKDice_loss({"k": 50}, {}, fused=False)
+    (grad,) = torch.autograd.grad(unfused(x, targets[0]), x, create_graph=True)
+    assert grad.requires_grad
+    (plain,) = torch.autograd.grad(BCE_and_TopKDice_loss({"k": 50}, {})(x, targets[0]), x)  # once: as before
+    torch.testing.assert_close(plain, grad.detach(), rtol=0, atol=0)

@@ -234,6 +234,24 @@ def test_target_dtypes_from_nnunet_are_accepted():
     assert len(values) == 1
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["node", "autograd"])
+@pytest.mark.parametrize(("value", "shown"), [(2, "2"), (-1, "-1"), (0.5, "0.5"), (float("nan"), "nan")])
+def test_targets_other_than_zero_and_one_are_refused(value, shown: str, fused: bool):
+    """The selection read ``target != 0`` and BCE the value itself: a 0.5 was 0.5 for BCE and 1 for the Dice
+    term, and a 2, a -1 or a NaN gave the loss of a 1 without a word."""
+    logits, target = region_case((2, 3, 6, 6), seed=12)
+    dtype = torch.int16 if float(value).is_integer() else torch.float32
+    broken = target.to(dtype)
+    broken[1, 2, 3, 4] = value
+    message = rf"target must hold binary \(0/1\) region maps, got the value {shown} \(1 voxel\(s\) neither 0 nor 1\)"
+    with pytest.raises(ValueError, match=message):
+        SigmoidTopKDiceLoss(k=50)(logits, broken)
+    with pytest.raises(ValueError, match=message):
+        BCE_and_TopKDice_loss({"k": 50}, {}, fused=fused)(logits, broken)
+    broken[1, 2, 3, 4] = 1
+    assert torch.isfinite(BCE_and_TopKDice_loss({"k": 50}, {}, fused=fused)(logits, broken))
+
+
 def test_gradcheck_float64():
     logits, target = region_case((2, 3, 5, 4), seed=12)
     logits = logits.double().requires_grad_(True)

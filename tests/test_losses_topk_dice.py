@@ -201,6 +201,19 @@ def test_n_excluded_voxels_is_exact_integer_arithmetic():
         assert counts.tolist() == n_excluded_voxels(n, k).tolist()
 
 
+def test_a_k_that_eq_3_cannot_count_exactly_is_refused_not_rounded():
+    """k = 1e-9 was read as 0 (every foreground voxel excluded: 10 of 10 where eq. 3 says 9)."""
+    n = torch.tensor([10, 1000, 10**9])
+    assert n_excluded_voxels(n, 1e-6).tolist() == [9, 999, 10**9 - 10]  # floor((100 - 1e-6) / 100 n)
+    assert n_excluded_voxels(n, 100 / 3).tolist() == [6, 666, 666666666]  # exactly 2/3 n, not the float's k
+    assert n_excluded_voxels(n, 33.3).tolist() == [6, 667, 667000000]  # 333/10, the decimal written
+    for k in (1e-9, 4e-7, 33.3333333):
+        with pytest.raises(ValueError, match=rf"k must have at most 6 decimal places .* got {k!r}"):
+            TopKDiceLoss(k=k)
+        with pytest.raises(ValueError, match=r"k must have at most 6 decimal places"):
+            n_excluded_voxels(n, k)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize(("do_bg", "batch_dice"), [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("k", [100, 50, 10])
@@ -514,3 +527,35 @@ def test_cuda_full_graph_compile_equals_eager(random_case):
     compiled_value.backward()
     assert compiled_value.item() == pytest.approx(eager_value.item(), abs=1e-5)
     torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["topk-dice", "ce-and-topk-dice"])
+def test_a_second_derivative_is_refused_not_silently_wrong(which: str) -> None:
+    """The fused node's backward is closed form: under create_graph=True a Hessian-vector product through
+    TopKDiceLoss was off (0.015 against 0.028) and CE_and_TopKDice_loss's gradient had no graph. Now both
+    refuse it; the reference, plain autograd, differentiates twice."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn((2, 3, 6, 6), generator=generator, dtype=torch.float64).requires_grad_(True)
+    labels = torch.randint(0, 3, (2, 1, 6, 6), generator=generator)
+    loss = TopKDiceLoss(k=50) if which == "topk-dice" else CE_and_TopKDice_loss({"k": 50}, {})
+    with pytest.raises(RuntimeError, match=r"TopK-Dice's fused loss has a closed-form first derivative only: "
+                                           r"create_graph=True .*reference_topk_dice is plain autograd"):  # fmt: skip
+        torch.autograd.grad(loss(x, labels), x, create_graph=True)
+    (first,) = torch.autograd.grad(loss(x, labels), x)  # once, as always
+    assert torch.isfinite(first).all() and first.abs().sum() > 0
+
+
+def test_a_cross_entropy_weight_needs_one_value_per_class() -> None:
+    """4 weights for 3 classes were cut to the first 3 without a word (torch's cross entropy refuses them),
+    2 raised an IndexError that named nothing; (C, 1) is taken, as torch takes it."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn((2, 3, 6, 6), generator=generator)
+    labels = torch.randint(0, 3, (2, 1, 6, 6), generator=generator)
+    for weight in (torch.ones(2), torch.tensor([1.0, 2.0, 3.0, 4.0])):
+        with pytest.raises(ValueError, match=rf"weight needs one value per class \(3\), got shape \({len(weight)},\)"):
+            CE_and_TopKDice_loss({"k": 50}, {"weight": weight})(x, labels)
+    weight = torch.tensor([1.0, 2.0, 3.0])
+    column = CE_and_TopKDice_loss({"k": 50}, {"weight": weight[:, None]})(x, labels)
+    assert torch.equal(column, CE_and_TopKDice_loss({"k": 50}, {"weight": weight})(x, labels))
+    ce = torch.nn.functional.cross_entropy(x, labels[:, 0], weight=weight)
+    torch.testing.assert_close(column, ce + TopKDiceLoss(k=50)(x, labels), rtol=1e-6, atol=0)

@@ -296,6 +296,19 @@ def test_dice_ce_skips_a_term_with_zero_weight() -> None:
     assert nothing.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
+def test_a_float64_weight_stays_float64_like_monai() -> None:
+    """The weight was stored as float32, so float64 input failed where MONAI's DiceCELoss works."""
+    logits, labels = _case(seed=12)
+    logits = logits.double()
+    weight = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)  # (3, 3, 5, 6): three classes
+    ours = TopKDiceCELoss(k=100, to_onehot_y=True, softmax=True, weight=weight)
+    value = ours(logits, labels)
+    assert value.dtype == torch.float64 and ours.cross_entropy.weight.dtype == torch.float64
+    monai = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, weight=weight)(logits, labels)
+    torch.testing.assert_close(value, monai)  # k=100: MONAI's squared Dice
+    assert TopKDiceCELoss(k=50, weight=[1, 2, 3]).cross_entropy.weight.dtype == torch.float32  # ints: float32
+
+
 @pytest.mark.parametrize("k", [100, 50])
 def test_works_inside_monai_deep_supervision_loss(k) -> None:
     # outputs (2, 3, 8, 8) and (2, 3, 4, 4); MONAI resizes the float label map (2, 1, 8, 8) for the second

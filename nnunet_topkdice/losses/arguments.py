@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import numbers
+from fractions import Fraction
 
 import numpy as np
 import torch
 
-__all__ = ["as_real", "check_flag", "check_k", "check_non_negative", "check_seed"]
+__all__ = ["K_MAX_DENOMINATOR", "as_real", "check_flag", "check_k", "check_non_negative", "check_seed", "k_fraction"]
 
 
 def as_real(value: object) -> float | None:
@@ -32,16 +33,32 @@ def as_real(value: object) -> float | None:
     return float(value)
 
 
+#: eq. 3 counts with ``k`` as a fraction whose denominator is at most this: 6 decimal places (33.3 is 333/10),
+#: or a simple fraction (``100 / 3`` is 100/3), which keeps the integer products of the count within int64.
+K_MAX_DENOMINATOR = 10**6
+
+
+def k_fraction(k: float) -> Fraction:
+    """``k`` as the fraction eq. 3 counts with: the closest one with a denominator up to
+    :data:`K_MAX_DENOMINATOR` (the decimal the user wrote, not the float's binary value)."""
+    return Fraction(k).limit_denominator(K_MAX_DENOMINATOR)
+
+
 def check_k(k: object, kept: str = "foreground voxels") -> float:
-    """``k`` as a float, once it is a real number (see :func:`as_real`) in (0, 100]; NaN is refused.
+    """``k`` as a float, once it is a real number (see :func:`as_real`) in (0, 100] that eq. 3 can count
+    with exactly (:func:`k_fraction` equal to it to float precision); NaN is refused.
 
     ``kept`` names, in the error message, what ``k`` is the percent of.
     Raises:
-        ValueError: ``k`` is not a number in (0, 100], with the value received.
+        ValueError: ``k`` is not a number in (0, 100], or has more than 6 decimal places and is no simple
+            fraction (1e-9 was counted as 0: every voxel excluded), with the value received.
     """
     value = as_real(k)
     if value is None or not 0 < value <= 100:
         raise ValueError(f"k must be a number in (0, 100] (percent of {kept} kept), got {k!r}")
+    if not math.isclose(float(k_fraction(value)), value, rel_tol=1e-12, abs_tol=0.0):
+        raise ValueError(f"k must have at most 6 decimal places (or be a simple fraction such as 100 / 3): eq. 3 "
+                         f"counts the {kept} kept exactly, got {k!r}")  # fmt: skip
     return value
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from nnunet_topkdice.losses.focal import FocalLoss
 from nnunet_topkdice.losses.region_fused import RegionConfig, RegionOutput, fused_bce_and_topk_dice
 from nnunet_topkdice.losses.region_terms import SigmoidFocalLoss, TopKBCELoss
-from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss, check_region_inputs
+from nnunet_topkdice.losses.sigmoid_topk_dice import SigmoidTopKDiceLoss, check_binary_regions, check_region_inputs
 from nnunet_topkdice.losses.tie_break import tie_break_map
 from nnunet_topkdice.losses.topk_dice import TopKDiceLoss
 
@@ -286,15 +286,17 @@ class BCE_and_TopKDice_loss(nn.Module):
         return RegionConfig(None if self.dc is None else self.dc.options, self.weight_dice, self.weight_ce)
 
     def region_output(self, net_output: Tensor, target: Tensor) -> RegionOutput:
-        """One output for the fused node: the target split as nnU-Net does, the inputs checked (metadata only),
-        and the tie-break map of the spatial shape.
+        """One output for the fused node: the target split as nnU-Net does, the inputs checked (metadata, and
+        the values of a CPU target that is not bool), and the tie-break map of the spatial shape.
 
         Shape: net_output (B, R, *spatial) float; target (B, R [+ 1], *spatial) 0/1.
         Raises:
-            ValueError: the target's channels do not match; shapes or dtypes as in ``sigmoid_topk_dice_loss``.
+            ValueError: the target's channels do not match, or it holds values other than 0 and 1; shapes or
+                dtypes as in ``sigmoid_topk_dice_loss``.
         """
         target_regions, mask = _split_region_target(net_output, target, self.use_ignore_label)
         check_region_inputs(net_output, target_regions, mask)
+        check_binary_regions(target_regions)
         tie_break = None
         if self.dc is not None:
             shape, device = net_output.shape[2:], net_output.device

@@ -6,13 +6,11 @@ Shared by the definition (:mod:`~nnunet_topkdice.losses.reference`) and the fast
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from nnunet_topkdice.losses.arguments import check_k
+from nnunet_topkdice.losses.arguments import check_k, k_fraction
 
 __all__ = ["drop_fraction", "n_excluded_voxels"]
 
@@ -29,7 +27,7 @@ def drop_fraction(k: float) -> tuple[int, int]:
     drop = _drop_fractions.get(k) if type(k) is float else None  # True == 1.0 would hit the cache
     if drop is None:  # a plain dict of plain ints: torch.compile traces it (it warned about lru_cache)
         k = check_k(k)
-        fraction = 1 - Fraction(k).limit_denominator(10**6) / 100
+        fraction = 1 - k_fraction(k) / 100
         drop = _drop_fractions[k] = (fraction.numerator, fraction.denominator)
     return drop
 

@@ -23,7 +23,14 @@ from torch import Tensor
 from nnunet_topkdice.losses.options import TopKDiceOptions
 from nnunet_topkdice.losses.selection import select_easiest
 
-__all__ = ["Output", "TermWeights", "dice_loss_and_grads", "fused_topk_dice_ce", "without_autocast"]
+__all__ = [
+    "Output",
+    "TermWeights",
+    "dice_loss_and_grads",
+    "fused_topk_dice_ce",
+    "refuse_double_backward",
+    "without_autocast",
+]
 
 _CACHE_LINE_BYTES = 64
 
@@ -34,6 +41,21 @@ def without_autocast(device_type: str) -> contextlib.AbstractContextManager:
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def refuse_double_backward(loss: str, autograd_alternative: str) -> None:
+    """Raise inside a closed-form ``backward`` run with ``create_graph=True`` (grad mode on there): its
+    gradient has no graph, so a second derivative (double backward, a gradient penalty) would silently be
+    zero or wrong.
+
+    Raises:
+        RuntimeError: grad mode is on, naming ``loss`` and the plain-autograd ``autograd_alternative``.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{loss} has a closed-form first derivative only: create_graph=True (double backward, a gradient "
+            f"penalty) is not supported; {autograd_alternative} is plain autograd"
+        )
 
 
 class TermWeights(NamedTuple):
@@ -408,6 +430,7 @@ class _TopKDiceCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+        refuse_double_backward("TopK-Dice's fused loss", "nnunet_topkdice.losses.reference_topk_dice")
         saved = ctx.saved_tensors
         n_dice = len(_DiceSaved._fields)
         dice = _DiceSaved._make(saved[:n_dice])
@@ -455,9 +478,18 @@ def fused_topk_dice_ce(
     Shape: outputs as :class:`Output`, the same batch and classes, all with a mask or none; ce_weight (C,) or
     None; output_weights: one per output.  returns: scalar, float32 (float64 for float64 logits).
     options: validated; terms: the weights of the TopK-Dice and CE terms.
+    Raises:
+        ValueError: the counts of outputs and weights differ, or ``ce_weight`` has not one value per class
+            (torch's cross entropy refuses it too; indexing by label would drop the extra ones silently).
     """
     if len(outputs) != len(output_weights) or not outputs:
         raise ValueError(f"{len(outputs)} outputs need as many weights, got {len(output_weights)}")
+    if ce_weight is not None:
+        n_classes = outputs[0].logits.shape[1]
+        if ce_weight.numel() != n_classes:
+            raise ValueError(f"the cross entropy's weight needs one value per class ({n_classes}), got shape "
+                             f"{tuple(ce_weight.shape)}")  # fmt: skip
+        ce_weight = ce_weight.reshape(n_classes)  # (C, 1) too, as torch's cross entropy takes it
     settings = _NodeSettings(options=options, terms=terms, output_weights=tuple(float(w) for w in output_weights))
     flat = [x for output in outputs for x in output]
     return _TopKDiceCE.apply(settings, ce_weight, *flat)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from nnunet_topkdice.losses.fused import without_autocast
+from nnunet_topkdice.losses.fused import refuse_double_backward, without_autocast
 from nnunet_topkdice.losses.options import TopKDiceOptions
 from nnunet_topkdice.losses.selection import select_easiest
 
@@ -244,15 +244,15 @@ class _RegionTopKDiceBCE(torch.autograd.Function):
         logits = [o.logits.to(compute_dtype) for o in outputs]
         batch, n_regions = logits[0].shape[:2]
         probs = [torch.sigmoid(z) for z in logits]
-        flat_probs = [p.view(batch, n_regions, -1) for p in probs]
-        masks = [None if o.mask is None else o.mask.view(batch, 1, -1) for o in outputs]
+        flat_probs = [p.reshape(batch, n_regions, -1) for p in probs]
+        masks = [None if o.mask is None else o.mask.reshape(batch, 1, -1) for o in outputs]
         regions: list[Tensor | None] = [None] * n_outputs
         excluded: list[Tensor | None] = [None] * n_outputs
         ctx.dice_states = [None] * n_outputs
         losses = [o.logits.new_zeros((), dtype=compute_dtype) for o in outputs]  # BCE_and_TopKDice_loss.forward
         if config.weight_dice != 0:
             for s, o in enumerate(outputs):
-                region = o.target.view(batch, n_regions, -1)
+                region = o.target.reshape(batch, n_regions, -1)
                 region = region if region.dtype == torch.bool else region != 0
                 regions[s] = region if masks[s] is None else region & masks[s]
             tie_breaks = [o.tie_break for o in outputs]
@@ -283,6 +283,7 @@ class _RegionTopKDiceBCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+        refuse_double_backward("The fused region loss", "BCE_and_TopKDice_loss(..., fused=False)")
         n, config = ctx.n_outputs, ctx.config
         saved = ctx.saved_tensors
         probs, targets, masks, regions, excluded = (saved[i * n : (i + 1) * n] for i in range(5))
@@ -291,8 +292,8 @@ class _RegionTopKDiceBCE(torch.autograd.Function):
             grad = grad_loss if ctx.output_weights is None else grad_loss * ctx.output_weights[s]
             p, dtype = probs[s], ctx.logits_dtypes[s]
             batch, n_regions = p.shape[:2]
-            flat = p.view(batch, n_regions, -1)
-            mask = None if masks[s] is None else masks[s].view(batch, 1, -1)
+            flat = p.reshape(batch, n_regions, -1)
+            mask = None if masks[s] is None else masks[s].reshape(batch, 1, -1)
             dice_grad = bce_grad = None
             if config.weight_dice != 0:
                 grad_inter, grad_pred = _dice_backward(

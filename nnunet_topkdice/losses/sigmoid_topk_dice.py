@@ -24,7 +24,13 @@ from nnunet_topkdice.losses.options import TopKDiceOptions
 from nnunet_topkdice.losses.selection import select_per_channel
 from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED
 
-__all__ = ["SIGMOID_DEFAULT_OPTIONS", "SigmoidTopKDiceLoss", "check_region_inputs", "sigmoid_topk_dice_loss"]
+__all__ = [
+    "SIGMOID_DEFAULT_OPTIONS",
+    "SigmoidTopKDiceLoss",
+    "check_binary_regions",
+    "check_region_inputs",
+    "sigmoid_topk_dice_loss",
+]
 
 # nnU-Net's region Dice counts every region (do_bg=True); otherwise the softmax loss's defaults
 SIGMOID_DEFAULT_OPTIONS = TopKDiceOptions(do_bg=True)
@@ -59,6 +65,24 @@ def check_region_inputs(logits: Tensor, target: Tensor, loss_mask: Tensor | None
             f"loss_mask must have shape (B, 1 or R, *spatial) for logits {tuple(logits.shape)}, "
             f"got {tuple(loss_mask.shape)}"
         )
+
+
+def check_binary_regions(target: Tensor) -> None:
+    """Region maps that hold only 0 and 1, checked where it costs no host synchronisation (a CPU tensor that
+    is not bool; bool maps, nnU-Net's, are binary by type). The selection reads ``target != 0`` while BCE
+    reads the values themselves, so a 0.5 or a 2 would be a different target for each term.
+
+    Raises:
+        ValueError: a value other than 0 and 1 (NaN included), naming it.
+    """
+    if target.dtype == torch.bool or target.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    values = target.detach()
+    values = (values.float() if values.dtype == torch.bfloat16 else values).numpy()  # NumPy has no bfloat16
+    outside = values[(values != 0) & (values != 1)]
+    if outside.size:
+        raise ValueError(f"target must hold binary (0/1) region maps, got the value {outside.flat[0].item()!r} "
+                         f"({outside.size} voxel(s) neither 0 nor 1)")  # fmt: skip
 
 
 def _present_regions_dice_loss(
@@ -136,13 +160,14 @@ def sigmoid_topk_dice_loss(
         True
     """
     check_region_inputs(logits, target, loss_mask)
+    check_binary_regions(target)
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     batch, n_regions = logits.shape[:2]
     with without_autocast(logits.device.type):
         probs = torch.sigmoid(logits.to(compute_dtype))
         with torch.no_grad():
-            valid = None if loss_mask is None else (loss_mask != 0).view(batch, loss_mask.shape[1], -1)
-            region = target.view(batch, n_regions, -1)
+            valid = None if loss_mask is None else (loss_mask != 0).reshape(batch, loss_mask.shape[1], -1)
+            region = target.reshape(batch, n_regions, -1)
             region = region if region.dtype == torch.bool else region != 0
             if valid is not None:
                 region = region & valid
@@ -156,7 +181,7 @@ def sigmoid_topk_dice_loss(
             n_region = selection.n_foreground.view(batch, n_regions)
             sum_gt = (n_region - selection.n_excluded.view(batch, n_regions)).to(compute_dtype)
             present = n_region > 0
-        probs = probs.view(batch, n_regions, -1)
+        probs = probs.reshape(batch, n_regions, -1)
         intersect = (probs * kept_region).sum(-1, dtype=compute_dtype)
         sum_pred_sq = (probs.square() * counted).sum(-1, dtype=compute_dtype)
         return _present_regions_dice_loss(intersect, sum_pred_sq, sum_gt, present, options)
