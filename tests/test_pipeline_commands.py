@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -478,6 +479,36 @@ def test_runner_logs_each_step_and_skips_done_ones(tmp_path: Path) -> None:
     assert lines[0] == "[1/2] skipped (already there): skipped"
     assert lines[1].startswith("[2/2] $ ") and len(lines) == 2
     assert "BANNER from the tool" in (tmp_path / "talk.log").read_text()
+
+
+def test_sigterm_stops_the_running_command_and_the_handler_is_restored(tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's time limit) raises Terminated (exit 143, not Ctrl-C's 130) and stops the running
+    command; the runner's handler was installed for good and inherited by forked children."""
+    import io
+    import signal
+    import threading
+
+    from nnunet_topkdice.errors import Terminated, interrupt_exit_code
+
+    before = signal.getsignal(signal.SIGTERM)
+    pid_file = tmp_path / "pid"
+    step = _command_step("sleeps", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                                   "time.sleep(60)")  # fmt: skip
+
+    def terminate_when_started() -> None:
+        while not pid_file.is_file() or not pid_file.read_text():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_when_started, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(Terminated) as info:
+        run_steps([step], dict(os.environ), log_dir=tmp_path, stream=io.StringIO())
+    assert time.monotonic() - started < 30 and interrupt_exit_code(info.value) == 143
+    child = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # stopped and reaped
+        os.kill(child, 0)
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_runner_failure_shows_the_logs_tail(tmp_path: Path) -> None:

@@ -66,11 +66,15 @@ def test_sigterm_raises_terminated_inside_and_exits_143() -> None:
 def test_a_process_forked_inside_ends_quietly_on_sigterm(capfd: pytest.CaptureFixture[str]) -> None:
     """A library's pool worker forked inside the block (nnU-Net lists a dataset's files with one) inherits
     the handler; the pool ends it with SIGTERM, which printed a ``Terminated`` traceback per worker."""
-    with terminate_as_interrupt():
-        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
-        child.start()
-        time.sleep(0.5)  # the child waits in its target, as an idle pool worker does
-        child.terminate()
-        child.join(10)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what a command starts with
+    try:
+        with terminate_as_interrupt():
+            child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+            child.start()
+            time.sleep(0.5)  # the child waits in its target, as an idle pool worker does
+            child.terminate()
+            child.join(10)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert child.exitcode == -signal.SIGTERM  # killed by the signal, as without the block
     assert "Traceback" not in capfd.readouterr().err

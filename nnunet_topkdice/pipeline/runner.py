@@ -13,7 +13,6 @@ from a process that has imported torch and nnU-Net's libraries already (:mod:`.w
 from __future__ import annotations
 
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import TextIO
 from nnunet_topkdice.pipeline import warm
 from nnunet_topkdice.pipeline.progress import TrainingBar
 from nnunet_topkdice.pipeline.steps import Command, Span, Step, resolve_executable
+from nnunet_topkdice.workers import terminate_as_interrupt
 
 #: Lines of a failed command's log shown on the terminal.
 FAILURE_TAIL_LINES = 20
@@ -114,36 +114,38 @@ def run_steps(
     """
     terminal = _Terminal(stream or sys.stderr)
     log_dir = Path(log_dir)
-    _stop_children_on_sigterm()
-    report = RunReport()
-    total = len(steps) + first - 1 if total is None else total
-    index = 0
-    while index < len(steps):
-        batch = [steps[index]]
-        if steps[index].parallel is not None and len(slots) > 1:
-            while index + len(batch) < len(steps) and steps[index + len(batch)].parallel == steps[index].parallel:
-                batch.append(steps[index + len(batch)])
-        todo = []
-        for offset, step in enumerate(batch):
-            number = first + index + offset
-            reason = step.done()
-            if reason:
-                terminal.line(f"[{number}/{total}] skipped ({reason}): {step.title}")
-                report.skipped.append(step.name)
+    # SIGTERM (kill, a scheduler's time limit) stops the running commands too, as Ctrl-C does: it raises
+    # Terminated, a KeyboardInterrupt; restored afterwards, and not inherited by forked children
+    with terminate_as_interrupt():
+        report = RunReport()
+        total = len(steps) + first - 1 if total is None else total
+        index = 0
+        while index < len(steps):
+            batch = [steps[index]]
+            if steps[index].parallel is not None and len(slots) > 1:
+                while index + len(batch) < len(steps) and steps[index + len(batch)].parallel == steps[index].parallel:
+                    batch.append(steps[index + len(batch)])
+            todo = []
+            for offset, step in enumerate(batch):
+                number = first + index + offset
+                reason = step.done()
+                if reason:
+                    terminal.line(f"[{number}/{total}] skipped ({reason}): {step.title}")
+                    report.skipped.append(step.name)
+                else:
+                    todo.append((number, step))
+            if len(todo) > 1 and len(slots) > 1:
+                report.spans.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal, warm_start))
             else:
-                todo.append((number, step))
-        if len(todo) > 1 and len(slots) > 1:
-            report.spans.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal, warm_start))
-        else:
-            for number, step in todo:
-                # a step of a parallel kind runs in a slot also alone (the same command as beside others)
-                slot = dict(slots[0]) if slots and step.parallel is not None else {}
-                report.spans[step.name] = _execute(
-                    number, total, step, env, log_dir, verbose, slot, terminal, position=0, warm_start=warm_start
-                )  # fmt: skip
-        report.ran += [step.name for _, step in todo]
-        index += len(batch)
-    return report
+                for number, step in todo:
+                    # a step of a parallel kind runs in a slot also alone (the same command as beside others)
+                    slot = dict(slots[0]) if slots and step.parallel is not None else {}
+                    report.spans[step.name] = _execute(
+                        number, total, step, env, log_dir, verbose, slot, terminal, position=0, warm_start=warm_start
+                    )  # fmt: skip
+            report.ran += [step.name for _, step in todo]
+            index += len(batch)
+        return report
 
 
 def _run_concurrently(
@@ -287,17 +289,6 @@ def _start(command: Command, env: dict[str, str], warm_start: bool) -> subproces
         return warm.start(command.argv, env)
     argv = resolve_executable(name) + list(command.argv[1:])
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def _stop_children_on_sigterm() -> None:
-    """A SIGTERM (``kill``, a scheduler's time limit) stops the running commands too, like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def interrupt(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _stop_all() -> None:
