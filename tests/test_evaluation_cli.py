@@ -129,7 +129,7 @@ def test_show_ignore_map_command(tmp_path: Path) -> None:
     result = _run([*args, "-o", str(out), "--k", "75", "25"], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "slice 0 along axis 0, selection per slice"
+    assert lines[0] == "slice 0 along axis 0, selection per slice (the counts and the loss below are the slice's)"
     # D = floor(0.25 * 16) = 4 and floor(0.75 * 16) = 12 excluded
     assert lines[2].startswith("75\tlabel 1\t16\t4\t12\t")
     assert lines[3].startswith("25\tlabel 1\t16\t12\t4\t")

@@ -14,7 +14,7 @@ from nnunet_topkdice.cli import build_parser, main
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.evaluation.cli import P_REMOVED_IN, _run_spec
 from nnunet_topkdice.evaluation.dataset import dataset_info_from_json
-from nnunet_topkdice.evaluation.label_io import read_label_image, reader_writer_name
+from nnunet_topkdice.evaluation.label_io import read_image, read_label_image, reader_writer_name
 
 DATASET_JSON = {"labels": {"background": 0, "spot": 1}, "numTraining": 1, "channel_names": {"0": "x"}}
 
@@ -160,6 +160,40 @@ def test_tif_prediction_with_another_spacing_is_refused(tmp_path: Path, capsys: 
     assert "geometry mismatch for case 'c0'" in err and "spacing (z, y, x) (1, 0.5, 0.5) vs (3, 0.5, 0.5)" in err
 
 
+@pytest.mark.parametrize("image_spacing", [(3.0, 0.5, 0.8), (1.0, 1.0, 1.0)], ids=["same-grid", "other-spacing"])
+def test_tif_images_for_the_pictures_are_read_as_nnunet_reads_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture, image_spacing: tuple[float, float, float]
+) -> None:
+    """--images on a .tif dataset: the images' grid came from SimpleITK's TIFF header (a 4-slice volume
+    read as one RGBA picture, spacing 1), not from the <case>.json that nnU-Net and the metrics use."""
+    import tifffile
+
+    label = np.zeros((4, 5, 6), np.uint8)  # 4 slices: what SimpleITK took for one RGBA picture
+    label[1:3, 1:4, 2:5] = 1
+    spacing = (3.0, 0.5, 0.8)
+    for folder in ("labelsTs", "A", "B"):
+        _tif_case(tmp_path / folder, label if folder != "B" else np.zeros_like(label), spacing)
+    (tmp_path / "imagesTs").mkdir()
+    intensities = np.linspace(0, 1, label.size, dtype=np.float32).reshape(label.shape)
+    tifffile.imwrite(tmp_path / "imagesTs" / "c0_0000.tif", intensities)
+    (tmp_path / "imagesTs" / "c0.json").write_text(json.dumps({"spacing": list(image_spacing)}))  # nnU-Net's name
+    # as nnU-Net needs it too: its first reader for .tif (2D pictures) would take 4 pages for one RGBA picture
+    dataset = {**DATASET_JSON, "file_ending": ".tif", "overwrite_image_reader_writer": "Tiff3DIO"}
+    (tmp_path / "d.json").write_text(json.dumps(dataset))
+    image = read_image(tmp_path / "imagesTs" / "c0_0000.tif", "Tiff3DIO")
+    assert image.array.shape == (4, 5, 6) and image.spacing == image_spacing
+    argv = ["evaluate", "-r", str(tmp_path / "labelsTs"), "-pred", f"A={tmp_path / 'A'}", f"B={tmp_path / 'B'}",
+            "-d", str(tmp_path / "d.json"), "-o", str(tmp_path / "out"),
+            "--images", str(tmp_path / "imagesTs")]  # fmt: skip
+    if image_spacing == spacing:
+        assert main(argv) == 0
+        assert json.loads((tmp_path / "out" / "results.json").read_text())["dataset"]["reader_writer"] == "Tiff3DIO"
+        assert (tmp_path / "out" / "cases" / "B_vs_A.png").is_file()
+    else:
+        assert main(argv) == 2
+        assert "spacing (z, y, x) (1, 1, 1) vs (3, 0.5, 0.8)" in capsys.readouterr().err
+
+
 def test_png_dataset_keeps_spacing_1_and_says_so(tmp_path: Path) -> None:
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
@@ -174,4 +208,8 @@ def test_png_dataset_keeps_spacing_1_and_says_so(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["evaluate", "-r", str(tmp_path / "labelsTs"), "-pred", f"A={tmp_path / 'pred'}", "-o", str(out)]) == 0
     note = "2D natural images have no spacing: 1 per pixel, so HD95 and NSD are in pixels, not mm"
-    assert note in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert note in table
+    # the headings and the legend say pixels too (they said mm next to the note)
+    assert "| mHD95 (px) |" in table and "mHD95 in px; mNSD: normalised surface Dice at 1 px." in table
+    assert "(mm)" not in table and "mHD95 (px)" in (out / "table.csv").read_text().splitlines()[0]

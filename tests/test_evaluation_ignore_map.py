@@ -193,6 +193,13 @@ def test_show_ignore_map_volume_scope_counts_the_whole_case(ignore_map_case: dic
     assert summary["k"][50.0]["n_foreground"] == {"organ": 24, "tumour": 10}
     assert summary["k"][50.0]["n_excluded"] == {"organ": 12, "tumour": 5}
 
+    # the picture's titles count the slice shown but give the whole case's loss: they say so
+    from nnunet_topkdice.evaluation.ignore_map_plot import _Slice
+
+    label = np.array([[1, 1], [0, 2]])
+    panels = _Slice(np.zeros((2, 2)), label, {50.0: label == 2}, None, 1.0, {50.0: 0.25}, "volume")
+    assert panels.k_title(50.0, "ignore map") == "ignore map, k = 50%\nkept 2 of 3 fg px, volume loss 0.250"
+
 
 def test_load_probabilities_needs_the_key(tmp_path: Path) -> None:
     np.savez(tmp_path / "x.npz", softmax=np.zeros((2, 1, 2, 2)))

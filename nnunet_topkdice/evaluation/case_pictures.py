@@ -31,6 +31,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from nnunet_topkdice.errors import InputError  # noqa: E402
 from nnunet_topkdice.evaluation.label_io import (  # noqa: E402
+    SIMPLEITK_READER,
     geometry_differences,
     read_geometry,
     read_image,
@@ -64,14 +65,17 @@ def case_image_path(images_dir: Path, case: str, file_ending: str) -> Path:
     return Path(images_dir) / f"{case}{IMAGE_CHANNEL}{file_ending}"
 
 
-def find_case_images(images_dir: Path, reference_cases: Mapping[str, Path], file_ending: str) -> dict[str, Path]:
+def find_case_images(
+    images_dir: Path, reference_cases: Mapping[str, Path], file_ending: str, reader_writer: str = SIMPLEITK_READER
+) -> dict[str, Path]:
     """Case -> channel-0 image for every reference case, each checked to lie on its reference's voxel grid
-    (size, spacing, origin, direction; headers only, no voxel data is read).
+    (size, spacing, origin, direction) as nnU-Net's reader sees both (headers only for SimpleITK's formats).
 
     Args:
         images_dir: the dataset's ``imagesTs`` or ``imagesTr``; images of other cases are ignored.
         reference_cases: case -> reference label file (the evaluated cases).
         file_ending: the dataset's file ending, e.g. ``.nii.gz``.
+        reader_writer: nnU-Net's reader for the dataset (a ``.tif`` file's spacing is its ``<case>.json``'s).
     Raises:
         InputError: the folder does not exist; a case has no image (naming the expected file); an image
         cannot be read or is not on its reference's grid (naming both files and what differs).
@@ -84,7 +88,8 @@ def find_case_images(images_dir: Path, reference_cases: Mapping[str, Path], file
         path = case_image_path(images_dir, case, file_ending)
         if not path.is_file():
             raise InputError(f"no image for case {case!r} in the images folder (--images): {path} is missing")
-        image, reference = read_geometry(path), read_geometry(reference_path)
+        image = read_geometry(path, reader_writer, labels=False)
+        reference = read_geometry(reference_path, reader_writer)
         problems = geometry_differences(reference, image)
         if image.shape != reference.shape:
             problems.insert(0, f"shape {image.shape} vs {reference.shape}")
@@ -234,14 +239,16 @@ def _draw_row(axes, row: dict[str, Any], images: Mapping[str, Path], results: Ma
     ``row``)."""
     baseline = results["baseline"]
     ending = results["dataset"]["file_ending"]
+    reader = results["dataset"].get("reader_writer") or SIMPLEITK_READER  # the reader the metrics used
     case = row["case"]
-    reference_image = read_label_image(Path(results["reference_dir"]) / f"{case}{ending}")
+    reference_image = read_label_image(Path(results["reference_dir"]) / f"{case}{ending}", reader)
     reference = _as_volume(reference_image.array)
     predictions = [
-        _as_volume(read_label_image(Path(results["runs"][name]["prediction_dirs"][0]) / f"{case}{ending}").array)
+        _as_volume(read_label_image(Path(results["runs"][name]["prediction_dirs"][0]) / f"{case}{ending}",
+                                    reader).array)
         for name in (baseline, method)
-    ]
-    image = _as_volume(read_image(images[case]).array)
+    ]  # fmt: skip
+    image = _as_volume(read_image(images[case], reader).array)
     index = _slice_with_most_disagreement(*predictions, reference)
     row["slice"] = int(index)
 

@@ -144,7 +144,9 @@ def _show_ignore_map_command(args: argparse.Namespace) -> int:
         device=args.device,
         use_mirroring=not args.disable_tta,
     )
-    print(f"slice {summary['slice']} along axis {summary['axis']}, selection per {summary['scope']}")
+    scope = summary["scope"]
+    print(f"slice {summary['slice']} along axis {summary['axis']}, selection per {scope} "
+          f"(the counts and the loss below are the {'whole case' if scope == 'volume' else 'slice'}'s)")  # fmt: skip
     print("k\tclass\tforeground\texcluded\tkept\tTopK-Dice loss")
     for k, info in summary["k"].items():
         for name, n_fg in info["n_foreground"].items():

@@ -336,7 +336,7 @@ def evaluate_runs(
     if images_dir is not None:  # checked before the evaluation starts: a bad folder costs no time
         from nnunet_topkdice.evaluation.case_pictures import find_case_images
 
-        case_images = find_case_images(images_dir, reference_cases, info.file_ending)
+        case_images = find_case_images(images_dir, reference_cases, info.file_ending, info.reader_writer)
 
     jobs = [
         CaseJob(

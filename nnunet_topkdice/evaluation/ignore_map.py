@@ -287,6 +287,7 @@ def show_ignore_map(
         class_names=case.class_names,
         aspect=case.spacing[rows] / case.spacing[cols],
         losses={k: v["loss"] for k, v in result.summary.items()},
+        loss_of=scope,
         title=f"TopK-Dice ignore map: {Path(label_file).name}, slice {result.slice_index} (axis {axis}), "
         f"selection per {scope}",
     )

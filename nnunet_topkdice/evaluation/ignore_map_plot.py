@@ -38,6 +38,7 @@ class _Slice:
     cmap: ListedColormap
     aspect: float
     losses: Mapping[float, float]
+    loss_of: str  # what the losses are of: "slice", or "volume" when the selection ran over the whole case
 
     def show_image(self, ax, dim: float = 1.0) -> None:
         ax.imshow(self.image * dim, cmap="gray", vmin=0, vmax=1, aspect=self.aspect)
@@ -83,7 +84,7 @@ class _Slice:
         n_kept = int(np.count_nonzero((self.label > 0) & ~self.maps[k]))
         text = f"{what}, k = {k:g}%\nkept {n_kept} of {n_foreground} fg px"
         if k in self.losses:
-            text += f", loss {self.losses[k]:.3f}"
+            text += f", {self.loss_of} loss {self.losses[k]:.3f}"
         return text
 
 
@@ -136,6 +137,7 @@ def plot_ignore_maps(
     class_names: Sequence[str],
     aspect: float = 1.0,
     losses: Mapping[float, float] | None = None,
+    loss_of: str = "slice",
     title: str = "",
 ) -> Path:
     """The paper's Figure 1 (one k) or Figure 2 idea (several k) for one 2-D slice.
@@ -147,14 +149,15 @@ def plot_ignore_maps(
     Shape:
         image: (H, W) float.  label: (H, W) int in [0, len(class_names)).  maps: k -> (H, W) bool,
         True where the voxel is excluded as easy.  class_names: one per label value, background first.
-        aspect: pixel height / width (from the spacing).  losses: optional k -> TopK-Dice loss of the slice.
+        aspect: pixel height / width (from the spacing).  losses: optional k -> TopK-Dice loss of the slice,
+        or of the whole case where ``loss_of`` is ``"volume"`` (the titles say which; their counts are the slice's).
     Returns:
         ``out_png``.
     """
     cmap = label_colours(len(class_names))
     lo, hi = np.percentile(image, [1, 99]) if image.size else (0, 1)
     scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
-    panels = _Slice(scaled, label, maps, cmap, aspect, losses or {})
+    panels = _Slice(scaled, label, maps, cmap, aspect, losses or {}, loss_of)
     ks = list(maps)
     fig, axes = _one_k_figure(panels, ks[0]) if len(ks) == 1 else _several_k_figure(panels, ks)
     for ax in np.ravel(axes):

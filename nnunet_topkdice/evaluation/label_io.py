@@ -227,14 +227,16 @@ def _affine_geometry(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[float
     return tuple(float(v) for v in np.asarray(affine)[:3, 3]), tuple(float(v) for v in direction.ravel())
 
 
-def _read_with_nnunet(path: Path, reader_writer: str) -> LabelImage:
-    """Read with nnU-Net's ``reader_writer().read_seg`` (its ``(1, *spatial)`` float array and properties)."""
+def _read_with_nnunet(path: Path, reader_writer: str, *, labels: bool = True) -> LabelImage:
+    """Read with nnU-Net's ``reader_writer()``: ``read_seg`` for a label file (integer labels), else
+    ``read_images`` (channel 0, float32, for display); its ``(C, *spatial)`` array and properties."""
     try:
         with contextlib.redirect_stdout(sys.stderr):  # its warnings (no spacing file) are not results
-            seg, properties = _reader(reader_writer).read_seg(str(path))
+            reader = _reader(reader_writer)
+            data, properties = reader.read_seg(str(path)) if labels else reader.read_images((str(path),))
     except Exception as e:  # nnU-Net's readers raise assertions and their libraries' own errors
         raise InputError(f"cannot read {path} with nnU-Net's {reader_writer}: {e}") from e
-    array = _integer_labels(np.asarray(seg)[0], path)
+    array = _integer_labels(np.asarray(data)[0], path) if labels else np.asarray(data[0], dtype=np.float32)
     if reader_writer == NATURAL_IMAGE_READER:
         return LabelImage(array=array[0], spacing=(1.0, 1.0), origin=(), direction=())
     origin: tuple[float, ...] = ()
@@ -276,15 +278,21 @@ def read_label_image(path: Path, reader_writer: str = SIMPLEITK_READER) -> Label
     return LabelImage(array=array, **_grid(image))
 
 
-def read_image(path: Path) -> LabelImage:
+def read_image(path: Path, reader_writer: str = SIMPLEITK_READER) -> LabelImage:
     """Read an image file (e.g. ``<case>_0000.nii.gz``) with the same reader as the labels, for display.
 
+    Args:
+        path: the image file.
+        reader_writer: nnU-Net's reader for the dataset (:func:`reader_writer_name`); a ``.tif`` image's
+            spacing then comes from the ``<case>.json`` beside it, as for its labels.
     Returns:
         A :class:`LabelImage` whose ``array`` holds the intensities as float32 (z, y, x); an image with
         several components per pixel (an RGB picture) is their mean (grey).
     Raises:
         InputError: the file cannot be read.
     """
+    if reader_writer != SIMPLEITK_READER:
+        return _read_with_nnunet(Path(path), reader_writer, labels=False)
     import SimpleITK as sitk
 
     image = _read_sitk(path)
@@ -294,12 +302,17 @@ def read_image(path: Path) -> LabelImage:
     return LabelImage(array=array, **_grid(image))
 
 
-def read_geometry(path: Path) -> ImageGeometry:
-    """The voxel grid of an image or label file from its header (no voxel data is read).
+def read_geometry(path: Path, reader_writer: str = SIMPLEITK_READER, *, labels: bool = True) -> ImageGeometry:
+    """The voxel grid of an image (``labels=False``) or label file, as nnU-Net's ``reader_writer`` sees it:
+    from the header for SimpleITK's formats (no voxel data is read), else by reading the file with
+    nnU-Net's reader (``.tif`` spacing from the ``<case>.json``; 2D natural images 1 per pixel).
 
     Raises:
         InputError: the file cannot be read.
     """
+    if reader_writer != SIMPLEITK_READER:
+        image = _read_with_nnunet(Path(path), reader_writer, labels=labels)
+        return ImageGeometry(tuple(image.array.shape), image.spacing, image.origin, image.direction)
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()

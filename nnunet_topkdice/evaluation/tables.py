@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from nnunet_topkdice.evaluation.label_io import NATURAL_IMAGE_READER
 from nnunet_topkdice.evaluation.statistics import MIN_CASES_FOR_005
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "TableRow",
     "comparison_sentence",
     "comparison_sentences",
+    "length_unit",
     "rank_marks",
     "repeats_needed_sentence",
     "table_columns",
@@ -75,6 +77,17 @@ def table_columns(results: dict) -> list[str]:
     if len(results["classes"]) > 1:
         columns += [c["column"] for c in results["classes"]]
     return columns
+
+
+def length_unit(results: dict) -> str:
+    """``"px"`` where the dataset's files have no spacing (2D natural images: HD95 and NSD's tolerance are in
+    pixels), else ``"mm"``."""
+    return "px" if results["dataset"].get("reader_writer") == NATURAL_IMAGE_READER else "mm"
+
+
+def _heading(column: str, results: dict) -> str:
+    """A column's heading as shown: ``mHD95 (px)`` for a dataset in pixels (the rows keep one key)."""
+    return column.replace("(mm)", f"({length_unit(results)})")
 
 
 def _percent(value: float | None, scale: float) -> float | None:
@@ -281,8 +294,8 @@ def _legend(results: dict) -> list[str]:
     repeated = {name: run["n_repeats"] for name, run in results["runs"].items() if run.get("n_repeats", 1) > 1}
     legend = (
         "Percent with two decimals: each class averaged over the test cases, then over the classes "
-        "(the paper's section 3.2); mHD95 in mm; mNSD: normalised surface Dice at "
-        f"{results.get('nsd_tolerance_mm', 1.0):g} mm. "
+        f"(the paper's section 3.2); mHD95 in {length_unit(results)}; mNSD: normalised surface Dice at "
+        f"{results.get('nsd_tolerance_mm', 1.0):g} {length_unit(results)}. "
         + ("Class columns are the Dice of each class. " if len(results["classes"]) > 1 else "")
         + ("Mean ± sd over the repeats of a method. " if repeated else "")
         + "Best in **bold**, second best in _italics_ (lower is better for mHD95; equal values get no mark), "
@@ -364,7 +377,8 @@ def to_markdown(results: dict) -> str:
     n_cases = len(results["cases"])
     lines = [f"## Paper-style evaluation: {dataset} ({n_cases} test case{'s' if n_cases != 1 else ''})", ""]
     lines += _legend(results)
-    lines += ["", "| Source | Name | " + " | ".join(columns) + " |", "|:--|:--|" + "--:|" * len(columns)]
+    headings = [_heading(col, results) for col in columns]
+    lines += ["", "| Source | Name | " + " | ".join(headings) + " |", "|:--|:--|" + "--:|" * len(columns)]
     for i, row in enumerate(rows):
         cells = []
         for col in columns:
@@ -385,9 +399,10 @@ def to_csv(results: dict) -> str:
     with_repeats = any(run.get("n_repeats", 1) > 1 for run in results["runs"].values())
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["source", "name", *columns]
+    headings = [_heading(col, results) for col in columns]
+    header = ["source", "name", *headings]
     if with_repeats:
-        header += ["n_repeats", *(f"{col} sd" for col in columns)]
+        header += ["n_repeats", *(f"{heading} sd" for heading in headings)]
     writer.writerow(header)
 
     def plain(text: str) -> str:
