@@ -234,6 +234,25 @@ def test_train_seeded_checks_the_plans_before_writing(tmp_path: Path, monkeypatc
     assert not (tmp_path / "results").exists()
 
 
+def test_train_seeded_needs_the_configuration_preprocessed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planned but not preprocessed (nnUNetv2_plan_experiment without nnUNetv2_preprocess): nnU-Net failed
+    with a FileNotFoundError traceback after seed.json was written."""
+    from nnunet_topkdice.training.seeded import train_seeded
+
+    folder = tmp_path / "preprocessed" / "Dataset999_Planned"
+    folder.mkdir(parents=True)
+    plans = {"dataset_name": "Dataset999_Planned", "plans_name": "nnUNetPlans",
+             "configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres"}}}  # fmt: skip
+    (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz"}))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    message = rf"{folder / 'nnUNetPlans_3d_fullres'} does not exist: configuration '3d_fullres' is planned but not"
+    with pytest.raises(InputError, match=message + r" preprocessed \(nnUNetv2_preprocess "):
+        train_seeded("Dataset999_Planned", "3d_fullres", 0, seed=3, device="cpu")
+    assert not (tmp_path / "results").exists()
+
+
 def test_run_environment_adds_our_trainers_after_the_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nnunet_topkdice.environment import environment
     from nnunet_topkdice.ext import trainer_dir
@@ -433,6 +452,47 @@ def test_continue_resumes_the_same_stream(runs: SeededRuns, reference: tuple[lis
     assert full_log[1 + N_ITERATIONS].startswith("weights 1 ")
     assert full_log[: 1 + N_ITERATIONS] + full_log[2 + N_ITERATIONS :] == log
     assert _same_weights(_weights(resumed_fold), _weights(fold))
+
+
+@pytest.mark.slow
+def test_continue_with_workers_resumes_the_same_stream(runs: SeededRuns, reference: tuple[list[str], Path]) -> None:
+    """--c with data-augmentation workers: the checkpoint is loaded (OpenMP work in this process) before the
+    workers are forked, and a worker with the inherited thread pool hung in libgomp for good; nnU-Net's own
+    workers run one torch thread, and so do ours now."""
+    log, fold = reference
+    runs.train_in_process("resumed_workers", 0, stop_after=1)
+    env = runs.environment(runs.base / "resumed_workers", runs.base / "resumed_workers.log", n_proc_da=2)
+    env["TOPKDICE_CPU_THREADS"] = "2"  # a thread pool in the main process: what the workers inherit
+    argv = train_argv(DATASET_ID, "2d", 0, PROBE, 0, device="cpu", executable=str(BIN / "topkdice"), extra=("--c",))
+    run(argv, env, timeout=180)  # about 15 s; it hung for good
+    full_log = (runs.base / "resumed_workers.log").read_text().splitlines()
+    assert full_log[: 1 + N_ITERATIONS] + full_log[2 + N_ITERATIONS :] == log
+    resumed = fold_folder(seed_results_root(runs.base / "resumed_workers", 0), DATASET_NAME, PROBE, "nnUNetPlans",
+                          "2d", 0)  # fmt: skip
+    assert _same_weights(_weights(resumed), _weights(fold))
+
+
+@pytest.mark.slow
+def test_validating_nothing_or_continuing_otherwise_is_refused(
+    runs: SeededRuns, reference: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --seed with --val gave nnU-Net's "the training is not finished yet" traceback (exit 1) after
+    its log was written into a new seed folder; --c with another --deterministic than the run was started
+    with continued it, and seed.json misstated the continued part."""
+    _, fold = reference
+    results = runs.base / "refusals"
+    copied = fold_folder(seed_results_root(results, 0), DATASET_NAME, PROBE, "nnUNetPlans", "2d", 0)
+    shutil.copytree(fold, copied)  # seed 0's finished run, started without --deterministic
+    before = sorted(p.name for p in copied.iterdir())
+    env = runs.environment(results, runs.base / "refusals.log")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        assert main(train_argv(DATASET_ID, "2d", 0, PROBE, 7, device="cpu", extra=("--val",))[1:]) == 2
+        assert "--val: no finished run of --seed 7 to validate: " in capsys.readouterr().err
+        assert main(train_argv(DATASET_ID, "2d", 0, PROBE, 0, device="cpu", extra=("--c", "--deterministic"))[1:]) == 2
+        assert "was started without --deterministic (seed.json); continue it without it" in capsys.readouterr().err
+    assert not seed_results_root(results, 7).exists() and sorted(p.name for p in copied.iterdir()) == before
 
 
 @pytest.mark.slow

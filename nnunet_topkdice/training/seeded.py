@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import os
 import random
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ from nnunet_topkdice.environment import environment
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.ext import environment_with_trainers
 from nnunet_topkdice.training.layout import (
+    SEED_RECORD,
     check_seed,
     fold_folder,
     read_recorded_seed,
@@ -106,6 +108,11 @@ class SeededBatches:
         self.n_made = 0
 
     def set_thread_id(self, thread_id: int) -> None:
+        """Called in each worker process before its first batch (batchgenerators' producer)."""
+        # one torch thread per worker, as nnU-Net's own workers run (its NonDetMultiThreadedAugmenter's
+        # producer): a worker forked after this process ran OpenMP work (loading a checkpoint for --c or
+        # -pretrained_weights) otherwise hangs in the libgomp thread pool it inherited
+        torch.set_num_threads(1)
         self.thread_id = thread_id
         if hasattr(self.loader, "set_thread_id"):
             self.loader.set_thread_id(thread_id)
@@ -298,6 +305,13 @@ def _plans_and_dataset_json(dataset_name: str, plans_identifier: str, configurat
     if configuration not in plans.get("configurations", {}):
         known = ", ".join(plans.get("configurations", {}))
         raise InputError(f"configuration {configuration!r} is not in {plans_file} (it has: {known})")
+    config = plans["configurations"][configuration]
+    while "data_identifier" not in config and config.get("inherits_from") in plans["configurations"]:
+        config = plans["configurations"][config["inherits_from"]]  # as nnU-Net's ConfigurationManager merges
+    data = folder / str(config.get("data_identifier", ""))
+    if config.get("data_identifier") and not data.is_dir():  # planned, not preprocessed: nnU-Net fails later
+        raise InputError(f"{data} does not exist: configuration {configuration!r} is planned but not preprocessed "
+                         f"(nnUNetv2_preprocess -d {dataset_name} -c {configuration} -plans_name {plans_identifier})")
     return plans, load_json(str(dataset_file))
 
 
@@ -445,7 +459,9 @@ def _look_up(
 
 
 def _check_seed_record(lookup: RunLookup, seed: int, options: TrainingOptions) -> None:
-    """Refuse a fold folder that holds another seed's run (or an unseeded one, to continue or validate).
+    """Refuse a fold folder that holds another seed's run (or an unseeded one, to continue or validate),
+    ``--c`` with another ``--deterministic`` than the run was started with, and ``--val`` without a finished
+    run (nnU-Net's ``checkpoint_final.pth``) to validate.
 
     Raises:
         InputError: such a folder.
@@ -454,6 +470,16 @@ def _check_seed_record(lookup: RunLookup, seed: int, options: TrainingOptions) -
     recorded = read_recorded_seed(fold_dir)
     if recorded is not None and recorded != seed:
         raise InputError(f"{fold_dir} holds a run of seed {recorded}, not of --seed {seed}")
+    if recorded is not None and options.continue_training:
+        started = json.loads((fold_dir / SEED_RECORD).read_text()).get("deterministic", options.deterministic)
+        if bool(started) != options.deterministic:  # seed.json would misstate the continued part
+            how = "with" if started else "without"
+            raise InputError(f"--c: the run in {fold_dir} was started {how} --deterministic (seed.json); "
+                             f"continue it {how} it")  # fmt: skip
+    if options.only_run_validation and not (fold_dir / "checkpoint_final.pth").is_file():
+        # nnU-Net would say "the training is not finished yet" after writing its log, also for a mistyped seed
+        raise InputError(f"--val: no finished run of --seed {seed} to validate: {fold_dir / 'checkpoint_final.pth'} "
+                         "does not exist")  # fmt: skip
     resumes = options.continue_training or options.only_run_validation
     if recorded is None and resumes and any(fold_dir.glob("checkpoint_*.pth")):
         raise InputError(f"{fold_dir} holds checkpoints but no {fold_dir / 'seed.json'}: not a seeded run")
