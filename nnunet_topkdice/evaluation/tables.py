@@ -26,7 +26,6 @@ __all__ = [
     "TableRow",
     "comparison_sentence",
     "comparison_sentences",
-    "length_unit",
     "rank_marks",
     "repeats_needed_sentence",
     "table_columns",
@@ -79,7 +78,7 @@ def table_columns(results: dict) -> list[str]:
     return columns
 
 
-def length_unit(results: dict) -> str:
+def _length_unit(results: dict) -> str:
     """``"px"`` where the dataset's files have no spacing (2D natural images: HD95 and NSD's tolerance are in
     pixels), else ``"mm"``."""
     return "px" if results["dataset"].get("reader_writer") == NATURAL_IMAGE_READER else "mm"
@@ -87,7 +86,7 @@ def length_unit(results: dict) -> str:
 
 def _heading(column: str, results: dict) -> str:
     """A column's heading as shown: ``mHD95 (px)`` for a dataset in pixels (the rows keep one key)."""
-    return column.replace("(mm)", f"({length_unit(results)})")
+    return column.replace("(mm)", f"({_length_unit(results)})")
 
 
 def _percent(value: float | None, scale: float) -> float | None:
@@ -294,8 +293,8 @@ def _legend(results: dict) -> list[str]:
     repeated = {name: run["n_repeats"] for name, run in results["runs"].items() if run.get("n_repeats", 1) > 1}
     legend = (
         "Percent with two decimals: each class averaged over the test cases, then over the classes "
-        f"(the paper's section 3.2); mHD95 in {length_unit(results)}; mNSD: normalised surface Dice at "
-        f"{results.get('nsd_tolerance_mm', 1.0):g} {length_unit(results)}. "
+        f"(the paper's section 3.2); mHD95 in {_length_unit(results)}; mNSD: normalised surface Dice at "
+        f"{results.get('nsd_tolerance_mm', 1.0):g} {_length_unit(results)}. "
         + ("Class columns are the Dice of each class. " if len(results["classes"]) > 1 else "")
         + ("Mean ± sd over the repeats of a method. " if repeated else "")
         + "Best in **bold**, second best in _italics_ (lower is better for mHD95; equal values get no mark), "

@@ -80,6 +80,9 @@ class _Terminal:
             print(text, file=self.stream, flush=True)
 
 
+# SIGTERM (kill, a scheduler's time limit) stops the running commands too, as Ctrl-C does: it raises
+# Terminated, a KeyboardInterrupt, during each run; restored afterwards and not inherited by forked children
+@terminate_as_interrupt()
 def run_steps(
     steps: Sequence[Step],
     env: Mapping[str, str],
@@ -114,38 +117,35 @@ def run_steps(
     """
     terminal = _Terminal(stream or sys.stderr)
     log_dir = Path(log_dir)
-    # SIGTERM (kill, a scheduler's time limit) stops the running commands too, as Ctrl-C does: it raises
-    # Terminated, a KeyboardInterrupt; restored afterwards, and not inherited by forked children
-    with terminate_as_interrupt():
-        report = RunReport()
-        total = len(steps) + first - 1 if total is None else total
-        index = 0
-        while index < len(steps):
-            batch = [steps[index]]
-            if steps[index].parallel is not None and len(slots) > 1:
-                while index + len(batch) < len(steps) and steps[index + len(batch)].parallel == steps[index].parallel:
-                    batch.append(steps[index + len(batch)])
-            todo = []
-            for offset, step in enumerate(batch):
-                number = first + index + offset
-                reason = step.done()
-                if reason:
-                    terminal.line(f"[{number}/{total}] skipped ({reason}): {step.title}")
-                    report.skipped.append(step.name)
-                else:
-                    todo.append((number, step))
-            if len(todo) > 1 and len(slots) > 1:
-                report.spans.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal, warm_start))
+    report = RunReport()
+    total = len(steps) + first - 1 if total is None else total
+    index = 0
+    while index < len(steps):
+        batch = [steps[index]]
+        if steps[index].parallel is not None and len(slots) > 1:
+            while index + len(batch) < len(steps) and steps[index + len(batch)].parallel == steps[index].parallel:
+                batch.append(steps[index + len(batch)])
+        todo = []
+        for offset, step in enumerate(batch):
+            number = first + index + offset
+            reason = step.done()
+            if reason:
+                terminal.line(f"[{number}/{total}] skipped ({reason}): {step.title}")
+                report.skipped.append(step.name)
             else:
-                for number, step in todo:
-                    # a step of a parallel kind runs in a slot also alone (the same command as beside others)
-                    slot = dict(slots[0]) if slots and step.parallel is not None else {}
-                    report.spans[step.name] = _execute(
-                        number, total, step, env, log_dir, verbose, slot, terminal, position=0, warm_start=warm_start
-                    )  # fmt: skip
-            report.ran += [step.name for _, step in todo]
-            index += len(batch)
-        return report
+                todo.append((number, step))
+        if len(todo) > 1 and len(slots) > 1:
+            report.spans.update(_run_concurrently(todo, total, env, log_dir, verbose, slots, terminal, warm_start))
+        else:
+            for number, step in todo:
+                # a step of a parallel kind runs in a slot also alone (the same command as beside others)
+                slot = dict(slots[0]) if slots and step.parallel is not None else {}
+                report.spans[step.name] = _execute(
+                    number, total, step, env, log_dir, verbose, slot, terminal, position=0, warm_start=warm_start
+                )  # fmt: skip
+        report.ran += [step.name for _, step in todo]
+        index += len(batch)
+    return report
 
 
 def _run_concurrently(

@@ -20,6 +20,7 @@ __all__ = [
     "check_seed",
     "fold_folder",
     "read_recorded_seed",
+    "read_seed_record",
     "seed_results_root",
     "train_argv",
     "write_seed_record",
@@ -59,8 +60,8 @@ def fold_folder(
     return Path(results_root) / dataset_name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
 
 
-def read_recorded_seed(fold_dir: Path) -> int | None:
-    """The seed recorded in ``fold_dir/seed.json``, or None if the folder has no record.
+def read_seed_record(fold_dir: Path) -> dict | None:
+    """``fold_dir/seed.json`` as written by :func:`write_seed_record`, or None if the folder has no record.
 
     Raises:
         InputError: the record exists but is not JSON or holds no integer ``"seed"`` >= 0 (names the file).
@@ -69,10 +70,21 @@ def read_recorded_seed(fold_dir: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        seed = json.loads(path.read_text())["seed"]
-        return check_seed(seed)
+        record = json.loads(path.read_text())
+        check_seed(record["seed"])
+        return record
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"{path} is not a valid seed record ({e})") from None
+
+
+def read_recorded_seed(fold_dir: Path) -> int | None:
+    """The seed recorded in ``fold_dir/seed.json``, or None if the folder has no record.
+
+    Raises:
+        InputError: as :func:`read_seed_record`.
+    """
+    record = read_seed_record(fold_dir)
+    return None if record is None else record["seed"]
 
 
 def write_seed_record(fold_dir: Path, record: dict) -> Path:

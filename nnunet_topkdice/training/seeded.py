@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import os
 import random
 from collections.abc import Iterator
@@ -55,6 +54,7 @@ from nnunet_topkdice.training.layout import (
     check_seed,
     fold_folder,
     read_recorded_seed,
+    read_seed_record,
     seed_results_root,
     write_seed_record,
 )
@@ -467,11 +467,12 @@ def _check_seed_record(lookup: RunLookup, seed: int, options: TrainingOptions) -
         InputError: such a folder.
     """
     fold_dir = lookup.fold_dir
-    recorded = read_recorded_seed(fold_dir)
+    record = read_seed_record(fold_dir)
+    recorded = None if record is None else record["seed"]
     if recorded is not None and recorded != seed:
         raise InputError(f"{fold_dir} holds a run of seed {recorded}, not of --seed {seed}")
-    if recorded is not None and options.continue_training:
-        started = json.loads((fold_dir / SEED_RECORD).read_text()).get("deterministic", options.deterministic)
+    if record is not None and options.continue_training:
+        started = record.get("deterministic", options.deterministic)
         if bool(started) != options.deterministic:  # seed.json would misstate the continued part
             how = "with" if started else "without"
             raise InputError(f"--c: the run in {fold_dir} was started {how} --deterministic (seed.json); "
@@ -482,7 +483,7 @@ def _check_seed_record(lookup: RunLookup, seed: int, options: TrainingOptions) -
                          "does not exist")  # fmt: skip
     resumes = options.continue_training or options.only_run_validation
     if recorded is None and resumes and any(fold_dir.glob("checkpoint_*.pth")):
-        raise InputError(f"{fold_dir} holds checkpoints but no {fold_dir / 'seed.json'}: not a seeded run")
+        raise InputError(f"{fold_dir} holds checkpoints but no {fold_dir / SEED_RECORD}: not a seeded run")
 
 
 def _record_seed(lookup: RunLookup, seed: int, options: TrainingOptions) -> None:
