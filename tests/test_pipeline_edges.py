@@ -256,6 +256,23 @@ def test_task_summary_on_the_cpu_names_only_the_headers_lines() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("n_proc_da", "environ", "oversubscribed"),
+    [(None, {}, False), (12, {}, True), (3, {}, False), (None, {"nnUNet_n_proc_DA": "8"}, True)],
+    ids=["workers-follow-header", "n-proc-da-above", "n-proc-da-fits", "env-above"],
+)
+def test_task_summary_says_when_the_workers_outnumber_the_headers_cores(
+    n_proc_da: int | None, environ: dict[str, str], oversubscribed: bool
+) -> None:
+    """A header's -c4 with --n-proc-da 12 (or nnUNet_n_proc_DA=8) starts 13 (9) processes on 4 cores."""
+    resources = slurm_resources("cuda", 1, n_proc_da=n_proc_da, header=["#SBATCH -c4"], environ=environ)
+    summary = task_summary("cuda", resources)
+    processes = resources.n_proc_da + 1
+    note = f"{processes} processes per task (nnUNet_n_proc_DA={resources.n_proc_da} workers and one main process"
+    assert (note in summary) == oversubscribed
+    assert ("share the header's 4 cores." in summary) == oversubscribed
+
+
 def test_slurm_script_exports_the_users_trainer_folder_absolute(
     bare_shell: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -233,6 +233,10 @@ def task_summary(device: str, resources: SlurmResources) -> str:
     cpus = _header_directive(resources.header, "--cpus-per-task")
     if cpus is not None:
         asks.append(f"--cpus-per-task={cpus[1]} from --slurm-header")
+        if resources.cpus_per_task is not None and int(cpus[1]) < resources.cpus_per_task:
+            # --n-proc-da or nnUNet_n_proc_DA given with the header's cores: the workers share them
+            notes.append(f"{resources.cpus_per_task} processes per task (nnUNet_n_proc_DA={resources.n_proc_da} "
+                         f"workers and one main process per GPU) share the header's {cpus[1]} cores.")  # fmt: skip
     elif resources.cpus_per_task:
         asks.append(f"--cpus-per-task={resources.cpus_per_task}")
     if resources.n_proc_da is not None:
