@@ -29,7 +29,10 @@ from nnunet_topkdice.losses import TopKDiceOptions, channel_exclusion_mask
 from nnunet_topkdice.losses.arguments import as_real, check_non_negative
 from nnunet_topkdice.losses.tie_break import DEFAULT_TIE_BREAK_SCALE, DEFAULT_TIE_BREAK_SEED
 
-_INSTALL_HINT = "nnunet_topkdice.monai needs MONAI (>= 1.3); install it with: pip install 'monai>=1.3'"
+_INSTALL_HINT = (
+    "nnunet_topkdice.monai needs MONAI (>= 1.3), the package's 'monai' extra: pip install '.[monai]' from a clone "
+    "of nnunet-topkdice, or pip install 'monai>=1.3'"
+)
 
 try:
     from monai.networks import one_hot

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from nnunet_topkdice.losses import (
 )
 from nnunet_topkdice.losses import selection as selection_module
 from nnunet_topkdice.losses import tie_break as tie_break_module
+from nnunet_topkdice.losses.arguments import k_fraction
 from nnunet_topkdice.losses.reference import reference_exclusion, reference_topk_dice
 
 SHAPES = [(2, 4, 12, 10), (2, 3, 5, 6, 7)]
@@ -207,10 +210,14 @@ def test_a_k_that_eq_3_cannot_count_exactly_is_refused_not_rounded():
     assert n_excluded_voxels(n, 1e-6).tolist() == [9, 999, 10**9 - 10]  # floor((100 - 1e-6) / 100 n)
     assert n_excluded_voxels(n, 100 / 3).tolist() == [6, 666, 666666666]  # exactly 2/3 n, not the float's k
     assert n_excluded_voxels(n, 33.3).tolist() == [6, 667, 667000000]  # 333/10, the decimal written
+    # more decimal places: the closest fraction of denominator <= 10^6 where it matches to 12 digits
+    assert k_fraction(12.1234567) == Fraction(11625219, 958903)
+    assert n_excluded_voxels(n, 12.1234567).tolist() == [8, 878, 878765433]
     for k in (1e-9, 4e-7, 33.3333333):
-        with pytest.raises(ValueError, match=rf"k must have at most 6 decimal places .* got {k!r}"):
+        message = r"k must match a fraction of denominator at most 10\^6 to 12 significant digits"
+        with pytest.raises(ValueError, match=rf"{message} .* got {k!r}"):
             TopKDiceLoss(k=k)
-        with pytest.raises(ValueError, match=r"k must have at most 6 decimal places"):
+        with pytest.raises(ValueError, match=message):
             n_excluded_voxels(n, k)
 
 

@@ -464,4 +464,5 @@ def test_without_monai_the_package_imports_and_the_dropin_names_the_extra() -> N
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "install it with: pip install 'monai>=1.3'" in result.stdout
+    assert "the package's 'monai' extra: pip install '.[monai]'" in result.stdout
+    assert "or pip install 'monai>=1.3'" in result.stdout

@@ -50,14 +50,16 @@ def check_k(k: object, kept: str = "foreground voxels") -> float:
 
     ``kept`` names, in the error message, what ``k`` is the percent of.
     Raises:
-        ValueError: ``k`` is not a number in (0, 100], or has more than 6 decimal places and is no simple
-            fraction (1e-9 was counted as 0: every voxel excluded), with the value received.
+        ValueError: ``k`` is not a number in (0, 100], or no fraction of denominator at most
+            :data:`K_MAX_DENOMINATOR` matches it to 12 significant digits (1e-9 was counted as 0: every voxel
+            excluded), with the value received.
     """
     value = as_real(k)
     if value is None or not 0 < value <= 100:
         raise ValueError(f"k must be a number in (0, 100] (percent of {kept} kept), got {k!r}")
     if not math.isclose(float(k_fraction(value)), value, rel_tol=1e-12, abs_tol=0.0):
-        raise ValueError(f"k must have at most 6 decimal places (or be a simple fraction such as 100 / 3): eq. 3 "
+        raise ValueError(f"k must match a fraction of denominator at most 10^6 to 12 significant digits (a "
+                         f"decimal with at most 6 decimal places, or a simple fraction such as 100 / 3): eq. 3 "
                          f"counts the {kept} kept exactly, got {k!r}")  # fmt: skip
     return value
 
