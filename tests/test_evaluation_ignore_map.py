@@ -249,6 +249,37 @@ def test_show_ignore_map_shape_and_label_errors(ignore_map_case: dict, write_ima
         )
 
 
+def test_show_ignore_map_refuses_a_region_models_probabilities(ignore_map_case: dict) -> None:
+    """nnUNetv2_predict --save_probabilities of a region (sigmoid) model: one channel per region, not per class.
+
+    On a case without the innermost region (labels 0-2, 3 region channels) the map used to be drawn as if the
+    regions were softmax classes (exit 0)."""
+    root, label = ignore_map_case["root"], ignore_map_case["label"]
+    rng = np.random.default_rng(1)
+    sigmoids = rng.uniform(0.05, 0.95, (3, 2, 8, 8)).astype(np.float32)  # whole, core, enhancing
+    region_folder = root / "regions"
+    region_folder.mkdir()
+    np.savez(region_folder / "case.npz", probabilities=sigmoids)
+    region_json = {"labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3},
+                   "regions_class_order": [1, 2, 3]}  # fmt: skip
+    (region_folder / "dataset.json").write_text(json.dumps(region_json))
+    args = ([ignore_map_case["image"]], label, root / "x.png")
+    message = r"regions/case.npz: its dataset.json defines regions: probabilities of a region-based"
+    with pytest.raises(InputError, match=message):
+        show_ignore_map(*args, probabilities_file=region_folder / "case.npz")
+    # the dataset named with -d says so too, whatever lies beside the file
+    with pytest.raises(InputError, match="defines regions"):
+        show_ignore_map(*args, probabilities_file=ignore_map_case["npz"], dataset=region_json)
+    # without a dataset.json: the channels of a voxel do not sum to 1
+    (region_folder / "dataset.json").unlink()
+    with pytest.raises(InputError, match=r"sum to 0\.\d+ to [12]\.\d+ over their 3 channels, not to 1"):
+        show_ignore_map(*args, probabilities_file=region_folder / "case.npz")
+    # float16 softmax probabilities (off 1 by rounding) are still accepted
+    softmax16 = np.load(ignore_map_case["npz"])["probabilities"].astype(np.float16)
+    np.savez(region_folder / "case.npz", probabilities=softmax16)
+    assert show_ignore_map(*args, ks=[50], probabilities_file=region_folder / "case.npz")["k"][50.0]["n_excluded"]
+
+
 def _tiny_model(folder: Path) -> Path:
     """A trained-model folder as nnU-Net writes it: a tiny 2d PlainConvUNet with random weights."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer

@@ -87,6 +87,33 @@ def test_a_workdir_below_a_file_fails_before_anything_runs(
     assert "the work directory (-w/--workdir)" in capsys.readouterr().err
 
 
+def test_ce_trainers_on_a_region_dataset_fail_before_anything_runs(
+    compare_env: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The paper's CE row has no region formulation: before, the trainings before it ran for hours and the
+    run then stopped at nnU-Net's bare `AssertionError: regions not supported by this trainer`."""
+    labels = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
+    dataset_json = {"file_ending": ".nii.gz", "numTraining": 4, "labels": labels, "regions_class_order": [1, 2, 3]}
+    (compare_env["root"] / "raw" / "Dataset004_Hippo" / "dataset.json").write_text(json.dumps(dataset_json))
+    trainers = ("nnUNetTrainerDiceCEDemo", "nnUNetTrainerTopKDiceDemo", "nnUNetTrainerCEDemo", "nnUNetTrainerCELoss")
+    assert main(_compare(compare_env, *trainers)) == 2
+    err = capsys.readouterr().err
+    for refused in ("nnUNetTrainerCEDemo", "nnUNetTrainerCELoss"):  # ours and nnU-Net's own
+        assert f"Dataset004_Hippo: {refused} trains cross entropy over softmax classes, which has no region" in err
+    assert "DiceCEDemo trains" not in err and "TopKDiceDemo trains" not in err
+    assert not compare_env["workdir"].exists()
+    # the same trainers on a label dataset pass the check (the runner stub would fail the test if a step ran)
+    from nnunet_topkdice.pipeline.prechecks import check_region_support
+    from nnunet_topkdice.trainers import nnUNetTrainerCEDemo
+
+    dataset_json["labels"] = {"background": 0, "organ": 1}
+    del dataset_json["regions_class_order"]
+    path = compare_env["root"] / "raw" / "Dataset004_Hippo" / "dataset.json"
+    path.write_text(json.dumps(dataset_json))
+    check_region_support({"nnUNetTrainerCEDemo": nnUNetTrainerCEDemo}, path)
+    check_region_support({"nnUNetTrainerCEDemo": nnUNetTrainerCEDemo}, path.parent / "not_written_yet.json")
+
+
 def test_find_trainer_class_is_nnunets_lookup(compare_env: dict) -> None:
     user = str(compare_env["user"])
     assert find_trainer_class("nnUNetTrainer", []).__name__ == "nnUNetTrainer"

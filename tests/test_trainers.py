@@ -523,10 +523,15 @@ def test_region_loss_is_compiled_whole_when_fused(fused: bool, tmp_path: Path, m
 
 
 def test_nnunet_loss_rows_on_regions_are_nnunets(tmp_path: Path) -> None:
-    # docs/region_based_training.md's table: CE + Dice rows get nnU-Net's region loss, CE rows nnU-Net's refusal
+    # docs/region_based_training.md's table: CE + Dice rows get nnU-Net's region loss; the CE rows refuse,
+    # naming the trainer and why (SPEC 3), where nnU-Net's own CE trainer stops at a bare assert
     assert type(_make("nnUNetTrainerDiceCEDemo", tmp_path, regions=True).loss.loss) is DC_and_BCE_loss
+    for name in ("nnUNetTrainerCEPaper", "nnUNetTrainerCEDemo"):
+        with pytest.raises(RuntimeError, match=rf"^{name} trains cross entropy over softmax classes, which has no "
+                           "region formulation, and this dataset is region-based"):  # fmt: skip
+            _make(name, tmp_path, regions=True)
     with pytest.raises(AssertionError, match="regions not supported"):
-        _make("nnUNetTrainerCEPaper", tmp_path, regions=True)
+        _make("nnUNetTrainerCELoss", tmp_path, regions=True)
 
 
 @pytest.mark.parametrize("dim", ["2d", "3d"])

@@ -57,6 +57,19 @@ def _label_value(name: str, value: Any, source: str) -> ClassValue:
     raise InputError(f"{source}: label {name!r} must be an integer or a list of integers, got {value!r}")
 
 
+def has_regions(dataset_json: Mapping[str, Any] | None) -> bool:
+    """Whether ``dataset_json`` describes a region-based (sigmoid) dataset, by nnU-Net's own rule (a label
+    given as several values); False without one, or where nnU-Net cannot read its labels."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    if not isinstance(dataset_json, Mapping) or not isinstance(dataset_json.get("labels"), Mapping):
+        return False
+    try:
+        return LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order")).has_regions
+    except (AssertionError, KeyError, TypeError, ValueError):
+        return False
+
+
 def _json_type(value: Any) -> str:
     names = {list: "list", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
     return names.get(type(value), type(value).__name__)

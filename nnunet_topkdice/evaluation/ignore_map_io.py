@@ -216,6 +216,27 @@ def class_names(n_classes: int, dataset_json: Mapping[str, Any] | None) -> list[
     return names
 
 
+#: how far from 1 the channels of a voxel may sum: nnU-Net may store the probabilities in float16
+_SOFTMAX_SUM_TOLERANCE = 1e-2
+
+
+def _check_softmax(probabilities: np.ndarray, where: Path | str | None) -> None:
+    """Refuse probabilities that do not sum to 1 over their channels: a region-based (sigmoid) model's,
+    whose channels are regions, not classes (found this way where no dataset.json says so).
+
+    Shape: probabilities (C, *spatial).
+    Raises:
+        InputError: some voxel's channels sum further than :data:`_SOFTMAX_SUM_TOLERANCE` from 1.
+    """
+    sums = probabilities.sum(0, dtype=np.float64)
+    if not np.allclose(sums, 1.0, rtol=0.0, atol=_SOFTMAX_SUM_TOLERANCE):
+        raise InputError(
+            f"{where}: the probabilities of a voxel sum to {sums.min():.3g} to {sums.max():.3g} over their "
+            f"{probabilities.shape[0]} channels, not to 1: not softmax probabilities (a region-based, sigmoid, "
+            "model's?); the ignore map needs softmax classes"
+        )
+
+
 def _find_dataset_json(dataset: Path | Mapping | int | str | None, *candidates: Path) -> dict | None:
     """``dataset`` (a dict, or a path/id/name resolved like ``topkdice evaluate -d``), else the first
     ``dataset.json`` in ``candidates``, else None."""
@@ -248,8 +269,11 @@ def load_case(
         dataset: dataset.json (path/id/name/dict) for the label names; default the dataset.json beside the
             probability file, or the model's.
     Raises:
-        InputError: missing or unreadable files, shapes that differ, label values outside the channels.
+        InputError: missing or unreadable files, shapes that differ, label values outside the channels, or
+            probabilities of a region-based (sigmoid) model (its dataset.json says so, or the channels of a
+            voxel do not sum to 1).
     """
+    from nnunet_topkdice.evaluation.dataset import has_regions
     from nnunet_topkdice.evaluation.label_io import read_label_file
 
     if not Path(label_file).is_file():
@@ -273,9 +297,14 @@ def load_case(
         raise InputError(
             f"probabilities have spatial shape {probabilities.shape[1:]}, label {label_file} has {label.shape}"
         )
+    where = source.probabilities_file if source.probabilities_file is not None else source.model_dir
+    if has_regions(dataset_json):
+        raise InputError(f"{where}: its dataset.json defines regions: probabilities of a region-based (sigmoid) "
+                         "model; the ignore map needs softmax classes")  # fmt: skip
     ignore_label = (dataset_json or {}).get("labels", {}).get("ignore")
     n_classes = probabilities.shape[0]
     bad = sorted(set(np.unique(label).tolist()) - set(range(n_classes)) - {ignore_label})
     if bad:
         raise InputError(f"{label_file} has label value(s) {bad} outside the {n_classes} probability channels")
+    _check_softmax(probabilities, where)
     return IgnoreMapCase(image, label, spacing, probabilities, class_names(n_classes, dataset_json), ignore_label)

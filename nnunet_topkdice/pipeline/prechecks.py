@@ -5,12 +5,14 @@ must not fail hours later, at its first training, after the preprocessing and th
   ``recursive_find_python_class`` over nnU-Net's trainer folder, then each folder of
   ``nnUNet_extTrainer``, as ``nnunetv2.utilities.find_objects`` does) and is an ``nnUNetTrainer``;
 * no trainer is named twice (it would be one method, silently, and no verdict would come out);
+* on a region-based dataset, no trainer whose loss has no region formulation (CE alone) is asked for;
 * every folder the run writes into is a folder (or can be created) and is writable: the work directory,
   nnU-Net's three folders and the folder of ``--emit-slurm``'s script.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -24,6 +26,7 @@ from nnunet_topkdice.pipeline.compare import CompareConfig
 __all__ = [
     "check_before_running",
     "check_distinct_trainers",
+    "check_region_support",
     "check_trainers",
     "find_trainer_class",
     "written_folders",
@@ -72,11 +75,13 @@ def find_trainer_class(name: str, ext_trainer_folders: Iterable[str]) -> type | 
     return found
 
 
-def check_trainers(names: Collection[str], ext_trainer: str) -> None:
+def check_trainers(names: Collection[str], ext_trainer: str) -> dict[str, type]:
     """Refuse trainers that nnU-Net would not find, or that are not nnU-Net trainers.
 
     Args:
         ext_trainer: the ``nnUNet_extTrainer`` value the trainings will get (folders joined by ``os.pathsep``).
+    Returns:
+        each trainer's class, by name.
     Raises:
         InputError: naming every such trainer and where they were looked for.
     """
@@ -84,8 +89,9 @@ def check_trainers(names: Collection[str], ext_trainer: str) -> None:
 
     folders = [folder for folder in ext_trainer.split(os.pathsep) if folder.strip()]
     missing, not_trainers = [], []
+    classes = {}
     for name in dict.fromkeys(names):
-        found = find_trainer_class(name, folders)
+        found = classes[name] = find_trainer_class(name, folders)
         if found is None:
             missing.append(name)
         elif not (isinstance(found, type) and issubclass(found, nnUNetTrainer)):
@@ -101,6 +107,28 @@ def check_trainers(names: Collection[str], ext_trainer: str) -> None:
         problems.append(f"{', '.join(not_trainers)} found, but not a subclass of nnUNetTrainer")
     if problems:
         raise InputError("; ".join(problems))
+    return classes
+
+
+def check_region_support(classes: Mapping[str, type], dataset_json: Path) -> None:
+    """Refuse, before anything trains, trainers whose loss has no region formulation when ``dataset_json``
+    describes a region-based dataset (their ``_build_loss`` would stop the run at their first training,
+    after the trainings before it); nothing to check where the file does not exist yet.
+
+    Raises:
+        InputError: naming every such trainer and why.
+    """
+    from nnunet_topkdice.evaluation.dataset import has_regions
+    from nnunet_topkdice.trainers.baselines import refuses_regions, region_refusal
+
+    if not dataset_json.is_file():
+        return
+    with open(dataset_json) as f:
+        if not has_regions(json.load(f)):
+            return
+    refused = [name for name, trainer_class in classes.items() if refuses_regions(trainer_class)]
+    if refused:
+        raise InputError("; ".join(f"{dataset_json.parent.name}: {region_refusal(name)}" for name in refused))
 
 
 def written_folders(config: CompareConfig, *, emit_slurm: Path | None, writes_raw: bool) -> list[tuple[Path, str]]:
@@ -134,10 +162,12 @@ def check_before_running(
             up, since the look-up imports every trainer module (seconds) and a finished training's trainer
             was found when it ran.
     Raises:
-        InputError: a folder that is a file or not writable, an unknown trainer.
+        InputError: a folder that is a file or not writable, an unknown trainer, a trainer without a region
+            formulation on a region-based dataset.
     """
     for folder, what in written_folders(config, emit_slurm=emit_slurm, writes_raw=writes_raw):
         check_output_folder(folder, what)
     names = list(config.trainers.values()) if to_train is None else list(to_train)
     if names:
-        check_trainers(names, env.get(EXT_TRAINER_VARIABLE, ""))
+        classes = check_trainers(names, env.get(EXT_TRAINER_VARIABLE, ""))
+        check_region_support(classes, config.raw_dataset / "dataset.json")

@@ -1,4 +1,5 @@
-"""The paper's baseline losses that nnU-Net does not ship: focal + Dice and topK-CE + Dice.
+"""The paper's baseline losses that nnU-Net does not ship: focal + Dice and topK-CE + Dice; and the
+refusal of region-based datasets by the baseline that has no region formulation, CE alone.
 
 Both keep nnU-Net's default soft Dice (``MemoryEfficientSoftDiceLoss``) so that, as in the paper, only
 the cross-entropy part differs from nnU-Net's default CE + Dice. On region-based (sigmoid) datasets they
@@ -9,6 +10,7 @@ or top-k version.
 from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerCELoss import nnUNetTrainerCELoss
 from torch import nn
 
 from nnunet_topkdice.losses import DC_and_Focal_loss, DC_and_SigmoidFocal_loss, DC_and_TopKBCE_loss, DC_and_TopKCE_loss
@@ -56,3 +58,32 @@ class nnUNetTrainerTopKCEDice30(nnUNetTrainerTopKCEDice):
     """topK-CE (30 %, the paper's MSSEG setting) + nnU-Net soft Dice."""
 
     topk_k = 30.0
+
+
+def region_refusal(trainer: str) -> str:
+    """Why ``trainer``, whose loss is cross entropy over softmax classes, cannot train a region dataset."""
+    return (
+        f"{trainer} trains cross entropy over softmax classes, which has no region formulation, and this dataset "
+        "is region-based (its dataset.json gives labels as lists of values, trained with one sigmoid per "
+        "region): train it with nnUNetTrainer (BCE + Dice), nnUNetTrainerTopKDice (BCE + TopK-Dice) or another "
+        "trainer of docs/region_based_training.md"
+    )
+
+
+class SoftmaxOnly:
+    """First base of a trainer whose loss has no region formulation (the paper's CE row): on a region-based
+    dataset ``_build_loss`` refuses, naming the trainer and why, where nnU-Net's ``nnUNetTrainerCELoss``
+    stops at a bare ``assert`` (which ``python -O`` would even skip)."""
+
+    def _build_loss(self) -> nn.Module:
+        if self.label_manager.has_regions:
+            raise RuntimeError(region_refusal(type(self).__name__))
+        return super()._build_loss()
+
+
+def refuses_regions(trainer_class: type) -> bool:
+    """Whether ``trainer_class`` builds its loss with a ``_build_loss`` known to refuse region datasets
+    (:class:`SoftmaxOnly`'s, or nnU-Net's ``nnUNetTrainerCELoss``'s); a subclass that builds its own is
+    taken at its word."""
+    build = getattr(trainer_class, "_build_loss", None)
+    return build is SoftmaxOnly._build_loss or build is nnUNetTrainerCELoss._build_loss

@@ -14,6 +14,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerCELoss import nnUNetTrainerCELoss
 
 from nnunet_topkdice.trainers.baselines import (
+    SoftmaxOnly,
     nnUNetTrainerFocalDice,
     nnUNetTrainerTopKCEDice,
     nnUNetTrainerTopKCEDice30,
@@ -24,8 +25,8 @@ from nnunet_topkdice.trainers.topk_dice import nnUNetTrainerTopKDice, nnUNetTrai
 # --- the paper's schedule ---------------------------------------------------------------------------
 
 
-class nnUNetTrainerCEPaper(PaperSchedule, nnUNetTrainerCELoss):
-    """Paper row "CE" under the paper's schedule."""
+class nnUNetTrainerCEPaper(SoftmaxOnly, PaperSchedule, nnUNetTrainerCELoss):
+    """Paper row "CE" under the paper's schedule (refuses region datasets: :class:`SoftmaxOnly`)."""
 
 
 class nnUNetTrainerDiceCEPaper(PaperSchedule, nnUNetTrainer):
@@ -59,8 +60,8 @@ class nnUNetTrainerTopKDice100Paper(PaperSchedule, nnUNetTrainerTopKDice100):
 # --- the short demo schedule ------------------------------------------------------------------------
 
 
-class nnUNetTrainerCEDemo(DemoSchedule, nnUNetTrainerCELoss):
-    """Paper row "CE" under the short demo schedule."""
+class nnUNetTrainerCEDemo(SoftmaxOnly, DemoSchedule, nnUNetTrainerCELoss):
+    """Paper row "CE" under the short demo schedule (refuses region datasets: :class:`SoftmaxOnly`)."""
 
 
 class nnUNetTrainerDiceCEDemo(DemoSchedule, nnUNetTrainer):

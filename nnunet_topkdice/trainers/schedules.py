@@ -60,7 +60,8 @@ class PaperSchedule(_Schedule):
 
 
 class DemoSchedule(_Schedule):
-    """A short nnU-Net schedule for demos and end-to-end tests (under a minute on a 2-core CPU, not a real training).
+    """A short nnU-Net schedule for demos and end-to-end tests (not a real training; under a minute on a 2-core CPU
+    at the demo dataset's 40x40 patches and batch 4, longer at the patches and batches planned for larger data).
 
     Only the length changes (nnU-Net's SGD, learning rate and poly decay are kept); a checkpoint is
     written every ``demo_save_every`` epochs so that an interrupted demo resumes with ``--c``. Tune the
