@@ -263,6 +263,10 @@ def test_case_picture_with_repeats_and_no_difference(cases: dict) -> None:
     first = shown["rows"][0]
     assert first["case"] == "c0" and first["method_dice"] == pytest.approx((_dice(0) + _dice(2)) / 2)
     assert first["method_dice_drawn"] == pytest.approx(_dice(0))  # the first repeat is drawn
+    # its title names it as per_case.csv numbers it: repeat 0
+    from nnunet_topkdice.evaluation.case_pictures import _title
+
+    assert "drawn: repeat 0 (Dice" in _title(first, "A", "B", repeated=True)
     same = json.loads((out / "cases" / "same_vs_A.json").read_text())
     assert same["rows"] == [] and same["axes_shape"] == [0, 0]
     assert (out / "cases" / "same_vs_A.png").is_file()

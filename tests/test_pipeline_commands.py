@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -269,6 +270,33 @@ def test_link_files_links_once_and_replaces_stale(tmp_path: Path) -> None:
     assert (out / "a.nii.gz").read_text() == "retrained"
 
 
+def test_link_files_removes_the_files_not_asked_for(tmp_path: Path) -> None:
+    """A case of an earlier run's folds stayed in the folder and was evaluated again (issue: fewer folds)."""
+    sources = {name: tmp_path / name for name in ("a.nii.gz", "b.nii.gz")}
+    for source in sources.values():
+        source.write_text("x")
+    out = tmp_path / "out"
+    state.link_files(sources, out)
+    (out / ".c.nii.gz.tmp").write_text("a copy in progress")
+    smaller = {"a.nii.gz": sources["a.nii.gz"]}
+    assert not state.files_linked(smaller, out)  # b is not asked for any more
+    state.link_files(smaller, out)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.nii.gz"]
+    assert state.files_linked(smaller, out) and sources["b.nii.gz"].read_text() == "x"  # the source stays
+
+
+def test_evaluation_stamp_changes_with_the_files_read(tmp_path: Path) -> None:
+    folder = tmp_path / "p"
+    folder.mkdir()
+    for case in ("a", "b"):
+        (folder / f"{case}.nii.gz").write_text("x")
+    before = state.evaluation_stamp(["evaluate"], [folder], ".nii.gz")
+    os.utime(folder / "b.nii.gz", (0, 0))
+    (folder / "b.nii.gz").unlink()  # the newest file's time is a's: only the listing tells them apart
+    after = state.evaluation_stamp(["evaluate"], [folder], ".nii.gz")
+    assert before["command"] == after["command"] and before["files"] != after["files"]
+
+
 def test_parse_dataset() -> None:
     assert state.parse_dataset("4") == (4, None)
     assert state.parse_dataset("Dataset004_Hippocampus") == (4, "Dataset004_Hippocampus")
@@ -348,12 +376,73 @@ def test_plan_of_a_dataset_without_split_is_nnunets_split(tmp_path: Path) -> Non
     for case in cases:
         (config.raw_dataset / "imagesTr" / f"{case}_0000.nii.gz").touch()
     plan = resolve_plan(config)
-    assert plan.folds == ("0", "1", "2", "3", "4") and not plan.split_on_disk and plan.covers_every_case
+    assert plan.folds == ("0", "1", "2", "3", "4") and not plan.split_on_disk
     steps = {step.name: step for step in compare_steps(plan)}
     _mkdir(config.preprocessed_dataset)
     steps["split"].action(tmp_path / "split.log")
     assert state.read_splits(config.preprocessed_dataset) == state.nnunet_split(cases)
     assert steps["split"].done() == "split exists"
+
+
+def _splits_over(config: CompareConfig, cases: list[str], n_folds: int) -> None:
+    folds = [cases[i::n_folds] for i in range(n_folds)]
+    splits = [{"train": [c for c in cases if c not in val], "val": val} for val in folds]
+    state.write_splits(_mkdir(config.preprocessed_dataset), splits)
+
+
+def _validate(config: CompareConfig, trainer: str, seed: int, folds: dict[str, list[str]]) -> None:
+    for fold, cases in folds.items():
+        validation = _mkdir(config.training_dir(trainer, seed, fold) / "validation")
+        for case in cases:
+            (validation / f"{case}.nii.gz").write_text(f"{trainer} {seed} {case}")
+
+
+def test_the_reference_and_the_predictions_hold_the_cases_of_the_folds_asked_for(tmp_path: Path) -> None:
+    """Folds 0 1, then fold 0 alone: fold 1's cases were still scored (and, with a seed added, the
+    evaluation failed on them); a split of one's own that leaves cases out failed after every training."""
+    config = _config(tmp_path, folds=("0", "1"), seeds=(0,), trainers={"A": "TrainerA"})
+    labels = _mkdir(config.raw_dataset / "labelsTr")
+    cases = [f"case{i}" for i in range(6)]
+    for case in [*cases, "left_out"]:  # labelsTr holds a case that the split does not validate
+        (labels / f"{case}.nii.gz").write_text(case)
+    _splits_over(config, cases, 2)
+    _validate(config, "TrainerA", 0, {"0": cases[0::2], "1": cases[1::2]})
+
+    def run(plan_config: CompareConfig) -> tuple[list[str], list[str]]:
+        plan = resolve_plan(plan_config)
+        steps = {step.name: step for step in compare_steps(plan)}
+        for name in ("collect_reference", "collect_TrainerA_seed0"):
+            if steps[name].done() is None:
+                steps[name].action(tmp_path / f"{name}.log")
+            assert steps[name].done() == "already collected"
+        listing = [sorted(p.stem.removesuffix(".nii") for p in folder.iterdir())
+                   for folder in (reference_dir(plan), plan.predictions_dir("A", 0))]  # fmt: skip
+        return listing[0], listing[1]
+
+    every_fold = run(config)
+    assert every_fold == (cases, cases)  # every fold of the split: its cases, not labelsTr's "left_out"
+    fold_0 = run(dataclasses.replace(config, folds=("0",)))
+    assert fold_0 == (cases[0::2], cases[0::2])
+
+
+def test_schedule_warnings_name_the_trainings_that_differ(tmp_path: Path) -> None:
+    """Seeds 0-1 trained with 2 epochs, seed 2 (added later) with 3: they were pooled silently."""
+    from nnunet_topkdice.pipeline.compare import schedule_warnings
+
+    config = _config(tmp_path, folds=("0",), seeds=(0, 1, 2))
+    for trainer in ("TrainerA", "TrainerB"):
+        for seed in (0, 1, 2):
+            epochs = "3" if trainer == "TrainerA" and seed == 2 else "2"
+            debug = {"num_epochs": epochs, "num_iterations_per_epoch": "4", "initial_lr": "0.01", "batch_size": "4"}
+            (_mkdir(config.training_dir(trainer, seed, "0")) / "debug.json").write_text(json.dumps(debug))
+    plan = resolve_plan(config)
+    assert schedule_warnings(plan) == [
+        "Warning: the trainings of A pooled in this verdict ran with different schedules: num_epochs=2 (seed 0 "
+        "fold 0, seed 1 fold 0); num_epochs=3 (seed 2 fold 0). A finished training is reused as it is; to train "
+        "it again with the current schedule, remove its fold folder (or use other -w and nnUNet_results folders)."
+    ]
+    (config.training_dir("TrainerA", 2, "0") / "debug.json").unlink()  # unreadable: left out
+    assert schedule_warnings(plan) == []
 
 
 def test_plan_refuses_a_fold_the_split_lacks(tmp_path: Path) -> None:
@@ -522,6 +611,20 @@ def test_runner_failure_shows_the_logs_tail(tmp_path: Path) -> None:
     text = stream.getvalue()
     assert "FAILED (exit code 4): fails" in text and "line 29" in text and "line 9\n" not in text
     assert f"whole log: {tmp_path / 'fails.log'}" in text and "never" not in text
+
+
+def test_runner_failure_shows_only_this_runs_lines(tmp_path: Path) -> None:
+    """The step's log keeps every run; a failure showed the previous, successful run's output first."""
+    import io
+
+    (tmp_path / "fails.log").write_text("".join(f"earlier run's line {i}\n" for i in range(30)))
+    step = _command_step("fails", "import sys; print('this run'); sys.exit(3)")
+    stream = io.StringIO()
+    with pytest.raises(subprocess.CalledProcessError):
+        run_steps([step], dict(os.environ), log_dir=tmp_path, stream=stream)
+    tail = stream.getvalue().split("FAILED (exit code 3): fails\n", 1)[1]
+    assert "this run" in tail and "earlier run" not in tail
+    assert "earlier run's line 0" in (tmp_path / "fails.log").read_text()  # the log itself keeps both
 
 
 def test_runner_runs_parallel_steps_one_per_slot(tmp_path: Path) -> None:

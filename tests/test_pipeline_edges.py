@@ -342,7 +342,8 @@ def test_compare_uses_the_dataset_where_it_was_found(bare_shell: Path, capsys: p
     assert exports["nnUNet_raw"] == str(raw.parent.resolve())
     assert exports["nnUNet_preprocessed"] == str(work / "nnUNet_preprocessed")
     assert f"nnUNet_raw not set: using {raw.parent.resolve()} (where the dataset is)" in err
-    assert f"-r {raw.resolve() / 'labelsTr'}" in out  # the evaluation reads the labels there too
+    assert f"validate, from {raw.resolve() / 'labelsTr'}" in out  # the evaluation reads the labels there too
+    assert f"-r {(work / 'crossval' / 'reference').resolve()}" in out
 
 
 def test_compare_finds_the_dataset_in_the_workdir(bare_shell: Path, capsys: pytest.CaptureFixture) -> None:

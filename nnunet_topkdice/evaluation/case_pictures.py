@@ -225,7 +225,7 @@ def _title(row: Mapping[str, Any], baseline: str, method: str, repeated: bool) -
     )
     if repeated:
         head += (
-            f"\nmean over the repeats; drawn: repeat 1 (Dice {row['baseline_dice_drawn']:.3f} vs "
+            f"\nmean over the repeats; drawn: repeat 0 (Dice {row['baseline_dice_drawn']:.3f} vs "
             f"{row['method_dice_drawn']:.3f}), slice {row['slice']}"
         )
     else:

@@ -45,8 +45,7 @@ def compare_steps(plan: ComparePlan) -> list[Step]:
     if config.test_set:
         steps += [prediction_step(plan, seed) for seed in config.seeds]
     else:
-        if not plan.covers_every_case:
-            steps.append(reference_step(plan))
+        steps.append(reference_step(plan))
         steps += [collect_step(plan, name, seed) for seed in config.seeds for name in config.trainers]
     steps.append(evaluation_step(plan))
     return steps
@@ -226,13 +225,12 @@ def reference_dir(plan: ComparePlan) -> Path:
     config = plan.config
     if config.test_set:
         return config.raw_dataset / "labelsTs"
-    if plan.covers_every_case:
-        return config.raw_dataset / "labelsTr"
     return config.workdir / CROSSVAL / "reference"
 
 
 def reference_step(plan: ComparePlan) -> Step:
-    """The labels of the cases that the requested folds validate (fewer folds than the split has)."""
+    """The labels of the cases that the requested folds validate: all of them, and only them (a split of
+    one's own may leave cases of labelsTr out; an earlier run may have asked for more folds)."""
     out_dir = reference_dir(plan)
     labels = plan.config.raw_dataset / "labelsTr"
     sources = {case + plan.file_ending: labels / (case + plan.file_ending)
@@ -245,7 +243,7 @@ def reference_step(plan: ComparePlan) -> Step:
         state.link_files(sources, out_dir)
         log_file.write_text(f"linked {len(sources)} reference labels into {out_dir}\n")
 
-    title = f"Collecting the labels of the cases that folds {' '.join(plan.folds)} validate"
+    title = f"Collecting the labels of the cases that folds {' '.join(plan.folds)} validate, from {labels}"
     return Step("collect_reference", title, done, action=action)
 
 
@@ -270,7 +268,7 @@ def evaluation_step(plan: ComparePlan) -> Step:
     )  # fmt: skip
 
     def stamp() -> dict:
-        return state.evaluation_stamp(argv, [folder for _, folder in runs], plan.file_ending)
+        return state.evaluation_stamp(argv, [*(folder for _, folder in runs), reference_dir(plan)], plan.file_ending)
 
     def done() -> str | None:
         return "already evaluated" if state.evaluation_current(plan.evaluation_dir, stamp()) else None
@@ -280,6 +278,42 @@ def evaluation_step(plan: ComparePlan) -> Step:
 
     what = "the test set" if config.test_set else "the cross-validation"
     return Step("evaluate", f"Evaluating {what}", done, lambda: Command(tuple(argv)), after=after)
+
+
+#: nnU-Net's ``debug.json`` entries that say how long and how a training ran
+SCHEDULE_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "initial_lr",
+                 "weight_decay", "batch_size")  # fmt: skip
+
+
+def schedule_warnings(plan: ComparePlan) -> list[str]:
+    """One warning per trainer whose trainings pooled in the verdict (its seeds and folds) ran with different
+    schedules, read from each training's ``debug.json``: a finished training is reused as it is, so a
+    schedule changed between runs (its class attributes) would otherwise be pooled with the old one silently.
+    Trainings without a readable ``debug.json`` are left out."""
+    config = plan.config
+    warnings = []
+    for name, trainer in config.trainers.items():
+        runs: dict[str, dict[str, str]] = {}
+        for seed in config.seeds:
+            for fold in plan.folds:
+                try:
+                    debug = json.loads((config.training_dir(trainer, seed, fold) / "debug.json").read_text())
+                except (OSError, ValueError):
+                    continue
+                runs[f"seed {seed} fold {fold}"] = {key: str(debug.get(key)) for key in SCHEDULE_KEYS}
+        differing = [key for key in SCHEDULE_KEYS if len({run[key] for run in runs.values()}) > 1]
+        if not differing:
+            continue
+        groups: dict[str, list[str]] = {}
+        for where, run in runs.items():
+            groups.setdefault(", ".join(f"{key}={run[key]}" for key in differing), []).append(where)
+        listed = "; ".join(f"{schedule} ({', '.join(where)})" for schedule, where in groups.items())
+        warnings.append(
+            f"Warning: the trainings of {name} pooled in this verdict ran with different schedules: {listed}. "
+            "A finished training is reused as it is; to train it again with the current schedule, remove its "
+            "fold folder (or use other -w and nnUNet_results folders)."
+        )
+    return warnings
 
 
 def unset_only(defaults: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:

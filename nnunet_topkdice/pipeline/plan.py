@@ -147,11 +147,6 @@ class ComparePlan:
         """Cross-validation: fold -> its validation case ids (empty before the dataset exists)."""
         return state.validation_cases(self.splits, self.folds) if self.splits else {}
 
-    @property
-    def covers_every_case(self) -> bool:
-        """True when the folds' validation sets are the whole training set (every fold of the split)."""
-        n_folds = len(self.splits) if self.splits else state.NNUNET_NUM_FOLDS
-        return set(self.folds) == {str(i) for i in range(n_folds)}
 
 
 def _read_dataset_json(raw_dataset: Path) -> dict | None:

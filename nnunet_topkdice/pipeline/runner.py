@@ -60,10 +60,13 @@ def describe_steps(steps: Sequence[Step], parallel_env: Mapping[str, str] | None
     return lines
 
 
-def log_tail(log_file: Path, n_lines: int = FAILURE_TAIL_LINES) -> list[str]:
-    """The last ``n_lines`` lines of a log file (empty if it does not exist)."""
+def log_tail(log_file: Path, n_lines: int = FAILURE_TAIL_LINES, start: int = 0) -> list[str]:
+    """The last ``n_lines`` lines of a log file from byte ``start`` on (this run's part of a log that every
+    run of the step appends to); empty if it does not exist."""
     try:
-        return log_file.read_text(errors="replace").splitlines()[-n_lines:]
+        with open(log_file, "rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace").splitlines()[-n_lines:]
     except OSError:
         return []
 
@@ -233,6 +236,7 @@ def _execute(
         _set(announced)
         bar = TrainingBar(step.title, step.training_dir, stream=terminal.stream, position=position)
         bar_used = step.training_dir is not None and not verbose
+        this_run = log_file.stat().st_size if log_file.is_file() else 0  # where this run's lines begin
         with open(log_file, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: follow it live
             log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} $ {command.shell()}\n")
             log.flush()
@@ -264,7 +268,7 @@ def _execute(
             with terminal.lock:
                 bar.close(returncode == 0)
         if returncode != 0:
-            tail = "\n".join("    " + line for line in log_tail(log_file))
+            tail = "\n".join("    " + line for line in log_tail(log_file, start=this_run))
             terminal.line(f"FAILED (exit code {returncode}): {step.title}\n{tail}\n  whole log: {log_file}")
             raise subprocess.CalledProcessError(returncode, command.shell())
     if step.after is not None:

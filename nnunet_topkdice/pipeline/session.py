@@ -23,6 +23,7 @@ from nnunet_topkdice.pipeline.compare import (
     compare_steps,
     exported_variables,
     resolve_plan,
+    schedule_warnings,
     training_jobs,
 )
 from nnunet_topkdice.pipeline.prechecks import check_before_running
@@ -109,6 +110,8 @@ def run_session(
                         first=len(before) + 1, total=total, warm_start=warm_start)  # fmt: skip
     elapsed = time.monotonic() - started
     print_summary(plan)
+    for line in schedule_warnings(plan):
+        _err(line)
     if not report.ran:
         _err("Nothing left to do: every step had already been done.")
     elif show_times:

@@ -6,6 +6,7 @@ Pure look-ups of files (nothing here writes, except :func:`write_splits` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -259,11 +260,16 @@ def newest(paths: Iterable[Path]) -> Path | None:
 
 
 def link_files(sources: Mapping[str, Path], out_dir: Path) -> None:
-    """Make ``out_dir/<name>`` the file ``sources[name]``: a hard link, or a copy across file systems.
+    """Make ``out_dir`` hold exactly the files ``sources``: ``out_dir/<name>`` a hard link to
+    ``sources[name]``, or a copy across file systems.
 
-    Files already there that are the same file (or an up-to-date copy) are kept; other files are replaced.
+    Files already there that are the same file (or an up-to-date copy) are kept; other files are replaced,
+    and files that are not in ``sources`` (a case of an earlier run's folds or split) are removed, so that
+    the evaluation reads only the cases asked for. ``out_dir`` is the pipeline's own folder.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in _extra_files(sources, out_dir):
+        stale.unlink()
     for name, source in sources.items():
         target = out_dir / name
         if _same_content(source, target):
@@ -286,9 +292,17 @@ def _same_content(source: Path, target: Path) -> bool:
     return s.st_size == t.st_size and s.st_mtime <= t.st_mtime
 
 
+def _extra_files(sources: Mapping[str, Path], out_dir: Path) -> list[Path]:
+    """The files of ``out_dir`` that are not in ``sources`` (hidden ones, such as a copy in progress, aside)."""
+    if not out_dir.is_dir():
+        return []
+    return [p for p in out_dir.iterdir() if p.name not in sources and not p.name.startswith(".") and not p.is_dir()]
+
+
 def files_linked(sources: Mapping[str, Path], out_dir: Path) -> bool:
     """True when :func:`link_files` has nothing left to do."""
-    return all(source.is_file() and _same_content(source, out_dir / name) for name, source in sources.items())
+    linked = all(source.is_file() and _same_content(source, out_dir / name) for name, source in sources.items())
+    return linked and not _extra_files(sources, out_dir)
 
 
 # --- evaluations --------------------------------------------------------------------------------------
@@ -297,12 +311,16 @@ EVALUATION_FILES: tuple[str, ...] = ("results.json", "table.md", "table.csv", "p
 EVALUATION_STAMP = ".topkdice_pipeline.json"  # what the evaluation in a folder was run on
 
 
-def evaluation_stamp(argv: Sequence[str], prediction_dirs: Iterable[Path], file_ending: str) -> dict:
-    """What makes an evaluation current: its command and the newest prediction file it read."""
-    newest_mtime = max(
-        (p.stat().st_mtime for folder in prediction_dirs for p in Path(folder).glob("*" + file_ending)), default=0.0
-    )
-    return {"command": list(argv), "newest_prediction": newest_mtime}
+def evaluation_stamp(argv: Sequence[str], folders: Iterable[Path], file_ending: str) -> dict:
+    """What makes an evaluation current: its command, the newest file it read and which files those are
+    (the same command reads other cases when the folds asked for change).
+
+    ``folders``: the prediction folders and the reference folder the command reads.
+    """
+    files = sorted(p for folder in folders for p in Path(folder).glob("*" + file_ending))
+    newest_mtime = max((p.stat().st_mtime for p in files), default=0.0)
+    listing = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()
+    return {"command": list(argv), "newest_prediction": newest_mtime, "files": listing}
 
 
 def evaluation_current(out_dir: Path, stamp: dict) -> bool:
