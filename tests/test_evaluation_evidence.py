@@ -201,6 +201,24 @@ def test_figure_orders_classes_by_median_reference_size(
     assert drawn == [["small", "big"], ["small", "big"]]  # the Dice panel and the differences panel
 
 
+def test_figure_titles_fit_the_figure(two_class_results: tuple[dict, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the narrowest figure (9 inches, two classes) the differences panel's title was cut at both edges."""
+    from nnunet_topkdice.evaluation import plots
+
+    results, out = two_class_results
+    assert results["comparisons"]  # the panels with the long titles are drawn
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    plots.plot_results(results, out / "titles.png")
+    (figure,) = figures
+    renderer = figure.canvas.get_renderer()
+    titles = [ax.title for ax in figure.axes if ax.get_title()]
+    assert len(titles) == 4
+    for title in titles:
+        box = title.get_window_extent(renderer)
+        assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1, title.get_text()
+
+
 def test_classes_by_size_keeps_the_order_of_equal_sizes_and_without_counts() -> None:
     classes = [{"name": "a"}, {"name": "b"}, {"name": "c"}]
     counts = {"a": 5, "b": 2, "c": 5}

@@ -150,7 +150,7 @@ def _draw_differences(ax, results: dict, colours: dict) -> None:
     ax.axhline(0, color="black", linewidth=0.8)
     _class_axis(ax, classes, extra=("case score\n(all classes)",))
     ax.set_ylabel("difference (percentage points)")
-    ax.set_title(f"Paired Dice difference with {results['baseline']!r}: mean, 95% case-bootstrap CI (these "
+    ax.set_title(f"Paired Dice difference with {results['baseline']!r}:\nmean, 95% case-bootstrap CI (these "
                  "trained models; exploratory)")
     ax.grid(axis="y", alpha=0.3)
 
@@ -197,7 +197,7 @@ def _draw_seed_differences(ax, results: dict, colours: dict) -> None:
     ax.set_xticklabels(labels)
     ax.set_xlim(-0.6, len(labels) - 0.4)
     ax.set_ylabel("difference (percentage points)")
-    ax.set_title("Case-score difference per repeat (95% case-bootstrap CI) and crossed (95% CI, seeds, cases random)")
+    ax.set_title("Case-score difference per repeat (95% case-bootstrap CI)\nand crossed (95% CI, seeds and cases random)")
     ax.grid(axis="y", alpha=0.3)
 
 
