@@ -197,7 +197,8 @@ def _draw_seed_differences(ax, results: dict, colours: dict) -> None:
     ax.set_xticklabels(labels)
     ax.set_xlim(-0.6, len(labels) - 0.4)
     ax.set_ylabel("difference (percentage points)")
-    ax.set_title("Case-score difference per repeat (95% case-bootstrap CI)\nand crossed (95% CI, seeds and cases random)")
+    ax.set_title("Case-score difference per repeat (95% case-bootstrap CI)\n"
+                 "and crossed (95% CI, seeds and cases random)")
     ax.grid(axis="y", alpha=0.3)
 
 
