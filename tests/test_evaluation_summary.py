@@ -140,6 +140,64 @@ def test_missing_scikit_posthocs_writes_the_tables_and_says_how_to_install(
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.json", "summary.md"]
 
 
+def test_friedman_when_every_method_ties(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every method ties on every dataset: scipy's statistic is NaN, which crashed the JSON (exit 1, nothing
+    written); and a diagram of an earlier summary in the same folder was left behind."""
+    _write(tmp_path, 3)
+    out = tmp_path / "summary"
+    assert main(["summary", str(tmp_path), "-o", str(out)]) == 0
+    assert (out / "critical_difference.png").is_file()
+    for d in range(3):
+        path = tmp_path / f"topkdice_ds{d}" / "evaluation" / "results.json"
+        results = json.loads(path.read_text())
+        for run in results["runs"].values():
+            run["mean"]["Dice"] = 0.5
+        path.write_text(json.dumps(results))
+    assert main(["summary", str(tmp_path), "-o", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    friedman = json.loads((out / "summary.json").read_text())["friedman"]
+    assert friedman["statistic"] is None and friedman["p_value"] is None
+    assert friedman["mean_ranks"] == {"base": 2.0, "A": 2.0, "B": 2.0}
+    assert ("Friedman test of 3 methods over 3 datasets (mean Dice): chi2 = undefined, p = n/a; mean ranks (1 = "
+            "best): base 2.00, A 2.00, B 2.00 (every method ties on every dataset: Friedman's statistic is "
+            "undefined)") in stdout  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.json", "summary.md"]
+
+
+def test_the_summary_says_why_friedmans_test_is_missing(tmp_path: Path) -> None:
+    """Three methods, but one missing from a dataset (or one mean Dice undefined): the test was left out
+    without a word; methods were also taken from the first evaluation only."""
+    paths = _write(tmp_path, 3)
+    results = json.loads(paths[0].read_text())
+    del results["runs"]["B"]
+    results["comparisons"] = [c for c in results["comparisons"] if c["method"] != "B"]
+    paths[0].write_text(json.dumps(results))
+    from nnunet_topkdice.evaluation.summary import to_markdown
+
+    summary = summarise(load_evaluations(find_results([tmp_path])))
+    assert summary["friedman"] == {"note": "no Friedman test: it needs 3 or more methods evaluated on every "
+                                           "dataset, and 2 are (B from Dataset0 missing)"}  # fmt: skip
+    assert "No Friedman test: it needs 3 or more methods" in to_markdown(summary)
+    results = json.loads(paths[1].read_text())
+    results["runs"]["A"]["mean"]["Dice"] = None
+    paths[1].write_text(json.dumps(results))
+    paths[0].write_text(json.dumps(_results("Dataset0", 0)))
+    summary = summarise(load_evaluations(find_results([tmp_path])))
+    assert summary["friedman"] == {"note": "no Friedman test: the mean Dice of A on Dataset1 is undefined"}
+
+
+def test_a_dataset_evaluated_twice_is_named(tmp_path: Path) -> None:
+    paths = _write(tmp_path, 2)
+    paths[1].write_text(json.dumps(_results("Dataset0", 1)))  # the same dataset, another evaluation
+    from nnunet_topkdice.evaluation.summary import to_markdown
+
+    summary = summarise(load_evaluations(find_results([tmp_path])))
+    assert summary["repeated_datasets"] == ["Dataset0"] and summary["friedman"]["statistic"] is not None
+    assert "Dataset0 evaluated more than once: each evaluation counts as a dataset in the tests across" in (
+        to_markdown(summary)
+    )
+
+
 def test_two_methods_and_duplicate_names(tmp_path: Path) -> None:
     for d in range(2):
         results = _results("Same", d)

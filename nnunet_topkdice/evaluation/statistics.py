@@ -462,12 +462,14 @@ def friedman_test(scores: np.ndarray) -> Friedman:
 
     Shape:
         scores: (n_blocks, n_methods) float without NaN, higher is better; n_methods >= 3, n_blocks >= 2.
+    returns: statistic and p NaN where every block ties (0 / 0), without a warning.
     Raises:
         ValueError: fewer than 3 methods or 2 blocks, or NaN.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] < 3 or scores.shape[0] < 2 or np.isnan(scores).any():
         raise ValueError(f"scores must be (n_blocks >= 2, n_methods >= 3) without NaN, got {scores.shape}")
-    result = stats.friedmanchisquare(*scores.T)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = stats.friedmanchisquare(*scores.T)
     ranks = stats.rankdata(-scores, axis=1).mean(axis=0)  # rank 1 = the highest score of a block
     return Friedman(float(result.statistic), float(result.pvalue), tuple(float(r) for r in ranks))

@@ -37,8 +37,10 @@ __all__ = [
     "across_datasets",
     "find_results",
     "friedman_block",
+    "has_friedman_test",
     "load_evaluations",
     "plot_critical_difference",
+    "repeated_datasets",
     "summarise",
     "summary_rows",
     "to_csv",
@@ -158,26 +160,53 @@ def across_datasets(rows: Sequence[dict]) -> list[dict]:
 def friedman_block(evaluations: Sequence[tuple[str, dict]]) -> dict | None:
     """Friedman's test of the methods evaluated on every dataset (mean Dice over each method's repeats,
     datasets as blocks): ``methods``, ``datasets``, ``scores`` (datasets x methods), ``statistic``,
-    ``p_value``, ``mean_ranks`` (1 = best). None with fewer than 3 such methods, fewer than 2 datasets, or
-    an undefined mean Dice."""
+    ``p_value``, ``mean_ranks`` (1 = best) and ``note`` (None, or why the statistic and p are None: every
+    method ties on every dataset).
+
+    None with fewer than 2 datasets or fewer than 3 methods in all; ``{"note": why}`` alone where 3 or more
+    methods are evaluated but the test cannot run (fewer than 3 of them on every dataset, or an undefined
+    mean Dice), so that the summary says why it is missing.
+    """
     if len(evaluations) < 2:
         return None
-    first = evaluations[0][1]["runs"]
-    methods = [m for m in first if all(m in results["runs"] for _, results in evaluations)]
+    every = list(dict.fromkeys(m for _, results in evaluations for m in results["runs"]))
+    if len(every) < MIN_METHODS_FOR_FRIEDMAN:
+        return None
+    methods = [m for m in every if all(m in results["runs"] for _, results in evaluations)]
     if len(methods) < MIN_METHODS_FOR_FRIEDMAN:
-        return None
+        missing = [f"{m} from {', '.join(label for label, r in evaluations if m not in r['runs'])}"
+                   for m in every if m not in methods]  # fmt: skip
+        return {"note": f"no Friedman test: it needs {MIN_METHODS_FOR_FRIEDMAN} or more methods evaluated on every "
+                        f"dataset, and {len(methods)} are ({'; '.join(missing)} missing)"}  # fmt: skip
     scores = [[results["runs"][m]["mean"]["Dice"] for m in methods] for _, results in evaluations]
-    if any(v is None for row in scores for v in row):
-        return None
+    undefined = [f"{m} on {label}" for (label, _), row in zip(evaluations, scores, strict=True)
+                 for m, v in zip(methods, row, strict=True) if v is None]  # fmt: skip
+    if undefined:
+        return {"note": f"no Friedman test: the mean Dice of {', '.join(undefined)} is undefined"}
     result = friedman_test(np.array(scores, dtype=np.float64))
+    tied = not np.isfinite(result.statistic)  # scipy's statistic of blocks that all tie is 0 / 0
     return {
         "methods": methods,
         "datasets": [label for label, _ in evaluations],
         "scores": scores,
-        "statistic": result.statistic,
-        "p_value": result.p_value,
+        "statistic": None if tied else result.statistic,
+        "p_value": None if tied or not np.isfinite(result.p_value) else result.p_value,
         "mean_ranks": dict(zip(methods, result.mean_ranks, strict=True)),
+        "note": "every method ties on every dataset: Friedman's statistic is undefined" if tied else None,
     }
+
+
+def has_friedman_test(summary: dict) -> bool:
+    """Whether the summary holds a Friedman statistic (and so a critical-difference diagram)."""
+    friedman = summary["friedman"]
+    return bool(friedman) and friedman.get("statistic") is not None
+
+
+def repeated_datasets(evaluations: Sequence[tuple[str, dict]]) -> list[str]:
+    """The dataset names that more than one evaluation carries (each counts as a dataset in the tests
+    across datasets: the same data evaluated twice would count twice)."""
+    names = [(results.get("dataset") or {}).get("name") for _, results in evaluations]
+    return sorted({name for name in names if name and names.count(name) > 1})
 
 
 def summarise(evaluations: Sequence[tuple[str, dict]]) -> dict:
@@ -189,6 +218,7 @@ def summarise(evaluations: Sequence[tuple[str, dict]]) -> dict:
         "rows": rows,
         "across_datasets": across_datasets(rows),
         "friedman": friedman_block(evaluations),
+        "repeated_datasets": repeated_datasets(evaluations),
     }
 
 
@@ -258,11 +288,19 @@ def _across_lines(summary: dict) -> list[str]:
             text += f"; with fewer than {MIN_CASES_FOR_005} datasets it cannot reach 0.05"
         lines.append(text)
     friedman = summary["friedman"]
-    if friedman:
+    if friedman and "methods" in friedman:
         ranks = ", ".join(f"{m} {r:.2f}" for m, r in sorted(friedman["mean_ranks"].items(), key=lambda x: x[1]))
-        lines.append(f"Friedman test of {len(friedman['methods'])} methods over {len(friedman['datasets'])} "
-                     f"datasets (mean Dice): chi2 = {friedman['statistic']:.2f}, p = {_p(friedman['p_value'])}; "
-                     f"mean ranks (1 = best): {ranks}")  # fmt: skip
+        statistic = "undefined" if friedman["statistic"] is None else f"{friedman['statistic']:.2f}"
+        text = (f"Friedman test of {len(friedman['methods'])} methods over {len(friedman['datasets'])} "
+                f"datasets (mean Dice): chi2 = {statistic}, p = {_p(friedman['p_value'])}; "
+                f"mean ranks (1 = best): {ranks}")  # fmt: skip
+        lines.append(text if friedman["note"] is None else f"{text} ({friedman['note']})")
+    elif friedman:
+        lines.append(friedman["note"][0].upper() + friedman["note"][1:])
+    repeated = summary.get("repeated_datasets") or []
+    if repeated and (summary["across_datasets"] or has_friedman_test(summary)):
+        lines.append(f"{', '.join(repeated)} evaluated more than once: each evaluation counts as a dataset in "
+                     "the tests across datasets")  # fmt: skip
     return lines
 
 
@@ -331,7 +369,9 @@ def write_summary(summary: dict, out_dir: Path) -> list[Path]:
         for path in temporary.values():
             path.unlink(missing_ok=True)
     written = [out_dir / name for name in contents]
-    if summary["friedman"]:
+    if not has_friedman_test(summary):
+        (out_dir / CD_DIAGRAM).unlink(missing_ok=True)  # an earlier summary's in this folder: not this one's
+    else:
         partial = out_dir / f".{CD_DIAGRAM}.partial.png"
         try:
             plot_critical_difference(summary["friedman"], partial)
