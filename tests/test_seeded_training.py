@@ -223,6 +223,22 @@ def test_train_seeded_needs_results_folder(monkeypatch: pytest.MonkeyPatch) -> N
         train_seeded(1, "2d", 0, seed=0, device="cpu")
 
 
+def test_dataset_names_are_checked_like_nnunets(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The shared look-up (nnunet_topkdice.nnunet_folders) keeps topkdice train's messages."""
+    monkeypatch.setenv("nnUNet_results", "/nonexistent/results")
+    monkeypatch.setenv("nnUNet_preprocessed", "/nonexistent/preprocessed")
+    assert main(["train", "--seed", "0", "Tiny", "2d", "0", "-device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "topkdice train: error: DATASET must be an integer id or a name like Dataset123_Name, got 'Tiny'\n"
+    )
+    monkeypatch.delenv("nnUNet_preprocessed")
+    assert main(["train", "--seed", "0", "Tiny", "2d", "0", "-device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "topkdice train: error: nnUNet_preprocessed is not set: seeded training needs nnU-Net's nnUNet_preprocessed "
+        "folder\n"
+    )
+
+
 def test_train_seeded_checks_the_plans_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nnunet_topkdice.training.seeded import train_seeded
 
