@@ -52,6 +52,7 @@ from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.ext import environment_with_trainers
 from nnunet_topkdice.training.layout import (
     SEED_RECORD,
+    check_not_seed_root,
     check_seed,
     fold_folder,
     read_recorded_seed,
@@ -525,8 +526,9 @@ def train_seeded(
     the fold folder before training starts.
 
     Raises:
-        InputError: a bad or contradictory argument, nnU-Net folders not set, an unknown trainer or dataset,
-            a missing plans file, or a fold folder that holds a run of another seed (or an unseeded run, for
+        InputError: a bad or contradictory argument, nnU-Net folders not set, ``nnUNet_results`` that is a
+            seed's root already (``.../seed_<S>``), an unknown trainer or dataset, a missing plans file, or a
+            fold folder that holds a run of another seed (or an unseeded run, for
             ``continue_training`` / ``only_run_validation``). Nothing is written in these cases.
     """
     seed = check_seed(seed)
@@ -539,7 +541,9 @@ def train_seeded(
         deterministic=deterministic,
     )  # fmt: skip
     _check_arguments(options, num_gpus, device)
-    results_root = seed_results_root(nnunet_folders.required_folder("nnUNet_results", "seeded training"), seed)
+    # nnUNet_results set to a seed's root for nnUNetv2_predict would put this run in .../seed_S/seed_S
+    results = check_not_seed_root(nnunet_folders.required_folder("nnUNet_results", "seeded training"))
+    results_root = seed_results_root(results, seed)
     nnunet_folders.required_folder("nnUNet_preprocessed", "seeded training")
     with environment(run_environment(results_root, deterministic, num_gpus)):
         lookup = _look_up(dataset_name_or_id, configuration, fold, trainer_name, plans_identifier,
