@@ -7,20 +7,29 @@ small test set. ``topkdice predict`` runs nnU-Net's own predictor (``nnUNetPredi
 without worker processes (nnU-Net's ``predict_from_files_sequential``), and writes the same
 segmentations as one ``nnUNetv2_predict -npp 0 -nps 0`` call per model. A model is found the way
 ``nnUNetv2_predict`` finds it: ``$nnUNet_results/DATASET/TRAINER__PLANS__CONFIGURATION``.
+
+Everything that can be checked is checked before the first model predicts (the
+output folders, every checkpoint, the images, every trainer class), so a bad second model does not fail
+after the first model's predictions are written.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_topkdice import nnunet_folders
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.ext import EXT_TRAINER_VARIABLE, environment_with_trainers, trainers_on_search_path
+from nnunet_topkdice.input_checks import check_output_folder
+from nnunet_topkdice.pipeline.state import list_case_ids
+from nnunet_topkdice.training.layout import seed_roots
 
 #: nnU-Net's checkpoint of a finished training (``nnUNetv2_predict -chk`` default).
 CHECKPOINT = "checkpoint_final.pth"
-
 
 @dataclass(frozen=True)
 class ModelJob:
@@ -43,33 +52,96 @@ def parse_model_pair(text: str) -> tuple[str, Path]:
 
 
 def model_jobs(
-    dataset: str, configuration: str, plans: str, models: Sequence[tuple[str, Path]], folds: Sequence[str]
+    dataset: str,
+    configuration: str,
+    plans: str,
+    models: Sequence[tuple[str, Path]],
+    folds: Sequence[str],
 ) -> list[ModelJob]:
-    """The model folder of each ``(trainer, out_dir)``, checked to hold a finished training of every fold.
+    """The model folder of each ``(trainer, out_dir)``, checked to hold a finished training of every fold, and its
+    output folder, checked to be one this process can write (or create); writes nothing.
 
     Raises:
-        InputError: an unknown dataset, a duplicate output folder, or a missing model folder or checkpoint
-            (named).
+        InputError: ``nnUNet_results`` not set, an unknown dataset, a duplicate output folder, an output
+            folder that is a file or not writable, or a missing model folder or checkpoint (named).
     """
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-    try:
-        dataset_name = maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
-    except RuntimeError as e:
-        raise InputError(str(e)) from None
+    results = nnunet_folders.required_folder("nnUNet_results", "topkdice predict")
+    dataset_name = nnunet_folders.dataset_name(dataset, "-d")
     outs = [out_dir.resolve() for _, out_dir in models]
     if len(set(outs)) != len(outs):
         raise InputError(f"--models: each model needs its own output folder, got {[str(o) for o in outs]}")
     jobs = []
     for trainer, out_dir in models:
+        check_output_folder(out_dir, f"--models {trainer}: the output folder")
         model_dir = Path(get_output_folder(dataset_name, trainer, plans, configuration))
         for fold in folds:
-            checkpoint = model_dir / f"fold_{fold}" / CHECKPOINT
-            if not checkpoint.is_file():
-                raise InputError(f"{checkpoint} does not exist: is {trainer} trained (fold {fold})?")
+            _check_checkpoint(results, model_dir / f"fold_{fold}" / CHECKPOINT, trainer, fold)
         jobs.append(ModelJob(model_dir, out_dir))
     return jobs
+
+
+def _check_checkpoint(results: Path, checkpoint: Path, trainer: str, fold: str) -> None:
+    """Refuse a checkpoint (under the results root ``results``) that does not exist.
+
+    Raises:
+        InputError: naming it, and the seed folders of ``results`` that hold it (``topkdice train`` puts a
+            seeded run in ``$nnUNet_results/seed_<S>``, so a plain ``nnUNet_results`` misses it).
+    """
+    if checkpoint.is_file():
+        return
+    relative = checkpoint.relative_to(results)
+    holding = [root for root in seed_roots(results) if (root / relative).is_file()]
+    hint = ""
+    if holding:
+        hint = (
+            f"; it exists under {', '.join(map(str, holding))}: seeded runs (topkdice train --seed S) live in "
+            f"nnUNet_results/seed_<S>, so set nnUNet_results={holding[0]} to predict with that seed's model"
+        )
+    raise InputError(f"{checkpoint} does not exist: is {trainer} trained (fold {fold})?{hint}")
+
+
+def _file_ending(model_dir: Path) -> str:
+    """The ``file_ending`` of a model folder's ``dataset.json`` (the one nnU-Net's predictor reads).
+
+    Raises:
+        InputError: the file is missing, is not JSON, or has no ``file_ending`` (named).
+    """
+    path = model_dir / "dataset.json"
+    try:
+        return str(json.loads(path.read_text())["file_ending"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: no file_ending to read ({type(e).__name__}: {e})") from None
+
+
+def check_images(images: Path, jobs: Sequence[ModelJob]) -> None:
+    """Refuse a folder of images that holds no case for the models: no file ``CASE_0000<ending>`` with the
+    file ending of their ``dataset.json`` (``nnUNetv2_predict`` predicts nothing there, and succeeds).
+
+    Raises:
+        InputError: no such file (naming the folder and the ending expected); a model folder without a
+            readable ``dataset.json``.
+    """
+    for ending in dict.fromkeys(_file_ending(job.model_dir) for job in jobs):
+        if not list_case_ids(images, ending):
+            raise InputError(f"-i {images}: no file ends in _0000{ending} (nnU-Net's first channel of a case, "
+                             f"CASE_0000{ending}, with the file ending of the models' dataset.json)")  # fmt: skip
+
+
+def check_trainer_classes(trainers: Sequence[str]) -> None:
+    """Refuse a trainer whose class prediction will not find: looked up as nnU-Net's predictor looks up the
+    class a checkpoint names (nnU-Net's trainers, the user's ``nnUNet_extTrainer`` folders, this package's).
+
+    Raises:
+        InputError: naming each such trainer and the folders searched.
+    """
+    from nnunet_topkdice.pipeline.prechecks import check_trainers
+
+    try:
+        check_trainers(trainers, environment_with_trainers()[EXT_TRAINER_VARIABLE])
+    except InputError as e:
+        raise InputError(f"--models: {e}") from None
 
 
 def image_lists(images: Path, file_ending: str) -> list[list[str]]:
@@ -88,7 +160,12 @@ def image_lists(images: Path, file_ending: str) -> list[list[str]]:
 
 
 def predict_models(
-    images: Path, jobs: Sequence[ModelJob], folds: Sequence[str], device: str, *, resume: bool = False
+    images: Path,
+    jobs: Sequence[ModelJob],
+    folds: Sequence[str],
+    device: str,
+    *,
+    resume: bool = False,
 ) -> None:
     """Predict every image of ``images`` with each model in turn, in this process.
 
@@ -105,7 +182,6 @@ def predict_models(
     """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunet_topkdice.ext import trainers_on_search_path
     from nnunet_topkdice.training.seeded import torch_device
 
     torch_dev = torch_device(device)
@@ -116,7 +192,8 @@ def predict_models(
             tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=True,
             device=torch_dev, verbose=False, verbose_preprocessing=False, allow_tqdm=False,
         )  # fmt: skip
-        # the checkpoint names its trainer class: found in this package's folder as by topkdice train
+        # the checkpoint names its trainer class: found in this package's folder as by topkdice train; checked
+        # up front by its folder's name (check_trainer_classes), here by the name the checkpoint holds
         with trainers_on_search_path():
             try:
                 predictor.initialize_from_trained_model_folder(
@@ -135,9 +212,11 @@ def predict_models(
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    if not args.input.is_dir():
+    if not args.input.is_dir():  # before anything is looked up: the commonest mistake, named first
         raise InputError(f"-i {args.input}: no such folder")
     jobs = model_jobs(args.dataset, args.configuration, args.plans, args.models, args.folds)
+    check_images(args.input, jobs)
+    check_trainer_classes([trainer for trainer, _ in args.models])  # imports every trainer module: last
     predict_models(args.input, jobs, args.folds, args.device, resume=args.continue_prediction)
     return 0
 
@@ -150,7 +229,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Predict the images of -i with each trained model of --models in turn, in one process and "
         "without worker processes, with nnU-Net's own predictor and nnUNetv2_predict's defaults (the same "
         "segmentations as one nnUNetv2_predict call per model, without its start-up cost per model). Models "
-        "are looked up in nnUNet_results like nnUNetv2_predict -d -c -tr -p does.",
+        "are looked up in nnUNet_results like nnUNetv2_predict -d -c -tr -p does. Every model, output folder and "
+        "trainer is checked before the first model predicts.",
     )
     p.add_argument("-i", "--input", type=Path, required=True, metavar="IMAGES",
                    help="folder of nnU-Net raw images (CASE_0000.nii.gz, ...)")  # fmt: skip

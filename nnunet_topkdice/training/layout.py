@@ -24,6 +24,7 @@ __all__ = [
     "read_recorded_seed",
     "read_seed_record",
     "seed_results_root",
+    "seed_roots",
     "train_argv",
     "write_seed_record",
 ]
@@ -67,6 +68,12 @@ def check_not_seed_root(results_root: Path) -> Path:
             f"{results_root.parent}"
         )
     return results_root
+
+
+def seed_roots(results_root: Path) -> list[Path]:
+    """The per-seed roots ``results_root/seed_<S>`` that exist, in the order of ``S``."""
+    found = [p for p in Path(results_root).glob("seed_*") if _SEED_ROOT_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("seed_")))
 
 
 def fold_folder(
