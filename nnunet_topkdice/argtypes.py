@@ -36,24 +36,28 @@ def dataset_id(text: str) -> int:
     return value
 
 
-def k_percent(text: str) -> float:
-    """TopK-Dice's k: the percent of foreground voxels kept, in (0, 100]."""
+def _up_to(text: str, high: float, expected: str, meaning: str) -> float:
+    """``text`` as a number in (0, ``high``]; ``expected`` and ``meaning`` word the usage error."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"k must be a number in (0, 100], got {text!r}") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"k must be a number in (0, 100] (percent of voxels kept), got {text!r}")
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+    if not 0 < value <= high:  # NaN too
+        raise argparse.ArgumentTypeError(f"{expected} ({meaning}), got {text!r}")
     return value
+
+
+def k_percent(text: str) -> float:
+    """TopK-Dice's k: the percent of foreground voxels kept, in (0, 100]."""
+    return _up_to(text, 100, "k must be a number in (0, 100]", "percent of voxels kept")
 
 
 def dice_difference(text: str) -> float:
     """A difference of mean Dice as a fraction in (0, 1] (``--target-difference``; 0.01 = one Dice point)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a Dice difference in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a Dice difference in (0, 1] (a fraction: 0.01 = one Dice "
-                                         f"point), got {text!r}")  # fmt: skip
-    return value
+    return _up_to(text, 1, "expected a Dice difference in (0, 1]", "a fraction: 0.01 = one Dice point")
+
+
+def step_size(text: str) -> float:
+    """A sliding-window step as a fraction of the patch size, in (0, 1] (``-step_size``; nnU-Net asserts it only
+    when it predicts)."""
+    return _up_to(text, 1, "expected a number in (0, 1]", "a fraction of the patch size")

@@ -23,6 +23,17 @@ from nnunet_topkdice.ext import trainer_dir
 from nnunet_topkdice.workers import terminate_as_interrupt
 
 
+class SubcommandParser(argparse.ArgumentParser):
+    """The parser of a subcommand: arguments it does not know are its own usage error, so the message shows
+    ``topkdice predict``'s usage (argparse leaves them to the top-level parser, which shows ``topkdice``'s)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def _trainer_dir_command(args: argparse.Namespace) -> int:
     print(trainer_dir())
     return 0
@@ -41,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate them like the paper, or run a demo of the whole pipeline.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=SubcommandParser)
 
     p = subparsers.add_parser(
         "trainer-dir",

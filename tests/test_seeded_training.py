@@ -31,6 +31,7 @@ from nnunet_topkdice.pipeline.session import cpu_slots
 from nnunet_topkdice.pipeline.steps import Command, Step
 from nnunet_topkdice.training.layout import (
     SEED_RECORD,
+    check_not_seed_root,
     check_seed,
     fold_folder,
     read_recorded_seed,
@@ -221,6 +222,52 @@ def test_train_seeded_needs_results_folder(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("nnUNet_results", raising=False)
     with pytest.raises(InputError, match="nnUNet_results is not set"):
         train_seeded(1, "2d", 0, seed=0, device="cpu")
+
+
+@pytest.mark.parametrize("continue_training", [False, True], ids=["new", "continue"])
+def test_nnunet_results_at_a_seed_root_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], continue_training: bool
+) -> None:
+    """nnUNet_results=$R/seed_2, as docs/seeded_training.md has users set it for nnUNetv2_predict, trained into
+    $R/seed_2/seed_2 (and --c started the run again from scratch there)."""
+    (tmp_path / "preprocessed" / "Dataset999_Empty").mkdir(parents=True)
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    seed_root = tmp_path / "results" / "seed_2"
+    monkeypatch.setenv("nnUNet_results", f"{seed_root}/")  # a trailing slash changes nothing
+    argv = ["train", "--seed", "2", "Dataset999_Empty", "2d", "0", "-device", "cpu"]
+    assert main([*argv, "--c"] if continue_training else argv) == 2
+    assert capsys.readouterr().err == (
+        f"topkdice train: error: nnUNet_results={seed_root} is a seed folder already: seeded runs add seed_<S> "
+        f"themselves (this run would go to {seed_root}/seed_<S>); set nnUNet_results to its parent, "
+        f"{tmp_path / 'results'}\n"
+    )
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(("name", "refused"), [("seed_2", True), ("seed_10", True), ("seed_", False),
+                                               ("seed_2b", False), ("seeds_2", False), ("results", False)])  # fmt: skip
+def test_a_seed_root_is_seed_and_an_integer(tmp_path: Path, name: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(InputError, match=rf"nnUNet_results={tmp_path / name} is a seed folder already"):
+            check_not_seed_root(tmp_path / name)
+    else:
+        assert check_not_seed_root(tmp_path / name) == tmp_path / name
+
+
+def test_dataset_names_are_checked_like_nnunets(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The shared look-up (nnunet_topkdice.nnunet_folders) keeps topkdice train's messages."""
+    monkeypatch.setenv("nnUNet_results", "/nonexistent/results")
+    monkeypatch.setenv("nnUNet_preprocessed", "/nonexistent/preprocessed")
+    assert main(["train", "--seed", "0", "Tiny", "2d", "0", "-device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "topkdice train: error: DATASET must be an integer id or a name like Dataset123_Name, got 'Tiny'\n"
+    )
+    monkeypatch.delenv("nnUNet_preprocessed")
+    assert main(["train", "--seed", "0", "Tiny", "2d", "0", "-device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "topkdice train: error: nnUNet_preprocessed is not set: seeded training needs nnU-Net's nnUNet_preprocessed "
+        "folder\n"
+    )
 
 
 def test_train_seeded_checks_the_plans_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

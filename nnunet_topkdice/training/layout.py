@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,16 +18,19 @@ from nnunet_topkdice.errors import InputError
 
 __all__ = [
     "SEED_RECORD",
+    "check_not_seed_root",
     "check_seed",
     "fold_folder",
     "read_recorded_seed",
     "read_seed_record",
     "seed_results_root",
+    "seed_roots",
     "train_argv",
     "write_seed_record",
 ]
 
 SEED_RECORD = "seed.json"
+_SEED_ROOT_NAME = re.compile(r"seed_(\d+)")  # the last component of a per-seed results root
 
 
 def check_seed(seed: int) -> int:
@@ -47,6 +51,29 @@ def seed_results_root(results_root: Path, seed: int) -> Path:
     ``nnUNet_results=<that path> nnUNetv2_predict ...`` finds the run. Raises ValueError for a bad seed.
     """
     return Path(results_root) / f"seed_{check_seed(seed)}"
+
+
+def check_not_seed_root(results_root: Path) -> Path:
+    """``results_root`` itself, unless it is a per-seed root already (its last component ``seed_<integer>``),
+    where a seeded run would go to ``.../seed_<S>/seed_<S>`` (``--c`` would start it again from scratch).
+
+    Raises:
+        InputError: such a root; the message names the parent to set ``nnUNet_results`` to.
+    """
+    results_root = Path(results_root)
+    if _SEED_ROOT_NAME.fullmatch(results_root.name):
+        raise InputError(
+            f"nnUNet_results={results_root} is a seed folder already: seeded runs add seed_<S> themselves "
+            f"(this run would go to {results_root}/seed_<S>); set nnUNet_results to its parent, "
+            f"{results_root.parent}"
+        )
+    return results_root
+
+
+def seed_roots(results_root: Path) -> list[Path]:
+    """The per-seed roots ``results_root/seed_<S>`` that exist, in the order of ``S``."""
+    found = [p for p in Path(results_root).glob("seed_*") if _SEED_ROOT_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("seed_")))
 
 
 def fold_folder(

@@ -45,12 +45,14 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
+from nnunet_topkdice import nnunet_folders
 from nnunet_topkdice.cpu_threads import cpu_threads
 from nnunet_topkdice.environment import environment
 from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.ext import environment_with_trainers
 from nnunet_topkdice.training.layout import (
     SEED_RECORD,
+    check_not_seed_root,
     check_seed,
     fold_folder,
     read_recorded_seed,
@@ -244,13 +246,6 @@ def torch_device(name: str) -> torch.device:
     raise ValueError(f"device must be 'cpu', 'cuda' or 'mps', got {name!r}")
 
 
-def _required_folder(variable: str) -> Path:
-    value = os.environ.get(variable)
-    if not value:
-        raise InputError(f"{variable} is not set: seeded training needs nnU-Net's {variable} folder")
-    return Path(value)
-
-
 def _parse_fold(fold: int | str) -> int | str:
     if fold == "all":
         return fold
@@ -272,22 +267,6 @@ def _find_trainer_class(trainer_name: str) -> type:
         raise InputError(f"trainer {trainer_name!r}: {e}") from None
 
 
-def _dataset_name(dataset_name_or_id: int | str) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    if isinstance(dataset_name_or_id, str) and not dataset_name_or_id.startswith("Dataset"):
-        try:
-            dataset_name_or_id = int(dataset_name_or_id)
-        except ValueError:
-            raise InputError(
-                f"DATASET must be an integer id or a name like Dataset123_Name, got {dataset_name_or_id!r}"
-            ) from None
-    try:
-        return maybe_convert_to_dataset_name(dataset_name_or_id)
-    except RuntimeError as e:
-        raise InputError(str(e)) from None
-
-
 def _plans_and_dataset_json(dataset_name: str, plans_identifier: str, configuration: str) -> tuple[dict, dict]:
     """The plans and dataset.json of the preprocessed dataset, as ``get_trainer_from_args`` reads them.
 
@@ -296,7 +275,7 @@ def _plans_and_dataset_json(dataset_name: str, plans_identifier: str, configurat
     """
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
-    folder = _required_folder("nnUNet_preprocessed") / dataset_name
+    folder = nnunet_folders.required_folder("nnUNet_preprocessed", "seeded training") / dataset_name
     plans_file, dataset_file = folder / f"{plans_identifier}.json", folder / "dataset.json"
     for path in (plans_file, dataset_file):
         if not path.is_file():
@@ -452,7 +431,7 @@ def _look_up(
         InputError: an unknown trainer or dataset, a missing plans file or configuration.
     """
     trainer_class = _find_trainer_class(trainer_name)
-    dataset_name = _dataset_name(dataset_name_or_id)
+    dataset_name = nnunet_folders.dataset_name(dataset_name_or_id)
     plans, dataset_json = _plans_and_dataset_json(dataset_name, plans_identifier, configuration)
     fold_dir = fold_folder(results_root, dataset_name, trainer_class.__name__, plans_identifier, configuration, fold)
     return RunLookup(trainer_class, dataset_name, configuration, fold, plans_identifier, plans, dataset_json, fold_dir)
@@ -547,8 +526,9 @@ def train_seeded(
     the fold folder before training starts.
 
     Raises:
-        InputError: a bad or contradictory argument, nnU-Net folders not set, an unknown trainer or dataset,
-            a missing plans file, or a fold folder that holds a run of another seed (or an unseeded run, for
+        InputError: a bad or contradictory argument, nnU-Net folders not set, ``nnUNet_results`` that is a
+            seed's root already (``.../seed_<S>``), an unknown trainer or dataset, a missing plans file, or a
+            fold folder that holds a run of another seed (or an unseeded run, for
             ``continue_training`` / ``only_run_validation``). Nothing is written in these cases.
     """
     seed = check_seed(seed)
@@ -561,8 +541,10 @@ def train_seeded(
         deterministic=deterministic,
     )  # fmt: skip
     _check_arguments(options, num_gpus, device)
-    results_root = seed_results_root(_required_folder("nnUNet_results"), seed)
-    _required_folder("nnUNet_preprocessed")
+    # nnUNet_results set to a seed's root for nnUNetv2_predict would put this run in .../seed_S/seed_S
+    results = check_not_seed_root(nnunet_folders.required_folder("nnUNet_results", "seeded training"))
+    results_root = seed_results_root(results, seed)
+    nnunet_folders.required_folder("nnUNet_preprocessed", "seeded training")
     with environment(run_environment(results_root, deterministic, num_gpus)):
         lookup = _look_up(dataset_name_or_id, configuration, fold, trainer_name, plans_identifier,
                           results_root)  # fmt: skip
