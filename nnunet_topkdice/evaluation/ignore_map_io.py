@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -120,15 +119,6 @@ def _as_3d(array: np.ndarray, spacing: tuple[float, ...], what: str) -> tuple[np
     return array, spacing
 
 
-def _with_trainers():
-    """A context in which nnU-Net finds this package's trainers (nnUNet_extTrainer), restored afterwards."""
-    from unittest import mock
-
-    from nnunet_topkdice.ext import EXT_TRAINER_VARIABLE, environment_with_trainers
-
-    return mock.patch.dict(os.environ, {EXT_TRAINER_VARIABLE: environment_with_trainers()[EXT_TRAINER_VARIABLE]})
-
-
 def _channel_files(image_files: Sequence[Path], n_channels: int, file_ending: str) -> list[Path]:
     """The model's input files; a single ``<case>_0000`` file brings its sibling channels along."""
     files = [Path(f) for f in image_files]
@@ -182,10 +172,12 @@ def predict_probabilities(
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from nnunet_topkdice.ext import trainers_on_search_path
+
     model_dir = Path(model_dir)
     _check_model_folder(model_dir, folds, checkpoint)
     # nnU-Net's predictor talks on stdout; keep stdout for this command's results
-    with contextlib.redirect_stdout(sys.stderr), _with_trainers():
+    with contextlib.redirect_stdout(sys.stderr), trainers_on_search_path():
         predictor = nnUNetPredictor(
             use_mirroring=use_mirroring,
             device=torch.device(device),

@@ -281,7 +281,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Predict the images of -i with each trained model of --models in turn, in one process and "
         "without worker processes, with nnU-Net's own predictor and nnUNetv2_predict's defaults (the same "
         "segmentations as one nnUNetv2_predict call per model, without its start-up cost per model). Models "
-        "are looked up in nnUNet_results like nnUNetv2_predict -d -c -tr -p does. -chk, -step_size, "
+        "are looked up in nnUNet_results as nnUNetv2_predict looks them up (-d, -c, -p and each --models "
+        "trainer). -chk, -step_size, "
         "--disable_tta, --save_probabilities and --continue_prediction are nnUNetv2_predict's; its other flags "
         "are refused, with the reason. Every model, output folder and trainer is checked before the first "
         "model predicts.",
