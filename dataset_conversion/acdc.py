@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from dataset_conversion import common
-from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.errors import InputError, OverwriteRefused
 from nnunet_topkdice.input_checks import check_output_folder
 from nnunet_topkdice.paper_datasets import PAPER_DATASETS
 
@@ -149,11 +149,9 @@ def _check_preprocessed_splits(path: Path, splits: list[dict[str, list[str]]], *
     try:
         existing = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise InputError(
-            f"{path} exists and is not readable JSON ({e}); pass --overwrite to replace it"
-        ) from e
+        raise OverwriteRefused(f"{path} exists and is not readable JSON ({e})") from e
     if not isinstance(existing, list) or not _same_splits(existing, splits):
-        raise InputError(f"{path} exists with a different split; pass --overwrite to replace it")
+        raise OverwriteRefused(f"{path} exists with a different split")
 
 
 def convert(

@@ -38,7 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.errors import InputError, OverwriteRefused
 from nnunet_topkdice.geometry import differs
 from nnunet_topkdice.input_checks import check_image_file, check_output_folder
 from nnunet_topkdice.workers import deferred_interrupts, run_in_workers
@@ -90,14 +90,15 @@ def check_target(raw_root: Path, folder_name: str, *, overwrite: bool) -> Path:
     """Check that ``raw_root/folder_name`` may be written; returns that path. Writes nothing.
 
     Raises:
-        InputError: the target exists and ``overwrite`` is False; another dataset in ``raw_root`` already
-            uses the same id (nnU-Net could not tell them apart); ``raw_root`` exists but is not a folder.
+        OverwriteRefused: (an InputError) the target exists and ``overwrite`` is False.
+        InputError: another dataset in ``raw_root`` already uses the same id (nnU-Net could not tell them
+            apart); ``raw_root`` exists but is not a folder.
     """
     target = raw_root / folder_name
     if raw_root.exists() and not raw_root.is_dir():
         raise InputError(f"the nnU-Net raw folder {raw_root} exists but is not a folder")
     if target.exists() and not overwrite:
-        raise InputError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise OverwriteRefused(f"{target} already exists")
     if raw_root.is_dir():
         id_prefix = folder_name.split("_", 1)[0]  # "Dataset201"
         others = sorted(p.name for p in raw_root.glob(id_prefix + "_*") if p.name != folder_name)
@@ -424,7 +425,7 @@ def staging(
     ``overwrite`` an existing target is replaced only after the new dataset is complete.
 
     Raises:
-        InputError: the target appeared meanwhile and ``overwrite`` is False.
+        OverwriteRefused: (an InputError) the target appeared meanwhile and ``overwrite`` is False.
     """
     created = _make_dirs(raw_root)
     tmp = raw_root / f".{folder_name}.partial-{uuid.uuid4().hex[:8]}"
@@ -455,7 +456,7 @@ def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
         tmp.rename(target)
         return
     if not overwrite:
-        raise InputError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise OverwriteRefused(f"{target} already exists")
     old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     target.rename(old)
     tmp.rename(target)

@@ -22,6 +22,7 @@ from conversion_fixtures import (
 )
 
 from dataset_conversion import acdc
+from nnunet_topkdice.cli import main as topkdice_main
 from nnunet_topkdice.errors import InputError
 
 
@@ -179,11 +180,32 @@ def test_different_preprocessed_split_refused_without_overwrite(source: Path, tm
     splits = tmp_path / "pre" / "Dataset202_ACDC" / "splits_final.json"
     splits.parent.mkdir(parents=True)
     splits.write_text(json.dumps([{"train": ["patient001_frame01"], "val": ["patient019_frame01"]}]))
-    with pytest.raises(InputError, match=rf"{splits} exists with a different split; pass --overwrite"):
+    refused = rf"^{splits} exists with a different split; pass overwrite=True to replace it$"  # the API's spelling
+    with pytest.raises(InputError, match=refused):
         acdc.convert(source, tmp_path / "raw", preprocessed_root=tmp_path / "pre")
     assert not (tmp_path / "raw").exists()
     acdc.convert(source, tmp_path / "raw", preprocessed_root=tmp_path / "pre", overwrite=True)
     assert json.loads(splits.read_text())[0]["val"] == acdc_case_ids(acdc.VAL_PATIENTS)
+
+
+def test_command_line_names_only_its_overwrite_flag(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    splits = tmp_path / "pre" / "Dataset202_ACDC" / "splits_final.json"
+    splits.parent.mkdir(parents=True)
+    splits.write_text(json.dumps([{"train": ["patient001_frame01"], "val": ["patient019_frame01"]}]))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert acdc.main(["-i", str(source), "-o", str(tmp_path / "raw")]) == 2  # python -m dataset_conversion.acdc
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"acdc: error: {splits} exists with a different split; pass --overwrite to replace it"
+    )
+    (tmp_path / "raw" / "Dataset202_ACDC").mkdir(parents=True)
+    assert topkdice_main(["convert", "acdc", "-i", str(source), "-o", str(tmp_path / "raw")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"topkdice convert: error: {tmp_path / 'raw' / 'Dataset202_ACDC'} already exists; pass --overwrite to "
+        "replace it"
+    )
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["Dataset202_ACDC"]
 
 
 def test_training_folder_itself_accepted(source: Path) -> None:
