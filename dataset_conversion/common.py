@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from nnunet_topkdice.errors import InputError, OverwriteRefused
 from nnunet_topkdice.geometry import differs
-from nnunet_topkdice.input_checks import check_image_file, check_output_folder
+from nnunet_topkdice.input_checks import check_dataset_id_free, check_image_file, check_output_folder
 from nnunet_topkdice.workers import deferred_interrupts, run_in_workers
 
 FILE_ENDING = ".nii.gz"
@@ -92,21 +92,15 @@ def check_target(raw_root: Path, folder_name: str, *, overwrite: bool) -> Path:
     Raises:
         OverwriteRefused: (an InputError) the target exists and ``overwrite`` is False.
         InputError: another dataset in ``raw_root`` already uses the same id (nnU-Net could not tell them
-            apart); ``raw_root`` exists but is not a folder.
+            apart, :func:`~nnunet_topkdice.input_checks.check_dataset_id_free`); ``raw_root`` exists but is
+            not a folder.
     """
     target = raw_root / folder_name
     if raw_root.exists() and not raw_root.is_dir():
         raise InputError(f"the nnU-Net raw folder {raw_root} exists but is not a folder")
     if target.exists() and not overwrite:
         raise OverwriteRefused(f"{target} already exists")
-    if raw_root.is_dir():
-        id_prefix = folder_name.split("_", 1)[0]  # "Dataset201"
-        others = sorted(p.name for p in raw_root.glob(id_prefix + "_*") if p.name != folder_name)
-        if others:
-            raise InputError(
-                f"dataset id {id_prefix.removeprefix('Dataset')} is already used by {', '.join(others)} "
-                f"in {raw_root}; choose another id with -d/--dataset-id"
-            )
+    check_dataset_id_free(raw_root, folder_name)
     return target
 
 

@@ -794,6 +794,28 @@ def test_reproduce_dry_run_is_the_papers_preset(
                             + str(tmp_path / "w" / "nnUNet_raw" / "Dataset202_ACDC" / "imagesTs"))  # fmt: skip
 
 
+@pytest.mark.parametrize("mode", [["--dry-run"], []], ids=["dry-run", "run"])
+def test_reproduce_refuses_an_id_used_by_another_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, mode: list[str]
+) -> None:
+    # topkdice convert acdc -d 204 refuses this id; reproduce planned every step on Dataset204_Foo instead
+    raw = tmp_path / "raw"
+    (raw / "Dataset204_Foo").mkdir(parents=True)
+    (raw / "Dataset204_Foo" / "dataset.json").write_text(json.dumps({"numTraining": 2, "file_ending": ".nii.gz"}))
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    source = tmp_path / "acdc"
+    source.mkdir()
+    argv = ["reproduce", "--dataset", "acdc", "-d", "204", "-i", str(source), "--device", "cpu",
+            "-w", str(tmp_path / "w"), *mode]  # fmt: skip
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1] == (
+        f"topkdice reproduce: error: dataset id 204 is already used by Dataset204_Foo in {raw}; choose another id "
+        "with -d/--dataset-id"
+    )
+    assert not (tmp_path / "w").exists() and [p.name for p in raw.iterdir()] == ["Dataset204_Foo"]
+
+
 def test_the_collect_command_is_the_same_call_without_the_mode(tmp_path: Path) -> None:
     from nnunet_topkdice.cli import build_parser
 
