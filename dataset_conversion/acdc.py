@@ -121,7 +121,8 @@ def collect_cases(src: Path) -> dict[str, tuple[tuple[Path, ...], Path]]:
 
 
 def make_splits(case_ids: Iterable[str]) -> list[dict[str, list[str]]]:
-    """nnU-Net's ``splits_final.json`` content: one fold, train/val by patient; test patients left out.
+    """nnU-Net's ``splits_final.json`` content: one fold (the registry's ``split_folds``, which ``reproduce``
+    checks ``--fold`` against before the dataset exists), train/val by patient; test patients left out.
 
     Both frames of a patient are always on the same side because the split is by patient.
     Returns ``[{"train": sorted case ids, "val": sorted case ids}]``.

@@ -80,6 +80,7 @@ def test_splits_final_is_papers_train_val(roots: tuple[Path, Path]) -> None:
     assert json.loads((preprocessed / "splits_final.json").read_text()) == splits
     assert [p.name for p in preprocessed.iterdir()] == ["splits_final.json"]
     assert len(splits) == 1 and set(splits[0]) == {"train", "val"}
+    assert len(splits) == acdc.PAPER.split_folds  # the registry's count, which reproduce checks --fold against
     # Both frames of every train (val) patient in train (val), test patients on neither side.
     assert splits[0]["train"] == acdc_case_ids(acdc.TRAIN_PATIENTS)
     assert splits[0]["val"] == acdc_case_ids(acdc.VAL_PATIENTS)

@@ -123,6 +123,10 @@ def reproduce_config(
     CE + Dice as the baseline when it is one of ``trainers`` (else the first), the paper's reported rows
     of the dataset (``paper=""``) or none (``paper=None``).
 
+    A numeric ``fold`` must be one of the split's: the dataset's ``splits_final.json`` where it is on disk,
+    else the one its converter writes (:attr:`~nnunet_topkdice.paper_datasets.PaperDataset.split_folds`);
+    :func:`~nnunet_topkdice.pipeline.plan.resolve_plan` refuses it before anything runs.
+
     Raises:
         InputError: another dataset name uses the id in ``folders.raw`` (:func:`raw_dataset_folder`).
     """
@@ -139,6 +143,7 @@ def reproduce_config(
         seeds=seeds,
         folds=(fold or info.default_fold,),
         test_set=True,
+        split_folds=info.split_folds,
         device=device,
         num_processes=num_processes,
         num_gpus=num_gpus,
