@@ -3,7 +3,8 @@
 A converter (``synapse``, ``acdc``, ``msseg``) only knows its dataset: where the files are, the case ids,
 the label map and the split. Everything else lives here:
 
-* input checks that name the missing path (:func:`require_file`, :func:`require_dir`),
+* input checks that name the missing path (:func:`require_file`, :func:`require_dir`), and every missing
+  input of a partial download at once (:func:`require_inputs`),
 * the target checks (:func:`check_target`): existing dataset, dataset id used by another dataset,
 * reading with SimpleITK (:func:`read_image`), the geometry check (:func:`check_same_geometry`) and the
   checks of truncation and NaN/infinity (:func:`nnunet_topkdice.input_checks.check_image_file`, which
@@ -73,6 +74,34 @@ def require_file(path: Path, what: str, *, kind: str = "file") -> Path:
 def require_dir(path: Path, what: str) -> Path:
     """Return ``path`` if it is a folder; see :func:`require_file`."""
     return require_file(path, what, kind="folder")
+
+
+#: How many missing inputs a message lists by name after the first one (the rest are counted).
+MAX_LISTED = 10
+
+
+def training_set_error(problem: str, whole_set: str) -> InputError:
+    """``problem``, and that the converter needs the whole training set (``whole_set``: how many cases or
+    patients, e.g. ``"100 patients, patient001 to patient100"``): the paper's splits use every case, so a
+    partial download cannot be converted."""
+    return InputError(f"{problem}; the converter needs the whole training set ({whole_set})")
+
+
+def require_inputs(missing: Sequence[Path], what: str, *, root: Path, whole_set: str) -> None:
+    """Refuse missing inputs of the training set all at once (a partial download); nothing if none is missing.
+
+    Raises:
+        InputError: ``what``, the first missing path in full, how many more and (up to :data:`MAX_LISTED`)
+            their paths relative to ``root``, and :func:`training_set_error`'s ``whole_set``.
+    """
+    if not missing:
+        return
+    problem = f"missing {what}: expected {missing[0]}"
+    if len(missing) > 1:
+        rest = [str(Path(path).relative_to(root)) for path in missing[1:]]
+        listed = ", ".join(rest[:MAX_LISTED]) + (", ..." if len(rest) > MAX_LISTED else "")
+        problem += f" and {len(rest)} more in {root}: {listed}"
+    raise training_set_error(problem, whole_set)
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -153,9 +154,8 @@ def test_info_cfg_parsed(tmp_path: Path) -> None:
     [
         ("training/patient042/Info.cfg", "ACDC Info.cfg"),
         ("training/patient042/patient042_frame01_gt.nii.gz", "ACDC ground truth of patient042_frame01"),
-        ("training/patient077", "ACDC patient folder for patient077"),
     ],
-    ids=["info-cfg", "ground-truth", "patient-folder"],
+    ids=["info-cfg", "ground-truth"],
 )
 def test_missing_input_named_and_nothing_written(
     src_copy: Path, tmp_path: Path, relative: str, what: str
@@ -164,6 +164,34 @@ def test_missing_input_named_and_nothing_written(
     shutil.rmtree(path) if path.is_dir() else path.unlink()
     with pytest.raises(InputError, match=rf"missing {what}: expected the (file|folder) {path}$"):
         acdc.convert(src_copy, tmp_path / "raw", preprocessed_root=tmp_path / "pre")
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "pre").exists()
+
+
+WHOLE_SET = "the converter needs the whole training set (100 patients, patient001 to patient100)"
+
+
+@pytest.mark.parametrize(
+    ("kept", "expected"),
+    [
+        (range(1, 6), "patient006 and 94 more in {training}: patient007, patient008, patient009, patient010, "
+         "patient011, patient012, patient013, patient014, patient015, patient016, ..."),
+        ([n for n in range(1, 101) if n != 77], "patient077"),
+    ],
+    ids=["first-5-patients", "one-patient-missing"],
+)  # fmt: skip
+def test_partial_download_says_the_whole_training_set_is_needed(
+    src_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    kept: range | list[int], expected: str,
+) -> None:  # fmt: skip
+    training = src_copy / "training"
+    for number in set(range(1, 101)) - set(kept):
+        shutil.rmtree(training / f"patient{number:03d}")
+    message = f"missing ACDC patient folder(s): expected {training}/{expected.format(training=training)}; {WHOLE_SET}"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        acdc.convert(src_copy, tmp_path / "raw", preprocessed_root=tmp_path / "pre")
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert topkdice_main(["convert", "acdc", "-i", str(src_copy), "-o", str(tmp_path / "raw")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"topkdice convert: error: {message}"
     assert not (tmp_path / "raw").exists() and not (tmp_path / "pre").exists()
 
 
