@@ -816,17 +816,22 @@ def test_reproduce_refuses_a_fold_the_converters_split_lacks(
     80:20 split by case (the two frames of a patient on both sides), not on the paper's split by patient."""
     for var in state.NNUNET_FOLDER_VARIABLES:
         monkeypatch.delenv(var, raising=False)
-    source = tmp_path / "acdc"
-    source.mkdir()
-    argv = ["reproduce", "--dataset", "acdc", "--fold", fold, "-i", str(source), "--device", "cpu",
-            "-w", str(tmp_path / "w"), *mode]  # fmt: skip
-    assert main(argv) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err.splitlines()[-1] == (
+    assert _refused_acdc_reproduce(tmp_path, capsys, "--fold", fold, *mode) == (
         f"topkdice reproduce: error: fold {fold} is not in the splits_final.json that the conversion writes for "
         "Dataset202_ACDC (1 fold: 0); nnU-Net would train it on a random 80:20 split of the cases instead"
     )
-    assert not (tmp_path / "w").exists()  # nothing converted, nothing written
+
+
+def _refused_acdc_reproduce(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> str:
+    """``reproduce --dataset acdc ARGS`` from an (empty) download: exit 2 with nothing run, nothing printed on
+    stdout and no work directory; returns the error line."""
+    source = tmp_path / "acdc"
+    source.mkdir()
+    argv = ["reproduce", "--dataset", "acdc", "-i", str(source), "--device", "cpu", "-w", str(tmp_path / "w"), *args]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and not (tmp_path / "w").exists()
+    return err.splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -874,17 +879,11 @@ def test_reproduce_refuses_an_id_used_by_another_dataset(
     (raw / "Dataset204_Foo").mkdir(parents=True)
     (raw / "Dataset204_Foo" / "dataset.json").write_text(json.dumps({"numTraining": 2, "file_ending": ".nii.gz"}))
     monkeypatch.setenv("nnUNet_raw", str(raw))
-    source = tmp_path / "acdc"
-    source.mkdir()
-    argv = ["reproduce", "--dataset", "acdc", "-d", "204", "-i", str(source), "--device", "cpu",
-            "-w", str(tmp_path / "w"), *mode]  # fmt: skip
-    assert main(argv) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err.splitlines()[-1] == (
+    assert _refused_acdc_reproduce(tmp_path, capsys, "-d", "204", *mode) == (
         f"topkdice reproduce: error: dataset id 204 is already used by Dataset204_Foo in {raw}; choose another id "
         "with -d/--dataset-id"
     )
-    assert not (tmp_path / "w").exists() and [p.name for p in raw.iterdir()] == ["Dataset204_Foo"]
+    assert [p.name for p in raw.iterdir()] == ["Dataset204_Foo"]
 
 
 def test_the_collect_command_is_the_same_call_without_the_mode(tmp_path: Path) -> None:
