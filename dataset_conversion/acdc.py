@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from dataset_conversion import common
-from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.errors import InputError, OverwriteRefused
 from nnunet_topkdice.input_checks import check_output_folder
 from nnunet_topkdice.paper_datasets import PAPER_DATASETS
 
@@ -41,6 +41,7 @@ TEST_PATIENTS: tuple[str, ...] = tuple(
     f"patient{n:03d}" for n in (2, 3, 8, 9, 12, 14, 17, 24, 42, 48, 49, 53, 55, 64, 67, 79, 81, 88, 92, 95)
 )
 TRAIN_PATIENTS: tuple[str, ...] = tuple(p for p in ALL_PATIENTS if p not in VAL_PATIENTS + TEST_PATIENTS)
+WHOLE_SET = f"{len(ALL_PATIENTS)} patients, {ALL_PATIENTS[0]} to {ALL_PATIENTS[-1]}"  # the split uses every one
 
 DESCRIPTION = common.DatasetDescription(
     DATASET_NAME, CHANNEL_NAMES, LABELS,
@@ -106,12 +107,15 @@ def collect_cases(src: Path) -> dict[str, tuple[tuple[Path, ...], Path]]:
     """``case id -> ((image,), label)`` for the ED and ES frames of the 100 training patients.
 
     Raises:
-        InputError: a missing patient folder, Info.cfg, frame or ground-truth file (named), or a bad Info.cfg.
+        InputError: missing patient folders (all named or counted at once, and that the converter needs the
+            whole training set); a missing Info.cfg, frame or ground-truth file (named), or a bad Info.cfg.
     """
     training = find_training_folder(src)
+    missing = [training / patient for patient in ALL_PATIENTS if not (training / patient).is_dir()]
+    common.require_inputs(missing, "ACDC patient folder(s)", root=training, whole_set=WHOLE_SET)
     cases = {}
     for patient in ALL_PATIENTS:
-        folder = common.require_dir(training / patient, f"ACDC patient folder for {patient}")
+        folder = training / patient
         for frame in parse_info_cfg(folder / "Info.cfg"):
             case_id = frame_case_id(patient, frame)
             image = common.require_file(folder / f"{case_id}.nii.gz", f"ACDC image of {case_id}")
@@ -121,7 +125,8 @@ def collect_cases(src: Path) -> dict[str, tuple[tuple[Path, ...], Path]]:
 
 
 def make_splits(case_ids: Iterable[str]) -> list[dict[str, list[str]]]:
-    """nnU-Net's ``splits_final.json`` content: one fold, train/val by patient; test patients left out.
+    """nnU-Net's ``splits_final.json`` content: one fold (the registry's ``split_folds``, which ``reproduce``
+    checks ``--fold`` against before the dataset exists), train/val by patient; test patients left out.
 
     Both frames of a patient are always on the same side because the split is by patient.
     Returns ``[{"train": sorted case ids, "val": sorted case ids}]``.
@@ -149,11 +154,9 @@ def _check_preprocessed_splits(path: Path, splits: list[dict[str, list[str]]], *
     try:
         existing = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise InputError(
-            f"{path} exists and is not readable JSON ({e}); pass --overwrite to replace it"
-        ) from e
+        raise OverwriteRefused(f"{path} exists and is not readable JSON ({e})") from e
     if not isinstance(existing, list) or not _same_splits(existing, splits):
-        raise InputError(f"{path} exists with a different split; pass --overwrite to replace it")
+        raise OverwriteRefused(f"{path} exists with a different split")
 
 
 def convert(

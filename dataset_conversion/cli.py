@@ -21,6 +21,7 @@ from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS, paper_dataset
 from nnunet_topkdice.workers import terminate_as_interrupt
 
 DEFAULT_NUM_PROCESSES = min(4, os.cpu_count() or 1)
+OVERWRITE_FLAG = "--overwrite"  # convert(..., overwrite=True) on the command line; its messages name it
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
         help=f"nnU-Net dataset id, 1-999 (default: {paper.dataset_id})",
     )
     parser.add_argument(
-        "--overwrite",
+        OVERWRITE_FLAG,
         action="store_true",
         help="replace an existing dataset folder (only once the new one is complete)",
     )

@@ -3,7 +3,8 @@
 A converter (``synapse``, ``acdc``, ``msseg``) only knows its dataset: where the files are, the case ids,
 the label map and the split. Everything else lives here:
 
-* input checks that name the missing path (:func:`require_file`, :func:`require_dir`),
+* input checks that name the missing path (:func:`require_file`, :func:`require_dir`), and every missing
+  input of a partial download at once (:func:`require_inputs`),
 * the target checks (:func:`check_target`): existing dataset, dataset id used by another dataset,
 * reading with SimpleITK (:func:`read_image`), the geometry check (:func:`check_same_geometry`) and the
   checks of truncation and NaN/infinity (:func:`nnunet_topkdice.input_checks.check_image_file`, which
@@ -38,9 +39,9 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.errors import InputError, OverwriteRefused
 from nnunet_topkdice.geometry import differs
-from nnunet_topkdice.input_checks import check_image_file, check_output_folder
+from nnunet_topkdice.input_checks import check_dataset_id_free, check_image_file, check_output_folder
 from nnunet_topkdice.workers import deferred_interrupts, run_in_workers
 
 FILE_ENDING = ".nii.gz"
@@ -75,6 +76,34 @@ def require_dir(path: Path, what: str) -> Path:
     return require_file(path, what, kind="folder")
 
 
+#: How many missing inputs a message lists by name after the first one (the rest are counted).
+MAX_LISTED = 10
+
+
+def training_set_error(problem: str, whole_set: str) -> InputError:
+    """``problem``, and that the converter needs the whole training set (``whole_set``: how many cases or
+    patients, e.g. ``"100 patients, patient001 to patient100"``): the paper's splits use every case, so a
+    partial download cannot be converted."""
+    return InputError(f"{problem}; the converter needs the whole training set ({whole_set})")
+
+
+def require_inputs(missing: Sequence[Path], what: str, *, root: Path, whole_set: str) -> None:
+    """Refuse missing inputs of the training set all at once (a partial download); nothing if none is missing.
+
+    Raises:
+        InputError: ``what``, the first missing path in full, how many more and (up to :data:`MAX_LISTED`)
+            their paths relative to ``root``, and :func:`training_set_error`'s ``whole_set``.
+    """
+    if not missing:
+        return
+    problem = f"missing {what}: expected {missing[0]}"
+    if len(missing) > 1:
+        rest = [str(Path(path).relative_to(root)) for path in missing[1:]]
+        listed = ", ".join(rest[:MAX_LISTED]) + (", ..." if len(rest) > MAX_LISTED else "")
+        problem += f" and {len(rest)} more in {root}: {listed}"
+    raise training_set_error(problem, whole_set)
+
+
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     """nnU-Net's folder name, e.g. ``dataset_folder_name(201, "Synapse") == "Dataset201_Synapse"``.
 
@@ -90,22 +119,17 @@ def check_target(raw_root: Path, folder_name: str, *, overwrite: bool) -> Path:
     """Check that ``raw_root/folder_name`` may be written; returns that path. Writes nothing.
 
     Raises:
-        InputError: the target exists and ``overwrite`` is False; another dataset in ``raw_root`` already
-            uses the same id (nnU-Net could not tell them apart); ``raw_root`` exists but is not a folder.
+        OverwriteRefused: (an InputError) the target exists and ``overwrite`` is False.
+        InputError: another dataset in ``raw_root`` already uses the same id (nnU-Net could not tell them
+            apart, :func:`~nnunet_topkdice.input_checks.check_dataset_id_free`); ``raw_root`` exists but is
+            not a folder.
     """
     target = raw_root / folder_name
     if raw_root.exists() and not raw_root.is_dir():
         raise InputError(f"the nnU-Net raw folder {raw_root} exists but is not a folder")
     if target.exists() and not overwrite:
-        raise InputError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
-    if raw_root.is_dir():
-        id_prefix = folder_name.split("_", 1)[0]  # "Dataset201"
-        others = sorted(p.name for p in raw_root.glob(id_prefix + "_*") if p.name != folder_name)
-        if others:
-            raise InputError(
-                f"dataset id {id_prefix.removeprefix('Dataset')} is already used by {', '.join(others)} "
-                f"in {raw_root}; choose another id with -d/--dataset-id"
-            )
+        raise OverwriteRefused(f"{target} already exists")
+    check_dataset_id_free(raw_root, folder_name)
     return target
 
 
@@ -424,7 +448,7 @@ def staging(
     ``overwrite`` an existing target is replaced only after the new dataset is complete.
 
     Raises:
-        InputError: the target appeared meanwhile and ``overwrite`` is False.
+        OverwriteRefused: (an InputError) the target appeared meanwhile and ``overwrite`` is False.
     """
     created = _make_dirs(raw_root)
     tmp = raw_root / f".{folder_name}.partial-{uuid.uuid4().hex[:8]}"
@@ -455,7 +479,7 @@ def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
         tmp.rename(target)
         return
     if not overwrite:
-        raise InputError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise OverwriteRefused(f"{target} already exists")
     old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     target.rename(old)
     tmp.rename(target)

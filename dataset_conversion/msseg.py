@@ -46,6 +46,8 @@ LABELS: dict[str, int] = PAPER.labels  # background 0, lesion 1
 EXPECTED_CENTRES: tuple[str, ...] = ("01", "07", "08")
 PATIENTS_PER_CENTRE = 5
 TEST_PER_CENTRE = 2  # paper: 9 train / 6 test; stratified: 3 train + 2 test per centre
+WHOLE_SET = (f"{PATIENTS_PER_CENTRE * len(EXPECTED_CENTRES)} patients, {PATIENTS_PER_CENTRE} in each of the "
+             f"centres {', '.join(EXPECTED_CENTRES)}")  # fmt: skip
 
 DESCRIPTION = common.DatasetDescription(
     DATASET_NAME, CHANNEL_NAMES, LABELS,
@@ -152,7 +154,8 @@ def collect_patients(src: Path) -> tuple[str, dict[str, tuple[str, tuple[Path, .
 
     Raises:
         InputError: no known layout; not exactly 5 patients in each of the centres 01, 07, 08; any
-            modality or consensus file missing (all missing files are listed).
+            modality or consensus file missing (all named or counted at once); both with the whole training
+            set that the converter needs.
     """
     layout, root = find_layout(src)
     patients = _preprocessed_layout(root) if layout == LAYOUT_PREPROCESSED else _training_layout(root)
@@ -162,21 +165,12 @@ def collect_patients(src: Path) -> tuple[str, dict[str, tuple[str, tuple[Path, .
     expected = {centre: PATIENTS_PER_CENTRE for centre in EXPECTED_CENTRES}
     if counts != expected:
         found = ", ".join(f"centre {c}: {n}" for c, n in sorted(counts.items())) or "no patient folders"
-        raise InputError(
-            f"expected {PATIENTS_PER_CENTRE} patients in each of the centres {', '.join(EXPECTED_CENTRES)} "
-            f"under {root if layout == LAYOUT_TRAINING else root / LAYOUT_PREPROCESSED}; found {found}"
-        )
+        where = root if layout == LAYOUT_TRAINING else root / LAYOUT_PREPROCESSED
+        raise common.training_set_error(f"MSSEG-2016 patients under {where}: found {found}", WHOLE_SET)
     missing = [
-        str(path)
-        for _, images, consensus in patients.values()
-        for path in (*images, consensus)
-        if not path.is_file()
+        path for _, images, consensus in patients.values() for path in (*images, consensus) if not path.is_file()
     ]
-    if missing:
-        raise InputError(
-            f"missing MSSEG-2016 file(s): expected {missing[0]}"
-            + (f" and {len(missing) - 1} more: {', '.join(missing[1:])}" if len(missing) > 1 else "")
-        )
+    common.require_inputs(missing, "MSSEG-2016 file(s)", root=root, whole_set=WHOLE_SET)
     return layout, patients
 
 

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dataset_conversion import common
-from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.paper_datasets import PAPER_DATASETS
 
 PAPER = PAPER_DATASETS["synapse"]
@@ -31,6 +30,7 @@ TRAIN_CASES: tuple[str, ...] = tuple(
     f"case{n:04d}" for n in (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
 )
 TEST_CASES: tuple[str, ...] = tuple(f"case{n:04d}" for n in (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38))
+WHOLE_SET = f"{len(TRAIN_CASES + TEST_CASES)} labelled cases, 0001-0010 and 0021-0040"  # the split uses every one
 
 # The paper's 8 organs, renumbered 1..8 in their original order (the registry's label_names); background 0.
 LABELS: dict[str, int] = PAPER.labels
@@ -83,22 +83,19 @@ def collect_cases(src: Path) -> dict[str, tuple[tuple[Path, ...], Path]]:
     """``case id -> ((image,), label)`` for all 30 cases of the split.
 
     Raises:
-        InputError: any expected file is missing (named; all missing files are listed).
+        InputError: any expected file is missing (all named or counted at once, and that the converter needs
+            the whole training set).
     """
     training = find_training_folder(src)
     cases = {}
     missing = []
-    for case_id in (*TRAIN_CASES, *TEST_CASES):
+    for case_id in sorted((*TRAIN_CASES, *TEST_CASES)):  # missing files named in case order
         number = case_number(case_id)
         image = training / "img" / f"img{number}.nii.gz"
         label = training / "label" / f"label{number}.nii.gz"
-        missing += [str(p) for p in (image, label) if not p.is_file()]
+        missing += [p for p in (image, label) if not p.is_file()]
         cases[case_id] = ((image,), label)
-    if missing:
-        raise InputError(
-            f"missing Synapse file(s): expected {missing[0]}"
-            + (f" and {len(missing) - 1} more: {', '.join(missing[1:])}" if len(missing) > 1 else "")
-        )
+    common.require_inputs(missing, "Synapse file(s)", root=training, whole_set=WHOLE_SET)
     return cases
 
 

@@ -1,5 +1,5 @@
-"""Checks of user input shared by the commands, run before any work: output folders that can be written,
-and image files that hold all their voxels, none of them NaN or infinite.
+"""Checks of user input shared by the commands, run before any work: output folders that can be written, a
+dataset id that no other dataset uses, and image files that hold all their voxels, none of them NaN or infinite.
 
 Why a check for truncation: ITK's NIfTI reader (SimpleITK 2.5 / ITK 5.4) reads a ``.nii`` or ``.nii.gz`` file
 that ends early (an interrupted copy, a full disk) without an error and fills the missing voxels with 0, so a
@@ -29,6 +29,7 @@ from nnunet_topkdice.errors import InputError
 __all__ = [
     "StoredBytes",
     "check_complete_file",
+    "check_dataset_id_free",
     "check_finite_file",
     "check_image_file",
     "check_output_folder",
@@ -62,6 +63,27 @@ def check_output_folder(path: Path, what: str) -> Path:
         where = "" if probe == path else f" (its parent {probe} is not writable, so it cannot be created)"
         raise InputError(f"{what} {path} is not writable{where}")
     return path
+
+
+def check_dataset_id_free(raw_root: Path, folder_name: str) -> None:
+    """Check that no other dataset in ``raw_root`` uses the id of ``folder_name`` (``DatasetXXX_Name``).
+
+    nnU-Net finds a dataset by its id alone, so a second name at the same id would be read instead, or
+    refused as ambiguous. The converters (before writing) and ``topkdice reproduce`` (before anything runs)
+    both ask this. Writes nothing; a ``raw_root`` that does not exist holds no dataset.
+
+    Raises:
+        InputError: another ``DatasetXXX_*`` with that id, naming it, ``raw_root`` and ``-d/--dataset-id``.
+    """
+    if not Path(raw_root).is_dir():
+        return
+    id_prefix = folder_name.split("_", 1)[0]  # "Dataset201"
+    others = sorted(p.name for p in Path(raw_root).glob(id_prefix + "_*") if p.name != folder_name)
+    if others:
+        raise InputError(
+            f"dataset id {id_prefix.removeprefix('Dataset')} is already used by {', '.join(others)} "
+            f"in {raw_root}; choose another id with -d/--dataset-id"
+        )
 
 
 def _nifti_values(path: Path) -> np.ndarray | None:

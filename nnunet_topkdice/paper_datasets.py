@@ -2,9 +2,10 @@
 
 Everything that more than one layer needs about Synapse, ACDC and MSSEG-2016 is written here once: the
 converters (:mod:`dataset_conversion`) take the dataset id, folder name and label names from it, the
-evaluation takes the reported tables and the paper's class columns, the pipeline the default fold and k,
-and every command line offers :data:`PAPER_DATASET_KEYS` as its choices. This module sits at the bottom
-of the package: it imports only the standard library and :mod:`nnunet_topkdice.errors`.
+evaluation takes the reported tables and the paper's class columns, the pipeline the default fold, the
+folds of the converter's split and k, and every command line offers :data:`PAPER_DATASET_KEYS` as its
+choices. This module sits at the bottom of the package: it imports only the standard library and
+:mod:`nnunet_topkdice.errors`.
 
 The reported numbers are copied from Hosseini, *TopK Dice Loss for Medical Image Segmentation*, Tables
 1-3, in percent as printed. They come from the paper's own network and training (a ResNet34 U-Net, 300 or
@@ -12,8 +13,8 @@ The reported numbers are copied from Hosseini, *TopK Dice Loss for Medical Image
 
     >>> from nnunet_topkdice.paper_datasets import PAPER_DATASETS
     >>> acdc = PAPER_DATASETS["acdc"]
-    >>> acdc.dataset_id, acdc.folder_name, acdc.default_fold, acdc.topk_k
-    (202, 'Dataset202_ACDC', '0', 50)
+    >>> acdc.dataset_id, acdc.folder_name, acdc.default_fold, acdc.split_folds, acdc.topk_k
+    (202, 'Dataset202_ACDC', '0', 1, 50)
     >>> acdc.labels
     {'background': 0, 'RV': 1, 'MYO': 2, 'LV': 3}
     >>> acdc.table.row("CE + topK-Dice (our)")["mDice"]
@@ -89,6 +90,9 @@ class PaperDataset:
         dataset_id: the id our converter uses by default.
         default_fold: ``"all"`` where the paper has no validation set, ``"0"`` where the converter writes
             the paper's train/val split as fold 0 of ``splits_final.json``.
+        split_folds: the folds of the ``splits_final.json`` that the converter writes (ACDC: 1, the paper's
+            train/val split); None where it writes none, so that nnU-Net splits the training cases into its
+            own 5 folds. A numeric fold beyond them is refused (nnU-Net would train it on a random split).
         topk_k: k (percent kept) of topK CE and topK-Dice in the paper (section 3.3).
         label_names: the foreground labels in label-value order (1, 2, ...), as written to dataset.json.
         paper_columns: label name -> the paper's name for that class (its table column; MSSEG's single
@@ -101,6 +105,7 @@ class PaperDataset:
     name: str
     dataset_id: int
     default_fold: str
+    split_folds: int | None
     topk_k: int
     label_names: tuple[str, ...]
     paper_columns: Mapping[str, str]
@@ -136,7 +141,7 @@ class PaperDataset:
 
 
 _SYNAPSE = PaperDataset(
-    key="synapse", name="Synapse", dataset_id=201, default_fold="all", topk_k=50,
+    key="synapse", name="Synapse", dataset_id=201, default_fold="all", split_folds=None, topk_k=50,
     # The paper's 8 organs, renumbered in their original BTCV order (dataset_conversion.synapse).
     label_names=(
         "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas",
@@ -167,7 +172,7 @@ _SYNAPSE = PaperDataset(
 )
 
 _ACDC = PaperDataset(
-    key="acdc", name="ACDC", dataset_id=202, default_fold="0", topk_k=50,
+    key="acdc", name="ACDC", dataset_id=202, default_fold="0", split_folds=1, topk_k=50,
     label_names=("RV", "MYO", "LV"),
     paper_columns={"RV": "RV", "MYO": "MYO", "LV": "LV"},
     table_number=2,
@@ -183,7 +188,7 @@ _ACDC = PaperDataset(
 )
 
 _MSSEG = PaperDataset(
-    key="msseg", name="MSSEG", dataset_id=203, default_fold="all", topk_k=30,
+    key="msseg", name="MSSEG", dataset_id=203, default_fold="all", split_folds=None, topk_k=30,
     label_names=("lesion",),
     # Binary task: the table has no per-class column; the lesion class is the whole mean.
     paper_columns={"lesion": "lesion"},

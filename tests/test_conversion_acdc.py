@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from conversion_fixtures import (
 )
 
 from dataset_conversion import acdc
+from nnunet_topkdice.cli import main as topkdice_main
 from nnunet_topkdice.errors import InputError
 
 
@@ -79,6 +81,7 @@ def test_splits_final_is_papers_train_val(roots: tuple[Path, Path]) -> None:
     assert json.loads((preprocessed / "splits_final.json").read_text()) == splits
     assert [p.name for p in preprocessed.iterdir()] == ["splits_final.json"]
     assert len(splits) == 1 and set(splits[0]) == {"train", "val"}
+    assert len(splits) == acdc.PAPER.split_folds  # the registry's count, which reproduce checks --fold against
     # Both frames of every train (val) patient in train (val), test patients on neither side.
     assert splits[0]["train"] == acdc_case_ids(acdc.TRAIN_PATIENTS)
     assert splits[0]["val"] == acdc_case_ids(acdc.VAL_PATIENTS)
@@ -151,9 +154,8 @@ def test_info_cfg_parsed(tmp_path: Path) -> None:
     [
         ("training/patient042/Info.cfg", "ACDC Info.cfg"),
         ("training/patient042/patient042_frame01_gt.nii.gz", "ACDC ground truth of patient042_frame01"),
-        ("training/patient077", "ACDC patient folder for patient077"),
     ],
-    ids=["info-cfg", "ground-truth", "patient-folder"],
+    ids=["info-cfg", "ground-truth"],
 )
 def test_missing_input_named_and_nothing_written(
     src_copy: Path, tmp_path: Path, relative: str, what: str
@@ -162,6 +164,34 @@ def test_missing_input_named_and_nothing_written(
     shutil.rmtree(path) if path.is_dir() else path.unlink()
     with pytest.raises(InputError, match=rf"missing {what}: expected the (file|folder) {path}$"):
         acdc.convert(src_copy, tmp_path / "raw", preprocessed_root=tmp_path / "pre")
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "pre").exists()
+
+
+WHOLE_SET = "the converter needs the whole training set (100 patients, patient001 to patient100)"
+
+
+@pytest.mark.parametrize(
+    ("kept", "expected"),
+    [
+        (range(1, 6), "patient006 and 94 more in {training}: patient007, patient008, patient009, patient010, "
+         "patient011, patient012, patient013, patient014, patient015, patient016, ..."),
+        ([n for n in range(1, 101) if n != 77], "patient077"),
+    ],
+    ids=["first-5-patients", "one-patient-missing"],
+)  # fmt: skip
+def test_partial_download_says_the_whole_training_set_is_needed(
+    src_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    kept: range | list[int], expected: str,
+) -> None:  # fmt: skip
+    training = src_copy / "training"
+    for number in set(range(1, 101)) - set(kept):
+        shutil.rmtree(training / f"patient{number:03d}")
+    message = f"missing ACDC patient folder(s): expected {training}/{expected.format(training=training)}; {WHOLE_SET}"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        acdc.convert(src_copy, tmp_path / "raw", preprocessed_root=tmp_path / "pre")
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert topkdice_main(["convert", "acdc", "-i", str(src_copy), "-o", str(tmp_path / "raw")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"topkdice convert: error: {message}"
     assert not (tmp_path / "raw").exists() and not (tmp_path / "pre").exists()
 
 
@@ -179,11 +209,32 @@ def test_different_preprocessed_split_refused_without_overwrite(source: Path, tm
     splits = tmp_path / "pre" / "Dataset202_ACDC" / "splits_final.json"
     splits.parent.mkdir(parents=True)
     splits.write_text(json.dumps([{"train": ["patient001_frame01"], "val": ["patient019_frame01"]}]))
-    with pytest.raises(InputError, match=rf"{splits} exists with a different split; pass --overwrite"):
+    refused = rf"^{splits} exists with a different split; pass overwrite=True to replace it$"  # the API's spelling
+    with pytest.raises(InputError, match=refused):
         acdc.convert(source, tmp_path / "raw", preprocessed_root=tmp_path / "pre")
     assert not (tmp_path / "raw").exists()
     acdc.convert(source, tmp_path / "raw", preprocessed_root=tmp_path / "pre", overwrite=True)
     assert json.loads(splits.read_text())[0]["val"] == acdc_case_ids(acdc.VAL_PATIENTS)
+
+
+def test_command_line_names_only_its_overwrite_flag(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    splits = tmp_path / "pre" / "Dataset202_ACDC" / "splits_final.json"
+    splits.parent.mkdir(parents=True)
+    splits.write_text(json.dumps([{"train": ["patient001_frame01"], "val": ["patient019_frame01"]}]))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert acdc.main(["-i", str(source), "-o", str(tmp_path / "raw")]) == 2  # python -m dataset_conversion.acdc
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"acdc: error: {splits} exists with a different split; pass --overwrite to replace it"
+    )
+    (tmp_path / "raw" / "Dataset202_ACDC").mkdir(parents=True)
+    assert topkdice_main(["convert", "acdc", "-i", str(source), "-o", str(tmp_path / "raw")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"topkdice convert: error: {tmp_path / 'raw' / 'Dataset202_ACDC'} already exists; pass --overwrite to "
+        "replace it"
+    )
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["Dataset202_ACDC"]
 
 
 def test_training_folder_itself_accepted(source: Path) -> None:

@@ -12,7 +12,7 @@ from conversion_fixtures import assert_geometry_close, geometry, read_array, rea
 
 from dataset_conversion import cli, common
 from nnunet_topkdice.cli import main as topkdice_main
-from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.errors import InputError, OverwriteRefused
 
 
 def _image(shape: tuple[int, int, int] = (4, 5, 6), **overrides) -> sitk.Image:
@@ -133,13 +133,32 @@ def test_dataset_folder_name_pads_to_three_digits() -> None:
 
 def test_check_target_refuses_existing_and_id_clash(tmp_path: Path) -> None:
     (tmp_path / "Dataset201_Synapse").mkdir()
-    with pytest.raises(InputError, match=r"Dataset201_Synapse already exists; pass --overwrite"):
+    with pytest.raises(OverwriteRefused, match=r"Dataset201_Synapse already exists; pass overwrite=True to replace it"):
         common.check_target(tmp_path, "Dataset201_Synapse", overwrite=False)
     assert (
         common.check_target(tmp_path, "Dataset201_Synapse", overwrite=True) == tmp_path / "Dataset201_Synapse"
     )
     with pytest.raises(InputError, match=r"dataset id 201 is already used by Dataset201_Synapse"):
         common.check_target(tmp_path, "Dataset201_Other", overwrite=True)
+
+
+def test_overwrite_refused_names_the_callers_spelling() -> None:
+    import pickle
+
+    refused = OverwriteRefused("/raw/Dataset201_X already exists")
+    assert str(refused) == "/raw/Dataset201_X already exists; pass overwrite=True to replace it"
+    assert str(refused.spelled("--overwrite")) == "/raw/Dataset201_X already exists; pass --overwrite to replace it"
+    assert str(pickle.loads(pickle.dumps(refused.spelled("--overwrite")))) == str(refused.spelled("--overwrite"))
+
+
+def test_publish_refuses_a_target_that_appeared_meanwhile(tmp_path: Path) -> None:
+    with (
+        pytest.raises(OverwriteRefused, match=r"Dataset201_X already exists; pass overwrite=True to replace it$"),
+        common.staging(tmp_path, "Dataset201_X", overwrite=False) as tmp,
+    ):
+        (tmp / "new.txt").write_text("new")
+        (tmp_path / "Dataset201_X").mkdir()  # another process was faster
+    assert [p.name for p in tmp_path.iterdir()] == ["Dataset201_X"]
 
 
 def test_staging_failure_leaves_nothing_and_removes_created_root(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -175,18 +176,22 @@ def test_modality_geometry_mismatch_names_both_files(src_copy: tuple[Path, dict]
 def test_missing_modality_named(src_copy: tuple[Path, dict], tmp_path: Path) -> None:
     root, files = src_copy
     files["08027SYBR"][4].unlink()
-    with pytest.raises(InputError, match=rf"missing MSSEG-2016 file\(s\): expected {files['08027SYBR'][4]}$"):
+    message = f"missing MSSEG-2016 file(s): expected {files['08027SYBR'][4]}; {WHOLE_SET}"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         msseg.convert(root, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
 
+WHOLE_SET = "the converter needs the whole training set (15 patients, 5 in each of the centres 01, 07, 08)"
+
+
 def test_wrong_patient_count_refused(src_copy: tuple[Path, dict], tmp_path: Path) -> None:
     root, _ = src_copy
-    shutil.rmtree(root / "Pre-processed" / "08037ROGU")
-    with pytest.raises(
-        InputError, match=r"expected 5 patients in each .* found centre 01: 5, centre 07: 5, centre 08: 4"
-    ):
+    shutil.rmtree(root / "Pre-processed" / "08037ROGU")  # a partial download
+    message = f"MSSEG-2016 patients under {root / 'Pre-processed'}: found centre 01: 5, centre 07: 5, centre 08: 4"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}; {re.escape(WHOLE_SET)}$"):
         msseg.convert(root, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
 
 
 def test_no_known_layout_named(tmp_path: Path) -> None:

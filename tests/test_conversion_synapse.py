@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,10 +116,26 @@ def test_missing_input_exits_2_and_writes_nothing(tmp_path: Path, bin_dir: Path,
     assert not (tmp_path / "raw").exists()
 
 
+WHOLE_SET = "the converter needs the whole training set (30 labelled cases, 0001-0010 and 0021-0040)"
+
+
 def test_missing_file_named_and_nothing_written(src_copy: Path, tmp_path: Path) -> None:
     label = src_copy / "Training" / "label" / "label0027.nii.gz"
     label.unlink()
-    with pytest.raises(InputError, match=rf"missing Synapse file\(s\): expected {label}$"):
+    with pytest.raises(InputError, match=rf"^missing Synapse file\(s\): expected {label}; {re.escape(WHOLE_SET)}$"):
+        synapse.convert(src_copy, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_partial_download_says_the_whole_training_set_is_needed(src_copy: Path, tmp_path: Path) -> None:
+    training = src_copy / "Training"
+    for number in range(21, 41):  # only cases 0001-0010 were downloaded
+        for path in (training / "img" / f"img{number:04d}.nii.gz", training / "label" / f"label{number:04d}.nii.gz"):
+            path.unlink()
+    listed = [f"img/img{n:04d}.nii.gz, label/label{n:04d}.nii.gz" for n in (22, 23, 24, 25)]  # 10 named
+    message = (f"missing Synapse file(s): expected {training}/img/img0021.nii.gz and 39 more in {training}: "
+               f"label/label0021.nii.gz, {', '.join(listed)}, img/img0026.nii.gz, ...; {WHOLE_SET}")  # fmt: skip
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         synapse.convert(src_copy, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
@@ -195,8 +212,8 @@ def test_existing_target_refused_then_overwritten(source: Path, tmp_path: Path) 
     target = tmp_path / "Dataset201_Synapse"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(InputError, match=r"Dataset201_Synapse already exists; pass --overwrite"):
-        synapse.convert(source, tmp_path)
+    with pytest.raises(InputError, match=rf"^{target} already exists; pass overwrite=True to replace it$"):
+        synapse.convert(source, tmp_path)  # the Python API names its own spelling
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     assert synapse.convert(source, tmp_path, overwrite=True) == target
     assert not (target / "keep.txt").exists()
@@ -212,8 +229,11 @@ def test_cli_refuses_existing_target_with_exit_2(source: Path, tmp_path: Path, b
         text=True,
     )
     assert proc.returncode == 2
-    assert "topkdice convert: error:" in proc.stderr and "already exists; pass --overwrite" in proc.stderr
-    assert list((tmp_path / "raw" / "Dataset201_Synapse").iterdir()) == []
+    target = tmp_path / "raw" / "Dataset201_Synapse"
+    # the command line names only its flag, not the Python API's overwrite=True
+    last_line = proc.stderr.splitlines()[-1]
+    assert last_line == f"topkdice convert: error: {target} already exists; pass --overwrite to replace it"
+    assert list(target.iterdir()) == []
 
 
 # ---- nnU-Net accepts the result -----------------------------------------------------------------------

@@ -14,18 +14,20 @@ from nnunet_topkdice.paper_datasets import PAPER_DATASET_KEYS, PAPER_DATASETS, P
 
 
 @pytest.mark.parametrize(
-    ("key", "folder", "fold", "k", "labels"),
+    ("key", "folder", "fold", "split_folds", "k", "labels"),
     [
-        ("synapse", "Dataset201_Synapse", "all", 50,
+        ("synapse", "Dataset201_Synapse", "all", None, 50,
          ["spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]),
-        ("acdc", "Dataset202_ACDC", "0", 50, ["RV", "MYO", "LV"]),
-        ("msseg", "Dataset203_MSSEG", "all", 30, ["lesion"]),
+        ("acdc", "Dataset202_ACDC", "0", 1, 50, ["RV", "MYO", "LV"]),  # splits_final.json: fold 0 = train/val
+        ("msseg", "Dataset203_MSSEG", "all", None, 30, ["lesion"]),
     ],
     ids=["synapse", "acdc", "msseg"],
 )  # fmt: skip
-def test_spec_values(key: str, folder: str, fold: str, k: int, labels: list[str]) -> None:
+def test_spec_values(key: str, folder: str, fold: str, split_folds: int | None, k: int, labels: list[str]) -> None:
     dataset = paper_dataset(key)
-    assert (dataset.folder_name, dataset.default_fold, dataset.topk_k) == (folder, fold, k)
+    assert (dataset.folder_name, dataset.default_fold, dataset.split_folds, dataset.topk_k) == (
+        folder, fold, split_folds, k
+    )  # fmt: skip
     assert list(dataset.labels.items()) == [("background", 0), *((name, i) for i, name in enumerate(labels, 1))]
     assert PAPER_TABLES[key].k == k
 

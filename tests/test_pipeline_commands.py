@@ -447,8 +447,21 @@ def test_schedule_warnings_name_the_trainings_that_differ(tmp_path: Path) -> Non
 
 def test_plan_refuses_a_fold_the_split_lacks(tmp_path: Path) -> None:
     config = _config(tmp_path, folds=("7",))
-    with pytest.raises(InputError, match="fold 7 is not in the dataset's splits_final.json"):
+    with pytest.raises(InputError, match=r"fold 7 is not in nnU-Net's own 5-fold split \(5 folds: 0-4\)"):
         resolve_plan(config)
+
+
+def test_plan_of_the_test_set_refuses_a_fold_the_split_lacks(tmp_path: Path) -> None:
+    """The test set trains its folds on the split too: a fold beyond it is nnU-Net's random 80:20 split."""
+    config = _config(tmp_path, folds=("1",), test_set=True, split_folds=1)
+    with pytest.raises(InputError, match=r"^fold 1 is not in the splits_final.json that the conversion writes for "
+                                         r"Dataset004_Hippo \(1 fold: 0\); nnU-Net would train it on a random "):
+        resolve_plan(config)  # before the dataset is converted: the converter's split
+    assert resolve_plan(dataclasses.replace(config, folds=("0",))).folds == ("0",)
+    state.write_splits(_mkdir(config.preprocessed_dataset), [{"train": ["a"], "val": ["b"]}] * 2)
+    assert resolve_plan(config).folds == ("1",)  # the split on disk has 2 folds
+    with pytest.raises(InputError, match=r"^fold 2 is not in the dataset's splits_final.json \(2 folds: 0-1\)"):
+        resolve_plan(dataclasses.replace(config, folds=("2",), split_folds=None))
 
 
 def _mkdir(path: Path) -> Path:
@@ -792,6 +805,85 @@ def test_reproduce_dry_run_is_the_papers_preset(
     assert out[-1].endswith("--baseline 'CE + Dice' -d 202 -o " + str(tmp_path / "w" / "evaluation" / "fold_0")
                             + " -np " + str(pipeline_cli.DEFAULT_NUM_PROCESSES) + " --paper acdc --images "
                             + str(tmp_path / "w" / "nnUNet_raw" / "Dataset202_ACDC" / "imagesTs"))  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", [["--dry-run"], []], ids=["dry-run", "first-run"])
+@pytest.mark.parametrize("fold", ["1", "4"])
+def test_reproduce_refuses_a_fold_the_converters_split_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, fold: str, mode: list[str]
+) -> None:
+    """Before the conversion: ACDC's converter writes one fold, so nnU-Net would train fold 1-4 on a random
+    80:20 split by case (the two frames of a patient on both sides), not on the paper's split by patient."""
+    for var in state.NNUNET_FOLDER_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    assert _refused_acdc_reproduce(tmp_path, capsys, "--fold", fold, *mode) == (
+        f"topkdice reproduce: error: fold {fold} is not in the splits_final.json that the conversion writes for "
+        "Dataset202_ACDC (1 fold: 0); nnU-Net would train it on a random 80:20 split of the cases instead"
+    )
+
+
+def _refused_acdc_reproduce(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> str:
+    """``reproduce --dataset acdc ARGS`` from an (empty) download: exit 2 with nothing run, nothing printed on
+    stdout and no work directory; returns the error line."""
+    source = tmp_path / "acdc"
+    source.mkdir()
+    argv = ["reproduce", "--dataset", "acdc", "-i", str(source), "--device", "cpu", "-w", str(tmp_path / "w"), *args]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and not (tmp_path / "w").exists()
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "n_folds", "fold", "refused"),
+    [
+        ("acdc", 1, "1", "fold 1 is not in the dataset's splits_final.json (1 fold: 0)"),
+        ("synapse", 2, "3", "fold 3 is not in the dataset's splits_final.json (2 folds: 0-1)"),
+        ("synapse", 2, "1", None),
+        ("synapse", None, "4", None),  # no split on disk: nnU-Net's own 5 folds
+    ],
+    ids=["acdc-fold-1", "own-split-fold-3", "own-split-fold-1", "nnunets-split-fold-4"],
+)
+def test_reproduce_checks_a_fold_against_the_split_on_disk(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    dataset: str, n_folds: int | None, fold: str, refused: str | None,
+) -> None:  # fmt: skip
+    info = PAPER_DATASETS[dataset]
+    for var in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"nnUNet_{var}", str(tmp_path / var))
+    raw = _mkdir(tmp_path / "raw" / info.folder_name)
+    (raw / "dataset.json").write_text(json.dumps({"numTraining": 4, "file_ending": ".nii.gz"}))
+    if n_folds is not None:
+        cases = [f"case{i}" for i in range(4)]
+        splits = [{"train": [c for c in cases if c != cases[i]], "val": [cases[i]]} for i in range(n_folds)]
+        state.write_splits(_mkdir(tmp_path / "preprocessed" / info.folder_name), splits)
+    argv = ["reproduce", "--dataset", dataset, "-f", fold, "-tr", "nnUNetTrainer", "--device", "cpu",
+            "-w", str(tmp_path / "w"), "--dry-run"]  # fmt: skip
+    exit_code = main(argv)
+    out, err = capsys.readouterr()
+    if refused is None:
+        assert exit_code == 0 and f"topkdice train --seed 0 {info.dataset_id} 2d {fold} -tr nnUNetTrainer" in out
+    else:
+        assert exit_code == 2 and out == "" and err.splitlines()[-1] == (
+            f"topkdice reproduce: error: {refused}; nnU-Net would train it on a random 80:20 split of the cases "
+            "instead"
+        )
+
+
+@pytest.mark.parametrize("mode", [["--dry-run"], []], ids=["dry-run", "run"])
+def test_reproduce_refuses_an_id_used_by_another_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, mode: list[str]
+) -> None:
+    # topkdice convert acdc -d 204 refuses this id; reproduce planned every step on Dataset204_Foo instead
+    raw = tmp_path / "raw"
+    (raw / "Dataset204_Foo").mkdir(parents=True)
+    (raw / "Dataset204_Foo" / "dataset.json").write_text(json.dumps({"numTraining": 2, "file_ending": ".nii.gz"}))
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    assert _refused_acdc_reproduce(tmp_path, capsys, "-d", "204", *mode) == (
+        f"topkdice reproduce: error: dataset id 204 is already used by Dataset204_Foo in {raw}; choose another id "
+        "with -d/--dataset-id"
+    )
+    assert [p.name for p in raw.iterdir()] == ["Dataset204_Foo"]
 
 
 def test_the_collect_command_is_the_same_call_without_the_mode(tmp_path: Path) -> None:

@@ -83,5 +83,5 @@ def test_layout_is_accepted_by_the_synapse_converter(tmp_path: Path) -> None:
 
 def test_refuses_to_overwrite(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
-    with pytest.raises(InputError, match="already exists; pass overwrite=True"):
-        generate_synapse_like(tmp_path / "src")
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'src'} already exists; pass overwrite=True to replace it$"):
+        generate_synapse_like(tmp_path / "src")  # no command has an --overwrite for it

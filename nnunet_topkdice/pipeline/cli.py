@@ -423,8 +423,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    "trainers of a row of the table keep the row's name")  # fmt: skip
     p.add(
         "-f", "--fold", choices=FOLD_CHOICES, default=None,
-        help="nnU-Net fold: the paper's protocol is 0 for acdc (its split file holds the paper's train/val "
-        "split) and all for synapse and msseg (no validation set), the default",
+        help="nnU-Net fold: all, or a fold of the dataset's split (the splits_final.json in nnUNet_preprocessed "
+        "where there is one; else 0 for acdc, whose converter writes the paper's train/val split as its one fold, "
+        "and 0-4 for synapse and msseg, nnU-Net's own 5 folds); another is refused. Default: the paper's "
+        "protocol, 0 for acdc and all for synapse and msseg (no validation set)",
     )  # fmt: skip
     p.add("--schedule", choices=SCHEDULE_CHOICES, default="nnunet",
                    help="nnunet: nnU-Net's 1000 epochs of SGD (default); paper: 300 epochs of Adam")  # fmt: skip

@@ -40,6 +40,9 @@ class CompareConfig:
             ``splits_final.json``, else nnU-Net's 5. Test set: default ``("all",)``; several folds are
             ensembled by nnU-Net's predictor (``topkdice predict``).
         test_set: evaluate ``imagesTs`` against ``labelsTs`` instead of the cross-validation.
+        split_folds: the test set, where the dataset's ``splits_final.json`` is not on disk yet: the folds of
+            the one that the step writing the dataset puts there (``reproduce``: the paper dataset's
+            converter, one fold for ACDC); None: nnU-Net's own 5, written at the first training.
         target_difference: passed to ``topkdice evaluate --target-difference`` (None: its default).
         train_env: variables for the trainings only, shown in front of their commands.
         extra_env: variables for every command.
@@ -55,6 +58,7 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0,)
     folds: tuple[str, ...] = ()
     test_set: bool = False
+    split_folds: int | None = None
     plans: str = commands.DEFAULT_PLANS
     device: str = "cuda"
     num_processes: int = 1
@@ -179,7 +183,8 @@ def resolve_plan(config: CompareConfig) -> ComparePlan:
     """Read the dataset's ``dataset.json`` and ``splits_final.json`` once and resolve the comparison.
 
     Raises:
-        InputError: a fold that the split does not have, or a ``dataset.json`` without ``file_ending``.
+        InputError: a numeric fold that the split does not have (also for the test set: nnU-Net would train
+            it on a random 80:20 split), or a ``dataset.json`` without ``file_ending``.
     """
     info = _read_dataset_json(config.raw_dataset)
     file_ending = info["file_ending"] if info else DEFAULT_FILE_ENDING
@@ -199,9 +204,15 @@ def resolve_plan(config: CompareConfig) -> ComparePlan:
         folds = ("all",)
     else:
         folds = tuple(str(i) for i in range(len(splits) if splits else state.NNUNET_NUM_FOLDS))
-    if not config.test_set:
-        # without a split, nnU-Net's own 5 folds (a fold beyond them would be a random 80:20 split)
-        state.validation_cases(splits or [{"train": [], "val": []}] * state.NNUNET_NUM_FOLDS, folds)
+    # the split the folds train on: the one on disk; else the one written with the dataset (reproduce's
+    # conversion); else nnU-Net's own 5 folds (written by the split step or the first training)
+    if on_disk is not None:
+        state.check_folds(folds, len(on_disk))
+    elif config.test_set and config.split_folds is not None:
+        written_with_the_dataset = f"the {state.SPLITS_FILE} that the conversion writes for {config.name}"
+        state.check_folds(folds, config.split_folds, written_with_the_dataset)
+    else:
+        state.check_folds(folds, state.NNUNET_NUM_FOLDS, f"nnU-Net's own {state.NNUNET_NUM_FOLDS}-fold split")
     return ComparePlan(config, folds, file_ending, num_training, splits, split_on_disk=on_disk is not None)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.input_checks import check_dataset_id_free
 from nnunet_topkdice.paper_datasets import PAPER_DATASETS, paper_dataset
 from nnunet_topkdice.paper_rows import ALL_ROWS, paper_trainer
 from nnunet_topkdice.pipeline import commands, state
@@ -61,9 +62,15 @@ def table_names(dataset: str, schedule: str, trainers: Sequence[str]) -> dict[st
 
 
 def raw_dataset_folder(raw_root: Path, dataset: str, dataset_id: int) -> Path:
-    """The converted dataset's folder: the one already there with that id, else the converter's name."""
-    found = state.find_dataset(raw_root, dataset_id)
-    return found if found is not None else raw_root / f"Dataset{dataset_id:03d}_{paper_dataset(dataset).name}"
+    """The converted dataset's folder, the converter's ``DatasetXXX_<Name>`` (already there or still to write).
+
+    Raises:
+        InputError: another dataset name already uses the id in ``raw_root``: the converter refuses it too
+            (the same check), and every later step would work on that other dataset.
+    """
+    folder = raw_root / f"Dataset{dataset_id:03d}_{paper_dataset(dataset).name}"
+    check_dataset_id_free(raw_root, folder.name)
+    return folder
 
 
 def convert_step(dataset: str, source: Path | None, config: CompareConfig) -> Step:
@@ -114,7 +121,15 @@ def reproduce_config(
 ) -> CompareConfig:
     """The comparison of the paper's protocol on one of its datasets: the test set of the paper's fold,
     CE + Dice as the baseline when it is one of ``trainers`` (else the first), the paper's reported rows
-    of the dataset (``paper=""``) or none (``paper=None``)."""
+    of the dataset (``paper=""``) or none (``paper=None``).
+
+    A numeric ``fold`` must be one of the split's: the dataset's ``splits_final.json`` where it is on disk,
+    else the one its converter writes (:attr:`~nnunet_topkdice.paper_datasets.PaperDataset.split_folds`);
+    :func:`~nnunet_topkdice.pipeline.plan.resolve_plan` refuses it before anything runs.
+
+    Raises:
+        InputError: another dataset name uses the id in ``folders.raw`` (:func:`raw_dataset_folder`).
+    """
     info = PAPER_DATASETS[dataset]
     dataset_id = dataset_id or info.dataset_id
     return CompareConfig(
@@ -128,6 +143,7 @@ def reproduce_config(
         seeds=seeds,
         folds=(fold or info.default_fold,),
         test_set=True,
+        split_folds=info.split_folds,
         device=device,
         num_processes=num_processes,
         num_gpus=num_gpus,

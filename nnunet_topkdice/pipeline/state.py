@@ -198,20 +198,31 @@ def write_splits(preprocessed_dataset: Path, splits: Sequence[Mapping[str, Seque
     return path
 
 
-def validation_cases(splits: Sequence[Mapping[str, Sequence[str]]], folds: Iterable[str]) -> dict[str, list[str]]:
-    """Fold -> its validation case ids.
+def check_folds(folds: Iterable[str], n_folds: int, split: str = f"the dataset's {SPLITS_FILE}") -> None:
+    """Refuse a numeric fold that a split of ``n_folds`` folds does not have: nnU-Net would not refuse it but
+    train it on a random 80:20 split of the cases (``nnUNetTrainer.do_split``). Fold ``all`` needs no split.
 
     Raises:
-        InputError: a fold that the split file does not have.
+        InputError: naming the fold, ``split`` and the folds it has.
     """
-    cases = {}
     for fold in folds:
-        if not fold.isdigit() or int(fold) >= len(splits):
+        if fold != "all" and (not fold.isdigit() or int(fold) >= n_folds):
+            has = "no fold" if n_folds == 0 else "1 fold: 0" if n_folds == 1 else f"{n_folds} folds: 0-{n_folds - 1}"
             raise InputError(
-                f"fold {fold} is not in the dataset's {SPLITS_FILE} ({len(splits)} folds: 0-{len(splits) - 1})"
+                f"fold {fold} is not in {split} ({has}); nnU-Net would train it on a random 80:20 split of the "
+                "cases instead"
             )
-        cases[fold] = sorted(splits[int(fold)]["val"])
-    return cases
+
+
+def validation_cases(splits: Sequence[Mapping[str, Sequence[str]]], folds: Iterable[str]) -> dict[str, list[str]]:
+    """Fold -> its validation case ids (fold ``all`` has none: it trains on every case).
+
+    Raises:
+        InputError: a fold that the split file does not have (:func:`check_folds`).
+    """
+    folds = list(folds)
+    check_folds(folds, len(splits))
+    return {fold: sorted(splits[int(fold)]["val"]) for fold in folds if fold != "all"}
 
 
 # --- trainings ----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_topkdice.errors import InputError
+from nnunet_topkdice.errors import InputError, OverwriteRefused
 
 #: The 30 case ids of the Synapse (BTCV) training set: 0001-0010 and 0021-0040.
 SYNAPSE_CASE_IDS: tuple[int, ...] = tuple(range(1, 11)) + tuple(range(21, 41))
@@ -180,7 +180,7 @@ def generate_synapse_like(
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise InputError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise OverwriteRefused(f"{out_dir} already exists")
     low, high = num_slices
     if not 4 <= low <= high or in_plane < 16:
         raise InputError(f"need 4 <= min <= max slices and in_plane >= 16, got {num_slices!r} and {in_plane!r}")
