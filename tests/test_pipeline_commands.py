@@ -445,6 +445,28 @@ def test_schedule_warnings_name_the_trainings_that_differ(tmp_path: Path) -> Non
     assert schedule_warnings(plan) == []
 
 
+def test_plan_of_a_raw_dataset_with_its_own_split_uses_it(tmp_path: Path) -> None:
+    """A split in nnUNet_raw, not yet preprocessed: nnU-Net's planning copies it into nnUNet_preprocessed,
+    but the plan used nnU-Net's 5-fold split of the cases, so every training validated other cases than
+    the ones the comparison collected (it failed after the trainings)."""
+    config = _config(tmp_path, seeds=(0,))
+    (config.raw_dataset / "imagesTr").mkdir()
+    cases = [f"case{c}" for c in range(6)]
+    for case in cases:
+        (config.raw_dataset / "imagesTr" / f"{case}_0000.nii.gz").touch()
+    own = [{"train": cases[2:], "val": cases[:2]}, {"train": cases[:2] + cases[4:], "val": cases[2:4]}]
+    (config.raw_dataset / "splits_final.json").write_text(json.dumps(own))
+    plan = resolve_plan(config)
+    assert plan.split_from_raw and not plan.split_on_disk and plan.folds == ("0", "1")
+    assert plan.validation_cases() == {"0": ["case0", "case1"], "1": ["case2", "case3"]}
+    steps = {step.name: step for step in compare_steps(plan)}
+    own_file = config.raw_dataset / "splits_final.json"
+    assert steps["split"].title == f"Writing the dataset's own split ({own_file}) to splits_final.json"
+    _mkdir(config.preprocessed_dataset)  # as the preprocessing leaves it
+    steps["split"].action(tmp_path / "split.log")
+    assert state.read_splits(config.preprocessed_dataset) == own  # what nnU-Net's copy would find: equal
+
+
 def test_plan_refuses_a_fold_the_split_lacks(tmp_path: Path) -> None:
     config = _config(tmp_path, folds=("7",))
     with pytest.raises(InputError, match=r"fold 7 is not in nnU-Net's own 5-fold split \(5 folds: 0-4\)"):

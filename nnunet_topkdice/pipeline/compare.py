@@ -78,8 +78,11 @@ def preprocess_step(plan: ComparePlan) -> Step:
 
 
 def split_step(plan: ComparePlan) -> Step:
-    """nnU-Net's own 5-fold split (the plan's), written once before any fold trains."""
+    """The plan's split, written once before any fold trains: the raw dataset's own ``splits_final.json``
+    (the copy nnU-Net's planning makes, which finds it already there and equal), else nnU-Net's 5-fold split."""
     path = plan.config.preprocessed_dataset / state.SPLITS_FILE
+    what = (f"the dataset's own split ({plan.config.raw_dataset / state.SPLITS_FILE})" if plan.split_from_raw
+            else "nnU-Net's 5-fold split")  # fmt: skip
 
     def done() -> str | None:
         return "split exists" if path.is_file() else None
@@ -90,9 +93,9 @@ def split_step(plan: ComparePlan) -> Step:
                              f"{state.NNUNET_NUM_FOLDS} folds")  # fmt: skip
         state.write_splits(plan.config.preprocessed_dataset, plan.splits)
         n_cases = sum(len(split["val"]) for split in plan.splits)
-        log_file.write_text(f"wrote nnU-Net's 5-fold split of {n_cases} cases to {path}\n")
+        log_file.write_text(f"wrote {what} of {n_cases} cases to {path}\n")
 
-    return Step("split", f"Writing nnU-Net's 5-fold cross-validation split ({state.SPLITS_FILE})", done, action=action)
+    return Step("split", f"Writing {what} to {state.SPLITS_FILE}", done, action=action)
 
 
 @dataclass(frozen=True)

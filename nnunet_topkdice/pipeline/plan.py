@@ -119,10 +119,12 @@ class ComparePlan:
             the split).
         file_ending: the dataset's ``file_ending`` (:data:`DEFAULT_FILE_ENDING` before it is converted).
         num_training: the dataset's ``numTraining``; None before it is converted.
-        splits: cross-validation only: the split trained on, the dataset's ``splits_final.json`` or, where
-            there is none yet, the one nnU-Net would write (same function, same seed) that the split
-            step writes; None for the test set or before the dataset exists.
-        split_on_disk: ``splits_final.json`` already existed when the plan was resolved.
+        splits: cross-validation only: the split trained on, the dataset's preprocessed ``splits_final.json``
+            or, where there is none yet, the raw dataset's own (which nnU-Net's planning copies there), else
+            the one nnU-Net would write (same function, same seed); the split step writes either; None for
+            the test set or before the dataset exists.
+        split_on_disk: the preprocessed ``splits_final.json`` already existed when the plan was resolved.
+        split_from_raw: the split is the raw dataset's own ``splits_final.json``.
     """
 
     config: CompareConfig
@@ -131,6 +133,7 @@ class ComparePlan:
     num_training: int | None
     splits: tuple[Split, ...] | None
     split_on_disk: bool
+    split_from_raw: bool = False
 
     @property
     def fold_tag(self) -> str:
@@ -190,10 +193,14 @@ def resolve_plan(config: CompareConfig) -> ComparePlan:
     file_ending = info["file_ending"] if info else DEFAULT_FILE_ENDING
     num_training = int(info["numTraining"]) if info and "numTraining" in info else None
     on_disk = state.read_splits(config.preprocessed_dataset)
+    # nnU-Net's planning copies a raw dataset's own split into the preprocessed folder: that is the split
+    raw_split = None if on_disk is not None or config.test_set else state.read_splits(config.raw_dataset)
     splits: tuple[Split, ...] | None = None
     if not config.test_set:
         if on_disk is not None:
             splits = _frozen(on_disk)
+        elif raw_split is not None:
+            splits = _frozen(raw_split)
         elif info is not None:
             case_ids = _training_case_ids(config.raw_dataset, info)
             if len(case_ids) >= state.NNUNET_NUM_FOLDS:
@@ -213,7 +220,8 @@ def resolve_plan(config: CompareConfig) -> ComparePlan:
         state.check_folds(folds, config.split_folds, written_with_the_dataset)
     else:
         state.check_folds(folds, state.NNUNET_NUM_FOLDS, f"nnU-Net's own {state.NNUNET_NUM_FOLDS}-fold split")
-    return ComparePlan(config, folds, file_ending, num_training, splits, split_on_disk=on_disk is not None)
+    return ComparePlan(config, folds, file_ending, num_training, splits, split_on_disk=on_disk is not None,
+                       split_from_raw=raw_split is not None)  # fmt: skip
 
 
 __all__ = ["CROSSVAL", "CompareConfig", "ComparePlan", "resolve_plan"]
