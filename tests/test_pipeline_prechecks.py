@@ -114,6 +114,18 @@ def test_ce_trainers_on_a_region_dataset_fail_before_anything_runs(
     check_region_support({"nnUNetTrainerCEDemo": nnUNetTrainerCEDemo}, path.parent / "not_written_yet.json")
 
 
+def test_results_at_a_seed_root_fail_before_anything_runs(
+    compare_env: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nnUNet_results left at .../seed_2 after predicting: every training would refuse, after preprocessing."""
+    seed_root = compare_env["root"] / "results" / "seed_2"
+    monkeypatch.setenv("nnUNet_results", str(seed_root))
+    assert main(_compare(compare_env, "nnUNetTrainer")) == 2
+    err = capsys.readouterr().err
+    assert f"nnUNet_results={seed_root} is a seed folder already" in err and str(seed_root.parent) in err
+    assert not compare_env["workdir"].exists()
+
+
 def test_find_trainer_class_is_nnunets_lookup(compare_env: dict) -> None:
     user = str(compare_env["user"])
     assert find_trainer_class("nnUNetTrainer", []).__name__ == "nnUNetTrainer"

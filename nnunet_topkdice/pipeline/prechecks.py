@@ -7,7 +7,8 @@ must not fail hours later, at its first training, after the preprocessing and th
 * no trainer is named twice (it would be one method, silently, and no verdict would come out);
 * on a region-based dataset, no trainer whose loss has no region formulation (CE alone) is asked for;
 * every folder the run writes into is a folder (or can be created) and is writable: the work directory,
-  nnU-Net's three folders and the folder of ``--emit-slurm``'s script.
+  nnU-Net's three folders and the folder of ``--emit-slurm``'s script; ``nnUNet_results`` is not a seed's
+  own folder (``.../seed_<S>``, where every seeded training refuses to run).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nnunet_topkdice.errors import InputError
 from nnunet_topkdice.ext import EXT_TRAINER_VARIABLE
 from nnunet_topkdice.input_checks import check_output_folder
 from nnunet_topkdice.pipeline.compare import CompareConfig
+from nnunet_topkdice.training.layout import check_not_seed_root
 
 __all__ = [
     "check_before_running",
@@ -162,11 +164,12 @@ def check_before_running(
             up, since the look-up imports every trainer module (seconds) and a finished training's trainer
             was found when it ran.
     Raises:
-        InputError: a folder that is a file or not writable, an unknown trainer, a trainer without a region
-            formulation on a region-based dataset.
+        InputError: a folder that is a file or not writable, ``nnUNet_results`` at a seed's root already, an
+            unknown trainer, a trainer without a region formulation on a region-based dataset.
     """
     for folder, what in written_folders(config, emit_slurm=emit_slurm, writes_raw=writes_raw):
         check_output_folder(folder, what)
+    check_not_seed_root(config.folders.results)  # every training would stop at topkdice train's own check
     names = list(config.trainers.values()) if to_train is None else list(to_train)
     if names:
         classes = check_trainers(names, env.get(EXT_TRAINER_VARIABLE, ""))
