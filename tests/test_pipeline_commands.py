@@ -465,6 +465,13 @@ def test_plan_of_a_raw_dataset_with_its_own_split_uses_it(tmp_path: Path) -> Non
     _mkdir(config.preprocessed_dataset)  # as the preprocessing leaves it
     steps["split"].action(tmp_path / "split.log")
     assert state.read_splits(config.preprocessed_dataset) == own  # what nnU-Net's copy would find: equal
+    # the folds are the raw split's: more than nnU-Net's 5 are allowed, one it lacks is refused naming it
+    (config.preprocessed_dataset / "splits_final.json").unlink()
+    seven = [{"train": cases[:i] + cases[i + 1:], "val": [cases[i]]} for i in range(6)] + [own[0]]
+    own_file.write_text(json.dumps(seven))
+    assert resolve_plan(dataclasses.replace(config, folds=("6",))).validation_cases() == {"6": ["case0", "case1"]}
+    with pytest.raises(InputError, match=rf"fold 7 is not in {re.escape(str(own_file))} \(7 folds: 0-6\)"):
+        resolve_plan(dataclasses.replace(config, folds=("7",)))
 
 
 def test_plan_refuses_a_fold_the_split_lacks(tmp_path: Path) -> None:

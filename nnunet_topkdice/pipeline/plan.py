@@ -155,7 +155,6 @@ class ComparePlan:
         return state.validation_cases(self.splits, self.folds) if self.splits else {}
 
 
-
 def _read_dataset_json(raw_dataset: Path) -> dict | None:
     path = raw_dataset / "dataset.json"
     if not path.is_file():
@@ -211,10 +210,13 @@ def resolve_plan(config: CompareConfig) -> ComparePlan:
         folds = ("all",)
     else:
         folds = tuple(str(i) for i in range(len(splits) if splits else state.NNUNET_NUM_FOLDS))
-    # the split the folds train on: the one on disk; else the one written with the dataset (reproduce's
-    # conversion); else nnU-Net's own 5 folds (written by the split step or the first training)
+    # the split the folds train on: the one on disk, or the raw dataset's that the planning copies there; else
+    # the one written with the dataset (reproduce's conversion); else nnU-Net's own 5 folds (written by the
+    # split step or the first training)
     if on_disk is not None:
         state.check_folds(folds, len(on_disk))
+    elif raw_split is not None:
+        state.check_folds(folds, len(raw_split), str(config.raw_dataset / state.SPLITS_FILE))
     elif config.test_set and config.split_folds is not None:
         written_with_the_dataset = f"the {state.SPLITS_FILE} that the conversion writes for {config.name}"
         state.check_folds(folds, config.split_folds, written_with_the_dataset)
