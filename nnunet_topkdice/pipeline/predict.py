@@ -301,9 +301,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="each trainer's model and the folder its predictions go to")  # fmt: skip
     p.add_argument("-chk", "--checkpoint", default=CHECKPOINT, metavar="NAME",
                    help=f"checkpoint file of each fold (default: {CHECKPOINT}, as nnUNetv2_predict)")  # fmt: skip
-    p.add_argument("-step_size", "--step-size", dest="step_size", type=step_size, default=0.5, metavar="STEP",
-                   help="sliding-window step as a fraction of the patch size, in (0, 1] (default: 0.5, as "
-                   "nnUNetv2_predict); larger is faster and less accurate")  # fmt: skip
+    default_step = PredictOptions.step_size
+    p.add_argument("-step_size", "--step-size", dest="step_size", type=step_size, default=default_step,
+                   metavar="STEP", help="sliding-window step as a fraction of the patch size, in (0, 1] (default: "
+                   f"{default_step}, as nnUNetv2_predict); larger is faster and less accurate")  # fmt: skip
     p.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
                    help="no test-time mirroring (faster, less accurate), as nnUNetv2_predict")  # fmt: skip
     p.add_argument("--save_probabilities", action="store_true",
